@@ -1,0 +1,651 @@
+// sessa/backend/cpu/gemm.hpp: dense matrix products for the CPU backend (xsimd).
+//
+// Why this file exists: a Sessa layer is GEMM-bound in prefill (18 D^2 FLOPs per token of projections plus
+// the attention tiles) and bandwidth-bound in decode (every weight read once per step), so the CPU backend
+// needs one place that does dense products at close to the machine's rate, without an external BLAS.
+//
+// Three entry points, all on row-major views (ld >= cols, unaligned data allowed):
+//   gemm_nt(a (M,K), b (N,K), c (M,N), alpha, beta)   c = alpha a b^T + beta c      one thread
+//   gemm_nn(a (M,K), b (K,N), c (M,N), alpha, beta)   c = alpha a b   + beta c      one thread
+//   linear(x (M,K), w (N,K), bias, y (M,N), accumulate) y (+)= x w^T + bias          all threads
+// beta == 0 ignores c's old contents (they may be NaN). The single-threaded forms are the tiles of flash
+// attention and of the feedback solve (called from inside parallel regions); linear() is the projections.
+//
+// Design (GotoBLAS/BLIS):
+//   * micro-kernel: an MR x NR register tile of C, NR = NV batches (NV = 2), MR = 14 with 32 vector registers
+//     (AVX-512: 14x32 floats, 14x16 doubles), 6 otherwise (AVX2: 6x16 floats). Per k: NV aligned loads of
+//     the packed B panel, MR broadcasts from the packed A block, MR*NV FMAs. alpha, beta and bias are fused
+//     into the store; edge rows use a kernel compiled for that row count, edge columns store through a tile.
+//   * blocking: for each NC block of columns, for each KC slice of K: B (KC x NC) is packed into k-major
+//     NR-wide panels (one panel, KC x NR = 32 KiB, stays in L1 while the kernel walks down an A block); for
+//     each MC block of rows, A (MC x KC) is copied row-major with a padded stride (L2-resident).
+//   * small M (decode, M <= 16 rows): no packing; each weight row is streamed once for all rows of x, as
+//     R x MB blocks of dot products along K, reduced across lanes in one shuffle tree per W results.
+//   * linear() splits the M x N tile space over OpenMP threads (each thread packs its own panels into
+//     thread-local, 64-byte aligned buffers that grow once and are reused); small M splits N. Inside an
+//     enclosing parallel region it runs on the calling thread.
+// The kernels are written on xsimd::batch<T>, so AVX-512, AVX2 and SSE builds all work; only the
+// transposing pack and the lane reduction have AVX-512/AVX intrinsic fast paths (scalar otherwise).
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <utility>
+
+#include <xsimd/xsimd.hpp>
+
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#endif
+
+#include "../../concepts.hpp"
+#include "../../core/tensor.hpp"
+#include "parallel.hpp"
+
+namespace sessa::backend::simd {
+
+/// Sum of the lanes of a batch (xsimd::hadd trips GCC 12's -Wmaybe-uninitialized on AVX-512 doubles).
+template <class B>
+inline typename B::value_type hsum(const B& v) {
+  alignas(64) typename B::value_type lanes[B::size];
+  v.store_aligned(lanes);
+  typename B::value_type s = 0;
+  for (std::size_t i = 0; i < B::size; ++i) s += lanes[i];
+  return s;
+}
+
+namespace gemm_detail {
+
+// ------------------------------------------------------------------------------------------- parameters
+
+#if defined(__AVX512F__)
+inline constexpr int vector_registers = 32;
+#else
+inline constexpr int vector_registers = 16;
+#endif
+
+/// Register tile and cache blocking for scalar T on the compiled-for target.
+template <class T>
+struct blocking {
+  using batch = xsimd::batch<T>;
+  static constexpr index_t W = static_cast<index_t>(batch::size);  // lanes per batch
+  static constexpr int NV = 2;                                       // batches per row of the C tile
+  static constexpr int MR = vector_registers >= 32 ? 14 : 6;         // rows of the C tile
+  static constexpr index_t NR = NV * W;                              // columns of the C tile
+  // KC: a packed B panel (KC x NR) is ~32 KiB with 32 registers (L1 48 KiB on Zen 4/5), ~16 KiB otherwise.
+  static constexpr index_t KC =
+      std::clamp<index_t>(static_cast<index_t>((vector_registers >= 32 ? 32768 : 16384) / (NR * sizeof(T))), 64, 512);
+  // Row stride of the packed A block: KC plus one cache line, so the MR rows fall into different L1 sets.
+  static constexpr index_t LDA = KC + static_cast<index_t>(64 / sizeof(T));
+  // MC: the packed A block (MC x LDA) takes about 1/3 MiB of L2.
+  static constexpr index_t MC = std::max<index_t>(1, 360 * 1024 / (LDA * static_cast<index_t>(sizeof(T)) * MR)) * MR;
+  static constexpr index_t NC = 64 * NR;  // columns per packed B block (KC x NC lives in L2/L3)
+  // Dot-product tiles of the small-M path: R rows of w by MB rows of x.
+  static constexpr int R = 4;
+  static constexpr int MB = vector_registers >= 32 ? 4 : 2;
+};
+
+/// linear() takes the streaming (dot-product) path for M <= this many rows.
+inline constexpr index_t small_m_rows = 16;
+/// gemm_nt() takes the dot-product path (no packing) for M <= this many rows.
+inline constexpr index_t small_nt_rows = 4;
+
+inline constexpr index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
+
+/// What the store of a C tile does: c = alpha * acc + bias[j] + beta * c (beta == 0: c not read).
+template <class T>
+struct epilogue {
+  T alpha;
+  T beta;
+  const T* bias;  // (N) or null
+};
+
+/// Per-thread pack buffers (64-byte aligned), grown on first use and then reused.
+template <class T>
+struct pack_space {
+  buffer<T> a;  // (MC, LDA)
+  buffer<T> b;  // (KC, NC) as NC/NR panels of (KC, NR)
+};
+template <class T>
+inline pack_space<T>& thread_pack_space() {
+  thread_local pack_space<T> space;
+  return space;
+}
+
+// ------------------------------------------------------------------------ arch-specific fast paths
+
+#if defined(__AVX512F__)
+// GCC 12 flags the unmasked AVX-512 shuffles (they start from _mm512_undefined_*) under -Wuninitialized;
+// the masked forms with a full mask compile to the same instructions without the warning.
+inline __m512 unpacklo16(__m512 a, __m512 b) { return _mm512_mask_unpacklo_ps(a, 0xFFFF, a, b); }
+inline __m512 unpackhi16(__m512 a, __m512 b) { return _mm512_mask_unpackhi_ps(a, 0xFFFF, a, b); }
+template <int I>
+inline __m512 shuffle16(__m512 a, __m512 b) { return _mm512_mask_shuffle_ps(a, 0xFFFF, a, b, I); }
+template <int I>
+inline __m512 shuffle_lanes16(__m512 a, __m512 b) { return _mm512_mask_shuffle_f32x4(a, 0xFFFF, a, b, I); }
+inline __m512d unpacklo8(__m512d a, __m512d b) { return _mm512_mask_unpacklo_pd(a, 0xFF, a, b); }
+inline __m512d unpackhi8(__m512d a, __m512d b) { return _mm512_mask_unpackhi_pd(a, 0xFF, a, b); }
+template <int I>
+inline __m512d shuffle8(__m512d a, __m512d b) { return _mm512_mask_shuffle_pd(a, 0xFF, a, b, I); }
+template <int I>
+inline __m512d shuffle_lanes8(__m512d a, __m512d b) { return _mm512_mask_shuffle_f64x2(a, 0xFF, a, b, I); }
+
+/// In-register transpose of a 16 x 16 float block: r[i] row i in, column i out.
+inline void transpose16x16(__m512 (&r)[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = unpacklo16(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = unpackhi16(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i + 0] = shuffle16<0x44>(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = shuffle16<0xEE>(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = shuffle16<0x44>(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = shuffle16<0xEE>(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      t[8 * i + j] = shuffle_lanes16<0x88>(r[8 * i + j], r[8 * i + 4 + j]);
+      t[8 * i + 4 + j] = shuffle_lanes16<0xDD>(r[8 * i + j], r[8 * i + 4 + j]);
+    }
+  for (int j = 0; j < 8; ++j) {
+    r[j] = shuffle_lanes16<0x88>(t[j], t[8 + j]);
+    r[j + 8] = shuffle_lanes16<0xDD>(t[j], t[8 + j]);
+  }
+}
+
+/// In-register transpose of an 8 x 8 double block.
+inline void transpose8x8(__m512d (&r)[8]) {
+  __m512d t[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = unpacklo8(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = unpackhi8(r[2 * i], r[2 * i + 1]);
+  }
+  __m512d u[8];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) {
+      u[4 * i + j] = shuffle_lanes8<0x88>(t[4 * i + j], t[4 * i + 2 + j]);
+      u[4 * i + 2 + j] = shuffle_lanes8<0xDD>(t[4 * i + j], t[4 * i + 2 + j]);
+    }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = shuffle_lanes8<0x88>(u[j], u[4 + j]);
+    r[j + 4] = shuffle_lanes8<0xDD>(u[j], u[4 + j]);
+  }
+}
+#elif defined(__AVX__)
+/// In-register transpose of an 8 x 8 float block (AVX).
+inline void transpose8x8(__m256 (&r)[8]) {
+  __m256 t[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  __m256 s[8];
+  for (int i = 0; i < 2; ++i) {
+    s[4 * i + 0] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+    s[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+    s[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+    s[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x20);
+    r[j + 4] = _mm256_permute2f128_ps(s[j], s[4 + j], 0x31);
+  }
+}
+/// In-register transpose of a 4 x 4 double block (AVX).
+inline void transpose4x4(__m256d (&r)[4]) {
+  const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
+  const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
+  r[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
+  r[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
+  r[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
+  r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
+}
+#endif
+
+/// Fast part of the transposing pack: dst (kc, NR) k-major from NR full rows src (NR, kc) with stride ld.
+/// Returns how many leading k it packed (a multiple of the transpose block; 0 without a fast path).
+template <class T>
+inline index_t transpose_pack_fast(const T* src, index_t ld, index_t kc, T* dst) {
+  constexpr index_t NR = blocking<T>::NR;
+  index_t k0 = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && blocking<T>::W == 16) {
+    for (; k0 + 16 <= kc; k0 += 16)
+      for (index_t g = 0; g < NR; g += 16) {
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (g + i) * ld + k0);
+        transpose16x16(r);
+        for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + (k0 + i) * NR + g, r[i]);
+      }
+  } else if constexpr (std::is_same_v<T, double> && blocking<T>::W == 8) {
+    for (; k0 + 8 <= kc; k0 += 8)
+      for (index_t g = 0; g < NR; g += 8) {
+        __m512d r[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm512_loadu_pd(src + (g + i) * ld + k0);
+        transpose8x8(r);
+        for (int i = 0; i < 8; ++i) _mm512_storeu_pd(dst + (k0 + i) * NR + g, r[i]);
+      }
+  }
+#elif defined(__AVX__)
+  if constexpr (std::is_same_v<T, float> && blocking<T>::W == 8) {
+    for (; k0 + 8 <= kc; k0 += 8)
+      for (index_t g = 0; g < NR; g += 8) {
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + (g + i) * ld + k0);
+        transpose8x8(r);
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (k0 + i) * NR + g, r[i]);
+      }
+  } else if constexpr (std::is_same_v<T, double> && blocking<T>::W == 4) {
+    for (; k0 + 4 <= kc; k0 += 4)
+      for (index_t g = 0; g < NR; g += 4) {
+        __m256d r[4];
+        for (int i = 0; i < 4; ++i) r[i] = _mm256_loadu_pd(src + (g + i) * ld + k0);
+        transpose4x4(r);
+        for (int i = 0; i < 4; ++i) _mm256_storeu_pd(dst + (k0 + i) * NR + g, r[i]);
+      }
+  }
+#else
+  (void)src, (void)ld, (void)kc, (void)dst;
+#endif
+  return k0;
+}
+
+/// out[i] = sum of the lanes of v[i], for the W batches v[0..W).
+template <class T>
+inline void reduce_lanes(const xsimd::batch<T>* v, T* out) {
+  using batch = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(batch::size);
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && W == 16) {
+    // Fold pairs of sources so each halving step keeps one partial per source: 30 shuffles, 15 adds.
+    __m512 u[8], w[4], x[2];
+    for (int i = 0; i < 8; ++i)
+      u[i] = _mm512_add_ps(shuffle_lanes16<0x44>(v[2 * i], v[2 * i + 1]), shuffle_lanes16<0xEE>(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; ++i)
+      w[i] = _mm512_add_ps(shuffle_lanes16<0x88>(u[2 * i], u[2 * i + 1]), shuffle_lanes16<0xDD>(u[2 * i], u[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)
+      x[i] = _mm512_add_ps(shuffle16<0x44>(w[2 * i], w[2 * i + 1]), shuffle16<0xEE>(w[2 * i], w[2 * i + 1]));
+    alignas(64) float y[16];
+    _mm512_store_ps(y, _mm512_add_ps(shuffle16<0x88>(x[0], x[1]), shuffle16<0xDD>(x[0], x[1])));
+    for (int l = 0; l < 4; ++l)
+      for (int j = 0; j < 4; ++j) out[4 * j + l] = y[4 * l + j];  // lane 4l+j holds source 4j+l
+    return;
+  } else if constexpr (std::is_same_v<T, double> && W == 8) {
+    __m512d u[4], w[2];
+    for (int i = 0; i < 4; ++i)
+      u[i] = _mm512_add_pd(shuffle_lanes8<0x44>(v[2 * i], v[2 * i + 1]), shuffle_lanes8<0xEE>(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 2; ++i)
+      w[i] = _mm512_add_pd(shuffle_lanes8<0x88>(u[2 * i], u[2 * i + 1]), shuffle_lanes8<0xDD>(u[2 * i], u[2 * i + 1]));
+    alignas(64) double y[8];
+    _mm512_store_pd(y, _mm512_add_pd(shuffle8<0x00>(w[0], w[1]), shuffle8<0xFF>(w[0], w[1])));
+    for (int l = 0; l < 4; ++l)
+      for (int j = 0; j < 2; ++j) out[4 * j + l] = y[2 * l + j];  // lane 2l+j holds source 4j+l
+    return;
+  }
+#endif
+  for (index_t i = 0; i < W; ++i) out[i] = hsum(v[i]);
+}
+
+// -------------------------------------------------------------------------------------------- packing
+
+/// dst (mc, LDA) <- src (mc, kc) with stride ld: a row-major copy with the padded stride.
+template <class T>
+inline void pack_a(const T* src, index_t ld, index_t mc, index_t kc, T* dst) {
+  for (index_t i = 0; i < mc; ++i)
+    std::memcpy(dst + i * blocking<T>::LDA, src + i * ld, static_cast<std::size_t>(kc) * sizeof(T));
+}
+
+/// dst (kc, NR) k-major panel <- the nr <= NR rows src (nr, kc) of b (N, K), stride ld; columns >= nr zero.
+template <class T>
+inline void pack_b_nk(const T* src, index_t ld, index_t nr, index_t kc, T* dst) {
+  constexpr index_t NR = blocking<T>::NR;
+  const index_t k0 = nr == NR ? transpose_pack_fast(src, ld, kc, dst) : 0;
+  for (index_t k = k0; k < kc; ++k) {
+    T* d = dst + k * NR;
+    for (index_t j = 0; j < nr; ++j) d[j] = src[j * ld + k];
+    for (index_t j = nr; j < NR; ++j) d[j] = T(0);
+  }
+}
+
+/// dst (kc, NR) panel <- src (kc, nr) columns of b (K, N), stride ld; columns >= nr zero.
+template <class T>
+inline void pack_b_kn(const T* src, index_t ld, index_t nr, index_t kc, T* dst) {
+  using P = blocking<T>;
+  using batch = typename P::batch;
+  if (nr == P::NR) {
+    for (index_t k = 0; k < kc; ++k)
+      for (int v = 0; v < P::NV; ++v) batch::load_unaligned(src + k * ld + v * P::W).store_aligned(dst + k * P::NR + v * P::W);
+    return;
+  }
+  for (index_t k = 0; k < kc; ++k) {
+    T* d = dst + k * P::NR;
+    for (index_t j = 0; j < nr; ++j) d[j] = src[k * ld + j];
+    for (index_t j = nr; j < P::NR; ++j) d[j] = T(0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------- micro-kernel
+
+/// Stores the C tile acc (MR, NV batches) into c (MR, nr) through the epilogue.
+template <class T, int MR, int NV>
+inline void store_tile(const xsimd::batch<T> (&acc)[MR][NV], T* c, index_t ldc, index_t nr, const epilogue<T>& ep) {
+  using batch = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(batch::size);
+  constexpr index_t NR = NV * W;
+  if (nr == NR) {
+    const batch alpha(ep.alpha), beta(ep.beta);
+    const bool scale = ep.alpha != T(1);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) {
+        T* p = c + i * ldc + v * W;
+        batch r = acc[i][v];
+        if (scale) r *= alpha;
+        if (ep.bias) r += batch::load_unaligned(ep.bias + v * W);
+        if (ep.beta == T(1))
+          r += batch::load_unaligned(p);
+        else if (ep.beta != T(0))
+          r = xsimd::fma(beta, batch::load_unaligned(p), r);
+        r.store_unaligned(p);
+      }
+    return;
+  }
+  alignas(64) T tile[MR * NR];
+  for (int i = 0; i < MR; ++i)
+    for (int v = 0; v < NV; ++v) acc[i][v].store_aligned(tile + i * NR + v * W);
+  for (int i = 0; i < MR; ++i) {
+    T* p = c + i * ldc;
+    for (index_t j = 0; j < nr; ++j) {
+      T r = ep.alpha * tile[i * NR + j];
+      if (ep.bias) r += ep.bias[j];
+      if (ep.beta != T(0)) r += ep.beta * p[j];
+      p[j] = r;
+    }
+  }
+}
+
+/// c (MR, nr) = epilogue(a (MR, kc; row stride LDA) * b (kc, NR; row stride ldb)): the register tile.
+template <class T, int MR, int NV, index_t LDA>
+inline void micro_kernel(index_t kc, const T* SESSA_RESTRICT a, const T* SESSA_RESTRICT b, index_t ldb, T* c,
+                         index_t ldc, index_t nr, const epilogue<T>& ep) {
+  using batch = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(batch::size);
+  batch acc[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[i][v] = batch(T(0));
+  for (index_t k = 0; k < kc; ++k) {
+    batch bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) bv[v] = batch::load_unaligned(b + v * W);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const batch ai(a[i * LDA]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(ai, bv[v], acc[i][v]);
+    }
+    a += 1;
+    b += ldb;
+  }
+  store_tile<T, MR, NV>(acc, c, ldc, nr, ep);
+}
+
+template <class T>
+using kernel_fn = void (*)(index_t, const T*, const T*, index_t, T*, index_t, index_t, const epilogue<T>&);
+
+template <class T, int... I>
+constexpr std::array<kernel_fn<T>, sizeof...(I)> make_kernels(std::integer_sequence<int, I...>) {
+  return {&micro_kernel<T, I + 1, blocking<T>::NV, blocking<T>::LDA>...};
+}
+/// kernels_by_rows<T>[m - 1] is the micro-kernel for an m-row tile (m = 1..MR).
+template <class T>
+inline constexpr std::array<kernel_fn<T>, blocking<T>::MR> kernels_by_rows =
+    make_kernels<T>(std::make_integer_sequence<int, blocking<T>::MR>{});
+
+// ------------------------------------------------------------------------------------------ drivers
+
+/// c (M, N) = beta * c + bias: the products of an empty K.
+template <class T>
+inline void scale_output(matrix<T> c, T beta, const T* bias) {
+  for (index_t i = 0; i < c.rows; ++i) {
+    T* p = c.row(i);
+    for (index_t j = 0; j < c.cols; ++j) p[j] = (beta == T(0) ? T(0) : beta * p[j]) + (bias ? bias[j] : T(0));
+  }
+}
+
+enum class b_layout { nk, kn };  // b is (N, K) and enters transposed / b is (K, N)
+
+/// c (M, N) = alpha a (M, K) op(b) + bias + beta c on the calling thread: the packed, blocked GEMM.
+template <class T, b_layout L>
+inline void gemm_blocked(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta, const T* bias) {
+  using P = blocking<T>;
+  const index_t M = c.rows, N = c.cols, K = a.cols;
+  if (M == 0 || N == 0) return;
+  if (K == 0) return scale_output(c, beta, bias);
+  pack_space<T>& space = thread_pack_space<T>();
+  space.a.reserve(std::min(M, P::MC) * P::LDA);
+  space.b.reserve(std::min(P::KC, K) * round_up(std::min(N, P::NC), P::NR));
+  T* abuf = space.a.data();
+  T* bbuf = space.b.data();
+  // (K, N) operands with a single row tile use B in place (no reuse to pay for a pack); edges still pack.
+  const bool b_in_place = L == b_layout::kn && M <= P::MR;
+  const auto& kernels = kernels_by_rows<T>;
+  const index_t m_blocks = (M + P::MC - 1) / P::MC;  // near-equal row blocks of at most MC rows
+  for (index_t jc = 0; jc < N; jc += P::NC) {
+    const index_t nc = std::min(P::NC, N - jc);
+    for (index_t pc = 0; pc < K; pc += P::KC) {
+      const index_t kc = std::min(P::KC, K - pc);
+      if (!b_in_place)
+        for (index_t jr = 0; jr < nc; jr += P::NR) {
+          const index_t nr = std::min(P::NR, nc - jr);
+          if constexpr (L == b_layout::nk)
+            pack_b_nk(b.row(jc + jr) + pc, b.ld, nr, kc, bbuf + jr * kc);
+          else
+            pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf + jr * kc);
+        }
+      const epilogue<T> ep = pc == 0 ? epilogue<T>{alpha, beta, bias ? bias + jc : nullptr}
+                                     : epilogue<T>{alpha, T(1), nullptr};
+      for (index_t ib = 0; ib < m_blocks; ++ib) {
+        const index_t ic = M * ib / m_blocks, mc = M * (ib + 1) / m_blocks - ic;
+        const index_t tiles = (mc + P::MR - 1) / P::MR;  // near-equal row tiles: 16 rows = 8 + 8, not 14 + 2
+        pack_a(a.row(ic) + pc, a.ld, mc, kc, abuf);
+        for (index_t jr = 0; jr < nc; jr += P::NR) {
+          const index_t nr = std::min(P::NR, nc - jr);
+          epilogue<T> e = ep;
+          if (e.bias) e.bias += jr;
+          const T* bp = bbuf + jr * kc;
+          index_t ldb = P::NR;
+          if (b_in_place) {
+            if (nr == P::NR) {
+              bp = b.row(pc) + jc + jr;
+              ldb = b.ld;
+            } else {
+              pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf);
+              bp = bbuf;
+            }
+          }
+          T* cp = c.row(ic) + jc + jr;
+          for (index_t t = 0; t < tiles; ++t) {
+            const index_t ir = mc * t / tiles, mr = mc * (t + 1) / tiles - ir;
+            kernels[static_cast<std::size_t>(mr - 1)](kc, abuf + ir * P::LDA, bp, ldb, cp + ir * c.ld, c.ld, nr, e);
+          }
+        }
+      }
+    }
+  }
+}
+
+/// y (MB, R) = epilogue(x (MB, K) * w (R, K)^T): MB x R dot products along K, all in registers.
+template <class T, int MB, int R>
+inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const T* SESSA_RESTRICT w, index_t ldw, index_t K, T* y,
+                     index_t ldy, const epilogue<T>& ep) {
+  using batch = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(batch::size);
+  constexpr int n = MB * R;
+  constexpr int groups = static_cast<int>((n + W - 1) / W);
+  batch acc[groups * W];
+#pragma GCC unroll 32
+  for (int i = 0; i < groups * W; ++i) acc[i] = batch(T(0));
+  index_t k = 0;
+  for (; k + W <= K; k += W) {
+    batch wv[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) wv[r] = batch::load_unaligned(w + r * ldw + k);
+#pragma GCC unroll 8
+    for (int m = 0; m < MB; ++m) {
+      const batch xv = batch::load_unaligned(x + m * ldx + k);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) acc[m * R + r] = xsimd::fma(xv, wv[r], acc[m * R + r]);
+    }
+  }
+  alignas(64) T sums[groups * W];
+  for (int g = 0; g < groups; ++g) reduce_lanes<T>(acc + g * W, sums + g * W);
+  for (int m = 0; m < MB; ++m)
+    for (int r = 0; r < R; ++r) {
+      T s = sums[m * R + r];
+      for (index_t kk = k; kk < K; ++kk) s += x[m * ldx + kk] * w[r * ldw + kk];
+      T* p = y + m * ldy + r;
+      T v = ep.alpha * s;
+      if (ep.bias) v += ep.bias[r];
+      if (ep.beta != T(0)) v += ep.beta * *p;
+      *p = v;
+    }
+}
+
+template <class T>
+using dot_fn = void (*)(const T*, index_t, const T*, index_t, index_t, T*, index_t, const epilogue<T>&);
+
+template <class T, int MB, int... R>
+constexpr std::array<dot_fn<T>, sizeof...(R)> make_dot_row(std::integer_sequence<int, R...>) {
+  return {&dot_tile<T, MB, R + 1>...};
+}
+template <class T, int... MB>
+constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, sizeof...(MB)> make_dots(std::integer_sequence<int, MB...>) {
+  return {make_dot_row<T, MB + 1>(std::make_integer_sequence<int, blocking<T>::R>{})...};
+}
+/// dot_tiles<T>[mb - 1][r - 1] is the dot-product tile for mb rows of x and r rows of w.
+template <class T>
+inline constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, blocking<T>::MB> dot_tiles =
+    make_dots<T>(std::make_integer_sequence<int, blocking<T>::MB>{});
+
+/// y (M, N) = epilogue(x (M, K) w (N, K)^T) on the calling thread with dot-product tiles (no packing):
+/// each R-row block of w is read from memory once and used for all M rows of x.
+template <class T>
+inline void gemm_dot(cmatrix<T> x, cmatrix<T> w, matrix<T> y, const epilogue<T>& ep) {
+  using P = blocking<T>;
+  const index_t M = y.rows, N = y.cols, K = x.cols;
+  for (index_t j = 0; j < N; j += P::R) {
+    const index_t r = std::min<index_t>(P::R, N - j);
+    epilogue<T> e = ep;
+    if (e.bias) e.bias += j;
+    for (index_t m = 0; m < M; m += P::MB) {
+      const index_t mb = std::min<index_t>(P::MB, M - m);
+      dot_tiles<T>[static_cast<std::size_t>(mb - 1)][static_cast<std::size_t>(r - 1)](x.row(m), x.ld, w.row(j), w.ld, K,
+                                                                                        y.row(m) + j, y.ld, e);
+    }
+  }
+}
+
+/// [begin, end) of part `i` of `parts` near-equal shares of `units` units of `unit` elements (clipped to n).
+inline std::pair<index_t, index_t> share(index_t n, index_t unit, int parts, int i) {
+  const index_t units = (n + unit - 1) / unit;
+  const index_t b = units * i / parts, e = units * (i + 1) / parts;
+  return {std::min(n, b * unit), std::min(n, e * unit)};
+}
+
+/// Threads for a product of `flops` FLOPs: 1 inside a parallel region or when the fork would not pay.
+inline int threads_for(double flops) {
+#if SESSA_HAS_OPENMP
+  if (omp_in_parallel() || flops < 4.0e6) return 1;
+  return std::max(1, omp_get_max_threads());
+#else
+  (void)flops;
+  return 1;
+#endif
+}
+
+/// Rows of the thread grid (tm x tn = nt) for an (M, N) output: the split with the least padding and
+/// imbalance, preferring row splits (each thread then reads a disjoint part of x and all of w).
+inline int grid_rows(index_t M, index_t N, index_t mr, index_t nr, int nt) {
+  int best = 1;
+  double best_cost = 0;
+  for (int tm = 1; tm <= nt; ++tm) {
+    if (nt % tm) continue;
+    const int tn = nt / tm;
+    const index_t rows = ((M + mr - 1) / mr + tm - 1) / tm * mr;
+    const index_t cols = ((N + nr - 1) / nr + tn - 1) / tn * nr;
+    const double cost = static_cast<double>(rows) * static_cast<double>(cols);  // padded work per thread
+    if (tm == 1 || cost <= best_cost) {
+      best = tm;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+}  // namespace gemm_detail
+
+/// c (M, N) = alpha * a (M, K) * b (N, K)^T + beta * c. beta == 0 ignores c's old contents (even NaN).
+template <scalar T>
+void gemm_nt(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta) {
+  using namespace gemm_detail;
+  if (c.rows == 0 || c.cols == 0) return;
+  if (c.rows <= small_nt_rows)
+    gemm_dot(a, b, c, epilogue<T>{alpha, beta, nullptr});
+  else
+    gemm_blocked<T, b_layout::nk>(a, b, c, alpha, beta, nullptr);
+}
+
+/// c (M, N) = alpha * a (M, K) * b (K, N) + beta * c. beta == 0 ignores c's old contents.
+template <scalar T>
+void gemm_nn(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta) {
+  gemm_detail::gemm_blocked<T, gemm_detail::b_layout::kn>(a, b, c, alpha, beta, nullptr);
+}
+
+/// y (M, N) = x (M, K) * w (N, K)^T + bias (N; may be null); with accumulate, y += instead. All threads
+/// (the calling thread alone inside a parallel region).
+template <scalar T>
+void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumulate) {
+  using namespace gemm_detail;
+  using P = blocking<T>;
+  const index_t M = x.rows, N = w.rows, K = x.cols;
+  if (M == 0 || N == 0) return;
+  const T beta = accumulate ? T(1) : T(0);
+  const int nt = threads_for(2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K));
+
+  if (M <= small_m_rows) {
+    // Decode: bandwidth-bound; threads split the rows of w.
+    const epilogue<T> ep{T(1), beta, bias};
+    if (nt == 1) return gemm_dot(x, w, y, ep);
+#if SESSA_HAS_OPENMP
+#pragma omp parallel num_threads(nt)
+    {
+      const auto [j0, j1] = share(N, P::R, omp_get_num_threads(), omp_get_thread_num());
+      if (j1 > j0)
+        gemm_dot(x, w.row_block(j0, j1 - j0), y.col_block(j0, j1 - j0), epilogue<T>{T(1), beta, bias ? bias + j0 : nullptr});
+    }
+#endif
+    return;
+  }
+
+  if (nt == 1) return gemm_blocked<T, b_layout::nk>(x, w, y, T(1), beta, bias);
+#if SESSA_HAS_OPENMP
+#pragma omp parallel num_threads(nt)
+  {
+    const int n = omp_get_num_threads(), t = omp_get_thread_num();
+    const int tm = grid_rows(M, N, P::MR, P::NR, n), tn = n / tm;
+    const auto [m0, m1] = share(M, P::MR, tm, t / tn);
+    const auto [n0, n1] = share(N, P::NR, tn, t % tn);
+    if (m1 > m0 && n1 > n0)
+      gemm_blocked<T, b_layout::nk>(x.row_block(m0, m1 - m0), w.row_block(n0, n1 - n0),
+                                    y.row_block(m0, m1 - m0).col_block(n0, n1 - n0), T(1), beta,
+                                    bias ? bias + n0 : nullptr);
+  }
+#endif
+}
+
+}  // namespace sessa::backend::simd

@@ -1,0 +1,39 @@
+// sessa/config.hpp: build-wide macros and feature detection.
+//
+// Every other header includes this one first. Nothing here depends on CUDA being present:
+// SESSA_HOST_DEVICE expands to `__host__ __device__` only when a CUDA compiler is reading the file,
+// so the same headers compile under g++ and nvcc.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#define SESSA_VERSION_MAJOR 0
+#define SESSA_VERSION_MINOR 1
+#define SESSA_VERSION_PATCH 0
+#define SESSA_VERSION_STRING "0.1.0"
+
+#if defined(__CUDACC__)
+#define SESSA_HOST_DEVICE __host__ __device__
+#else
+#define SESSA_HOST_DEVICE
+#endif
+
+#if defined(_OPENMP)
+#define SESSA_HAS_OPENMP 1
+#else
+#define SESSA_HAS_OPENMP 0
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define SESSA_RESTRICT __restrict__
+#else
+#define SESSA_RESTRICT
+#endif
+
+namespace sessa {
+
+/// Signed index type used for every extent and position (matches PyTorch's int64 shapes).
+using index_t = std::int64_t;
+
+}  // namespace sessa

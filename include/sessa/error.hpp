@@ -1,0 +1,55 @@
+// sessa/error.hpp: the exceptions the library throws.
+//
+// Every failure a caller can cause (a bad configuration, a wrong shape, a malformed weight file, a full
+// cache, an out-of-range token) is reported by throwing one of these, with a message that names the
+// offending value. The library never aborts and never returns silently wrong numbers.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace sessa {
+
+/// Base of every sessa exception.
+class error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// A configuration violates SPEC.md's checks (D % H, H % Hkv, even head width with RoPE, 0 < gamma_max < 1, ...).
+class config_error : public error {
+ public:
+  using error::error;
+};
+
+/// A tensor has the wrong shape or rank for the operation or parameter it was given to.
+class shape_error : public error {
+ public:
+  using error::error;
+};
+
+/// A weight or data file is malformed, truncated, or does not describe the expected model.
+class format_error : public error {
+ public:
+  using error::error;
+};
+
+/// A file could not be opened, read or written.
+class io_error : public error {
+ public:
+  using error::error;
+};
+
+/// A cache operation is impossible: capacity exceeded, batch mismatch, truncation past the end.
+class cache_error : public error {
+ public:
+  using error::error;
+};
+
+/// An input value is out of its domain (a token id outside the vocabulary, a non-finite input).
+class value_error : public error {
+ public:
+  using error::error;
+};
+
+}  // namespace sessa

@@ -1,0 +1,497 @@
+// sessa/io/model_file.hpp: Sessa models in safetensors files (SPEC.md "Weight files").
+//
+// The configuration travels as strings in __metadata__ (sessa.arch, sessa.d_model, ...); a bare state
+// dict without them loads when the caller gives the configuration. Every parameter name and shape is
+// checked against the configuration through the one parameter table (model/weights.hpp); all problems
+// are reported together in one format_error that lists what is missing, unexpected or mis-shaped. The
+// public modules' buffers are accepted: mixer.rope_inv_freq (checked against our own to 2 ulp, then its
+// exact bits are used) and the boolean causal masks.
+#pragma once
+
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <type_traits>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "../attention/rope.hpp"
+#include "../attention/variants.hpp"
+#include "../concepts.hpp"
+#include "../core/hparams.hpp"
+#include "../error.hpp"
+#include "../model/decoder.hpp"
+#include "../model/layer.hpp"
+#include "../model/weights.hpp"
+#include "json.hpp"
+#include "safetensors.hpp"
+
+namespace sessa::io {
+
+enum class model_arch { layer, decoder };
+
+/// What a model file declares: its kind, its shape and its forward-branch attention variant.
+struct model_info {
+  model_arch arch = model_arch::layer;
+  decoder_config config;              // for a layer file only config.layer is meaningful
+  std::string attention = "causal";   // "causal" | "sliding_window"
+  index_t window = 0;                 // sliding_window only
+};
+
+namespace detail {
+
+inline const std::string* find_meta(const std::map<std::string, std::string>& m, const std::string& key) {
+  auto it = m.find(key);
+  return it == m.end() ? nullptr : &it->second;
+}
+
+inline const std::string& need_meta(const std::map<std::string, std::string>& m, const std::string& key,
+                                    const std::string& src) {
+  if (auto* v = find_meta(m, key)) return *v;
+  throw format_error(src + ": metadata key '" + key + "' is missing");
+}
+
+inline index_t meta_int(const std::string& v, const std::string& key, const std::string& src) {
+  index_t out = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+  if (ec != std::errc{} || p != v.data() + v.size())
+    throw format_error(src + ": metadata '" + key + "' = '" + v + "' is not an integer");
+  return out;
+}
+
+inline double meta_double(const std::string& v, const std::string& key, const std::string& src) {
+  double out = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+  if (ec != std::errc{} || p != v.data() + v.size() || !std::isfinite(out))
+    throw format_error(src + ": metadata '" + key + "' = '" + v + "' is not a finite number");
+  return out;
+}
+
+inline bool meta_bool(const std::string& v, const std::string& key, const std::string& src) {
+  if (v == "true" || v == "True") return true;
+  if (v == "false" || v == "False") return false;
+  throw format_error(src + ": metadata '" + key + "' = '" + v + "' is not 'true' or 'false'");
+}
+
+/// True when a and b are within `ulps` units in the last place (both finite floats).
+inline bool within_ulps(float a, float b, int ulps) {
+  std::int32_t ia, ib;
+  std::memcpy(&ia, &a, 4);
+  std::memcpy(&ib, &b, 4);
+  if ((ia < 0) != (ib < 0)) return a == b;
+  return std::abs(static_cast<std::int64_t>(ia) - ib) <= ulps;
+}
+
+}  // namespace detail
+
+/// True when the file carries sessa.* configuration metadata.
+inline bool has_config_metadata(const safetensors_file& f) { return f.metadata().count("sessa.arch") != 0; }
+
+/// Reads the configuration from the file's metadata; format_error naming the key when one is missing or bad,
+/// config_error when the values violate SPEC.md's checks.
+inline model_info read_model_info(const safetensors_file& f) {
+  const auto& m = f.metadata();
+  const std::string& src = f.source();
+  if (!has_config_metadata(f))
+    throw format_error(src + ": no sessa.* configuration in __metadata__ (a bare state dict); "
+                             "give the configuration explicitly");
+  model_info info;
+  const std::string& arch = detail::need_meta(m, "sessa.arch", src);
+  if (arch == "layer") info.arch = model_arch::layer;
+  else if (arch == "decoder") info.arch = model_arch::decoder;
+  else throw format_error(src + ": metadata 'sessa.arch' = '" + arch + "' is neither 'layer' nor 'decoder'");
+  auto& L = info.config.layer;
+  L.d_model = detail::meta_int(detail::need_meta(m, "sessa.d_model", src), "sessa.d_model", src);
+  L.n_heads = detail::meta_int(detail::need_meta(m, "sessa.n_heads", src), "sessa.n_heads", src);
+  L.n_kv_heads = detail::meta_int(detail::need_meta(m, "sessa.n_kv_heads", src), "sessa.n_kv_heads", src);
+  L.use_rope = detail::meta_bool(detail::need_meta(m, "sessa.use_rope", src), "sessa.use_rope", src);
+  L.gamma_max = detail::meta_double(detail::need_meta(m, "sessa.gamma_max", src), "sessa.gamma_max", src);
+  L.ln_eps = detail::meta_double(detail::need_meta(m, "sessa.ln_eps", src), "sessa.ln_eps", src);
+  if (info.arch == model_arch::decoder) {
+    auto& c = info.config;
+    c.vocab_size = detail::meta_int(detail::need_meta(m, "sessa.vocab_size", src), "sessa.vocab_size", src);
+    c.n_layers = detail::meta_int(detail::need_meta(m, "sessa.n_layers", src), "sessa.n_layers", src);
+    c.tie_embeddings =
+        detail::meta_bool(detail::need_meta(m, "sessa.tie_embeddings", src), "sessa.tie_embeddings", src);
+  }
+  if (auto* a = detail::find_meta(m, "sessa.attention")) {
+    info.attention = *a;
+    if (*a == "sliding_window") {
+      info.window = detail::meta_int(detail::need_meta(m, "sessa.window", src), "sessa.window", src);
+      attention::sliding_window{info.window}.check();
+    } else if (*a != "causal") {
+      throw format_error(src + ": metadata 'sessa.attention' = '" + *a + "' is not 'causal' or 'sliding_window'");
+    }
+  }
+  try {
+    if (info.arch == model_arch::decoder) info.config.check();
+    else info.config.layer.check();
+  } catch (const config_error& e) {
+    throw config_error(src + ": " + e.what());
+  }
+  return info;
+}
+
+/// The shortest text that reads back as exactly `v` ("0.999", "1e-05").
+inline std::string shortest(double v) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+/// Every field of a model_info, in one line (for messages and for comparing two descriptions).
+inline std::string describe(const model_info& m) {
+  const layer_config& L = m.config.layer;
+  std::ostringstream s;
+  s << (m.arch == model_arch::decoder ? "decoder" : "layer") << " d_model=" << L.d_model << " n_heads=" << L.n_heads
+    << " n_kv_heads=" << L.n_kv_heads << " use_rope=" << (L.use_rope ? "true" : "false")
+    << " gamma_max=" << shortest(L.gamma_max) << " ln_eps=" << shortest(L.ln_eps);
+  if (m.arch == model_arch::decoder)
+    s << " vocab_size=" << m.config.vocab_size << " n_layers=" << m.config.n_layers
+      << " tie_embeddings=" << (m.config.tie_embeddings ? "true" : "false");
+  s << " attention=" << m.attention;
+  if (m.attention == "sliding_window") s << " window=" << m.window;
+  return s.str();
+}
+
+/// Reads a configuration from a JSON object (for weight files without sessa.* metadata):
+///   {"arch": "layer"|"decoder", "d_model": 32, "n_heads": 4, "n_kv_heads": 2, "use_rope": true,
+///    "gamma_max": 0.999, "ln_eps": 1e-5, "vocab_size": 50, "n_layers": 2, "tie_embeddings": true,
+///    "attention": "causal"|"sliding_window", "window": 8}
+/// d_model and n_heads are required (plus vocab_size and n_layers for a decoder); the rest default to the
+/// public modules' defaults (n_kv_heads = n_heads). Unknown keys are errors.
+inline model_info parse_config_json(std::string_view text, const std::string& src) {
+  json::value doc;
+  try {
+    doc = json::parse(text);
+  } catch (const format_error& e) {
+    throw format_error(src + ": " + e.what());
+  }
+  if (!doc.is_object()) throw format_error(src + ": the configuration must be a JSON object");
+  auto fail = [&](const std::string& m) { throw format_error(src + ": " + m); };
+  auto integer = [&](const char* key, std::optional<index_t> dflt) -> index_t {
+    const json::value* v = doc.find(key);
+    if (!v) {
+      if (!dflt) fail(std::string("configuration key '") + key + "' is missing");
+      return *dflt;
+    }
+    auto i = v->as_int64();
+    if (!i) fail(std::string("configuration key '") + key + "' must be an integer");
+    return *i;
+  };
+  auto number = [&](const char* key, double dflt) {
+    const json::value* v = doc.find(key);
+    if (!v) return dflt;
+    if (!v->is_number()) fail(std::string("configuration key '") + key + "' must be a number");
+    return v->as_number();
+  };
+  auto boolean = [&](const char* key, bool dflt) {
+    const json::value* v = doc.find(key);
+    if (!v) return dflt;
+    if (!v->is_bool()) fail(std::string("configuration key '") + key + "' must be true or false");
+    return v->as_bool();
+  };
+  auto text_of = [&](const char* key, const char* dflt) {
+    const json::value* v = doc.find(key);
+    if (!v) return std::string(dflt);
+    if (!v->is_string()) fail(std::string("configuration key '") + key + "' must be a string");
+    return v->as_string();
+  };
+  static const std::set<std::string> known = {"arch",     "d_model",  "n_heads",   "n_kv_heads",     "use_rope",
+                                              "gamma_max", "ln_eps",  "vocab_size", "n_layers",      "tie_embeddings",
+                                              "attention", "window"};
+  for (const auto& [k, v] : doc.as_object())
+    if (!known.count(k)) fail("unknown configuration key '" + k + "'");
+  model_info info;
+  const std::string arch = text_of("arch", "layer");
+  if (arch == "decoder") info.arch = model_arch::decoder;
+  else if (arch != "layer") fail("configuration 'arch' = '" + arch + "' is neither 'layer' nor 'decoder'");
+  layer_config& L = info.config.layer;
+  L.d_model = integer("d_model", std::nullopt);
+  L.n_heads = integer("n_heads", std::nullopt);
+  L.n_kv_heads = integer("n_kv_heads", L.n_heads);
+  L.use_rope = boolean("use_rope", true);
+  L.gamma_max = number("gamma_max", 0.999);
+  L.ln_eps = number("ln_eps", 1e-5);
+  if (info.arch == model_arch::decoder) {
+    info.config.vocab_size = integer("vocab_size", std::nullopt);
+    info.config.n_layers = integer("n_layers", std::nullopt);
+    info.config.tie_embeddings = boolean("tie_embeddings", true);
+  }
+  info.attention = text_of("attention", "causal");
+  if (info.attention == "sliding_window") {
+    info.window = integer("window", std::nullopt);
+    attention::sliding_window{info.window}.check();
+  } else if (info.attention != "causal") {
+    fail("configuration 'attention' = '" + info.attention + "' is not 'causal' or 'sliding_window'");
+  }
+  try {
+    if (info.arch == model_arch::decoder) info.config.check();
+    else L.check();
+  } catch (const config_error& e) {
+    throw config_error(src + ": " + e.what());
+  }
+  return info;
+}
+
+/// parse_config_json on a file.
+inline model_info read_config_json(const std::filesystem::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw io_error(path.string() + ": cannot open the configuration file");
+  std::ostringstream text;
+  text << f.rdbuf();
+  if (f.bad()) throw io_error(path.string() + ": cannot read the configuration file");
+  return parse_config_json(text.str(), path.string());
+}
+
+/// Metadata for a configuration (what writers put in __metadata__).
+inline std::map<std::string, std::string> config_metadata(const layer_config& c) {
+  return {{"sessa.arch", "layer"},
+          {"sessa.d_model", std::to_string(c.d_model)},
+          {"sessa.n_heads", std::to_string(c.n_heads)},
+          {"sessa.n_kv_heads", std::to_string(c.n_kv_heads)},
+          {"sessa.use_rope", c.use_rope ? "true" : "false"},
+          {"sessa.gamma_max", shortest(c.gamma_max)},
+          {"sessa.ln_eps", shortest(c.ln_eps)}};
+}
+inline std::map<std::string, std::string> config_metadata(const decoder_config& c) {
+  auto m = config_metadata(c.layer);
+  m["sessa.arch"] = "decoder";
+  m["sessa.vocab_size"] = std::to_string(c.vocab_size);
+  m["sessa.n_layers"] = std::to_string(c.n_layers);
+  m["sessa.tie_embeddings"] = c.tie_embeddings ? "true" : "false";
+  return m;
+}
+
+namespace detail {
+
+inline const layer_config& cfg_layer(const layer_config& c) { return c; }
+inline const layer_config& cfg_layer(const decoder_config& c) { return c.layer; }
+
+/// The mixer whose buffer `name` belongs to ("mixer.x" for a layer, "layers.{i}.mixer.x" for a decoder).
+template <scalar T>
+mixer_weights<T>* mixer_for(const layer_config&, layer_weights<T>& w, const std::string& name) {
+  return name.rfind("mixer.", 0) == 0 ? &w.mixer : nullptr;
+}
+template <scalar T>
+mixer_weights<T>* mixer_for(const decoder_config& c, decoder_weights<T>& w, const std::string& name) {
+  if (name.rfind("layers.", 0) != 0) return nullptr;
+  index_t i = 0;
+  const char* b = name.data() + 7;
+  auto [p, ec] = std::from_chars(b, name.data() + name.size(), i);
+  if (ec != std::errc{} || p == b || *p != '.' || i < 0 || i >= c.n_layers) return nullptr;
+  if (name.compare(static_cast<std::size_t>(p - name.data()) + 1, 6, "mixer.") != 0) return nullptr;
+  return &w.layers[static_cast<std::size_t>(i)].mixer;
+}
+
+/// Matches the file's tensors against the parameter table of `cfg` and fills the weights; throws one
+/// format_error listing every missing, unexpected and mis-shaped name.
+template <scalar T, class Config, class Weights>
+void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, const std::string& describe) {
+  std::vector<std::string> missing, misshaped, unexpected, other;
+  std::set<std::string> used;
+  for_each_parameter(cfg, w, [&](const std::string& name, const shape_t& shape, buffer<T>& b) {
+    const tensor_entry* e = f.find(name);
+    if (!e) return missing.push_back(name);
+    used.insert(name);
+    if (e->shape != shape)
+      return misshaped.push_back(name + " is " + shape_string(e->shape) + ", expected " + shape_string(shape));
+    try {
+      const std::vector<T> v = f.template read_as<T>(name);
+      b = buffer<T>(std::span<const T>(v));
+    } catch (const format_error& err) {
+      other.push_back(err.what());
+    }
+  });
+  // The public modules' buffers: rope_inv_freq (used when present) and the causal masks.
+  const index_t half = (cfg_layer(cfg).d_model / cfg_layer(cfg).n_heads) / 2;
+  for (const tensor_entry& e : f.entries()) {
+    if (used.count(e.name)) continue;
+    const std::string& n = e.name;
+    auto ends = [&](const std::string& s) { return n.size() >= s.size() && n.compare(n.size() - s.size(), s.size(), s) == 0; };
+    mixer_weights<T>* mw = mixer_for(cfg, w, n);
+    if (mw && ends("mixer.rope_inv_freq")) {
+      if (e.shape != shape_t{half}) {
+        misshaped.push_back(n + " is " + shape_string(e.shape) + ", expected " + shape_string(shape_t{half}));
+        continue;
+      }
+      std::vector<float> file_freq;
+      try {
+        file_freq = f.template read_as<float>(n);
+      } catch (const format_error& err) {
+        other.push_back(err.what());
+        continue;
+      }
+      const std::vector<float> own = rope::inv_freq(2 * half);
+      for (index_t i = 0; i < half; ++i)
+        if (!within_ulps(file_freq[static_cast<std::size_t>(i)], own[static_cast<std::size_t>(i)], 2)) {
+          other.push_back(n + "[" + std::to_string(i) + "] = " + std::to_string(file_freq[static_cast<std::size_t>(i)]) +
+                          " is not 10000^(-2i/d) = " + std::to_string(own[static_cast<std::size_t>(i)]));
+          break;
+        }
+      if (cfg_layer(cfg).use_rope) mw->rope_inv_freq = file_freq;
+    } else if (mw && (ends("mixer.causal_mask_f_full") || ends("mixer.causal_mask_fb_full"))) {
+      if (e.type != dtype::BOOL || e.shape.size() != 2 || e.shape[0] != e.shape[1])
+        misshaped.push_back(n + " must be a square BOOL matrix, got " + std::string(dtype_name(e.type)) + " " +
+                            shape_string(e.shape));
+    } else {
+      unexpected.push_back(n);
+    }
+  }
+  if (missing.empty() && misshaped.empty() && unexpected.empty() && other.empty()) return;
+  std::string msg = f.source() + ": tensors do not match " + describe;
+  auto list = [&](const char* what, const std::vector<std::string>& v) {
+    if (v.empty()) return;
+    msg += std::string("; ") + what + ": ";
+    for (std::size_t i = 0; i < v.size(); ++i) msg += (i ? ", " : "") + v[i];
+  };
+  list("missing", missing);
+  list("unexpected", unexpected);
+  list("mis-shaped", misshaped);
+  list("unreadable", other);
+  throw format_error(msg);
+}
+
+inline std::string describe(const layer_config& c) {
+  return "a layer with d_model=" + std::to_string(c.d_model) + ", n_heads=" + std::to_string(c.n_heads) +
+         ", n_kv_heads=" + std::to_string(c.n_kv_heads);
+}
+inline std::string describe(const decoder_config& c) {
+  return "a decoder with vocab_size=" + std::to_string(c.vocab_size) + ", n_layers=" + std::to_string(c.n_layers) +
+         ", d_model=" + std::to_string(c.layer.d_model) + ", n_heads=" + std::to_string(c.layer.n_heads) +
+         ", n_kv_heads=" + std::to_string(c.layer.n_kv_heads) +
+         ", tie_embeddings=" + (c.tie_embeddings ? "true" : "false");
+}
+
+}  // namespace detail
+
+/// Layer weights from an opened file, checked against `c`. `c` is validated first.
+template <scalar T>
+layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_config& c) {
+  c.check();
+  layer_weights<T> w;
+  detail::fill_weights<T>(f, c, w, detail::describe(c));
+  if (c.use_rope && w.mixer.rope_inv_freq.empty()) w.mixer.rope_inv_freq = rope::inv_freq(c.head_dim());
+  return w;
+}
+
+/// Decoder weights from an opened file, checked against `c`. `c` is validated first.
+template <scalar T>
+decoder_weights<T> read_decoder_weights(const safetensors_file& f, const decoder_config& c) {
+  c.check();
+  decoder_weights<T> w;
+  w.layers.resize(static_cast<std::size_t>(c.n_layers));
+  detail::fill_weights<T>(f, c, w, detail::describe(c));
+  if (c.layer.use_rope)
+    for (auto& l : w.layers)
+      if (l.mixer.rope_inv_freq.empty()) l.mixer.rope_inv_freq = rope::inv_freq(c.layer.head_dim());
+  return w;
+}
+
+namespace detail {
+template <attention_variant A>
+A variant_from(const model_info& info, const std::string& src, const A& given) {
+  if constexpr (std::is_same_v<A, attention::causal>) {
+    if (info.attention != "causal")
+      throw format_error(src + ": the file declares attention '" + info.attention +
+                         "' but the model type uses 'causal'");
+    return given;
+  } else if constexpr (std::is_same_v<A, attention::sliding_window>) {
+    if (info.attention == "sliding_window") return A{info.window};
+    if (given.window >= 1) return given;
+    throw format_error(src + ": the model type uses 'sliding_window' but the file declares attention '" +
+                       info.attention + "' and no window was given");
+  } else {
+    return given;
+  }
+}
+
+inline void check_same_config(const layer_config& a, const layer_config& b, const std::string& src) {
+  if (a.d_model != b.d_model || a.n_heads != b.n_heads || a.n_kv_heads != b.n_kv_heads || a.use_rope != b.use_rope ||
+      a.gamma_max != b.gamma_max || a.ln_eps != b.ln_eps)
+    throw config_error(src + ": the given configuration (" + describe(b) + ") differs from the file's metadata (" +
+                       describe(a) + ")");
+}
+}  // namespace detail
+
+/// Loads a layer. Without `config` the file's metadata must carry it; with it, the file's metadata (if any)
+/// must agree.
+template <scalar T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
+layer<T, B, A> load_layer(const safetensors_file& f, std::optional<layer_config> config = std::nullopt, A variant = {}) {
+  layer_config c;
+  A v = variant;
+  if (has_config_metadata(f)) {
+    const model_info info = read_model_info(f);
+    if (info.arch != model_arch::layer)
+      throw format_error(f.source() + ": the file holds a decoder (sessa.arch = 'decoder'), not a layer");
+    c = info.config.layer;
+    if (config) detail::check_same_config(c, *config, f.source());
+    v = detail::variant_from(info, f.source(), variant);
+  } else if (config) {
+    c = *config;
+  } else {
+    read_model_info(f);  // throws the "no configuration" error
+  }
+  return layer<T, B, A>(c, read_layer_weights<T>(f, c), v);
+}
+
+template <scalar T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
+layer<T, B, A> load_layer(const std::filesystem::path& path, std::optional<layer_config> config = std::nullopt,
+                          A variant = {}) {
+  return load_layer<T, B, A>(safetensors_file::load(path), config, variant);
+}
+
+/// Loads a decoder; same rules as load_layer.
+template <scalar T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
+decoder<T, B, A> load_decoder(const safetensors_file& f, std::optional<decoder_config> config = std::nullopt,
+                              A variant = {}) {
+  decoder_config c;
+  A v = variant;
+  if (has_config_metadata(f)) {
+    const model_info info = read_model_info(f);
+    if (info.arch != model_arch::decoder)
+      throw format_error(f.source() + ": the file holds a layer (sessa.arch = 'layer'), not a decoder");
+    c = info.config;
+    if (config) {
+      detail::check_same_config(c.layer, config->layer, f.source());
+      if (c.vocab_size != config->vocab_size || c.n_layers != config->n_layers ||
+          c.tie_embeddings != config->tie_embeddings)
+        throw config_error(f.source() + ": the given configuration (" + detail::describe(*config) +
+                           ") differs from the file's metadata (" + detail::describe(c) + ")");
+    }
+    v = detail::variant_from(info, f.source(), variant);
+  } else if (config) {
+    c = *config;
+  } else {
+    read_model_info(f);
+  }
+  return decoder<T, B, A>(c, read_decoder_weights<T>(f, c), v);
+}
+
+template <scalar T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
+decoder<T, B, A> load_decoder(const std::filesystem::path& path, std::optional<decoder_config> config = std::nullopt,
+                              A variant = {}) {
+  return load_decoder<T, B, A>(safetensors_file::load(path), config, variant);
+}
+
+/// Writes a layer's (or a decoder's) parameters as F32 (or `type`: F64, F16, BF16) with its configuration
+/// in __metadata__. `Config` is layer_config with layer_weights<T>, or decoder_config with decoder_weights<T>.
+template <class Config, class Weights>
+void save_model(const std::filesystem::path& path, const Config& c, const Weights& w, dtype type = dtype::F32) {
+  safetensors_writer out;
+  for (auto& [k, v] : config_metadata(c)) out.set_metadata(k, v);
+  for_each_parameter(c, w, [&](const std::string& name, const shape_t& s, const auto& b) {
+    const std::vector<double> v(b.data(), b.data() + b.size());
+    out.add_converted(name, type, s, v);
+  });
+  out.write(path);
+}
+
+}  // namespace sessa::io

@@ -1,0 +1,169 @@
+// sessa/model/decoder.hpp: a Sessa decoder (SPEC.md "The decoder"): embedding, layers, final norm, head.
+//
+//   h_0 = embedding[tokens];  h_{l+1} = layer_l(h_l);  logits = LayerNorm(h_L; norm_f) W_head^T
+//
+// W_head is lm_head.weight, or embedding.weight when the embeddings are tied. The decoder's cache is one
+// layer_cache per layer plus one shared workspace; all layers of a decoder share one length.
+#pragma once
+
+#include <cstring>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../attention/variants.hpp"
+#include "../backend/tags.hpp"
+#include "../concepts.hpp"
+#include "../core/hparams.hpp"
+#include "../core/tensor.hpp"
+#include "cache.hpp"
+#include "layer.hpp"
+#include "weights.hpp"
+
+namespace sessa {
+
+/// Per-sequence state of a decoder: a cache per layer, the residual stream and shared scratch.
+template <scalar T>
+struct decoder_cache {
+  std::vector<layer_cache<T>> layers;
+  workspace<T> scratch;
+  buffer<T> h;  // (rows, D) residual stream of the current chunk
+
+  index_t batch() const noexcept { return layers.empty() ? 0 : layers.front().batch(); }
+  index_t capacity() const noexcept { return layers.empty() ? 0 : layers.front().capacity(); }
+  index_t length() const noexcept { return layers.empty() ? 0 : layers.front().length(); }
+  index_t remaining() const noexcept { return capacity() - length(); }
+  index_t bytes() const noexcept {
+    index_t n = 0;
+    for (const auto& l : layers) n += l.bytes();
+    return n;
+  }
+  void reset() noexcept {
+    for (auto& l : layers) l.reset();
+  }
+  void truncate(index_t n) {
+    if (n < 0 || n > length())
+      throw cache_error("cannot truncate a cache of length " + std::to_string(length()) + " to " + std::to_string(n) +
+                        " tokens");
+    for (auto& l : layers) l.truncate(n);
+  }
+};
+
+/// Which rows of logits a forward pass produces.
+enum class logits_for {
+  all,  // every token of the chunk: (batch, n, V)
+  last  // only the last token of each batch row: (batch, V), what generation needs
+};
+
+template <scalar T, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
+class decoder {
+ public:
+  using scalar_type = T;
+  using backend_type = Backend;
+  using variant_type = Variant;
+  using kernels = backend::kernels<Backend>;
+  using layer_type = layer<T, Backend, Variant>;
+  using cache_type = decoder_cache<T>;
+
+  decoder(const decoder_config& c, decoder_weights<T> w, Variant variant = {}) : cfg_(c) {
+    cfg_.check();
+    variant.check();
+    for (auto& l : w.layers)
+      if (cfg_.layer.use_rope && l.mixer.rope_inv_freq.empty()) l.mixer.rope_inv_freq = rope::inv_freq(cfg_.layer.head_dim());
+    check_weights(cfg_, w);
+    layers_.reserve(w.layers.size());
+    for (auto& lw : w.layers) layers_.emplace_back(cfg_.layer, std::move(lw), variant);
+    w.layers.clear();
+    w_ = std::move(w);
+  }
+
+  const decoder_config& config() const noexcept { return cfg_; }
+  const std::vector<layer_type>& layers() const noexcept { return layers_; }
+  /// Embedding, final norm and head (the layers' parameters live in layers()).
+  const decoder_weights<T>& weights() const noexcept { return w_; }
+
+  decoder_cache<T> init_cache(index_t batch, index_t capacity) const {
+    decoder_cache<T> c;
+    c.layers.reserve(static_cast<std::size_t>(cfg_.n_layers));
+    for (const auto& l : layers_) c.layers.push_back(l.init_cache(batch, capacity));
+    return c;
+  }
+
+  /// Core form. tokens (batch, n) row-major -> logits (batch*n, V), or (batch, V) with logits_for::last.
+  /// Every token id and the cache room are checked before any state changes.
+  void forward(std::span<const std::int64_t> tokens, index_t batch, decoder_cache<T>& cache, matrix<T> logits,
+               logits_for which = logits_for::all) const {
+    const index_t D = cfg_.layer.d_model, V = cfg_.vocab_size;
+    if (batch <= 0 || tokens.empty() || static_cast<index_t>(tokens.size()) % batch != 0)
+      throw shape_error("decoder::forward: " + std::to_string(tokens.size()) + " tokens do not form " +
+                        std::to_string(batch) + " non-empty batch rows");
+    const index_t rows = static_cast<index_t>(tokens.size()), n = rows / batch;
+    const index_t out_rows = which == logits_for::all ? rows : batch;
+    if (logits.rows != out_rows || logits.cols != V)
+      throw shape_error("decoder::forward: logits view is (" + std::to_string(logits.rows) + ", " +
+                        std::to_string(logits.cols) + "), expected (" + std::to_string(out_rows) + ", " +
+                        std::to_string(V) + ")");
+    if (static_cast<index_t>(cache.layers.size()) != cfg_.n_layers)
+      throw cache_error("the cache holds " + std::to_string(cache.layers.size()) + " layers, the decoder has " +
+                        std::to_string(cfg_.n_layers) + "; make it with init_cache");
+    for (index_t r = 0; r < rows; ++r) {
+      const std::int64_t tok = tokens[static_cast<std::size_t>(r)];
+      if (tok < 0 || tok >= V)
+        throw value_error("token id " + std::to_string(tok) + " at batch row " + std::to_string(r / n) +
+                          ", position " + std::to_string(r % n) + " is outside the vocabulary [0, " +
+                          std::to_string(V) + ")");
+    }
+    for (auto& l : cache.layers) l.require(batch, n);
+
+    cache.h.reserve(rows * D);
+    matrix<T> h(cache.h.data(), rows, D);  // (rows, D)
+    for (index_t r = 0; r < rows; ++r)
+      std::memcpy(h.row(r), w_.embedding.data() + tokens[static_cast<std::size_t>(r)] * D, sizeof(T) * D);
+    for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].forward(h, batch, cache.layers[l], cache.scratch, h);
+
+    // Final norm on the rows that need logits, then the head.
+    matrix<T> hn(cache.scratch.u.data(), out_rows, D);  // (out_rows, D); scratch.u holds >= rows * D
+    if (which == logits_for::all) {
+      kernels::layer_norm(cmatrix<T>(h), w_.norm_w.data(), w_.norm_b.data(), static_cast<T>(cfg_.layer.ln_eps), hn);
+    } else {
+      const cmatrix<T> last(h.data + (n - 1) * D, batch, D, n * D);  // row n-1 of every batch row
+      kernels::layer_norm(last, w_.norm_w.data(), w_.norm_b.data(), static_cast<T>(cfg_.layer.ln_eps), hn);
+    }
+    kernels::linear(cmatrix<T>(hn), cmatrix<T>(w_.head_matrix().data(), V, D), static_cast<const T*>(nullptr), logits);
+  }
+
+  /// Prefill or chunk: tokens (batch, n) -> logits (batch, n, V), or (batch, V) with logits_for::last.
+  tensor<T> forward(const tensor<std::int64_t>& tokens, decoder_cache<T>& cache,
+                    logits_for which = logits_for::all) const {
+    if (tokens.rank() != 2 || tokens.dim(0) <= 0 || tokens.dim(1) <= 0)
+      throw shape_error("tokens must have shape (batch, tokens) with both >= 1; got " + shape_string(tokens.shape()));
+    const index_t B = tokens.dim(0), n = tokens.dim(1), V = cfg_.vocab_size;
+    tensor<T> out(which == logits_for::all ? shape_t{B, n, V} : shape_t{B, V});
+    forward(tokens.span(), B, cache, out.as_matrix(), which);
+    return out;
+  }
+
+  /// Stateless prefill: tokens (batch, T) -> logits (batch, T, V).
+  tensor<T> forward(const tensor<std::int64_t>& tokens) const {
+    if (tokens.rank() != 2 || tokens.dim(0) <= 0 || tokens.dim(1) <= 0)
+      throw shape_error("tokens must have shape (batch, tokens) with both >= 1; got " + shape_string(tokens.shape()));
+    auto cache = init_cache(tokens.dim(0), tokens.dim(1));
+    return forward(tokens, cache);
+  }
+
+  /// One token per batch row: tokens (batch) -> logits (batch, V).
+  tensor<T> decode_step(std::span<const std::int64_t> tokens, decoder_cache<T>& cache) const {
+    const index_t B = static_cast<index_t>(tokens.size());
+    tensor<T> out(shape_t{B, cfg_.vocab_size});
+    forward(tokens, B, cache, out.as_matrix(), logits_for::all);
+    return out;
+  }
+
+ private:
+  decoder_config cfg_;
+  std::vector<layer_type> layers_;
+  decoder_weights<T> w_;
+};
+
+}  // namespace sessa

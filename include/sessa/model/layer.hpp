@@ -1,0 +1,116 @@
+// sessa/model/layer.hpp: the Sessa layer (SPEC.md "The layer"): pre-norm, gated, residual.
+//
+//   u = LayerNorm(x);  [a | z] = W_in u + b_in;  s = Mixer(GELU(a));  y = x + W_out (s * z) + b_out
+//
+// layer<T, Backend, Variant> owns its weights and its mixer. The core entry point works on matrix views
+// and a caller-owned cache and workspace (no allocation once the workspace has grown); the tensor
+// overloads are the convenient forms: forward() for a prefill or a chunk, decode_step() for one token.
+#pragma once
+
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "../attention/variants.hpp"
+#include "../backend/tags.hpp"
+#include "../concepts.hpp"
+#include "../core/hparams.hpp"
+#include "../core/tensor.hpp"
+#include "cache.hpp"
+#include "mixer.hpp"
+#include "weights.hpp"
+
+namespace sessa {
+
+namespace detail {
+/// Throws shape_error unless x has shape (batch, n, D) with every extent positive.
+inline void check_activation_shape(const shape_t& s, index_t D, const char* what) {
+  if (s.size() != 3 || s[0] <= 0 || s[1] <= 0 || s[2] != D)
+    throw shape_error(std::string(what) + " must have shape (batch, tokens, " + std::to_string(D) +
+                      ") with batch, tokens >= 1; got " + shape_string(s));
+}
+}  // namespace detail
+
+template <scalar T, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
+class layer {
+ public:
+  using scalar_type = T;
+  using backend_type = Backend;
+  using variant_type = Variant;
+  using kernels = backend::kernels<Backend>;
+  using mixer_type = sessa::mixer<T, Backend, Variant>;
+  using cache_type = layer_cache<T>;
+
+  layer(const layer_config& c, layer_weights<T> w, Variant variant = {})
+      : cfg_((c.check(), c)), w_(checked(c, std::move(w))), mixer_(c, std::move(w_.mixer), std::move(variant)) {}
+
+  const layer_config& config() const noexcept { return cfg_; }
+  const mixer_type& get_mixer() const noexcept { return mixer_; }
+  /// The layer's own parameters (its mixer's are in get_mixer().weights()).
+  const layer_weights<T>& weights() const noexcept { return w_; }
+
+  /// A cache for `batch` sequences of up to `capacity` tokens.
+  layer_cache<T> init_cache(index_t batch, index_t capacity) const { return layer_cache<T>(cfg_, batch, capacity); }
+
+  /// Core form. x (batch*n, D) batch-major -> y (batch*n, D); y may alias x. Extends the cache by n.
+  void forward(cmatrix<T> x, index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> y) const {
+    const index_t D = cfg_.d_model, rows = x.rows;
+    if (batch <= 0 || rows % batch != 0 || x.cols != D || y.rows != rows || y.cols != D)
+      throw shape_error("layer::forward: x is (" + std::to_string(rows) + ", " + std::to_string(x.cols) +
+                        "), y is (" + std::to_string(y.rows) + ", " + std::to_string(y.cols) +
+                        "), expected both (batch*tokens, " + std::to_string(D) + ") with batch " +
+                        std::to_string(batch));
+    cache.require(batch, rows / batch);
+    ws.reserve(cfg_, rows, cache.capacity());
+    matrix<T> u(ws.u.data(), rows, D);        // (rows, D)   LayerNorm(x), later s * z
+    matrix<T> az(ws.az.data(), rows, 2 * D);  // (rows, 2D)  [a | z]
+    matrix<T> s(ws.s.data(), rows, D);        // (rows, D)   mixer output
+    kernels::layer_norm(x, w_.ln_w.data(), w_.ln_b.data(), static_cast<T>(cfg_.ln_eps), u);
+    kernels::linear(cmatrix<T>(u), cmatrix<T>(w_.in_w.data(), 2 * D, D), w_.in_b.data(), az);
+    kernels::gelu(az.col_block(0, D));
+    mixer_.extend(cmatrix<T>(az.col_block(0, D)), batch, cache, ws, s);
+    kernels::multiply(cmatrix<T>(s), cmatrix<T>(az.col_block(D, D)), u);
+    if (y.data != x.data)
+      for (index_t r = 0; r < rows; ++r) std::memcpy(y.row(r), x.row(r), sizeof(T) * D);
+    kernels::linear(cmatrix<T>(u), cmatrix<T>(w_.out_w.data(), D, D), w_.out_b.data(), y, /*accumulate=*/true);
+  }
+
+  /// Prefill or chunk: x (batch, n, D) -> y (batch, n, D), extending the cache (its scratch is used).
+  tensor<T> forward(const tensor<T>& x, layer_cache<T>& cache) const {
+    detail::check_activation_shape(x.shape(), cfg_.d_model, "layer input x");
+    tensor<T> y(x.shape());
+    forward(x.as_matrix(), x.dim(0), cache, cache_scratch(cache), y.as_matrix());
+    return y;
+  }
+
+  /// Stateless prefill: x (batch, T, D) -> y (batch, T, D) with a fresh cache of capacity T.
+  tensor<T> forward(const tensor<T>& x) const {
+    detail::check_activation_shape(x.shape(), cfg_.d_model, "layer input x");
+    auto cache = init_cache(x.dim(0), x.dim(1));
+    return forward(x, cache);
+  }
+
+  /// One token per batch row: x_t (batch, D) -> y_t (batch, D).
+  tensor<T> decode_step(const tensor<T>& x_t, layer_cache<T>& cache) const {
+    if (x_t.rank() != 2 || x_t.dim(0) <= 0 || x_t.dim(1) != cfg_.d_model)
+      throw shape_error("decode_step input must have shape (batch, " + std::to_string(cfg_.d_model) + "); got " +
+                        shape_string(x_t.shape()));
+    tensor<T> y(x_t.shape());
+    forward(x_t.as_matrix(), x_t.dim(0), cache, cache_scratch(cache), y.as_matrix());
+    return y;
+  }
+
+ private:
+  static layer_weights<T> checked(const layer_config& c, layer_weights<T> w) {
+    if (c.use_rope && w.mixer.rope_inv_freq.empty()) w.mixer.rope_inv_freq = rope::inv_freq(c.head_dim());
+    check_weights(c, w);
+    return w;
+  }
+  static workspace<T>& cache_scratch(layer_cache<T>& cache) { return cache.scratch; }
+
+  layer_config cfg_;
+  layer_weights<T> w_;
+  mixer_type mixer_;
+};
+
+}  // namespace sessa

@@ -1,0 +1,30 @@
+// sessa/sessa.hpp: the CPU umbrella header. Include this to get the whole library on the CPU.
+//
+// sessa is a header-only C++20 library that runs Sessa decoders (Selective State Space Attention:
+// attention placed inside a recurrent feedback path). The pieces:
+//   core/        tensors and views, hyperparameters and their checks
+//   backend/     backend tags and their kernels (reference: the oracle; cpu: xsimd + OpenMP)
+//   attention/   attention variants of the forward branch, RoPE
+//   model/       weights, caches, the mixer, the layer, the decoder
+//   io/          safetensors files and model loading
+// The CUDA backend has its own umbrella, sessa/cuda.cuh; this header never includes CUDA.
+#pragma once
+
+#include "config.hpp"
+#include "error.hpp"
+#include "concepts.hpp"
+#include "core/tensor.hpp"
+#include "core/hparams.hpp"
+#include "backend/tags.hpp"
+#include "backend/kernels.hpp"
+#include "backend/cpu/reference.hpp"
+#include "backend/cpu/parallel.hpp"
+#include "backend/cpu/simd.hpp"
+#include "attention/variants.hpp"
+#include "attention/rope.hpp"
+#include "model/weights.hpp"
+#include "model/cache.hpp"
+#include "model/mixer.hpp"
+#include "model/layer.hpp"
+#include "model/decoder.hpp"
+#include "model/init.hpp"

@@ -1,0 +1,74 @@
+// tests/support.hpp: small helpers shared by the test executables.
+#pragma once
+
+#include <sessa/sessa.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace sessa::test {
+
+/// Scalar x backend combinations every model-level test runs over.
+using all_combinations = std::tuple<std::pair<float, backend::reference>, std::pair<double, backend::reference>,
+                                    std::pair<float, backend::cpu>, std::pair<double, backend::cpu>>;
+
+/// Tolerance relative to max|reference| for a path in working type T.
+template <class T>
+constexpr double tolerance() {
+  return std::is_same_v<T, float> ? 1e-4 : 1e-9;
+}
+
+template <class T>
+tensor<T> random_tensor(shape_t shape, std::uint64_t seed, double scale = 1.0) {
+  tensor<T> t(std::move(shape));
+  random_stream rng(seed);
+  for (auto& v : t.span()) v = static_cast<T>(scale * rng.normal());
+  return t;
+}
+
+inline tensor<std::int64_t> random_tokens(index_t batch, index_t n, index_t vocab, std::uint64_t seed) {
+  tensor<std::int64_t> t({batch, n});
+  random_stream rng(seed);
+  for (auto& v : t.span()) v = static_cast<std::int64_t>(rng.next() % static_cast<std::uint64_t>(vocab));
+  return t;
+}
+
+/// max |a - b| / max(max |b|, tiny).
+template <class RA, class RB>
+double max_rel_diff(const RA& a, const RB& b) {
+  double num = 0, den = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+    den = std::max(den, std::abs(static_cast<double>(b[i])));
+  }
+  if (a.size() != b.size()) return INFINITY;
+  return num / std::max(den, 1e-300);
+}
+
+/// Tokens [t0, t0 + n) of every batch row of a (B, T, ...) tensor.
+template <class T>
+tensor<T> slice_tokens(const tensor<T>& x, index_t t0, index_t n) {
+  shape_t s = x.shape();
+  const index_t B = s[0], Tn = s[1];
+  index_t inner = 1;
+  for (std::size_t i = 2; i < s.size(); ++i) inner *= s[i];
+  s[1] = n;
+  tensor<T> out(s);
+  for (index_t b = 0; b < B; ++b)
+    std::copy_n(x.data() + (b * Tn + t0) * inner, n * inner, out.data() + b * n * inner);
+  return out;
+}
+
+/// Writes `part` (B, n, ...) into tokens [t0, t0 + n) of `x` (B, T, ...).
+template <class T>
+void put_tokens(tensor<T>& x, const tensor<T>& part, index_t t0) {
+  const index_t B = x.dim(0), Tn = x.dim(1), n = part.dim(1), inner = x.size() / (B * Tn);
+  for (index_t b = 0; b < B; ++b)
+    std::copy_n(part.data() + b * n * inner, n * inner, x.data() + (b * Tn + t0) * inner);
+}
+
+}  // namespace sessa::test

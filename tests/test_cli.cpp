@@ -1,0 +1,182 @@
+// The `sessa` command-line tool, run as a user would: it must reproduce every golden case (the project's
+// and ../shared/golden) in all three modes and both precisions, and every error must be one line on
+// stderr with exit status 1 (2 for usage errors) and no output file left behind.
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <sessa/io/model_file.hpp>
+
+#include "support.hpp"
+
+namespace fs = std::filesystem;
+using namespace sessa;
+
+namespace {
+
+struct result {
+  int status;
+  std::string out, err;
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// One folder per process: CTest runs the test cases of this file in parallel.
+const fs::path scratch = fs::temp_directory_path() / ("sessa_test_cli." + std::to_string(::getpid()));
+
+result cli(const std::string& args) {
+  fs::create_directories(scratch);
+  const std::string cmd = std::string("'") + SESSA_CLI_PATH + "' " + args + " > '" + (scratch / "stdout").string() +
+                          "' 2> '" + (scratch / "stderr").string() + "'";
+  const int raw = std::system(cmd.c_str());
+  return {WIFEXITED(raw) ? WEXITSTATUS(raw) : -1, slurp(scratch / "stdout"), slurp(scratch / "stderr")};
+}
+
+/// Exit `status`, exactly one line on stderr containing `needle`, and no file at `output` (if given).
+void expect_failure(const std::string& args, int status, const std::string& needle, const fs::path& output = {}) {
+  if (!output.empty()) fs::remove(output);
+  const result r = cli(args);
+  INFO("sessa " << args << "\nstderr: " << r.err);
+  CHECK(r.status == status);
+  CHECK(std::count(r.err.begin(), r.err.end(), '\n') == 1);
+  CHECK(r.err.find(needle) != std::string::npos);
+  if (!output.empty()) CHECK_FALSE(fs::exists(output));
+}
+
+std::vector<std::string> case_names(const fs::path& dir) {
+  std::vector<std::string> out;
+  if (!fs::is_directory(dir)) return out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string f = e.path().filename().string(), suffix = ".model.safetensors";
+    if (f.size() > suffix.size() && f.compare(f.size() - suffix.size(), suffix.size(), suffix) == 0) {
+      const std::string n = f.substr(0, f.size() - suffix.size());
+      if (fs::exists(dir / (n + ".io.safetensors"))) out.push_back(n);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void reproduce(const fs::path& dir) {
+  const auto names = case_names(dir);
+  for (const auto& n : names) {
+    const fs::path model = dir / (n + ".model.safetensors"), io_file = dir / (n + ".io.safetensors");
+    const fs::path config = dir / (n + ".config.json"), out = scratch / (n + ".out.safetensors");
+    const std::string config_arg = fs::exists(config) ? " --config '" + config.string() + "'" : "";
+    const io::safetensors_file want = io::safetensors_file::load(io_file);
+    const bool dec = want.find("logits") != nullptr;
+    const std::string key = dec ? "logits" : "y";
+    for (const std::string mode : {"prefill", "decode", "chunked:3"})
+      for (const std::string precision : {"f32", "f64"})
+        for (const std::string backend : {"cpu", "reference"}) {
+          if (backend == "reference" && mode == "chunked:3") continue;
+          fs::remove(out);
+          const result r = cli("run --model '" + model.string() + "' --input '" + io_file.string() + "' --output '" +
+                               out.string() + "' --mode " + mode + " --precision " + precision + " --backend " +
+                               backend + config_arg);
+          INFO(n << " " << mode << " " << precision << " " << backend << ": " << r.err);
+          REQUIRE(r.status == 0);
+          const io::safetensors_file got = io::safetensors_file::load(out);
+          CHECK(got.at(key).type == (precision == "f32" ? io::dtype::F32 : io::dtype::F64));
+          const auto ref = want.read_as<double>(mode == "decode" ? key + "_decode" : key);
+          const double err = test::max_rel_diff(got.read_as<double>(key), ref);
+          INFO("max|diff| / max|ref| = " << err);
+          CHECK(err <= (precision == "f32" ? 1e-4 : 1e-9));
+        }
+  }
+}
+
+/// A copy of `src` with the byte range [from, from + count) dropped (a truncated or damaged file).
+fs::path damaged(const fs::path& src, const std::string& name, std::size_t keep) {
+  std::string bytes = slurp(src);
+  bytes.resize(std::min(bytes.size(), keep));
+  const fs::path p = scratch / name;
+  std::ofstream(p, std::ios::binary) << bytes;
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("the CLI reproduces the project's golden vectors in every mode", "[cli]") {
+  REQUIRE(case_names(SESSA_TEST_DATA_DIR).size() >= 8);
+  reproduce(SESSA_TEST_DATA_DIR);
+}
+
+TEST_CASE("the CLI reproduces ../shared/golden in every mode", "[cli]") {
+  if (case_names(SESSA_SHARED_GOLDEN_DIR).empty()) {
+    WARN("no shared golden vectors; skipped");
+    return;
+  }
+  reproduce(SESSA_SHARED_GOLDEN_DIR);
+}
+
+TEST_CASE("sessa info describes a model", "[cli]") {
+  const std::string model = std::string(SESSA_TEST_DATA_DIR) + "/decoder_v40_d32_l2_tied.model.safetensors";
+  const result r = cli("info --model '" + model + "'");
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("arch            decoder") != std::string::npos);
+  CHECK(r.out.find("parameters      " + std::to_string(parameter_count(decoder_config{{32, 4, 2, true, 0.999, 1e-5}, 40, 2, true}))) !=
+        std::string::npos);
+  // Cache per token per batch row: n_layers * (2 Hkv d + 2 D) = 2 * (2*16 + 64) = 192 values.
+  CHECK(r.out.find("cache per token 192 values = 768 bytes (f32)") != std::string::npos);
+  const result help = cli("--help");
+  CHECK(help.status == 0);
+  CHECK(help.out.find("usage: sessa") != std::string::npos);
+}
+
+TEST_CASE("CLI errors: one line, the right exit status, no output file", "[cli][errors]") {
+  const std::string data = SESSA_TEST_DATA_DIR;
+  const std::string layer = data + "/layer_d32_h4_kv2.model.safetensors", layer_io = data + "/layer_d32_h4_kv2.io.safetensors";
+  const std::string dec = data + "/decoder_v40_d32_l2_tied.model.safetensors", dec_io = data + "/decoder_v40_d32_l2_tied.io.safetensors";
+  const fs::path out = scratch / "never.safetensors";
+  const std::string o = " --output '" + out.string() + "'";
+  // Usage errors: exit 2.
+  expect_failure("", 2, "no command given");
+  expect_failure("frobnicate", 2, "unknown command 'frobnicate'");
+  expect_failure("run --input x" + o, 2, "missing required option --model");
+  expect_failure("run --model '" + layer + "' --input '" + layer_io + "'" + o + " --mode sideways", 2, "--mode must be", out);
+  expect_failure("run --model '" + layer + "' --input '" + layer_io + "'" + o + " --mode chunked:0", 2, "--mode must be", out);
+  expect_failure("run --model '" + layer + "' --input '" + layer_io + "'" + o + " --precision f16", 2, "unknown --precision 'f16'", out);
+  expect_failure("run --model '" + layer + "' --input '" + layer_io + "'" + o + " --backend gpu", 2, "unknown --backend 'gpu'", out);
+  expect_failure("run --model '" + layer + "' --input '" + layer_io + "'" + o + " --threads -1", 2, "--threads", out);
+  expect_failure("info --model '" + layer + "' --colour blue", 2, "unknown option --colour");
+  expect_failure("info --model a --model b", 2, "given twice");
+  // Errors: exit 1, naming the problem.
+  expect_failure("info --model '" + (scratch / "nope.safetensors").string() + "'", 1, "nope.safetensors");
+  expect_failure("run --model '" + damaged(layer, "trunc.safetensors", 2000).string() + "' --input '" + layer_io + "'" + o, 1,
+                 "trunc.safetensors", out);
+  expect_failure("run --model '" + damaged(layer, "short.safetensors", 5).string() + "' --input '" + layer_io + "'" + o, 1,
+                 "short.safetensors", out);
+  expect_failure("run --model '" + layer + "' --input '" + dec_io + "'" + o, 1, "no tensor 'x'", out);
+  expect_failure("run --model '" + dec + "' --input '" + layer_io + "'" + o, 1, "no tensor 'tokens'", out);
+  expect_failure("run --model '" + data + "/layer_d16_h1_norope.model.safetensors' --input '" + layer_io + "'" + o, 1,
+                 "(batch, tokens, 16)", out);
+  expect_failure("run --model '" + data + "/layer_d32_h4_kv2_bare.model.safetensors' --input '" + layer_io + "'" + o, 1,
+                 "bare state dict", out);
+  expect_failure("info --model '" + layer + "' --config '" + (scratch / "missing.json").string() + "'", 1, "missing.json");
+  // A token outside the vocabulary (the decoder has 40 tokens; this one has 50).
+  {
+    io::safetensors_writer w;
+    const std::vector<std::int64_t> tok = {1, 2, 49, 3};
+    w.add<std::int64_t>("tokens", {1, 4}, tok);
+    w.write(scratch / "bad_tokens.safetensors");
+  }
+  expect_failure("run --model '" + dec + "' --input '" + (scratch / "bad_tokens.safetensors").string() + "'" + o, 1,
+                 "token id 49", out);
+  // An output path that cannot be written.
+  expect_failure("run --model '" + layer + "' --input '" + layer_io + "' --output '" + (scratch / "no/such/dir/o.safetensors").string() + "'",
+                 1, "no/such/dir");
+}

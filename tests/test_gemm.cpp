@@ -1,0 +1,301 @@
+// Tests of the CPU GEMM kernels (backend/cpu/gemm.hpp): gemm_nt, gemm_nn and linear against a naive
+// double-precision loop, for float and double, over shapes that hit every edge of the blocking (1, MR+-1,
+// NR+-1, KC+-1, MC+1, NC+1, primes), column-block views (ld > cols, unaligned data), beta 0/1/other with
+// NaN in c when beta == 0, bias null/non-null, accumulate, and 1 or 2 threads (and nested in a parallel region).
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "sessa/backend/cpu/gemm.hpp"
+#include "sessa/backend/cpu/parallel.hpp"
+#include "sessa/core/tensor.hpp"
+
+namespace {
+
+using sessa::cmatrix;
+using sessa::index_t;
+using sessa::matrix;
+namespace simd = sessa::backend::simd;
+
+/// A (rows, cols) view into a wider, padded allocation: ld = cols + pad, data offset by `shift` elements
+/// (so it is not 64-byte aligned when shift > 0). The padding is filled with `fill` to catch overruns.
+template <class T>
+struct strided {
+  std::vector<T> store;
+  matrix<T> view;
+  index_t shift = 0;
+  strided(index_t rows, index_t cols, index_t pad, index_t shift_, std::mt19937& gen, T fill = T(0))
+      : shift(shift_) {
+    const index_t ld = cols + pad;
+    store.assign(static_cast<std::size_t>(rows * ld + shift + 1), fill);
+    std::uniform_real_distribution<double> dist(-1.0, 1.0);
+    view = matrix<T>{store.data() + shift, rows, cols, ld};
+    for (index_t i = 0; i < rows; ++i)
+      for (index_t j = 0; j < cols; ++j) view(i, j) = static_cast<T>(dist(gen));
+  }
+  cmatrix<T> c() const { return view; }
+};
+
+template <class T>
+constexpr double eps() {
+  return static_cast<double>(std::numeric_limits<T>::epsilon());
+}
+
+/// Checks got (M, N) against the double-precision product:
+///   ref = alpha * a op(b) + bias + beta * old  (beta == 0: old ignored), with op(b)(k, j) = b_at(k, j).
+/// The tolerance is relative to alpha * sum |a||b| + |bias| + |beta old|.
+template <class T, class BAt>
+void check_product(cmatrix<T> a, BAt b_at, const std::vector<double>& old, cmatrix<T> got, double alpha, double beta,
+                   const T* bias, const std::string& what) {
+  const index_t M = got.rows, N = got.cols, K = a.cols;
+  const double tol = eps<T>() * (8.0 + 2.0 * std::sqrt(static_cast<double>(K)));
+  index_t bad = 0;
+  for (index_t i = 0; i < M; ++i)
+    for (index_t j = 0; j < N; ++j) {
+      double s = 0, mag = 0;
+      for (index_t k = 0; k < K; ++k) {
+        const double p = static_cast<double>(a(i, k)) * static_cast<double>(b_at(k, j));
+        s += p;
+        mag += std::abs(p);
+      }
+      double ref = alpha * s;
+      mag = std::abs(alpha) * mag;
+      if (bias) {
+        ref += static_cast<double>(bias[j]);
+        mag += std::abs(static_cast<double>(bias[j]));
+      }
+      if (beta != 0) {
+        const double o = old[static_cast<std::size_t>(i * N + j)];
+        ref += beta * o;
+        mag += std::abs(beta * o);
+      }
+      const double g = static_cast<double>(got(i, j));
+      if (!(std::abs(g - ref) <= tol * mag + 1e-30)) {
+        if (bad++ < 3)
+          UNSCOPED_INFO(what << ": (" << i << ", " << j << ") got " << g << " want " << ref << " tol " << tol * mag);
+      }
+    }
+  INFO(what);
+  CHECK(bad == 0);
+}
+
+/// Fills c with values (beta != 0) or NaN (beta == 0) and returns a copy of what it holds.
+template <class T>
+std::vector<double> prepare_output(matrix<T> c, double beta, std::mt19937& gen) {
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  std::vector<double> old(static_cast<std::size_t>(c.rows * c.cols));
+  for (index_t i = 0; i < c.rows; ++i)
+    for (index_t j = 0; j < c.cols; ++j) {
+      const T v = beta == 0 ? std::numeric_limits<T>::quiet_NaN() : static_cast<T>(dist(gen));
+      c(i, j) = v;
+      old[static_cast<std::size_t>(i * c.cols + j)] = static_cast<double>(v);
+    }
+  return old;
+}
+
+/// Checks that the padding around a strided output (columns >= cols and the elements before and after) kept `fill`.
+template <class T>
+void check_padding(const strided<T>& s, T fill, const std::string& what) {
+  index_t touched = 0;
+  for (std::size_t e = 0; e < s.store.size(); ++e) {
+    const auto off = static_cast<index_t>(e) - s.shift;
+    const bool inside = off >= 0 && off < s.view.rows * s.view.ld && off % s.view.ld < s.view.cols;
+    if (!inside && !(s.store[e] == fill)) ++touched;
+  }
+  INFO(what);
+  CHECK(touched == 0);
+}
+
+std::string shape_name(const char* f, index_t M, index_t N, index_t K, double alpha, double beta) {
+  return std::string(f) + " M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K) +
+         " alpha=" + std::to_string(alpha) + " beta=" + std::to_string(beta);
+}
+
+template <class T>
+void run_gemm_case(bool nt, index_t M, index_t N, index_t K, double alpha, double beta, index_t pad, std::mt19937& gen) {
+  const T fill = T(-7.25);
+  strided<T> a(M, K, pad, pad ? 3 : 0, gen);
+  strided<T> b(nt ? N : K, nt ? K : N, pad ? pad + 1 : 0, pad ? 1 : 0, gen);
+  strided<T> c(M, N, pad ? pad + 2 : 0, pad ? 5 : 0, gen, fill);
+  const std::vector<double> old = prepare_output(c.view, beta, gen);
+  const std::string what = shape_name(nt ? "gemm_nt" : "gemm_nn", M, N, K, alpha, beta) + " pad=" + std::to_string(pad);
+  if (nt) {
+    simd::gemm_nt<T>(a.c(), b.c(), c.view, static_cast<T>(alpha), static_cast<T>(beta));
+    check_product<T>(a.c(), [&](index_t k, index_t j) { return b.view(j, k); }, old, c.c(), alpha, beta, nullptr, what);
+  } else {
+    simd::gemm_nn<T>(a.c(), b.c(), c.view, static_cast<T>(alpha), static_cast<T>(beta));
+    check_product<T>(a.c(), [&](index_t k, index_t j) { return b.view(k, j); }, old, c.c(), alpha, beta, nullptr, what);
+  }
+  check_padding(c, fill, what);
+}
+
+template <class T>
+void run_linear_case(index_t M, index_t N, index_t K, bool with_bias, bool accumulate, index_t pad, std::mt19937& gen) {
+  const T fill = T(-7.25);
+  strided<T> x(M, K, pad, pad ? 3 : 0, gen);
+  strided<T> w(N, K, pad ? pad + 1 : 0, pad ? 1 : 0, gen);
+  strided<T> y(M, N, pad ? pad + 2 : 0, pad ? 5 : 0, gen, fill);
+  std::vector<T> bias(static_cast<std::size_t>(N) + 1);
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  for (auto& e : bias) e = static_cast<T>(dist(gen));
+  const T* bp = with_bias ? bias.data() + 1 : nullptr;  // unaligned bias too
+  const double beta = accumulate ? 1.0 : 0.0;
+  const std::vector<double> old = prepare_output(y.view, beta, gen);
+  const std::string what = shape_name("linear", M, N, K, 1, beta) + " bias=" + std::to_string(with_bias) +
+                           " pad=" + std::to_string(pad) + " threads=" + std::to_string(sessa::num_threads());
+  simd::linear<T>(x.c(), w.c(), bp, y.view, accumulate);
+  check_product<T>(x.c(), [&](index_t k, index_t j) { return w.view(j, k); }, old, y.c(), 1.0, beta, bp, what);
+  check_padding(y, fill, what);
+}
+
+/// Edge sizes of the blocking for T: 0, 1, small primes, MR +- 1, NR +- 1, W +- 1.
+template <class T>
+std::vector<index_t> edge_sizes() {
+  using P = simd::gemm_detail::blocking<T>;
+  return {0, 1, 2, 3, 5, P::W - 1, P::W + 1, P::MR - 1, P::MR, P::MR + 1, P::NR - 1, P::NR, P::NR + 1, 37, 64};
+}
+
+/// Restores the thread count when a test section ends.
+struct thread_guard {
+  int saved = sessa::num_threads();
+  ~thread_guard() { sessa::set_num_threads(saved); }
+};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("gemm_nt and gemm_nn match a double loop on edge shapes", "[gemm]", float, double) {
+  using P = simd::gemm_detail::blocking<TestType>;
+  std::mt19937 gen(42);
+  const auto sizes = edge_sizes<TestType>();
+  const double alphas[] = {1.0, -0.5};
+  const double betas[] = {0.0, 1.0, 0.3};
+  int n = 0;
+  for (const bool nt : {true, false})
+    for (index_t M : sizes)
+      for (index_t N : sizes)
+        for (index_t K : {index_t{0}, index_t{1}, index_t{7}, P::W + 3, index_t{64}}) {
+          const double alpha = alphas[n % 2], beta = betas[n % 3];
+          run_gemm_case<TestType>(nt, M, N, K, alpha, beta, (n % 4) ? 3 : 0, gen);
+          ++n;
+        }
+}
+
+TEMPLATE_TEST_CASE("gemm_nt and gemm_nn cross the cache blocks", "[gemm]", float, double) {
+  using P = simd::gemm_detail::blocking<TestType>;
+  std::mt19937 gen(7);
+  struct shape {
+    index_t M, N, K;
+  };
+  const shape shapes[] = {
+      {64, 64, 64},          {128, 128, 64},   {64, 64, 512},         {128, 128, 512},      {100, 96, 64},
+      {65, 63, P::KC - 1},   {29, 33, P::KC},  {P::MR + 1, 31, P::KC + 1}, {17, 47, 2 * P::KC + 3},
+      {P::MC + 1, 33, 19},   {P::MC - 1, P::NR + 1, P::KC + 5}, {3, P::NC + 1, 5}, {20, P::NC + P::NR + 3, 9},
+      {4, 200, 300},         {5, 130, 70},     {131, 1, 97},          {1, 131, 97},
+  };
+  int n = 0;
+  for (const bool nt : {true, false})
+    for (const shape& s : shapes)
+      for (const double beta : {0.0, 1.0, -1.5}) {
+        run_gemm_case<TestType>(nt, s.M, s.N, s.K, n % 2 ? 0.75 : 1.0, beta, (n % 3) ? 2 : 0, gen);
+        ++n;
+      }
+}
+
+TEMPLATE_TEST_CASE("linear matches a double loop with 1 and 2 threads", "[gemm][linear]", float, double) {
+  using P = simd::gemm_detail::blocking<TestType>;
+  thread_guard guard;
+  std::mt19937 gen(3);
+  struct shape {
+    index_t M, N, K;
+  };
+  const shape shapes[] = {
+      {0, 5, 5},  {5, 0, 5},   {4, 6, 0},   {1, 1, 1},  {1, 37, 64},          {2, 64, 33},    {3, 17, 100},
+      {4, 130, 70}, {5, 9, 3}, {8, 65, 129}, {15, 33, 31}, {16, 64, 512},     {16, 67, 300},  {17, 64, 64},
+      {P::MR - 1, 31, 17}, {P::MR + 1, P::NR + 1, P::KC + 1}, {37, 100, 2 * P::KC + 1}, {100, 37, 50},
+      {2 * P::MC + 3, 3 * P::NR - 1, 40}, {300, 200, 100}, {64, P::NC + 5, 16},
+  };
+  for (const int threads : {1, 2}) {
+    sessa::set_num_threads(threads);
+    int n = 0;
+    for (const shape& s : shapes)
+      for (const bool with_bias : {false, true})
+        for (const bool accumulate : {false, true}) {
+          run_linear_case<TestType>(s.M, s.N, s.K, with_bias, accumulate, (n % 3) ? 3 : 0, gen);
+          ++n;
+        }
+  }
+}
+
+TEST_CASE("linear on a prefill-sized product with 2 threads", "[gemm][linear]") {
+  thread_guard guard;
+  sessa::set_num_threads(2);
+  std::mt19937 gen(11);
+  run_linear_case<float>(1031, 515, 523, true, false, 0, gen);
+  run_linear_case<float>(260, 1040, 300, true, true, 5, gen);
+}
+
+TEST_CASE("gemm and linear run concurrently inside a parallel region", "[gemm][linear]") {
+  // Each thread uses its own thread-local pack buffers; linear() must not fork a nested team.
+  std::mt19937 gen(5);
+  const index_t M = 70, N = 66, K = 300;
+  std::vector<strided<float>> as, bs, cs, ys;
+  std::vector<std::vector<double>> olds;
+  for (int t = 0; t < 4; ++t) {
+    as.emplace_back(M, K, 0, 0, gen);
+    bs.emplace_back(N, K, 0, 0, gen);
+    cs.emplace_back(M, N, 0, 0, gen);
+    ys.emplace_back(M, N, 0, 0, gen);
+  }
+#if SESSA_HAS_OPENMP
+#pragma omp parallel for num_threads(2) schedule(static, 1)
+#endif
+  for (int t = 0; t < 4; ++t) {
+    simd::gemm_nt<float>(as[t].c(), bs[t].c(), cs[t].view, 1.f, 0.f);
+    simd::linear<float>(as[t].c(), bs[t].c(), nullptr, ys[t].view, false);
+  }
+  for (int t = 0; t < 4; ++t) {
+    const auto& b = bs[static_cast<std::size_t>(t)];
+    check_product<float>(as[t].c(), [&](index_t k, index_t j) { return b.view(j, k); }, {}, cs[t].c(), 1.0, 0.0, nullptr,
+                         "gemm_nt in parallel region");
+    check_product<float>(as[t].c(), [&](index_t k, index_t j) { return b.view(j, k); }, {}, ys[t].c(), 1.0, 0.0, nullptr,
+                         "linear in parallel region");
+  }
+}
+
+TEST_CASE("lane reduction and transposing pack agree with scalar code", "[gemm]") {
+  namespace gd = simd::gemm_detail;
+  std::mt19937 gen(9);
+  std::uniform_real_distribution<float> dist(-1.f, 1.f);
+  {
+    using batch = xsimd::batch<float>;
+    constexpr std::size_t W = batch::size;
+    alignas(64) float lanes[W * W];
+    for (auto& e : lanes) e = dist(gen);
+    batch v[W];
+    for (std::size_t i = 0; i < W; ++i) v[i] = batch::load_aligned(lanes + i * W);
+    float out[W];
+    gd::reduce_lanes<float>(v, out);
+    for (std::size_t i = 0; i < W; ++i) {
+      double s = 0;
+      for (std::size_t l = 0; l < W; ++l) s += lanes[i * W + l];
+      CHECK(out[i] == Approx(s).margin(1e-5));
+    }
+  }
+  {
+    using P = gd::blocking<double>;
+    const index_t kc = 3 * P::W + 2, ld = kc + 3;
+    std::vector<double> src(static_cast<std::size_t>(P::NR * ld)), dst(static_cast<std::size_t>(kc * P::NR) + 64);
+    for (auto& e : src) e = dist(gen);
+    double* d = dst.data() + (64 - reinterpret_cast<std::uintptr_t>(dst.data()) % 64) / sizeof(double) % 8;
+    gd::pack_b_nk(src.data(), ld, P::NR, kc, d);
+    index_t bad = 0;
+    for (index_t k = 0; k < kc; ++k)
+      for (index_t j = 0; j < P::NR; ++j) bad += d[k * P::NR + j] != src[static_cast<std::size_t>(j * ld + k)];
+    CHECK(bad == 0);
+  }
+}

@@ -1,0 +1,393 @@
+// sessa: the command-line tool.
+//
+//   sessa info     --model M.safetensors [--config C.json]
+//   sessa run      --model M.safetensors --input I.safetensors --output O.safetensors
+//                  [--mode prefill|decode|chunked:N] [--precision f32|f64] [--backend NAME] [--threads N]
+//                  [--config C.json]
+//   sessa generate --model M.safetensors --prompt TEXT [--tokens N] [--temperature X] [--seed S]
+//                  [--precision f32|f64] [--backend NAME] [--threads N]
+//
+// Errors print one line on stderr and exit 1 (2 for usage errors); an output file is only ever written
+// whole (the writer renames a finished temporary file into place).
+#include <sessa/sessa.hpp>
+#include <sessa/io/model_file.hpp>
+
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#if SESSA_HAS_OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+using namespace sessa;
+
+/// A usage error: exit status 2.
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+constexpr const char* usage_text =
+    "usage: sessa <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  info      --model M.safetensors [--config C.json]\n"
+    "            print the configuration, parameter count and cache bytes per token\n"
+    "  run       --model M.safetensors --input I.safetensors --output O.safetensors\n"
+    "            [--mode prefill|decode|chunked:N] [--precision f32|f64] [--backend cpu|reference]\n"
+    "            [--threads N] [--config C.json]\n"
+    "            run a layer on x (B,T,D) -> y, or a decoder on tokens (B,T) -> logits\n"
+    "  generate  --model M.safetensors --prompt TEXT [--tokens N] [--temperature X] [--seed S]\n"
+    "            [--precision f32|f64] [--backend cpu|reference] [--threads N]\n"
+    "            generate text with a decoder whose file carries a character vocabulary (sessa.vocab)\n"
+    "\n"
+    "  --config C.json gives the configuration of a file without sessa.* metadata (a bare state dict):\n"
+    "  {\"arch\": \"layer\"|\"decoder\", \"d_model\": .., \"n_heads\": .., \"n_kv_heads\": .., \"use_rope\": true,\n"
+    "   \"gamma_max\": 0.999, \"ln_eps\": 1e-5, \"vocab_size\": .., \"n_layers\": .., \"tie_embeddings\": true}\n";
+
+/// Parsed "--name value" options after the command word.
+class options {
+ public:
+  options(int argc, char** argv, int first, const std::vector<std::string>& allowed) {
+    for (int i = first; i < argc; ++i) {
+      std::string a = argv[i];
+      if (a.rfind("--", 0) != 0) throw usage_error("unexpected argument '" + a + "'");
+      std::string name = a.substr(2), value;
+      if (auto eq = name.find('='); eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      } else {
+        if (i + 1 >= argc) throw usage_error("option --" + name + " needs a value");
+        value = argv[++i];
+      }
+      bool known = false;
+      for (const auto& k : allowed) known = known || k == name;
+      if (!known) throw usage_error("unknown option --" + name);
+      if (values_.count(name)) throw usage_error("option --" + name + " given twice");
+      values_[name] = value;
+    }
+  }
+  std::optional<std::string> get(const std::string& k) const {
+    auto it = values_.find(k);
+    return it == values_.end() ? std::nullopt : std::optional<std::string>(it->second);
+  }
+  std::string need(const std::string& k) const {
+    if (auto v = get(k)) return *v;
+    throw usage_error("missing required option --" + k);
+  }
+  long long integer(const std::string& k, long long dflt, long long lo, long long hi) const {
+    auto v = get(k);
+    if (!v) return dflt;
+    long long out = 0;
+    auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
+    if (ec != std::errc{} || p != v->data() + v->size() || out < lo || out > hi)
+      throw usage_error("--" + k + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                        "], got '" + *v + "'");
+    return out;
+  }
+  double real(const std::string& k, double dflt) const {
+    auto v = get(k);
+    if (!v) return dflt;
+    double out = 0;
+    auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
+    if (ec != std::errc{} || p != v->data() + v->size() || !std::isfinite(out))
+      throw usage_error("--" + k + " must be a number, got '" + *v + "'");
+    return out;
+  }
+
+ private:
+  std::map<std::string, std::string> values_;
+};
+
+/// The model file plus what it declares (from metadata or --config).
+struct model_source {
+  io::safetensors_file file;
+  io::model_info info;
+};
+
+model_source open_model(const options& o) {
+  model_source m{io::safetensors_file::load(o.need("model")), {}};
+  if (auto cfg = o.get("config")) {
+    m.info = io::read_config_json(*cfg);
+    if (io::has_config_metadata(m.file)) {
+      const io::model_info file_info = io::read_model_info(m.file);
+      if (io::describe(file_info) != io::describe(m.info))
+        throw config_error(*cfg + ": the configuration (" + io::describe(m.info) + ") differs from the metadata of " +
+                           m.file.source() + " (" + io::describe(file_info) + ")");
+    }
+  } else {
+    m.info = io::read_model_info(m.file);
+  }
+  return m;
+}
+
+void set_threads(const options& o) {
+  const long long n = o.integer("threads", 0, 0, 1024);
+#if SESSA_HAS_OPENMP
+  if (n > 0) omp_set_num_threads(static_cast<int>(n));
+#else
+  if (n > 1) std::cerr << "sessa: note: built without OpenMP, --threads " << n << " runs on one thread\n";
+#endif
+}
+
+/// Calls f.template operator()<T, Backend, Variant>() for the runtime choice of precision, backend and variant.
+template <class F>
+void dispatch(const std::string& precision, const std::string& backend_name, const std::string& attention_name,
+              F&& f) {
+  auto with_variant = [&]<class T, class B>() {
+    if (attention_name == "sliding_window") f.template operator()<T, B, attention::sliding_window>();
+    else f.template operator()<T, B, attention::causal>();
+  };
+  auto with_backend = [&]<class T>() {
+    if (backend_name == "cpu") with_variant.template operator()<T, backend::cpu>();
+    else if (backend_name == "reference") with_variant.template operator()<T, backend::reference>();
+    else throw usage_error("unknown --backend '" + backend_name + "' (choose cpu or reference)");
+  };
+  if (precision == "f32") with_backend.template operator()<float>();
+  else if (precision == "f64") with_backend.template operator()<double>();
+  else throw usage_error("unknown --precision '" + precision + "' (choose f32 or f64)");
+}
+
+/// Parses --mode: 0 = prefill, 1 = decode (chunks of one), N = chunks of N.
+index_t parse_mode(const options& o) {
+  const std::string mode = o.get("mode").value_or("prefill");
+  if (mode == "prefill") return 0;
+  if (mode == "decode") return 1;
+  if (mode.rfind("chunked:", 0) == 0) {
+    index_t n = 0;
+    const std::string num = mode.substr(8);
+    auto [p, ec] = std::from_chars(num.data(), num.data() + num.size(), n);
+    if (ec == std::errc{} && p == num.data() + num.size() && n >= 1) return n;
+  }
+  throw usage_error("--mode must be prefill, decode or chunked:N with N >= 1; got '" + mode + "'");
+}
+
+/// Runs `step(t0, n)` over [0, T) in chunks: the whole range at once (chunk 0), or chunks of `chunk`.
+template <class Step>
+void for_each_chunk(index_t T, index_t chunk, Step&& step) {
+  const index_t c = chunk == 0 ? T : chunk;
+  for (index_t t0 = 0; t0 < T; t0 += c) step(t0, std::min(c, T - t0));
+}
+
+int cmd_info(const options& o) {
+  const model_source m = open_model(o);
+  const auto& L = m.info.config.layer;
+  const bool dec = m.info.arch == io::model_arch::decoder;
+  std::printf("file            %s\n", m.file.source().c_str());
+  std::printf("arch            %s\n", dec ? "decoder" : "layer");
+  std::printf("d_model         %lld\n", static_cast<long long>(L.d_model));
+  std::printf("n_heads         %lld (head width %lld)\n", static_cast<long long>(L.n_heads),
+              static_cast<long long>(L.head_dim()));
+  std::printf("n_kv_heads      %lld\n", static_cast<long long>(L.n_kv_heads));
+  std::printf("use_rope        %s\n", L.use_rope ? "true" : "false");
+  std::printf("gamma_max       %s\n", io::shortest(L.gamma_max).c_str());
+  std::printf("ln_eps          %s\n", io::shortest(L.ln_eps).c_str());
+  std::printf("attention       %s", m.info.attention.c_str());
+  if (m.info.attention == "sliding_window") std::printf(" (window %lld)", static_cast<long long>(m.info.window));
+  std::printf("\n");
+  index_t params = 0, layers = 1;
+  if (dec) {
+    std::printf("vocab_size      %lld\n", static_cast<long long>(m.info.config.vocab_size));
+    std::printf("n_layers        %lld\n", static_cast<long long>(m.info.config.n_layers));
+    std::printf("tie_embeddings  %s\n", m.info.config.tie_embeddings ? "true" : "false");
+    params = parameter_count(m.info.config);
+    layers = m.info.config.n_layers;
+  } else {
+    params = parameter_count(L);
+  }
+  const index_t per_token = layers * L.cache_values_per_token();
+  std::printf("parameters      %lld\n", static_cast<long long>(params));
+  std::printf("cache per token %lld values = %lld bytes (f32), %lld bytes (f64), per batch row\n",
+              static_cast<long long>(per_token), static_cast<long long>(per_token * 4),
+              static_cast<long long>(per_token * 8));
+  // Loading validates every tensor against the configuration.
+  if (dec) io::read_decoder_weights<float>(m.file, m.info.config);
+  else io::read_layer_weights<float>(m.file, L);
+  std::printf("tensors         %zu, all match the configuration\n", m.file.entries().size());
+  return 0;
+}
+
+int cmd_run(const options& o) {
+  const model_source m = open_model(o);
+  const io::safetensors_file in = io::safetensors_file::load(o.need("input"));
+  const std::string out_path = o.need("output");
+  const index_t chunk = parse_mode(o);
+  const std::string precision = o.get("precision").value_or("f32");
+  set_threads(o);
+  const bool dec = m.info.arch == io::model_arch::decoder;
+  const auto& cfg = m.info.config;
+  io::safetensors_writer out;
+
+  dispatch(precision, o.get("backend").value_or("cpu"), m.info.attention, [&]<class T, class B, class A>() {
+    const A variant = io::detail::variant_from(m.info, m.file.source(), A{});
+    const io::dtype out_type = std::is_same_v<T, float> ? io::dtype::F32 : io::dtype::F64;
+    if (dec) {
+      const decoder<T, B, A> model(cfg, io::read_decoder_weights<T>(m.file, cfg), variant);
+      const io::tensor_entry* e = in.find("tokens");
+      if (!e) throw format_error(in.source() + ": no tensor 'tokens'; a decoder needs tokens, I32 or I64 (B, T)");
+      if (e->shape.size() != 2 || e->shape[0] < 1 || e->shape[1] < 1)
+        throw shape_error(in.source() + ": 'tokens' must have shape (B, T) with B, T >= 1; got " +
+                          shape_string(e->shape));
+      const index_t Bn = e->shape[0], Tn = e->shape[1], V = cfg.vocab_size;
+      const std::vector<std::int64_t> tok = in.read_as<std::int64_t>("tokens");  // (B, T)
+      tensor<T> logits({Bn, Tn, V});
+      auto cache = model.init_cache(Bn, Tn);
+      std::vector<std::int64_t> part;
+      tensor<T> step_out;
+      for_each_chunk(Tn, chunk, [&](index_t t0, index_t n) {
+        part.resize(static_cast<std::size_t>(Bn * n));
+        for (index_t b = 0; b < Bn; ++b)
+          for (index_t i = 0; i < n; ++i) part[static_cast<std::size_t>(b * n + i)] = tok[static_cast<std::size_t>(b * Tn + t0 + i)];
+        tensor<std::int64_t> chunk_tokens({Bn, n}, std::span<const std::int64_t>(part));
+        step_out = model.forward(chunk_tokens, cache);
+        for (index_t b = 0; b < Bn; ++b)
+          std::memcpy(logits.data() + (b * Tn + t0) * V, step_out.data() + b * n * V, sizeof(T) * n * V);
+      });
+      out.add_converted("logits", out_type, logits.shape(), std::vector<double>(logits.data(), logits.data() + logits.size()));
+    } else {
+      const layer<T, B, A> model(cfg.layer, io::read_layer_weights<T>(m.file, cfg.layer), variant);
+      const io::tensor_entry* e = in.find("x");
+      if (!e) throw format_error(in.source() + ": no tensor 'x'; a layer needs x (B, T, D)");
+      detail::check_activation_shape(e->shape, cfg.layer.d_model, (in.source() + ": 'x'").c_str());
+      const index_t Bn = e->shape[0], Tn = e->shape[1], D = cfg.layer.d_model;
+      const std::vector<T> x = in.read_as<T>("x");  // (B, T, D)
+      tensor<T> y({Bn, Tn, D});
+      auto cache = model.init_cache(Bn, Tn);
+      for_each_chunk(Tn, chunk, [&](index_t t0, index_t n) {
+        tensor<T> xc({Bn, n, D});
+        for (index_t b = 0; b < Bn; ++b)
+          std::memcpy(xc.data() + b * n * D, x.data() + (b * Tn + t0) * D, sizeof(T) * n * D);
+        const tensor<T> yc = model.forward(xc, cache);
+        for (index_t b = 0; b < Bn; ++b)
+          std::memcpy(y.data() + (b * Tn + t0) * D, yc.data() + b * n * D, sizeof(T) * n * D);
+      });
+      out.add_converted("y", out_type, y.shape(), std::vector<double>(y.data(), y.data() + y.size()));
+    }
+  });
+  out.write(out_path);
+  return 0;
+}
+
+
+/// Greedy (temperature 0) or sampled next token from one row of logits (V values).
+template <class T>
+std::int64_t pick_token(const T* logits, index_t V, double temperature, random_stream& rng) {
+  index_t best = 0;
+  for (index_t v = 1; v < V; ++v)
+    if (logits[v] > logits[best]) best = v;
+  if (temperature <= 0) return best;
+  std::vector<double> p(static_cast<std::size_t>(V));
+  double sum = 0;
+  for (index_t v = 0; v < V; ++v)
+    sum += p[static_cast<std::size_t>(v)] = std::exp((static_cast<double>(logits[v]) - static_cast<double>(logits[best])) / temperature);
+  double u = rng.uniform() * sum;
+  for (index_t v = 0; v < V; ++v)
+    if ((u -= p[static_cast<std::size_t>(v)]) <= 0) return v;
+  return V - 1;
+}
+
+int cmd_generate(const options& o) {
+  const model_source m = open_model(o);
+  if (m.info.arch != io::model_arch::decoder)
+    throw format_error(m.file.source() + ": generate needs a decoder, the file holds a layer");
+  const auto vocab_it = m.file.metadata().find("sessa.vocab");
+  if (vocab_it == m.file.metadata().end())
+    throw format_error(m.file.source() + ": no character vocabulary (metadata 'sessa.vocab'); generate needs one");
+  const std::string& vocab = vocab_it->second;
+  const index_t V = m.info.config.vocab_size;
+  if (static_cast<index_t>(vocab.size()) != V)
+    throw format_error(m.file.source() + ": metadata 'sessa.vocab' has " + std::to_string(vocab.size()) +
+                       " characters but vocab_size is " + std::to_string(V));
+  const std::string prompt = o.need("prompt");
+  if (prompt.empty()) throw usage_error("--prompt must not be empty");
+  const index_t n_new = o.integer("tokens", 200, 0, 1 << 20);
+  const double temperature = o.real("temperature", 0.0);
+  if (temperature < 0) throw usage_error("--temperature must be >= 0");
+  random_stream rng(static_cast<std::uint64_t>(o.integer("seed", 1, 0, std::numeric_limits<long long>::max())));
+  std::vector<std::int64_t> tokens;
+  for (std::size_t i = 0; i < prompt.size(); ++i) {
+    const auto pos = vocab.find(prompt[i]);
+    if (pos == std::string::npos)
+      throw value_error("prompt character '" + std::string(1, prompt[i]) + "' at offset " + std::to_string(i) +
+                        " is not in the model's vocabulary \"" + vocab + "\"");
+    tokens.push_back(static_cast<std::int64_t>(pos));
+  }
+  set_threads(o);
+  dispatch(o.get("precision").value_or("f32"), o.get("backend").value_or("cpu"), m.info.attention,
+           [&]<class T, class B, class A>() {
+    const A variant = io::detail::variant_from(m.info, m.file.source(), A{});
+    const decoder<T, B, A> model(m.info.config, io::read_decoder_weights<T>(m.file, m.info.config), variant);
+    const index_t P = static_cast<index_t>(tokens.size());
+    auto cache = model.init_cache(1, P + std::max<index_t>(n_new, 1));
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    tensor<T> logits = model.forward(tensor<std::int64_t>({1, P}, std::span<const std::int64_t>(tokens)), cache,
+                                     logits_for::last);  // (1, V)
+    const auto t1 = clock::now();
+    std::fputs(prompt.c_str(), stdout);
+    for (index_t i = 0; i < n_new; ++i) {
+      const std::int64_t next = pick_token(logits.data(), V, temperature, rng);
+      std::fputc(vocab[static_cast<std::size_t>(next)], stdout);
+      std::fflush(stdout);
+      if (i + 1 < n_new) logits = model.decode_step(std::span<const std::int64_t>(&next, 1), cache);
+    }
+    std::fputc('\n', stdout);
+    const auto t2 = clock::now();
+    const double pre = std::chrono::duration<double>(t1 - t0).count();
+    const double dec = std::chrono::duration<double>(t2 - t1).count();
+    std::fprintf(stderr, "[prefill %lld tokens in %.2f ms; %lld tokens generated at %.0f tokens/s]\n",
+                 static_cast<long long>(P), pre * 1e3, static_cast<long long>(n_new),
+                 dec > 0 ? static_cast<double>(n_new) / dec : 0.0);
+  });
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    if (argc < 2) throw usage_error("no command given");
+    const std::string cmd = argv[1];
+    if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+      std::fputs(usage_text, stdout);
+      return 0;
+    }
+    if (cmd == "--version") {
+      std::printf("sessa %s\n", SESSA_VERSION_STRING);
+      return 0;
+    }
+    if (cmd == "info") return cmd_info(options(argc, argv, 2, {"model", "config"}));
+    if (cmd == "run")
+      return cmd_run(options(argc, argv, 2,
+                             {"model", "input", "output", "mode", "precision", "backend", "threads", "config"}));
+    if (cmd == "generate")
+      return cmd_generate(options(argc, argv, 2,
+                                  {"model", "prompt", "tokens", "temperature", "seed", "precision", "backend",
+                                   "threads", "config"}));
+    throw usage_error("unknown command '" + cmd + "'");
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "sessa: usage error: %s (see sessa --help)\n", e.what());
+    return 2;
+  } catch (const sessa::error& e) {
+    std::fprintf(stderr, "sessa: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "sessa: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "sessa: error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds and runs every test: a Release build (all tests, CLI, examples, benchmarks compile), a Debug build
+# with -Wall -Wextra -Werror, AddressSanitizer and UBSan, and the CUDA compiler check when nvcc is present.
+# Set SESSA_TEST_FAST=1 to skip the sanitizer build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/deps.sh
+jobs=$(nproc)
+
+echo "== Release build"
+cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DSESSA_WERROR=ON >/dev/null
+cmake --build build/release -j"$jobs"
+ctest --test-dir build/release -j"$jobs" --output-on-failure
+
+if [ "${SESSA_TEST_FAST:-0}" != "1" ]; then
+  echo "== Debug build with -Werror, AddressSanitizer and UBSan"
+  cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DSESSA_WERROR=ON -DSESSA_SANITIZE=ON \
+        -DSESSA_BUILD_BENCH=OFF -DSESSA_BUILD_EXAMPLES=OFF >/dev/null
+  cmake --build build/asan -j"$jobs"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build/asan -j"$jobs" --output-on-failure -LE slow
+fi
