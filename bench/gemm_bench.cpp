@@ -180,6 +180,8 @@ int main(int argc, char** argv) {
 
   if (shape.size() == 3) {
     for (int t : threads) bench_linear(shape[0], shape[1], shape[2], t);
+    if (shape[0] <= 16)
+      for (int t : threads) bench_linear(shape[0], shape[1], shape[2], t, true);
     return 0;
   }
   // Prefill projections.

@@ -8,10 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#define SESSA_VERSION_MAJOR 0
-#define SESSA_VERSION_MINOR 1
-#define SESSA_VERSION_PATCH 0
-#define SESSA_VERSION_STRING "0.1.0"
+#include "version.hpp"  // SESSA_VERSION_MAJOR / _MINOR / _PATCH / _STRING
 
 #if defined(__CUDACC__)
 #define SESSA_HOST_DEVICE __host__ __device__

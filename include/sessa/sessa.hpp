@@ -6,10 +6,14 @@
 //   backend/     backend tags and their kernels (reference: the oracle; cpu: xsimd + OpenMP)
 //   attention/   attention variants of the forward branch, RoPE
 //   model/       weights, caches, the mixer, the layer, the decoder
-//   io/          safetensors files and model loading
+//   io/          JSON, safetensors files, model loading and saving (load_layer, load_decoder, save_model)
 // The CUDA backend has its own umbrella, sessa/cuda.cuh; this header never includes CUDA.
+//
+// This header is also the only input of the generated single header single_include/sessa/sessa.hpp
+// (tools/amalgamate.py): whatever it includes is what a single-header user gets.
 #pragma once
 
+#include "version.hpp"
 #include "config.hpp"
 #include "error.hpp"
 #include "concepts.hpp"
@@ -28,3 +32,7 @@
 #include "model/layer.hpp"
 #include "model/decoder.hpp"
 #include "model/init.hpp"
+#include "io/json.hpp"
+#include "io/safetensors.hpp"
+#include "io/model_file.hpp"
+#include "model/embedded.hpp"

@@ -1,7 +1,8 @@
 // sessa/core/tensor.hpp: the three memory types every other file speaks in.
 //
-//   buffer<T>    owning, 64-byte aligned, contiguous storage of n elements (no shape). Weights, caches
-//                and scratch are made of buffers.
+//   buffer<T>    64-byte aligned, contiguous storage of n elements (no shape). Weights, caches and scratch
+//                are made of buffers. A buffer owns heap memory, or borrows caller memory (buffer::borrow:
+//                an arena, a static array) and then never allocates: growing it past what it borrowed throws.
 //   matrix<T>    a non-owning row-major 2-D view (rows, cols) with a leading dimension `ld` >= cols, so a
 //                column block of a wider matrix (the `a` half of [a | z]) is a view without a copy.
 //                matrix<const T> is the read-only form.
@@ -28,20 +29,33 @@ namespace sessa {
 /// Alignment of every buffer: one cache line, which is also the widest SIMD register (AVX-512).
 inline constexpr std::size_t buffer_alignment = 64;
 
-/// Owning aligned storage for `size()` elements of a trivially copyable T. Copies are deep.
+/// Aligned storage for `size()` elements of a trivially copyable T, owned or borrowed. Copies are deep
+/// (and owning).
 template <class T>
 class buffer {
   static_assert(std::is_trivially_copyable_v<T>, "sessa::buffer holds trivially copyable elements only");
 
  public:
   buffer() = default;
+  /// A buffer over caller memory [p, p + n): never allocates and never frees.
+  static buffer borrow(T* p, index_t n) noexcept {
+    buffer b;
+    b.data_ = p;
+    b.size_ = b.capacity_ = n;
+    b.owns_ = false;
+    return b;
+  }
   explicit buffer(index_t n) { allocate(n); }
   buffer(index_t n, T fill) : buffer(n) { std::fill_n(data_, n, fill); }
   buffer(std::span<const T> src) : buffer(static_cast<index_t>(src.size())) {
     if (!src.empty()) std::memcpy(data_, src.data(), src.size_bytes());
   }
   buffer(const buffer& o) : buffer(std::span<const T>(o.data_, static_cast<std::size_t>(o.size_))) {}
-  buffer(buffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  buffer(buffer&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)),
+        size_(std::exchange(o.size_, 0)),
+        capacity_(std::exchange(o.capacity_, 0)),
+        owns_(std::exchange(o.owns_, true)) {}
   buffer& operator=(buffer o) noexcept {
     swap(o);
     return *this;
@@ -51,11 +65,21 @@ class buffer {
   void swap(buffer& o) noexcept {
     std::swap(data_, o.data_);
     std::swap(size_, o.size_);
+    std::swap(capacity_, o.capacity_);
+    std::swap(owns_, o.owns_);
   }
 
-  /// Reallocates to exactly n elements (contents lost) unless the size already matches.
+  /// Reallocates to exactly n elements (contents lost) unless the size already matches. A borrowed
+  /// buffer only changes its size within what it borrowed.
   void resize(index_t n) {
     if (n == size_) return;
+    if (!owns_) {
+      if (n < 0 || n > capacity_)
+        throw error("sessa::buffer: borrowed storage of " + std::to_string(capacity_) + " elements cannot hold " +
+                    std::to_string(n));
+      size_ = n;
+      return;
+    }
     release();
     allocate(n);
   }
@@ -71,6 +95,7 @@ class buffer {
   const T* data() const noexcept { return data_; }
   index_t size() const noexcept { return size_; }
   bool empty() const noexcept { return size_ == 0; }
+  bool owning() const noexcept { return owns_; }
   T& operator[](index_t i) noexcept { return data_[i]; }
   const T& operator[](index_t i) const noexcept { return data_[i]; }
   std::span<T> span() noexcept { return {data_, static_cast<std::size_t>(size_)}; }
@@ -83,16 +108,19 @@ class buffer {
     const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(T);
     const std::size_t rounded = (bytes + buffer_alignment - 1) / buffer_alignment * buffer_alignment;
     data_ = static_cast<T*>(::operator new(rounded, std::align_val_t{buffer_alignment}));
-    size_ = n;
+    size_ = capacity_ = n;
   }
   void release() noexcept {
-    if (data_) ::operator delete(static_cast<void*>(data_), std::align_val_t{buffer_alignment});
+    if (data_ && owns_) ::operator delete(static_cast<void*>(data_), std::align_val_t{buffer_alignment});
     data_ = nullptr;
-    size_ = 0;
+    size_ = capacity_ = 0;
+    owns_ = true;
   }
 
   T* data_ = nullptr;
   index_t size_ = 0;
+  index_t capacity_ = 0;
+  bool owns_ = true;
 };
 
 /// Non-owning row-major 2-D view: element (i, j) is data[i * ld + j].

@@ -12,6 +12,7 @@
 // first decode step no step allocates.
 #pragma once
 
+#include <array>
 #include <string>
 
 #include "../concepts.hpp"
@@ -33,19 +34,56 @@ struct workspace {
   buffer<T> gamma;   // (rows)         feedback gains
   buffer<T> s;       // (rows, D)      mixer output
   buffer<T> scores;  // (capacity)     one row of attention scores (reference kernels)
+  // Grown by the cpu backend's attention / feedback kernels when they run (backend/cpu/attention.hpp,
+  // feedback.hpp); not reserved here, so the reference backend never allocates them.
+  buffer<T> fb_state;  // (rows, D + 2)          feedback: online-softmax state per row, acc | m | l
+  buffer<T> fb_block;  // (batch, Bk, Bk + 2)    feedback: probabilities of the diagonal block | alpha | coef
+  buffer<T> partials;  // (parts, rows, dv + 2)  split-K partial softmax states, merged after the pass
+
+  static constexpr std::size_t n_buffers = 10;
+  using sizes_t = std::array<index_t, n_buffers>;
+
+  /// Elements each buffer needs for `rows` rows against a cache of `capacity` tokens, in member order.
+  /// The one place these sizes are written down: reserve() and borrowed workspaces both use it.
+  static constexpr sizes_t sizes(const layer_config& c, index_t rows, index_t capacity) noexcept {
+    const index_t D = c.d_model;
+    return {rows * D, rows * 2 * D, rows * D, rows * 2 * c.kv_dim(), rows * D,
+            rows * D, rows * 2 * D, rows,     rows * D,              capacity};
+  }
+  /// Elementwise maximum (a workspace shared by layers of different shapes).
+  static constexpr sizes_t max(const sizes_t& a, const sizes_t& b) noexcept {
+    sizes_t m{};
+    for (std::size_t i = 0; i < n_buffers; ++i) m[i] = a[i] > b[i] ? a[i] : b[i];
+    return m;
+  }
+  /// Total elements of a layout, each buffer rounded up to whole cache lines.
+  static constexpr index_t total(const sizes_t& s) noexcept {
+    index_t n = 0;
+    for (index_t e : s) n += round_up(e);
+    return n;
+  }
 
   void reserve(const layer_config& c, index_t rows, index_t capacity) {
-    const index_t D = c.d_model;
-    u.reserve(rows * D);
-    az.reserve(rows * 2 * D);
-    q.reserve(rows * D);
-    kv.reserve(rows * 2 * c.kv_dim());
-    f.reserve(rows * D);
-    f2.reserve(rows * D);
-    qbkb.reserve(rows * 2 * D);
-    gamma.reserve(rows);
-    s.reserve(rows * D);
-    scores.reserve(capacity);
+    const sizes_t need = sizes(c, rows, capacity);
+    buffer<T>* b[n_buffers] = {&u, &az, &q, &kv, &f, &f2, &qbkb, &gamma, &s, &scores};
+    for (std::size_t i = 0; i < n_buffers; ++i) b[i]->reserve(need[i]);
+  }
+
+  /// A workspace over caller memory of total(layout) elements (64-byte aligned); it never allocates.
+  static workspace borrow(T* storage, const sizes_t& layout) noexcept {
+    workspace w;
+    buffer<T>* b[n_buffers] = {&w.u, &w.az, &w.q, &w.kv, &w.f, &w.f2, &w.qbkb, &w.gamma, &w.s, &w.scores};
+    for (std::size_t i = 0; i < n_buffers; ++i) {
+      *b[i] = buffer<T>::borrow(storage, layout[i]);
+      storage += round_up(layout[i]);
+    }
+    return w;
+  }
+
+ private:
+  static constexpr index_t round_up(index_t n) noexcept {
+    constexpr index_t line = static_cast<index_t>(buffer_alignment / sizeof(T));
+    return (n + line - 1) / line * line;
   }
 };
 
@@ -62,6 +100,22 @@ class layer_cache {
     v_.resize(batch * n_kv_ * capacity * d_);
     kb_.resize(batch * capacity * D_);
     s_.resize(batch * capacity * D_);
+  }
+
+  /// Elements a cache needs: batch * capacity * (2 Hkv d + 2 D).
+  static constexpr index_t storage_size(const layer_config& c, index_t batch, index_t capacity) noexcept {
+    return batch * capacity * c.cache_values_per_token();
+  }
+
+  /// A cache over caller memory of storage_size(c, batch, capacity) elements: it never allocates.
+  /// The configuration must already be checked (compile-time-shaped models check it statically).
+  layer_cache(const layer_config& c, index_t batch, index_t capacity, T* storage) noexcept
+      : batch_(batch), capacity_(capacity), n_kv_(c.n_kv_heads), d_(c.head_dim()), D_(c.d_model) {
+    const index_t kv = batch * n_kv_ * capacity * d_, fb = batch * capacity * D_;
+    k_ = buffer<T>::borrow(storage, kv);
+    v_ = buffer<T>::borrow(storage + kv, kv);
+    kb_ = buffer<T>::borrow(storage + 2 * kv, fb);
+    s_ = buffer<T>::borrow(storage + 2 * kv + fb, fb);
   }
 
   index_t batch() const noexcept { return batch_; }

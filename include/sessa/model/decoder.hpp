@@ -56,13 +56,42 @@ enum class logits_for {
   last  // only the last token of each batch row: (batch, V), what generation needs
 };
 
+/// Throws value_error naming the first token id outside [0, V); tokens are (batch, n) row-major.
+inline void check_tokens(std::span<const std::int64_t> tokens, index_t n, index_t V) {
+  for (std::size_t r = 0; r < tokens.size(); ++r)
+    if (tokens[r] < 0 || tokens[r] >= V)
+      throw value_error("token id " + std::to_string(tokens[r]) + " at batch row " +
+                        std::to_string(static_cast<index_t>(r) / n) + ", position " +
+                        std::to_string(static_cast<index_t>(r) % n) + " is outside the vocabulary [0, " +
+                        std::to_string(V) + ")");
+}
+
+/// h (rows, D) = embedding (V, D) rows of the (checked) tokens.
+template <scalar T>
+void embed_tokens(const T* embedding, std::span<const std::int64_t> tokens, matrix<T> h) {
+  for (index_t r = 0; r < h.rows; ++r)
+    std::memcpy(h.row(r), embedding + tokens[static_cast<std::size_t>(r)] * h.cols, sizeof(T) * h.cols);
+}
+
+/// logits (out_rows, V) = LayerNorm(h; norm_w, norm_b) head (V, D)^T over every row of h (batch*n, D), or
+/// over the last row of each batch row with logits_for::last. `scratch` holds >= out_rows * D values.
+template <backend_tag Backend, scalar T>
+void decoder_head(const T* norm_w, const T* norm_b, T eps, const T* head, cmatrix<T> h, index_t batch,
+                  logits_for which, T* scratch, matrix<T> logits) {
+  using kernels = backend::kernels<Backend>;
+  const index_t D = h.cols, n = h.rows / batch;
+  matrix<T> hn(scratch, logits.rows, D);  // (out_rows, D)
+  if (which == logits_for::all) kernels::layer_norm(h, norm_w, norm_b, eps, hn);
+  else kernels::layer_norm(cmatrix<T>(h.data + (n - 1) * D, batch, D, n * D), norm_w, norm_b, eps, hn);  // row n-1 of each
+  kernels::linear(cmatrix<T>(hn), cmatrix<T>(head, logits.cols, D), static_cast<const T*>(nullptr), logits);
+}
+
 template <scalar T, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
 class decoder {
  public:
   using scalar_type = T;
   using backend_type = Backend;
   using variant_type = Variant;
-  using kernels = backend::kernels<Backend>;
   using layer_type = layer<T, Backend, Variant>;
   using cache_type = decoder_cache<T>;
 
@@ -107,30 +136,15 @@ class decoder {
     if (static_cast<index_t>(cache.layers.size()) != cfg_.n_layers)
       throw cache_error("the cache holds " + std::to_string(cache.layers.size()) + " layers, the decoder has " +
                         std::to_string(cfg_.n_layers) + "; make it with init_cache");
-    for (index_t r = 0; r < rows; ++r) {
-      const std::int64_t tok = tokens[static_cast<std::size_t>(r)];
-      if (tok < 0 || tok >= V)
-        throw value_error("token id " + std::to_string(tok) + " at batch row " + std::to_string(r / n) +
-                          ", position " + std::to_string(r % n) + " is outside the vocabulary [0, " +
-                          std::to_string(V) + ")");
-    }
+    check_tokens(tokens, n, V);
     for (auto& l : cache.layers) l.require(batch, n);
 
     cache.h.reserve(rows * D);
-    matrix<T> h(cache.h.data(), rows, D);  // (rows, D)
-    for (index_t r = 0; r < rows; ++r)
-      std::memcpy(h.row(r), w_.embedding.data() + tokens[static_cast<std::size_t>(r)] * D, sizeof(T) * D);
+    matrix<T> h(cache.h.data(), rows, D);  // (rows, D) residual stream
+    embed_tokens(w_.embedding.data(), tokens, h);
     for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].forward(h, batch, cache.layers[l], cache.scratch, h);
-
-    // Final norm on the rows that need logits, then the head.
-    matrix<T> hn(cache.scratch.u.data(), out_rows, D);  // (out_rows, D); scratch.u holds >= rows * D
-    if (which == logits_for::all) {
-      kernels::layer_norm(cmatrix<T>(h), w_.norm_w.data(), w_.norm_b.data(), static_cast<T>(cfg_.layer.ln_eps), hn);
-    } else {
-      const cmatrix<T> last(h.data + (n - 1) * D, batch, D, n * D);  // row n-1 of every batch row
-      kernels::layer_norm(last, w_.norm_w.data(), w_.norm_b.data(), static_cast<T>(cfg_.layer.ln_eps), hn);
-    }
-    kernels::linear(cmatrix<T>(hn), cmatrix<T>(w_.head_matrix().data(), V, D), static_cast<const T*>(nullptr), logits);
+    decoder_head<Backend>(w_.norm_w.data(), w_.norm_b.data(), static_cast<T>(cfg_.layer.ln_eps),
+                          w_.head_matrix().data(), cmatrix<T>(h), batch, which, cache.scratch.u.data(), logits);
   }
 
   /// Prefill or chunk: tokens (batch, n) -> logits (batch, n, V), or (batch, V) with logits_for::last.

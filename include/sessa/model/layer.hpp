@@ -31,13 +31,38 @@ inline void check_activation_shape(const shape_t& s, index_t D, const char* what
 }
 }  // namespace detail
 
+/// The layer's math on a parameter view. x (batch*n, D) batch-major -> y (batch*n, D); y may alias x.
+/// Checks shapes and cache room, then extends the cache by n. Shared by layer<> and model/embedded.hpp.
+template <backend_tag Backend, scalar T, attention_variant Variant>
+void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Variant& variant, cmatrix<T> x,
+                   index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> y) {
+  using kernels = backend::kernels<Backend>;
+  const index_t D = cfg.d_model, rows = x.rows;
+  if (batch <= 0 || rows % batch != 0 || x.cols != D || y.rows != rows || y.cols != D)
+    throw shape_error("layer::forward: x is (" + std::to_string(rows) + ", " + std::to_string(x.cols) + "), y is (" +
+                      std::to_string(y.rows) + ", " + std::to_string(y.cols) + "), expected both (batch*tokens, " +
+                      std::to_string(D) + ") with batch " + std::to_string(batch));
+  cache.require(batch, rows / batch);
+  ws.reserve(cfg, rows, cache.capacity());
+  matrix<T> u(ws.u.data(), rows, D);        // (rows, D)   LayerNorm(x), later s * z
+  matrix<T> az(ws.az.data(), rows, 2 * D);  // (rows, 2D)  [a | z]
+  matrix<T> s(ws.s.data(), rows, D);        // (rows, D)   mixer output
+  kernels::layer_norm(x, w.ln_w, w.ln_b, static_cast<T>(cfg.ln_eps), u);
+  kernels::linear(cmatrix<T>(u), cmatrix<T>(w.in_w, 2 * D, D), w.in_b, az);
+  kernels::gelu(az.col_block(0, D));
+  mixer_extend<Backend>(cfg, w.mixer, variant, cmatrix<T>(az.col_block(0, D)), batch, cache, ws, s);
+  kernels::multiply(cmatrix<T>(s), cmatrix<T>(az.col_block(D, D)), u);
+  if (y.data != x.data)
+    for (index_t r = 0; r < rows; ++r) std::memcpy(y.row(r), x.row(r), sizeof(T) * D);
+  kernels::linear(cmatrix<T>(u), cmatrix<T>(w.out_w, D, D), w.out_b, y, /*accumulate=*/true);
+}
+
 template <scalar T, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
 class layer {
  public:
   using scalar_type = T;
   using backend_type = Backend;
   using variant_type = Variant;
-  using kernels = backend::kernels<Backend>;
   using mixer_type = sessa::mixer<T, Backend, Variant>;
   using cache_type = layer_cache<T>;
 
@@ -54,25 +79,7 @@ class layer {
 
   /// Core form. x (batch*n, D) batch-major -> y (batch*n, D); y may alias x. Extends the cache by n.
   void forward(cmatrix<T> x, index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> y) const {
-    const index_t D = cfg_.d_model, rows = x.rows;
-    if (batch <= 0 || rows % batch != 0 || x.cols != D || y.rows != rows || y.cols != D)
-      throw shape_error("layer::forward: x is (" + std::to_string(rows) + ", " + std::to_string(x.cols) +
-                        "), y is (" + std::to_string(y.rows) + ", " + std::to_string(y.cols) +
-                        "), expected both (batch*tokens, " + std::to_string(D) + ") with batch " +
-                        std::to_string(batch));
-    cache.require(batch, rows / batch);
-    ws.reserve(cfg_, rows, cache.capacity());
-    matrix<T> u(ws.u.data(), rows, D);        // (rows, D)   LayerNorm(x), later s * z
-    matrix<T> az(ws.az.data(), rows, 2 * D);  // (rows, 2D)  [a | z]
-    matrix<T> s(ws.s.data(), rows, D);        // (rows, D)   mixer output
-    kernels::layer_norm(x, w_.ln_w.data(), w_.ln_b.data(), static_cast<T>(cfg_.ln_eps), u);
-    kernels::linear(cmatrix<T>(u), cmatrix<T>(w_.in_w.data(), 2 * D, D), w_.in_b.data(), az);
-    kernels::gelu(az.col_block(0, D));
-    mixer_.extend(cmatrix<T>(az.col_block(0, D)), batch, cache, ws, s);
-    kernels::multiply(cmatrix<T>(s), cmatrix<T>(az.col_block(D, D)), u);
-    if (y.data != x.data)
-      for (index_t r = 0; r < rows; ++r) std::memcpy(y.row(r), x.row(r), sizeof(T) * D);
-    kernels::linear(cmatrix<T>(u), cmatrix<T>(w_.out_w.data(), D, D), w_.out_b.data(), y, /*accumulate=*/true);
+    layer_forward<Backend>(cfg_, params(w_, mixer_.weights()), mixer_.variant(), x, batch, cache, ws, y);
   }
 
   /// Prefill or chunk: x (batch, n, D) -> y (batch, n, D), extending the cache (its scratch is used).

@@ -1,6 +1,9 @@
 // sessa/model/weights.hpp: the immutable parameters of a mixer, a layer and a decoder.
 //
 // Each parameter is a flat buffer<T> in PyTorch's layout ((out, in) row-major for Linear weights).
+// mixer_params / layer_params are the read-only views the math runs on: the runtime-shaped modules make
+// them from their buffers, compile-time-shaped models (model/embedded.hpp) from arrays in read-only data,
+// so both run the same code.
 // for_each_parameter() is the one table that ties SPEC.md's parameter names and shapes to these
 // buffers: the loader, the writer, the random initializer and the parameter count all walk it, so a
 // name or a shape is written down exactly once.
@@ -53,6 +56,37 @@ struct decoder_weights {
   buffer<T> head;       // (V, D)  lm_head.weight; empty when the embeddings are tied
   const buffer<T>& head_matrix() const noexcept { return head.empty() ? embedding : head; }
 };
+
+/// Read-only view of a mixer's parameters (shapes as in mixer_weights; out_w null when H == 1,
+/// rope_inv_freq null when RoPE is off).
+template <scalar T>
+struct mixer_params {
+  const T *q_w = nullptr, *q_b = nullptr, *k_w = nullptr, *k_b = nullptr, *v_w = nullptr, *v_b = nullptr;
+  const T* out_w = nullptr;
+  const T *fb_w = nullptr, *fb_b = nullptr, *gamma_bias = nullptr, *gamma_ctx = nullptr;
+  const float* rope_inv_freq = nullptr;  // (d/2)
+};
+
+/// Read-only view of a layer's parameters.
+template <scalar T>
+struct layer_params {
+  const T *ln_w = nullptr, *ln_b = nullptr, *in_w = nullptr, *in_b = nullptr;
+  mixer_params<T> mixer;
+  const T *out_w = nullptr, *out_b = nullptr;
+};
+
+template <scalar T>
+mixer_params<T> params(const mixer_weights<T>& w) noexcept {
+  return {w.q_w.data(),  w.q_b.data(),  w.k_w.data(),        w.k_b.data(),       w.v_w.data(),
+          w.v_b.data(),  w.out_w.empty() ? nullptr : w.out_w.data(),              w.fb_w.data(),
+          w.fb_b.data(), w.gamma_bias.data(), w.gamma_ctx.data(),
+          w.rope_inv_freq.empty() ? nullptr : w.rope_inv_freq.data()};
+}
+
+template <scalar T>
+layer_params<T> params(const layer_weights<T>& w, const mixer_weights<T>& m) noexcept {
+  return {w.ln_w.data(), w.ln_b.data(), w.in_w.data(), w.in_b.data(), params(m), w.out_w.data(), w.out_b.data()};
+}
 
 /// Calls fn(name, shape, buffer) for every parameter of a mixer, in SPEC.md's order. `MW` is
 /// mixer_weights<T> or const mixer_weights<T>; `prefix` ends with "mixer.".

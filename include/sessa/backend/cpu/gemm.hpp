@@ -73,9 +73,11 @@ struct blocking {
   static constexpr int NV = 2;                                       // batches per row of the C tile
   static constexpr int MR = vector_registers >= 32 ? 14 : 6;         // rows of the C tile
   static constexpr index_t NR = NV * W;                              // columns of the C tile
-  // KC: a packed B panel (KC x NR) is ~32 KiB with 32 registers (L1 48 KiB on Zen 4/5), ~16 KiB otherwise.
+  // KC: the K slice of one pass. Longer slices amortize the C tile's load/store; with 32 registers a packed
+  // B panel (KC x NR) is 64 KiB and is read from L2 (measured best on Zen 5: KC 512 > 384 > 256), otherwise
+  // the panel is kept to 16 KiB for L1.
   static constexpr index_t KC =
-      std::clamp<index_t>(static_cast<index_t>((vector_registers >= 32 ? 32768 : 16384) / (NR * sizeof(T))), 64, 512);
+      std::clamp<index_t>(static_cast<index_t>((vector_registers >= 32 ? 65536 : 16384) / (NR * sizeof(T))), 64, 512);
   // Row stride of the packed A block: KC plus one cache line, so the MR rows fall into different L1 sets.
   static constexpr index_t LDA = KC + static_cast<index_t>(64 / sizeof(T));
   // MC: the packed A block (MC x LDA) takes about 1/3 MiB of L2.
@@ -288,6 +290,19 @@ inline void reduce_lanes(const xsimd::batch<T>* v, T* out) {
   for (index_t i = 0; i < W; ++i) out[i] = hsum(v[i]);
 }
 
+/// Returns v, pinned in a register: GCC otherwise re-reads operands that are used several times from
+/// memory as FMA memory operands, which makes the dot-product tiles bound by loads rather than by FMAs.
+template <class B>
+inline B in_register(B v) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  typename B::register_type r = v;
+  __asm__("" : "+v"(r));
+  return B(r);
+#else
+  return v;
+#endif
+}
+
 // -------------------------------------------------------------------------------------------- packing
 
 /// dst (mc, LDA) <- src (mc, kc) with stride ld: a row-major copy with the padded stride.
@@ -479,10 +494,12 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T bet
   }
 }
 
-/// y (MB, R) = epilogue(x (MB, K) * w (R, K)^T): MB x R dot products along K, all in registers.
+/// y (MB, R) = epilogue(x (MB, K) w (R, K)^T): MB x R dot products along K in registers, reduced across
+/// lanes at the end (one shuffle tree per W results) plus a scalar K tail. pf (R rows, stride ldw) is
+/// prefetched along the way: the next rows of w, so short rows still stream at full bandwidth.
 template <class T, int MB, int R>
-inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const T* SESSA_RESTRICT w, index_t ldw, index_t K, T* y,
-                     index_t ldy, const epilogue<T>& ep) {
+inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const T* SESSA_RESTRICT w, index_t ldw, index_t K,
+                     const T* pf, T* y, index_t ldy, const epilogue<T>& ep) {
   using batch = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(batch::size);
   constexpr int n = MB * R;
@@ -494,10 +511,14 @@ inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const T* SESSA_REST
   for (; k + W <= K; k += W) {
     batch wv[R];
 #pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) wv[r] = batch::load_unaligned(w + r * ldw + k);
+    for (int r = 0; r < R; ++r) wv[r] = in_register(batch::load_unaligned(w + r * ldw + k));
+#if defined(__GNUC__)
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
+#endif
 #pragma GCC unroll 8
     for (int m = 0; m < MB; ++m) {
-      const batch xv = batch::load_unaligned(x + m * ldx + k);
+      const batch xv = in_register(batch::load_unaligned(x + m * ldx + k));
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) acc[m * R + r] = xsimd::fma(xv, wv[r], acc[m * R + r]);
     }
@@ -517,7 +538,7 @@ inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const T* SESSA_REST
 }
 
 template <class T>
-using dot_fn = void (*)(const T*, index_t, const T*, index_t, index_t, T*, index_t, const epilogue<T>&);
+using dot_fn = void (*)(const T*, index_t, const T*, index_t, index_t, const T*, T*, index_t, const epilogue<T>&);
 
 template <class T, int MB, int... R>
 constexpr std::array<dot_fn<T>, sizeof...(R)> make_dot_row(std::integer_sequence<int, R...>) {
@@ -533,7 +554,8 @@ inline constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, blocking<T>::
     make_dots<T>(std::make_integer_sequence<int, blocking<T>::MB>{});
 
 /// y (M, N) = epilogue(x (M, K) w (N, K)^T) on the calling thread with dot-product tiles (no packing):
-/// each R-row block of w is read from memory once and used for all M rows of x.
+/// each R-row block of w is streamed from memory once, then re-read from cache for the other rows of x.
+/// (Cutting K into L1-sized chunks measured slower: it breaks the long sequential streams of w.)
 template <class T>
 inline void gemm_dot(cmatrix<T> x, cmatrix<T> w, matrix<T> y, const epilogue<T>& ep) {
   using P = blocking<T>;
@@ -542,10 +564,12 @@ inline void gemm_dot(cmatrix<T> x, cmatrix<T> w, matrix<T> y, const epilogue<T>&
     const index_t r = std::min<index_t>(P::R, N - j);
     epilogue<T> e = ep;
     if (e.bias) e.bias += j;
+    // The first row tile prefetches the next r rows of w (when there are that many), the others re-read.
+    const T* next = N - (j + r) >= r ? w.row(j + r) : w.row(j);
     for (index_t m = 0; m < M; m += P::MB) {
       const index_t mb = std::min<index_t>(P::MB, M - m);
-      dot_tiles<T>[static_cast<std::size_t>(mb - 1)][static_cast<std::size_t>(r - 1)](x.row(m), x.ld, w.row(j), w.ld, K,
-                                                                                        y.row(m) + j, y.ld, e);
+      dot_tiles<T>[static_cast<std::size_t>(mb - 1)][static_cast<std::size_t>(r - 1)](
+          x.row(m), x.ld, w.row(j), w.ld, K, m == 0 ? next : w.row(j), y.row(m) + j, y.ld, e);
     }
   }
 }

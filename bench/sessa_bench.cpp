@@ -1,0 +1,560 @@
+// sessa-bench: how fast one Sessa layer runs, judged by the machine's own limits measured in the same run.
+//
+// Why this exists: SPEC.md's cost model says a prefill is ~18 T D^2 + 4 T^2 D FLOPs of mostly GEMM-shaped
+// work and a decode step must read the weights and the whole cache; so a prefill should be judged against
+// the machine's sgemm rate and a decode step against its streaming bandwidth (BASELINES.md). This tool times
+// both on one layer with random weights and prints ONE JSON OBJECT PER LINE, each with the yardstick it is
+// judged by (bench/yardstick.hpp), so that ratios taken in one run survive machine drift and load.
+// Every timed configuration is first validated against backend::reference on a small shape (llm.c habit):
+// a backend that gets the numbers wrong is never timed.
+//
+//   sessa-bench prefill   --T 4096 [common options] [--chunk N]
+//   sessa-bench decode    --context 4096 --steps 64 [common options] [--fill random|prefill] [--chunk N]
+//   sessa-bench yardstick [--threads N] [--repeat 3]
+// common options: --D 512 --H 8 --Hkv 8 --batch 1 --backend cpu|reference --threads N --precision f32|f64
+//                 --repeat 3 --warmup 1 --seed 1 --yardstick quick|full|off
+//
+// Timing: one warm-up run (--warmup), then the best of --repeat runs. Prefill reuses one cache (reset between
+// runs) and one workspace, as a serving loop would. Decode starts from a cache of `context` tokens, filled with
+// random values (default; the cost of a step does not depend on the values) or by a real prefill, and times
+// `steps` consecutive steps (the context grows by one per step; the cache is truncated back between runs).
+// Memory: peak_rss_bytes is the process high-water mark (getrusage) taken right after the timed runs, before
+// the yardsticks allocate their own buffers; it includes the binary, the runtime and the weights
+// (rss_baseline_bytes is the resident size just before the activations and cache were allocated).
+// model_bytes is what the work needs by construction: input, output, cache and workspace buffers.
+// Errors: one line on stderr; exit 1 (2 for usage errors).
+#include <sessa/sessa.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <limits>
+#include <map>
+#include <new>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "yardstick.hpp"
+
+namespace {
+
+using namespace sessa;
+using sessa_bench::clock_type;
+using sessa_bench::seconds_since;
+
+constexpr const char* usage_text =
+    "usage: sessa-bench <command> [options]   (one JSON object per line on stdout)\n"
+    "\n"
+    "commands:\n"
+    "  prefill    --T N [--chunk N]\n"
+    "             time a prefill of N tokens through one layer with random weights\n"
+    "  decode     --context N [--steps 64] [--fill random|prefill] [--chunk N]\n"
+    "             time decode steps on a cache that already holds N tokens\n"
+    "  yardstick  the machine's figures: OpenBLAS sgemm GFLOP/s (n = 2048, 4096) and streaming read GB/s\n"
+    "\n"
+    "options (prefill, decode):\n"
+    "  --D 512 --H 8 --Hkv 8       layer shape (d_model, heads, key/value heads)\n"
+    "  --batch 1                   sequences per call\n"
+    "  --backend cpu|reference     kernels to time (validated against reference first)\n"
+    "  --precision f32|f64\n"
+    "  --threads N                 OpenMP threads for the layer, OpenBLAS threads for the yardstick\n"
+    "  --repeat 3 --warmup 1       best of --repeat timed runs after --warmup untimed ones\n"
+    "  --yardstick quick|full|off  in-run machine figure: quick = sgemm n=2048 / 1 GiB read, full adds n=4096\n"
+    "  --seed 1                    weights and inputs\n"
+    "  --rope true|false           RoPE on the forward branch (default true)\n";
+
+/// A usage error: exit status 2.
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// Parsed "--name value" / "--name=value" options after the command word.
+class options {
+ public:
+  options(int argc, char** argv, int first, const std::vector<std::string>& allowed) {
+    for (int i = first; i < argc; ++i) {
+      std::string a = argv[i];
+      if (a.rfind("--", 0) != 0) throw usage_error("unexpected argument '" + a + "'");
+      std::string name = a.substr(2), value;
+      if (auto eq = name.find('='); eq != std::string::npos) {
+        value = name.substr(eq + 1);
+        name = name.substr(0, eq);
+      } else {
+        if (i + 1 >= argc) throw usage_error("option --" + name + " needs a value");
+        value = argv[++i];
+      }
+      if (std::find(allowed.begin(), allowed.end(), name) == allowed.end())
+        throw usage_error("unknown option --" + name);
+      if (values_.count(name)) throw usage_error("option --" + name + " given twice");
+      values_[name] = value;
+    }
+  }
+  std::optional<std::string> get(const std::string& k) const {
+    auto it = values_.find(k);
+    return it == values_.end() ? std::nullopt : std::optional<std::string>(it->second);
+  }
+  std::string word(const std::string& k, const std::string& dflt, const std::vector<std::string>& choices) const {
+    const std::string v = get(k).value_or(dflt);
+    if (std::find(choices.begin(), choices.end(), v) != choices.end()) return v;
+    std::string list;
+    for (const auto& c : choices) list += (list.empty() ? "" : "|") + c;
+    throw usage_error("--" + k + " must be one of " + list + ", got '" + v + "'");
+  }
+  long long integer(const std::string& k, std::optional<long long> dflt, long long lo, long long hi) const {
+    auto v = get(k);
+    if (!v) {
+      if (!dflt) throw usage_error("missing required option --" + k);
+      return *dflt;
+    }
+    long long out = 0;
+    auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
+    if (ec != std::errc{} || p != v->data() + v->size() || out < lo || out > hi)
+      throw usage_error("--" + k + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                        "], got '" + *v + "'");
+    return out;
+  }
+
+ private:
+  std::map<std::string, std::string> values_;
+};
+
+/// One JSON object on one line, fields in insertion order; non-finite numbers become null.
+class json_line {
+ public:
+  json_line& str(const char* k, const std::string& v) {
+    std::string e;
+    for (char c : v) {
+      if (c == '"' || c == '\\') e += '\\';
+      if (static_cast<unsigned char>(c) >= 0x20) e += c;
+    }
+    return raw(k, "\"" + e + "\"");
+  }
+  json_line& num(const char* k, double v, int digits = 6) {
+    if (!std::isfinite(v)) return raw(k, "null");
+    char b[64];
+    std::snprintf(b, sizeof b, "%.*g", digits, v);
+    return raw(k, b);
+  }
+  json_line& integer(const char* k, long long v) { return raw(k, std::to_string(v)); }
+  json_line& boolean(const char* k, bool v) { return raw(k, v ? "true" : "false"); }
+  json_line& null(const char* k) { return raw(k, "null"); }
+  void print() const {
+    std::printf("{%s}\n", s_.c_str());
+    std::fflush(stdout);
+  }
+
+ private:
+  json_line& raw(const char* k, const std::string& v) {
+    if (!s_.empty()) s_ += ',';
+    s_ += '"';
+    s_ += k;
+    s_ += "\":";
+    s_ += v;
+    return *this;
+  }
+  std::string s_;
+};
+
+constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
+
+/// Options shared by prefill and decode.
+struct common {
+  layer_config cfg;
+  index_t batch = 1;
+  std::string backend, precision, yardstick;
+  int threads = 1;
+  int repeat = 3, warmup = 1;
+  std::uint64_t seed = 1;
+};
+
+const std::vector<std::string> common_names = {"D",      "H",      "Hkv",       "batch", "backend", "precision",
+                                               "threads", "repeat", "warmup",   "seed",  "yardstick", "rope"};
+
+common parse_common(const options& o) {
+  common c;
+  c.cfg.d_model = o.integer("D", 512, 1, 1 << 16);
+  c.cfg.n_heads = o.integer("H", 8, 1, 1 << 16);
+  c.cfg.n_kv_heads = o.integer("Hkv", c.cfg.n_heads, 1, 1 << 16);
+  c.cfg.use_rope = o.word("rope", "true", {"true", "false"}) == "true";
+  c.cfg.check();
+  c.batch = o.integer("batch", 1, 1, 1 << 16);
+  c.backend = o.word("backend", "cpu", {"cpu", "reference"});
+  c.precision = o.word("precision", "f32", {"f32", "f64"});
+  c.yardstick = o.word("yardstick", "quick", {"quick", "full", "off"});
+  c.repeat = static_cast<int>(o.integer("repeat", 3, 1, 1000));
+  c.warmup = static_cast<int>(o.integer("warmup", 1, 0, 1000));
+  c.seed = static_cast<std::uint64_t>(o.integer("seed", 1, 0, std::numeric_limits<long long>::max()));
+  const long long threads = o.integer("threads", 0, 0, 1024);
+#if SESSA_HAS_OPENMP
+  if (threads > 0) set_num_threads(static_cast<int>(threads));
+#else
+  if (threads > 1) std::fprintf(stderr, "sessa-bench: note: built without OpenMP, --threads %lld runs on one thread\n", threads);
+#endif
+  c.threads = num_threads();
+  sessa_bench::set_blas_threads(c.threads);
+  return c;
+}
+
+/// Calls f.template operator()<T, Backend>() for the runtime choice of precision and backend.
+template <class F>
+void dispatch(const common& c, F&& f) {
+  auto with_backend = [&]<class T>() {
+    if (c.backend == "cpu") f.template operator()<T, backend::cpu>();
+    else f.template operator()<T, backend::reference>();
+  };
+  if (c.precision == "f32") with_backend.template operator()<float>();
+  else with_backend.template operator()<double>();
+}
+
+/// Fills p[0, n) with uniform values of unit variance (a fixed stream per seed).
+template <scalar T>
+void fill_random(T* p, index_t n, std::uint64_t seed) {
+  random_stream rng(seed * 0x9E3779B97F4A7C15ull + 17);
+  for (index_t i = 0; i < n; ++i) p[i] = static_cast<T>(static_cast<float>((rng.uniform() * 2.0 - 1.0) * 1.7320508));
+}
+
+/// Bytes of every buffer a workspace holds now (the CPU kernels grow their own scratch on first use).
+template <scalar T>
+index_t workspace_bytes(const workspace<T>& ws) {
+  index_t n = ws.u.size() + ws.az.size() + ws.q.size() + ws.kv.size() + ws.f.size() + ws.f2.size() +
+              ws.qbkb.size() + ws.gamma.size() + ws.s.size() + ws.scores.size();
+  if constexpr (requires { ws.fb_state.size(); }) n += ws.fb_state.size();
+  if constexpr (requires { ws.fb_block.size(); }) n += ws.fb_block.size();
+  if constexpr (requires { ws.partials.size(); }) n += ws.partials.size();
+  return n * static_cast<index_t>(sizeof(T));
+}
+
+/// Refuses work whose buffers would not fit in physical memory (better than the OOM killer).
+void check_fits(double bytes, const char* what) {
+  const double phys = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
+  if (phys > 0 && bytes > 0.9 * phys) {
+    char b[200];
+    std::snprintf(b, sizeof b, "%s needs about %.2f GiB of buffers, more than this machine's %.2f GiB of memory", what,
+                  bytes / 1073741824.0, phys / 1073741824.0);
+    throw value_error(b);
+  }
+}
+
+/// Prefill FLOPs per SPEC.md's cost model for `T` tokens of `batch` rows (projections with the k/v term scaled
+/// by Hkv/H, out_proj only when H > 1; causal forward attention and feedback 2 T^2 D each).
+double prefill_flops(const layer_config& c, index_t T, index_t batch) {
+  const double D = static_cast<double>(c.d_model), kv = static_cast<double>(c.kv_dim()), t = static_cast<double>(T);
+  const double proj = (4 + 2 + 4 + 2) * D * D + 2 * 2 * kv * D + (c.has_out_proj() ? 2 * D * D : 0.0);
+  return static_cast<double>(batch) * (t * proj + 4.0 * t * t * D);
+}
+
+/// Decode-step FLOPs at cache length `t` (before the step): projections + 8 (t + 1/2) D attention and feedback.
+double decode_flops(const layer_config& c, double t, index_t batch) {
+  const double D = static_cast<double>(c.d_model), kv = static_cast<double>(c.kv_dim());
+  const double proj = (4 + 2 + 4 + 2) * D * D + 2 * 2 * kv * D + (c.has_out_proj() ? 2 * D * D : 0.0);
+  return static_cast<double>(batch) * (proj + 8.0 * (t + 0.5) * D);
+}
+
+/// Runs x -> y through `L` over [0, T) in chunks of `chunk` (0: all at once). Chunk [t0, t0 + n) of every batch
+/// row occupies rows [batch t0, batch (t0 + n)) of x and y, batch-major inside, as layer::forward expects.
+template <class Layer, scalar T>
+void run_prefill(const Layer& L, const T* x, T* y, index_t batch, index_t Tn, index_t chunk, layer_cache<T>& cache,
+                 workspace<T>& ws) {
+  const index_t D = L.config().d_model, c = chunk == 0 ? Tn : chunk;
+  for (index_t t0 = 0; t0 < Tn; t0 += c) {
+    const index_t n = std::min(c, Tn - t0);
+    L.forward(cmatrix<T>(x + batch * t0 * D, batch * n, D), batch, cache, ws, matrix<T>(y + batch * t0 * D, batch * n, D));
+  }
+}
+
+/// max |a - b| / max |b| (SPEC.md's bar: relative to the largest output).
+template <scalar T>
+double max_rel_diff(const T* a, const T* b, index_t n) {
+  double diff = 0, scale = 0;
+  for (index_t i = 0; i < n; ++i) {
+    const double d = std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+    diff = std::isnan(d) ? std::numeric_limits<double>::infinity() : std::max(diff, d);
+    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+template <scalar T>
+constexpr double tolerance() {
+  return std::is_same_v<T, float> ? 1e-4 : 1e-9;
+}
+
+/// Validation: `Tp` prefill tokens (in the chunk pattern to be timed), then `steps` decode steps, on Backend and on
+/// backend::reference with the same weights and inputs. Throws unless they agree within tolerance<T>().
+template <scalar T, backend_tag Backend>
+double validate(const common& c, index_t Tp, index_t chunk, index_t steps) {
+  const layer_config& cfg = c.cfg;
+  const index_t D = cfg.d_model, B = c.batch, total = Tp + steps;
+  const layer<T, Backend> fast(cfg, random_layer_weights<T>(cfg, c.seed));
+  const layer<T, backend::reference> ref(cfg, random_layer_weights<T>(cfg, c.seed));
+  buffer<T> x(B * total * D), y_fast(B * total * D), y_ref(B * total * D);  // (total chunks of (B, ., D))
+  fill_random(x.data(), x.size(), c.seed + 1);
+  auto run = [&](const auto& L, T* y) {
+    auto cache = L.init_cache(B, total);
+    workspace<T> ws;
+    run_prefill(L, x.data(), y, B, Tp, chunk, cache, ws);
+    for (index_t i = 0; i < steps; ++i) {
+      const index_t r0 = B * (Tp + i);
+      L.forward(cmatrix<T>(x.data() + r0 * D, B, D), B, cache, ws, matrix<T>(y + r0 * D, B, D));
+    }
+  };
+  run(fast, y_fast.data());
+  run(ref, y_ref.data());
+  const double rel = max_rel_diff(y_fast.data(), y_ref.data(), y_fast.size());
+  if (!(rel < tolerance<T>())) {
+    char b[256];
+    std::snprintf(b, sizeof b,
+                  "validation failed: backend %s differs from reference by %.3g relative to max|y| (bar %.0e) on "
+                  "%lld prefill tokens + %lld decode steps",
+                  std::string(Backend::name).c_str(), rel, tolerance<T>(), static_cast<long long>(Tp),
+                  static_cast<long long>(steps));
+    throw value_error(b);
+  }
+  return rel;
+}
+
+void add_common(json_line& j, const common& c) {
+  j.integer("D", c.cfg.d_model)
+      .integer("H", c.cfg.n_heads)
+      .integer("Hkv", c.cfg.n_kv_heads)
+      .integer("batch", c.batch)
+      .str("backend", c.backend)
+      .integer("threads", c.threads)
+      .str("precision", c.precision);
+}
+
+/// In-run sgemm figure: n = 2048 (quick) or the best of n = 2048 and 4096 (full); NaN when off or no OpenBLAS.
+double inrun_sgemm(const common& c) {
+  if (c.yardstick == "off") return nan_v;
+  double g = sessa_bench::sgemm_gflops(2048, 3, c.threads);
+  if (c.yardstick == "full") g = std::max(g, sessa_bench::sgemm_gflops(4096, 3, c.threads));
+  return g;
+}
+
+constexpr std::size_t stream_bytes = std::size_t{1} << 30;  // 1 GiB: far beyond any cache
+
+int cmd_prefill(const options& o) {
+  const common c = parse_common(o);
+  const index_t Tn = o.integer("T", std::nullopt, 1, 1 << 24);
+  const index_t chunk = o.integer("chunk", 0, 0, 1 << 24);
+  dispatch(c, [&]<class T, class B>() {
+    const layer_config& cfg = c.cfg;
+    const index_t D = cfg.d_model, rows = c.batch * Tn;
+    const index_t tv = std::min<index_t>(Tn, 64);
+    const double rel = std::is_same_v<B, backend::reference>
+                           ? nan_v
+                           : validate<T, B>(c, tv, chunk == 0 ? 0 : std::min<index_t>(chunk, 24), 0);
+    const index_t step_rows = c.batch * (chunk == 0 ? Tn : std::min(chunk, Tn));
+    const double estimate =
+        static_cast<double>(sizeof(T)) *
+        (2.0 * rows * D + layer_cache<T>::storage_size(cfg, c.batch, Tn) +
+         workspace<T>::total(workspace<T>::sizes(cfg, step_rows, Tn)) + 2.0 * step_rows * (D + 2));
+    check_fits(estimate, "this prefill");
+
+    const layer<T, B> L(cfg, random_layer_weights<T>(cfg, c.seed));
+    const std::int64_t rss_base = sessa_bench::current_rss_bytes();
+    buffer<T> x(rows * D), y(rows * D);  // (rows, D) each, chunk-major then batch-major
+    fill_random(x.data(), x.size(), c.seed + 2);
+    auto cache = L.init_cache(c.batch, Tn);
+    workspace<T> ws;
+    auto once = [&] {
+      cache.reset();
+      run_prefill(L, x.data(), y.data(), c.batch, Tn, chunk, cache, ws);
+    };
+    for (int i = 0; i < c.warmup; ++i) once();
+    double best = std::numeric_limits<double>::infinity();
+    for (int r = 0; r < c.repeat; ++r) {
+      const auto t0 = clock_type::now();
+      once();
+      best = std::min(best, seconds_since(t0));
+    }
+    if (!std::isfinite(static_cast<double>(y[y.size() - 1])))
+      throw value_error("the prefill produced a non-finite output");
+    const std::int64_t rss_peak = sessa_bench::peak_rss_bytes();
+    const index_t model_bytes = 2 * rows * D * static_cast<index_t>(sizeof(T)) + cache.bytes() + workspace_bytes(ws);
+    sessa_bench::settle();
+    const double sgemm = inrun_sgemm(c);
+    const double flops = prefill_flops(cfg, Tn, c.batch), gflops = flops / best * 1e-9;
+
+    json_line j;
+    j.str("work", "prefill").integer("T", Tn);
+    add_common(j, c);
+    j.integer("chunk", chunk)
+        .integer("repeat", c.repeat)
+        .num("seconds", best)
+        .num("tokens_per_s", static_cast<double>(rows) / best)
+        .num("gflop", flops * 1e-9)
+        .num("gflops", gflops, 5)
+        .num("sgemm_gflops", sgemm, 5)
+        .num("fraction_of_sgemm", gflops / sgemm, 4)
+        .num("validated_max_rel_diff", rel, 3)
+        .num("validated_T", std::isnan(rel) ? nan_v : static_cast<double>(tv))
+        .integer("peak_rss_bytes", rss_peak)
+        .integer("rss_baseline_bytes", rss_base)
+        .integer("model_bytes", model_bytes)
+        .integer("cache_bytes", cache.bytes())
+        .integer("weight_bytes", parameter_count(cfg) * static_cast<index_t>(sizeof(T)))
+        .str("version", SESSA_VERSION_STRING)
+        .print();
+  });
+  return 0;
+}
+
+int cmd_decode(const options& o) {
+  const common c = parse_common(o);
+  const index_t context = o.integer("context", std::nullopt, 0, 1 << 24);
+  const index_t steps = o.integer("steps", 64, 1, 1 << 20);
+  const index_t chunk = o.integer("chunk", 0, 0, 1 << 24);
+  const std::string fill = o.word("fill", "random", {"random", "prefill"});
+  dispatch(c, [&]<class T, class B>() {
+    const layer_config& cfg = c.cfg;
+    const index_t D = cfg.d_model, kv = cfg.kv_dim(), capacity = context + steps;
+    const double rel = std::is_same_v<B, backend::reference> ? nan_v : validate<T, B>(c, 24, 0, 8);
+    const index_t fill_rows = fill == "prefill" ? c.batch * (chunk == 0 ? context : std::min(chunk, context)) : c.batch;
+    const double estimate = static_cast<double>(sizeof(T)) *
+                            (layer_cache<T>::storage_size(cfg, c.batch, capacity) +
+                             (fill == "prefill" ? 2.0 * c.batch * context * D : 0.0) +
+                             workspace<T>::total(workspace<T>::sizes(cfg, std::max<index_t>(fill_rows, 1), capacity)));
+    check_fits(estimate, "this decode run");
+
+    const layer<T, B> L(cfg, random_layer_weights<T>(cfg, c.seed));
+    const std::int64_t rss_base = sessa_bench::current_rss_bytes();
+    auto cache = L.init_cache(c.batch, capacity);
+    workspace<T> ws;
+    if (context > 0 && fill == "prefill") {
+      buffer<T> x(c.batch * context * D), y(c.batch * context * D);  // (batch * context, D), freed after
+      fill_random(x.data(), x.size(), c.seed + 2);
+      run_prefill(L, x.data(), y.data(), c.batch, context, chunk, cache, ws);
+    } else if (context > 0) {
+      // What a prefill leaves behind, with random values: k, v (after RoPE), k_b and s of `context` tokens.
+      std::uint64_t s = c.seed + 3;
+      for (index_t b = 0; b < c.batch; ++b) {
+        for (index_t h = 0; h < cfg.n_kv_heads; ++h) {
+          fill_random(cache.k(b, h).data, context * cfg.head_dim(), ++s);
+          fill_random(cache.v(b, h).data, context * cfg.head_dim(), ++s);
+        }
+        fill_random(cache.kb(b).data, context * D, ++s);
+        fill_random(cache.s(b).data, context * D, ++s);
+      }
+      cache.advance(context);
+    }
+    buffer<T> xt(c.batch * D), yt(c.batch * D);  // (batch, D) one token per batch row
+    fill_random(xt.data(), xt.size(), c.seed + 4);
+    auto run = [&](index_t n) {
+      cache.truncate(context);
+      for (index_t i = 0; i < n; ++i)
+        L.forward(cmatrix<T>(xt.data(), c.batch, D), c.batch, cache, ws, matrix<T>(yt.data(), c.batch, D));
+    };
+    for (int i = 0; i < c.warmup; ++i) run(std::min<index_t>(steps, 4));
+    double best = std::numeric_limits<double>::infinity();
+    for (int r = 0; r < c.repeat; ++r) {
+      const auto t0 = clock_type::now();
+      run(steps);
+      best = std::min(best, seconds_since(t0));
+    }
+    if (!std::isfinite(static_cast<double>(yt[0]))) throw value_error("the decode step produced a non-finite output");
+    const std::int64_t rss_peak = sessa_bench::peak_rss_bytes();
+    const index_t model_bytes =
+        2 * c.batch * D * static_cast<index_t>(sizeof(T)) + cache.bytes() + workspace_bytes(ws);
+    sessa_bench::settle();
+    const double stream = c.yardstick == "off" ? nan_v : sessa_bench::stream_read_gbps(stream_bytes, 5);
+
+    // Bytes a step must read, averaged over the timed steps (cache length L = context + i before step i):
+    // the weights once, then per batch row k and v of L + 1 tokens (the new one included), k_b and s of L.
+    const double elt = static_cast<double>(sizeof(T));
+    const double weights = static_cast<double>(parameter_count(cfg)) * elt;
+    const double t_mean = static_cast<double>(context) + 0.5 * static_cast<double>(steps - 1);
+    const double bytes = weights + static_cast<double>(c.batch) * elt * (2.0 * kv * (t_mean + 1) + 2.0 * D * t_mean);
+    const double per_step = best / static_cast<double>(steps);
+    const double ideal = bytes / (stream * 1e9);
+
+    json_line j;
+    j.str("work", "decode").integer("context", context).integer("steps", steps);
+    add_common(j, c);
+    j.str("fill", fill)
+        .integer("repeat", c.repeat)
+        .num("seconds", best)
+        .num("seconds_per_token", per_step)
+        .num("ms_per_token", per_step * 1e3)
+        .num("tokens_per_s", static_cast<double>(c.batch) / per_step)
+        .num("gflops", decode_flops(cfg, t_mean, c.batch) / per_step * 1e-9, 5)
+        .num("bytes_per_step", bytes, 8)
+        .num("gbps", bytes / per_step * 1e-9, 5)
+        .num("stream_gbps", stream, 5)
+        .num("ideal_seconds_per_token", ideal)
+        .num("fraction_of_bandwidth_bound", ideal / per_step, 4)
+        .num("time_over_ideal", per_step / ideal, 4)
+        .num("validated_max_rel_diff", rel, 3)
+        .integer("peak_rss_bytes", rss_peak)
+        .integer("rss_baseline_bytes", rss_base)
+        .integer("model_bytes", model_bytes)
+        .integer("cache_bytes", cache.bytes())
+        .integer("weight_bytes", parameter_count(cfg) * static_cast<index_t>(sizeof(T)))
+        .str("version", SESSA_VERSION_STRING)
+        .print();
+  });
+  return 0;
+}
+
+int cmd_yardstick(const options& o) {
+  const long long threads = o.integer("threads", 0, 0, 1024);
+  if (threads > 0) set_num_threads(static_cast<int>(threads));
+  const int n_threads = num_threads();
+  const int repeat = static_cast<int>(o.integer("repeat", 3, 1, 1000));
+  sessa_bench::set_blas_threads(n_threads);
+  const double g2048 = sessa_bench::sgemm_gflops(2048, repeat, n_threads);
+  const double g4096 = sessa_bench::sgemm_gflops(4096, repeat, n_threads);
+  const double stream = sessa_bench::stream_read_gbps(stream_bytes, 5);
+  json_line j;
+  j.str("work", "yardstick")
+      .integer("threads", n_threads)
+      .num("sgemm_gflops", std::max(g2048, g4096), 5)
+      .num("sgemm_gflops_n2048", g2048, 5)
+      .num("sgemm_gflops_n4096", g4096, 5)
+      .num("stream_gbps", stream, 5)
+      .integer("stream_bytes", static_cast<long long>(stream_bytes))
+      .boolean("openblas", sessa_bench::have_openblas())
+      .str("openblas_corename", sessa_bench::openblas_corename())
+      .boolean("openmp", SESSA_HAS_OPENMP != 0)
+      .str("version", SESSA_VERSION_STRING)
+      .print();
+  return 0;
+}
+
+std::vector<std::string> with_common(std::vector<std::string> extra) {
+  extra.insert(extra.end(), common_names.begin(), common_names.end());
+  return extra;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    if (argc < 2) throw usage_error("missing command (prefill, decode or yardstick)");
+    const std::string cmd = argv[1];
+    if (cmd == "--help" || cmd == "-h" || cmd == "help") {
+      std::fputs(usage_text, stdout);
+      return 0;
+    }
+    if (cmd == "prefill") return cmd_prefill(options(argc, argv, 2, with_common({"T", "chunk"})));
+    if (cmd == "decode") return cmd_decode(options(argc, argv, 2, with_common({"context", "steps", "chunk", "fill"})));
+    if (cmd == "yardstick") return cmd_yardstick(options(argc, argv, 2, {"threads", "repeat"}));
+    throw usage_error("unknown command '" + cmd + "' (prefill, decode or yardstick)");
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "sessa-bench: %s (sessa-bench --help for usage)\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "sessa-bench: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "sessa-bench: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,16 @@
+# Runs the embedded example and `sessa generate` on the same prompt with the same (reference) backend and
+# float32, and fails unless both print the same text.
+execute_process(COMMAND "${EMBEDDED}" "THE " 120 OUTPUT_VARIABLE embedded RESULT_VARIABLE rc1)
+execute_process(COMMAND "${CLI}" generate --model "${MODEL}" --prompt "THE " --tokens 120 --backend reference
+                OUTPUT_VARIABLE runtime ERROR_QUIET RESULT_VARIABLE rc2)
+if(NOT rc1 EQUAL 0 OR NOT rc2 EQUAL 0)
+  message(FATAL_ERROR "a run failed: embedded ${rc1}, runtime ${rc2}")
+endif()
+string(REGEX MATCH "text: [^\n]*" embedded_text "${embedded}")
+string(REPLACE "text: " "" embedded_text "${embedded_text}")
+string(STRIP "${runtime}" runtime)
+string(STRIP "${embedded_text}" embedded_text)
+if(NOT embedded_text STREQUAL runtime)
+  message(FATAL_ERROR "embedded model and runtime path differ:\n  embedded: '${embedded_text}'\n  runtime:  '${runtime}'")
+endif()
+message(STATUS "identical: ${runtime}")

@@ -1,0 +1,457 @@
+// sessa/backend/cpu/attention.hpp: the forward branch of the CPU backend, flash style.
+//
+// Why this file exists: causal attention over T tokens is 2 T^2 D FLOPs per prefill, as much as the
+// feedback solve and a third of a layer at T = 4096, D = 512. The reference kernel forms every score row
+// and reads K and V once per query; this one runs the same math as GEMM tiles without a T x T matrix.
+//
+// Algorithm (FlashAttention's online softmax on the CPU):
+//   * Work item = (batch row b, kv head h, query tile). A query tile is Bq positions of the g = H / Hkv
+//     query heads that read kv head h, stacked into one (Bq g, d) block (row ii g + hh), so each K/V tile
+//     is packed once for the whole group (GQA/MQA without copying K or V).
+//   * For each key tile [j0, j1) of the item's key range, back to front:
+//       S = Q K^T / sqrt(d)             (rows, keys)   one gemm_nt tile
+//       m, l, acc online update         row max, P = exp(S - m) (xsimd::exp), l += sum P
+//       acc += P V                      (rows, d)      one gemm_nn tile
+//     with lazy rescaling: the reference max m of a row moves only when a tile's max exceeds it by more
+//     than 8 (P <= e^8 then), so most tiles skip rescaling acc. The result acc / l is exact: m is only the
+//     reference point of the exponentials, it cancels in the ratio.
+//   * The key range of a tile is [min first_key(t), last t]: tiles above the diagonal and (sliding window)
+//     before the window are never touched; only tiles crossing a row's boundary are masked, row by row.
+//   * Threads (OpenMP): dynamic scheduling over the items, latest (longest) query tiles first. When the
+//     items are few (decode: n = 1 per batch row, and batch * Hkv does not divide evenly over the threads)
+//     the key range is split (split-K): each part leaves a partial state (m, l, acc) in the workspace and a
+//     second pass merges them, so every thread streams its share of the cache and each cached k, v value is
+//     read once per call.
+// flash_detail also holds the pieces the feedback solve (feedback.hpp) shares: the online-softmax state,
+// absorb_tile (one key tile into a state), merges of partial states and the thread team helper.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <tuple>
+#include <utility>
+
+#include <xsimd/xsimd.hpp>
+
+#include "../../concepts.hpp"
+#include "../../core/hparams.hpp"
+#include "../../core/tensor.hpp"
+#include "../../model/cache.hpp"
+#include "gemm.hpp"
+#include "parallel.hpp"
+
+namespace sessa::backend::simd {
+
+/// Tile sizes and thresholds of the flash attention and feedback kernels. Read at every call; tests and
+/// benchmarks may change flash_params between calls (never while a kernel runs).
+struct flash_tuning {
+  index_t query_rows = 128;       // stacked query rows (positions x heads of a group) per attention tile
+  index_t key_tile = 128;         // keys per tile: forward attention and the feedback's pass over the past
+  index_t fb_block = 128;         // Bk: rows per block of the feedback solve
+  index_t fb_rows = 128;          // rows per tile when a finished block is pushed to later rows
+  index_t min_split_keys = 256;   // split-K only when every part gets at least this many keys
+  double parallel_flops = 1.0e6;  // a call of fewer FLOPs runs on the calling thread
+};
+inline flash_tuning flash_params{};
+
+namespace flash_detail {
+
+template <class T>
+inline constexpr T neg_inf = -std::numeric_limits<T>::infinity();
+
+/// Lazy rescaling: a row's reference max moves only when a tile's max exceeds it by more than this.
+template <class T>
+inline constexpr T lazy_rescale = T(8);
+
+/// Per-thread scratch of the tile loops; grows once, then reused by every call on that thread.
+template <class T>
+struct thread_buffers {
+  buffer<T> q;            // (rows, d)          stacked query rows of an attention tile
+  buffer<T> s;            // (rows, keys)       scores, then probabilities, of one tile
+  buffer<T> state;        // (rows, dv + 2)     acc | m, l of a tile's rows
+  buffer<index_t> range;  // (2, positions)     first key | one past the last key of each query position
+};
+template <class T>
+inline thread_buffers<T>& thread_scratch() {
+  thread_local thread_buffers<T> b;
+  return b;
+}
+
+/// Online-softmax state of `rows` rows over the keys absorbed so far:
+///   m (rows) reference max, l (rows) = sum_j exp(s_j - m), acc (rows, dv) = sum_j exp(s_j - m) v_j.
+template <class T>
+struct softmax_state {
+  T* m = nullptr;
+  T* l = nullptr;
+  matrix<T> acc;
+
+  /// Rows [r0, r0 + n).
+  softmax_state rows(index_t r0, index_t n) const { return {m + r0, l + r0, acc.row_block(r0, n)}; }
+  /// No keys yet: m = -inf, l = 0, acc = 0.
+  void clear() const {
+    std::fill_n(m, acc.rows, neg_inf<T>);
+    std::fill_n(l, acc.rows, T(0));
+    for (index_t r = 0; r < acc.rows; ++r) std::fill_n(acc.row(r), acc.cols, T(0));
+  }
+};
+
+/// A state laid out in one block of rows * (dv + 2) values: acc (rows, dv) | m (rows) | l (rows).
+template <class T>
+inline softmax_state<T> state_in(T* p, index_t rows, index_t dv) {
+  return {p + rows * dv, p + rows * dv + rows, matrix<T>(p, rows, dv)};
+}
+
+/// Which keys each row of a tile may read: row r reads absolute positions [lo[r / group], hi[r / group]).
+/// lo == nullptr means every key of the range. lo_max / hi_min summarize the rows, so that a tile inside
+/// every row's range skips the per-row mask.
+struct key_mask {
+  const index_t* lo = nullptr;
+  const index_t* hi = nullptr;
+  index_t group = 1;
+  index_t lo_max = 0, hi_min = 0;
+};
+
+/// max of x[0, n), n >= 1.
+template <class T>
+inline T row_max(const T* x, index_t n) {
+  using B = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(B::size);
+  T mx = neg_inf<T>;
+  index_t j = 0;
+  if (n >= 2 * W) {
+    B a = B::load_unaligned(x), b = B::load_unaligned(x + W);
+    for (j = 2 * W; j + 2 * W <= n; j += 2 * W) {
+      a = xsimd::max(a, B::load_unaligned(x + j));
+      b = xsimd::max(b, B::load_unaligned(x + j + W));
+    }
+    alignas(64) T lanes[W];
+    xsimd::max(a, b).store_aligned(lanes);
+    for (index_t k = 0; k < W; ++k) mx = std::max(mx, lanes[k]);
+  }
+  for (; j < n; ++j) mx = std::max(mx, x[j]);
+  return mx;
+}
+
+/// x[j] <- exp(x[j] - m) for j in [0, n); returns the sum of the new values.
+template <class T>
+inline T exp_shifted(T* x, index_t n, T m) {
+  using B = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(B::size);
+  const B mv(m);
+  B sum(T(0));
+  index_t j = 0;
+  for (; j + W <= n; j += W) {
+    const B e = xsimd::exp(B::load_unaligned(x + j) - mv);
+    e.store_unaligned(x + j);
+    sum += e;
+  }
+  T s = hsum(sum);
+  for (; j < n; ++j) s += (x[j] = std::exp(x[j] - m));
+  return s;
+}
+
+/// x[0, n) *= a.
+template <class T>
+inline void scale_row(T* x, index_t n, T a) {
+  using B = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(B::size);
+  const B av(a);
+  index_t j = 0;
+  for (; j + W <= n; j += W) (B::load_unaligned(x + j) * av).store_unaligned(x + j);
+  for (; j < n; ++j) x[j] *= a;
+}
+
+/// Prefetches rows [j0, j1) of a (positions, cols) view into the cache hierarchy (the next key tile, while
+/// the current one is in the softmax).
+template <class T>
+inline void prefetch_rows(cmatrix<T> m, index_t j0, index_t j1) {
+  constexpr index_t line = static_cast<index_t>(64 / sizeof(T));
+  for (index_t j = j0; j < j1; ++j)
+    for (index_t k = 0; k < m.cols; k += line) __builtin_prefetch(m.row(j) + k, 0, 2);
+}
+
+/// Absorbs keys [j0, j1) (absolute positions, j1 - j0 <= the tile) of k (positions, dk) and v (positions,
+/// dv) into the state st of the rows q (rows, dk):
+///   S = alpha q k^T (gemm_nt), online-softmax update of m and l (lazy rescaling of acc), acc += P v (gemm_nn).
+/// Under a mask only the rows from the first to the last one that sees a key of the tile take part (rows
+/// are in position order, so a diagonal tile skips the rows above it). Keys [next0, next1) are prefetched.
+/// s_buf: at least rows * (j1 - j0) values of scratch.
+template <class T>
+inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, index_t j1, T alpha, const key_mask& mask,
+                        T* s_buf, const softmax_state<T>& st, index_t next0 = 0, index_t next1 = 0) {
+  const index_t nk = j1 - j0, dv = v.cols;
+  index_t r0 = 0, r1 = q.rows;
+  const bool full = mask.lo == nullptr || (mask.lo_max <= j0 && j1 <= mask.hi_min);
+  if (!full) {
+    auto sees = [&](index_t r) { return mask.lo[r / mask.group] < j1 && mask.hi[r / mask.group] > j0; };
+    while (r0 < r1 && !sees(r0)) ++r0;
+    while (r1 > r0 && !sees(r1 - 1)) --r1;
+  }
+  const index_t rows = r1 - r0;
+  if (rows <= 0 || nk <= 0) return;
+  const matrix<T> s(s_buf, rows, nk);  // (rows, nk) scores, then probabilities
+  gemm_nt(q.row_block(r0, rows), k.row_block(j0, nk), s, alpha, T(0));
+  const index_t pf_per_row = next1 > next0 ? (next1 - next0 + rows - 1) / rows : 0;
+  for (index_t i = 0; i < rows; ++i) {
+    if (pf_per_row > 0) {
+      const index_t p0 = std::min(next1, next0 + i * pf_per_row), p1 = std::min(next1, p0 + pf_per_row);
+      prefetch_rows(k, p0, p1);
+      prefetch_rows(v, p0, p1);
+    }
+    const index_t r = r0 + i;
+    T* sr = s.row(i);
+    index_t a = 0, b = nk;
+    if (!full) {
+      a = std::clamp<index_t>(mask.lo[r / mask.group] - j0, 0, nk);
+      b = std::clamp<index_t>(mask.hi[r / mask.group] - j0, 0, nk);
+      if (a >= b) {
+        std::fill_n(sr, nk, T(0));
+        continue;
+      }
+      std::fill(sr, sr + a, T(0));
+      std::fill(sr + b, sr + nk, T(0));
+    }
+    const T mx = row_max(sr + a, b - a);
+    T& m = st.m[r];
+    if (mx > m + lazy_rescale<T>) {  // includes the row's first keys (m = -inf)
+      if (m != neg_inf<T>) {
+        const T f = std::exp(m - mx);
+        st.l[r] *= f;
+        scale_row(st.acc.row(r), dv, f);
+      }
+      m = mx;
+    }
+    st.l[r] += exp_shifted(sr + a, b - a, m);
+  }
+  gemm_nn(cmatrix<T>(s), v.row_block(j0, nk), st.acc.row_block(r0, rows), T(1), T(1));
+}
+
+/// Absorbs keys [k_lo, k_hi) in tiles of `tile` keys, from the last tile back (the diagonal first),
+/// prefetching each next tile.
+template <class T>
+inline void flash_pass(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t k_lo, index_t k_hi, index_t tile, T alpha,
+                       const key_mask& mask, T* s_buf, const softmax_state<T>& st) {
+  for (index_t j1 = k_hi; j1 > k_lo; j1 -= tile) {
+    const index_t j0 = std::max(k_lo, j1 - tile);
+    absorb_tile(q, k, v, j0, j1, alpha, mask, s_buf, st, std::max(k_lo, j0 - tile), j0);
+  }
+}
+
+/// Merges `count` partial states of the same rows (parts[p] over disjoint key sets) into dst, which may be
+/// parts[0]. Exact: each part is rescaled from its reference max to the common one.
+template <class T>
+inline void merge_states(const softmax_state<T>* parts, index_t count, const softmax_state<T>& dst) {
+  using B = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(B::size);
+  constexpr index_t max_parts = 64;
+  const index_t rows = dst.acc.rows, dv = dst.acc.cols;
+  count = std::min(count, max_parts);
+  for (index_t r = 0; r < rows; ++r) {
+    T mx = neg_inf<T>;
+    for (index_t p = 0; p < count; ++p) mx = std::max(mx, parts[p].m[r]);
+    T w[max_parts];
+    T l = 0;
+    for (index_t p = 0; p < count; ++p) {
+      w[p] = (parts[p].m[r] == neg_inf<T>) ? T(0) : std::exp(parts[p].m[r] - mx);
+      l += w[p] * parts[p].l[r];
+    }
+    T* out = dst.acc.row(r);
+    index_t j = 0;
+    for (; j + W <= dv; j += W) {
+      B a = B(w[0]) * B::load_unaligned(parts[0].acc.row(r) + j);
+      for (index_t p = 1; p < count; ++p) a = xsimd::fma(B(w[p]), B::load_unaligned(parts[p].acc.row(r) + j), a);
+      a.store_unaligned(out + j);
+    }
+    for (; j < dv; ++j) {
+      T a = w[0] * parts[0].acc(r, j);
+      for (index_t p = 1; p < count; ++p) a += w[p] * parts[p].acc(r, j);
+      out[j] = a;
+    }
+    dst.m[r] = mx;
+    dst.l[r] = l;
+  }
+}
+
+/// The threads of one parallel region. Work-sharing loops end with a barrier; without OpenMP (or with one
+/// thread) they are plain loops.
+class team {
+ public:
+  explicit team(bool omp) : omp_(omp) {}
+  int size() const {
+#if SESSA_HAS_OPENMP
+    if (omp_) return omp_get_num_threads();
+#endif
+    return 1;
+  }
+  /// f(i) for i in [0, n), contiguous near-equal shares per thread.
+  template <class F>
+  void for_static(index_t n, F&& f) const {
+#if SESSA_HAS_OPENMP
+    if (omp_) {
+#pragma omp for schedule(static)
+      for (index_t i = 0; i < n; ++i) f(i);
+      return;
+    }
+#endif
+    for (index_t i = 0; i < n; ++i) f(i);
+  }
+  /// f(i) for i in [0, n), handed out one at a time in order.
+  template <class F>
+  void for_dynamic(index_t n, F&& f) const {
+#if SESSA_HAS_OPENMP
+    if (omp_) {
+#pragma omp for schedule(dynamic, 1)
+      for (index_t i = 0; i < n; ++i) f(i);
+      return;
+    }
+#endif
+    for (index_t i = 0; i < n; ++i) f(i);
+  }
+
+ private:
+  bool omp_;
+};
+
+/// Runs f(team) on nt threads (a parallel region of its own, so the loops bind to it even when the caller
+/// is inside another region), or on the calling thread when nt == 1.
+template <class F>
+inline void run_team(int nt, F&& f) {
+#if SESSA_HAS_OPENMP
+  if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+    f(team(true));
+    return;
+  }
+#endif
+  f(team(false));
+}
+
+/// Threads for a call of `flops` FLOPs: one inside a parallel region or below flash_params.parallel_flops.
+inline int threads_for(double flops) {
+#if SESSA_HAS_OPENMP
+  if (omp_in_parallel() || flops < flash_params.parallel_flops) return 1;
+  return std::max(1, omp_get_max_threads());
+#else
+  (void)flops;
+  return 1;
+#endif
+}
+
+/// Parts to split each of `items` equal work items into so that items * parts spreads evenly over nt
+/// threads, given `keys` keys per item (each part gets at least min_keys keys). 1 when not worth it.
+inline index_t key_splits(index_t items, int nt, index_t keys, index_t min_keys) {
+  if (nt <= 1 || items <= 0 || items >= 4 * static_cast<index_t>(nt)) return 1;
+  index_t parts = std::min<index_t>(64, nt / std::gcd(items, static_cast<index_t>(nt)));
+  while (parts > 1 && keys < parts * std::max<index_t>(1, min_keys)) --parts;
+  return parts;
+}
+
+/// [begin, end) of part p of `parts` near-equal parts of [lo, hi).
+inline std::pair<index_t, index_t> part_range(index_t lo, index_t hi, index_t p, index_t parts) {
+  const index_t n = hi - lo;
+  return {lo + n * p / parts, lo + n * (p + 1) / parts};
+}
+
+}  // namespace flash_detail
+
+/// Forward branch, kernels<reference>::attention's contract: q (batch*n, H*d) -> out (batch*n, H*d); the
+/// query at position t = pos0 + i of head h reads keys [variant.first_key(t), t] of kv head h / g.
+template <scalar T, attention_variant A>
+void attention(const A& variant, const layer_config& c, cmatrix<T> q, const layer_cache<T>& cache, index_t pos0,
+               index_t n, matrix<T> out, workspace<T>& ws) {
+  using namespace flash_detail;
+  const index_t Hkv = c.n_kv_heads, d = c.head_dim(), g = c.group_size(), batch = cache.batch();
+  if (n <= 0 || batch <= 0) return;
+  const flash_tuning tp = flash_params;
+  const T scale = T(1) / std::sqrt(static_cast<T>(d));
+  const index_t Bk = std::max<index_t>(1, tp.key_tile);
+  const index_t Bq = std::max<index_t>(1, tp.query_rows / g);  // query positions per tile
+  const index_t qtiles = (n + Bq - 1) / Bq;
+  const index_t heads = batch * Hkv, items = heads * qtiles;
+  const index_t rows_max = std::min(n, Bq) * g;  // stacked rows of the largest tile
+
+  // Keys read per query, on average (first and last row), for the thread decision.
+  const index_t t_last = pos0 + n - 1;
+  const double keys_per_row =
+      0.5 * static_cast<double>((pos0 + 1 - variant.first_key(pos0)) + (t_last + 1 - variant.first_key(t_last)));
+  const int nt = threads_for(4.0 * static_cast<double>(d * c.n_heads * batch * n) * keys_per_row);
+
+  // Split-K when all items share one query tile (so equal key ranges) and they spread badly over the threads.
+  index_t ks = 1, k_lo0 = 0;
+  if (qtiles == 1) {
+    k_lo0 = variant.first_key(pos0);
+    for (index_t i = 1; i < n; ++i) k_lo0 = std::min(k_lo0, variant.first_key(pos0 + i));
+    ks = key_splits(heads, nt, pos0 + n - k_lo0, tp.min_split_keys);
+  }
+  const index_t slot = rows_max * (d + 2);  // one partial state: acc (rows, d) | m | l
+  if (ks > 1) ws.partials.reserve(heads * ks * slot);
+  T* partials = ws.partials.data();
+
+  run_team(nt, [&](const team& tm) {
+    thread_buffers<T>& tb = thread_scratch<T>();
+    tb.q.reserve(rows_max * d);
+    tb.s.reserve(rows_max * Bk);
+    tb.state.reserve(slot);
+    tb.range.reserve(2 * std::min(n, Bq));
+
+    tm.for_dynamic(items * ks, [&](index_t u) {
+      const index_t part = u % ks, item = u / ks;
+      // Head by head (its K, V stay in the last-level cache), the latest (longest) query tiles first.
+      const index_t qt = qtiles - 1 - item % qtiles;
+      const index_t b = (item / qtiles) / Hkv, h = (item / qtiles) % Hkv;
+      const index_t i0 = qt * Bq, np = std::min(Bq, n - i0), rows = np * g;
+
+      // Queries: the g heads of the group stacked, row ii * g + hh (a strided view when g == 1).
+      cmatrix<T> qs(q.row(b * n + i0) + h * d, np, d, q.ld);
+      if (g > 1) {
+        for (index_t ii = 0; ii < np; ++ii)
+          std::memcpy(tb.q.data() + ii * g * d, q.row(b * n + i0 + ii) + h * g * d, sizeof(T) * static_cast<std::size_t>(g * d));
+        qs = cmatrix<T>(tb.q.data(), rows, d);
+      }
+      // Key ranges per position: [first_key(t), t + 1).
+      index_t* lo = tb.range.data();
+      index_t* hi = lo + np;
+      key_mask mask{lo, hi, g, 0, 0};
+      for (index_t ii = 0; ii < np; ++ii) {
+        const index_t t = pos0 + i0 + ii;
+        lo[ii] = variant.first_key(t);
+        hi[ii] = t + 1;
+      }
+      mask.lo_max = *std::max_element(lo, lo + np);
+      mask.hi_min = hi[0];
+      index_t k_lo = *std::min_element(lo, lo + np), k_hi = hi[np - 1];
+      if (ks > 1) std::tie(k_lo, k_hi) = part_range(k_lo, k_hi, part, ks);
+
+      const softmax_state<T> st = state_in(ks > 1 ? partials + u * slot : tb.state.data(), rows, d);
+      st.clear();
+      flash_pass(qs, cache.k(b, h), cache.v(b, h), k_lo, k_hi, Bk, scale, mask, tb.s.data(), st);
+      if (ks == 1)
+        for (index_t r = 0; r < rows; ++r) {
+          T* o = out.row(b * n + i0 + r / g) + (h * g + r % g) * d;
+          const T* a = st.acc.row(r);
+          const T inv = T(1) / st.l[r];
+          for (index_t k = 0; k < d; ++k) o[k] = a[k] * inv;
+        }
+    });
+
+    if (ks > 1)
+      tm.for_static(heads, [&](index_t item) {
+        const index_t b = item / Hkv, h = item % Hkv, rows = n * g;
+        softmax_state<T> parts[64];
+        const index_t np = std::min<index_t>(ks, 64);
+        for (index_t p = 0; p < np; ++p) parts[p] = state_in(partials + (item * ks + p) * slot, rows, d);
+        merge_states(parts, np, parts[0]);
+        for (index_t r = 0; r < rows; ++r) {
+          T* o = out.row(b * n + r / g) + (h * g + r % g) * d;
+          const T* a = parts[0].acc.row(r);
+          const T inv = T(1) / parts[0].l[r];
+          for (index_t k = 0; k < d; ++k) o[k] = a[k] * inv;
+        }
+      });
+  });
+}
+
+}  // namespace sessa::backend::simd

@@ -1,0 +1,281 @@
+// sessa/backend/cpu/feedback.hpp: the feedback solve of the CPU backend, blocked, without a T x T matrix.
+//
+// Why this file exists: the feedback branch s_t = f_t + gamma_t * sum_{j<t} softmax_j(q_b,t . k_b,j / sqrt D) s_j
+// is a recurrence (s_t reads the earlier outputs s_j), so the reference kernel walks it row by row: 2 T^2 D
+// FLOPs as dot products and axpys at memory speed. But the logits depend only on the projections (every k_b
+// of the chunk is in the cache before the call); only the s_j are sequential. This kernel turns almost all of
+// the work into GEMM tiles that run in parallel. docs/FEEDBACK.md has the derivation, cost and schedule.
+//
+// Algorithm (rows of a chunk in blocks of Bk; every row keeps an online-softmax state m, l, acc (D wide)):
+//   (0) past: each row's state absorbs the cached past [0, pos0) in a flash pass (gemm_nt, softmax, gemm_nn
+//       tiles), in parallel over row tiles; split over the keys (and merged) when the rows are few (decode).
+//   for each block J in order:
+//   (a1) diagonal logits S_JJ = Q_J K_J^T / sqrt D (gemm_nt); per row i of J the final max over its whole
+//        strict past, the rescale alpha_i of its state, the in-block probabilities p_ij (j < i in J), and
+//        coef_i = gamma_i / l_i with l_i the full softmax denominator. Rows split over the threads.
+//   (a2) the in-block unit lower-triangular solve s_i = f_i + coef_i (alpha_i acc_i + sum_{j<i in J} p_ij s_j),
+//        in row order; columns are independent, so the threads split D into 4-batch-wide column slices and
+//        each runs all of J's rows for its slice (4 rows x 4 batches register tile). s_i goes to the cache
+//        and to out.
+//   (b)  push block J into every later row: S = Q_I K_J^T (gemm_nt), online-softmax update, acc_I += P S_J
+//        (gemm_nn), rows [end of J, n) split evenly over the threads.
+// Row t = 0 (absolute position 0) has no past: l = 0, coef = 0, s_0 = f_0.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+
+#include <xsimd/xsimd.hpp>
+
+#include "../../concepts.hpp"
+#include "../../core/hparams.hpp"
+#include "../../core/tensor.hpp"
+#include "../../model/cache.hpp"
+#include "attention.hpp"
+#include "gemm.hpp"
+#include "parallel.hpp"
+
+namespace sessa::backend::simd {
+
+namespace feedback_detail {
+
+/// Pointers of one column slice of a block's solve; row i (block-relative) of each is at base + i * ld.
+template <class T>
+struct solve_slice {
+  const T* p;      // (Bk, ldp)  in-block probabilities p_ij, j < i (block-relative columns)
+  index_t ldp;
+  const T* alpha;  // (Bk)       rescale of each row's state
+  const T* coef;   // (Bk)       gamma_i / l_i (0 for a row without past)
+  const T* acc;    // (Bk, lda)  states' weighted sums, at the slice's first column
+  index_t lda;
+  const T* f;      // (Bk, ldf)  forward branch, at the slice's first column
+  index_t ldf;
+  T* s;            // (Bk, lds)  cache rows of s for the block, at the slice's first column
+  index_t lds;
+  T* out;          // (Bk, ldo)  output rows, at the slice's first column
+  index_t ldo;
+};
+
+/// Rows [i0, i0 + RB) of the in-block solve for NB batches of columns: all earlier rows of the block are
+/// final in x.s; the RB rows are solved in registers, each reading the ones before it.
+template <class T, int NB, int RB>
+inline void solve_rows(const solve_slice<T>& x, index_t i0) {
+  using B = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(B::size);
+  B r[RB][NB];
+#pragma GCC unroll 8
+  for (int k = 0; k < RB; ++k) {
+    const B a(x.alpha[i0 + k]);
+#pragma GCC unroll 4
+    for (int v = 0; v < NB; ++v) r[k][v] = a * B::load_unaligned(x.acc + (i0 + k) * x.lda + v * W);
+  }
+  const T* p = x.p + i0 * x.ldp;
+  for (index_t j = 0; j < i0; ++j) {
+    B sj[NB];
+#pragma GCC unroll 4
+    for (int v = 0; v < NB; ++v) sj[v] = B::load_unaligned(x.s + j * x.lds + v * W);
+#pragma GCC unroll 8
+    for (int k = 0; k < RB; ++k) {
+      const B pk(p[k * x.ldp + j]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NB; ++v) r[k][v] = xsimd::fma(pk, sj[v], r[k][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < RB; ++k) {
+    for (int kk = 0; kk < k; ++kk) {  // r[kk] already holds s_{i0 + kk}
+      const B pk(p[k * x.ldp + i0 + kk]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NB; ++v) r[k][v] = xsimd::fma(pk, r[kk][v], r[k][v]);
+    }
+    const B ck(x.coef[i0 + k]);
+    const index_t i = i0 + k;
+#pragma GCC unroll 4
+    for (int v = 0; v < NB; ++v) {
+      r[k][v] = xsimd::fma(ck, r[k][v], B::load_unaligned(x.f + i * x.ldf + v * W));
+      r[k][v].store_unaligned(x.s + i * x.lds + v * W);
+      r[k][v].store_unaligned(x.out + i * x.ldo + v * W);
+    }
+  }
+}
+
+/// The whole block (nrows rows, in order) for NB batches of columns.
+template <class T, int NB>
+inline void solve_block(const solve_slice<T>& x, index_t nrows) {
+  index_t i0 = 0;
+  for (; i0 + 4 <= nrows; i0 += 4) solve_rows<T, NB, 4>(x, i0);
+  switch (nrows - i0) {
+    case 3: solve_rows<T, NB, 3>(x, i0); break;
+    case 2: solve_rows<T, NB, 2>(x, i0); break;
+    case 1: solve_rows<T, NB, 1>(x, i0); break;
+    default: break;
+  }
+}
+
+/// The block for `cols` columns (fewer than one batch), scalar.
+template <class T>
+inline void solve_block_scalar(const solve_slice<T>& x, index_t nrows, index_t cols) {
+  for (index_t i = 0; i < nrows; ++i)
+    for (index_t c = 0; c < cols; ++c) {
+      T a = x.alpha[i] * x.acc[i * x.lda + c];
+      for (index_t j = 0; j < i; ++j) a += x.p[i * x.ldp + j] * x.s[j * x.lds + c];
+      const T v = x.f[i * x.ldf + c] + x.coef[i] * a;
+      x.s[i * x.lds + c] = v;
+      x.out[i * x.ldo + c] = v;
+    }
+}
+
+/// The block for `cols` columns starting at the slice: 4-batch slices are the unit of work; a narrower
+/// tail takes the widest kernel that fits, then scalar columns.
+template <class T>
+inline void solve_columns(solve_slice<T> x, index_t nrows, index_t cols) {
+  constexpr index_t W = static_cast<index_t>(xsimd::batch<T>::size);
+  const index_t nb = cols / W;
+  switch (nb) {
+    case 0: break;
+    case 1: solve_block<T, 1>(x, nrows); break;
+    case 2: solve_block<T, 2>(x, nrows); break;
+    case 3: solve_block<T, 3>(x, nrows); break;
+    default: solve_block<T, 4>(x, nrows); break;
+  }
+  const index_t done = std::min<index_t>(nb, 4) * W;
+  if (cols > done) {
+    x.acc += done;
+    x.f += done;
+    x.s += done;
+    x.out += done;
+    solve_block_scalar(x, nrows, cols - done);
+  }
+}
+
+}  // namespace feedback_detail
+
+/// Feedback solve, kernels<reference>::feedback's contract: qb (batch*n, D), gamma (batch*n), f (batch*n, D)
+/// -> out (batch*n, D) and cache.s rows [pos0, pos0 + n); the strict past [0, t) is read from the cache
+/// (k_b of the chunk included).
+template <scalar T>
+void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, layer_cache<T>& cache, index_t pos0,
+              index_t n, matrix<T> out, workspace<T>& ws) {
+  using namespace flash_detail;
+  using feedback_detail::solve_slice;
+  constexpr index_t W = static_cast<index_t>(xsimd::batch<T>::size);
+  const index_t D = c.d_model, batch = cache.batch(), rows = batch * n;
+  if (n <= 0 || batch <= 0) return;
+  const flash_tuning tp = flash_params;
+  const T scale = T(1) / std::sqrt(static_cast<T>(D));
+  const index_t Bk = std::max<index_t>(1, tp.fb_block), Mt = std::max<index_t>(1, tp.fb_rows);
+  const index_t Bp = std::max<index_t>(1, tp.key_tile);
+  const index_t nblocks = (n + Bk - 1) / Bk;
+  const int nt = threads_for(4.0 * static_cast<double>(D * batch * n) * (static_cast<double>(pos0) + 0.5 * static_cast<double>(n)));
+  const layer_cache<T>& cc = cache;
+
+  ws.fb_state.reserve(rows * (D + 2));
+  const softmax_state<T> state = state_in(ws.fb_state.data(), rows, D);  // row b * n + i
+  const index_t bstride = Bk * (Bk + 2);
+  ws.fb_block.reserve(batch * bstride);
+  T* const blocks = ws.fb_block.data();  // per batch row: p (Bk, Bk) | alpha (Bk) | coef (Bk)
+
+  // The pass over the past: row tiles of Mt rows, split over the keys when they are few.
+  const index_t ptiles = (n + Mt - 1) / Mt, pitems = batch * ptiles, prows = std::min(n, Mt);
+  const index_t ks = pos0 > 0 ? key_splits(pitems, nt, pos0, tp.min_split_keys) : 1;
+  const index_t slot = prows * (D + 2);
+  if (ks > 1) ws.partials.reserve(pitems * ks * slot);
+  T* const partials = ws.partials.data();
+
+  constexpr index_t CW = 4 * W;  // columns per slice of the in-block solve
+  const index_t col_items = (D + CW - 1) / CW;
+
+  run_team(nt, [&](const team& tm) {
+    thread_buffers<T>& tb = thread_scratch<T>();
+    tb.s.reserve(std::max(prows * Bp, prows * Bk));
+    const index_t P = tm.size();
+
+    // (0) every row's state over the cached past [0, pos0).
+    if (pos0 == 0) {
+      tm.for_static(rows, [&](index_t r) { state.rows(r, 1).clear(); });
+    } else {
+      tm.for_dynamic(pitems * ks, [&](index_t u) {
+        const index_t part = u % ks, item = u / ks, b = item / ptiles, r0 = (item % ptiles) * Mt;
+        const index_t nr = std::min(Mt, n - r0);
+        const softmax_state<T> st = ks > 1 ? state_in(partials + u * slot, nr, D) : state.rows(b * n + r0, nr);
+        st.clear();
+        const auto [ka, kb] = part_range(0, pos0, part, ks);
+        flash_pass<T>(qb.row_block(b * n + r0, nr), cc.kb(b), cc.s(b), ka, kb, Bp, scale, key_mask{}, tb.s.data(), st);
+      });
+      if (ks > 1)
+        tm.for_static(pitems, [&](index_t item) {
+          const index_t b = item / ptiles, r0 = (item % ptiles) * Mt, nr = std::min(Mt, n - r0);
+          softmax_state<T> parts[64];
+          for (index_t p = 0; p < ks; ++p) parts[p] = state_in(partials + (item * ks + p) * slot, nr, D);
+          merge_states(parts, ks, state.rows(b * n + r0, nr));
+        });
+    }
+
+    for (index_t J = 0; J < nblocks; ++J) {
+      const index_t J0 = J * Bk, nJ = std::min(Bk, n - J0), J1 = J0 + nJ;
+
+      // (a1) diagonal logits, the rows' final max, in-block probabilities, alpha and coef.
+      const index_t parts1 = std::min(nJ, P);
+      tm.for_static(batch * parts1, [&](index_t u) {
+        const index_t b = u / parts1;
+        const auto [ra, rb] = part_range(0, nJ, u % parts1, parts1);
+        T* const p = blocks + b * bstride;
+        T* const alpha = p + Bk * Bk;
+        T* const coef = alpha + Bk;
+        const index_t nk = nJ - 1;  // keys J0 .. J1 - 2 are the in-block past of some row
+        if (nk > 0 && rb > ra)
+          gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), cc.kb(b).row_block(pos0 + J0, nk),
+                  matrix<T>(p + ra * Bk, rb - ra, nk, Bk), scale, T(0));
+        for (index_t i = ra; i < rb; ++i) {
+          const index_t r = b * n + J0 + i;
+          T* pr = p + i * Bk;
+          const T mo = state.m[r];
+          const T mn = i > 0 ? std::max(mo, row_max(pr, i)) : mo;
+          if (mn == neg_inf<T>) {  // no key at all: absolute position 0
+            alpha[i] = T(0);
+            coef[i] = T(0);
+            continue;
+          }
+          const T a = mo == neg_inf<T> ? T(0) : std::exp(mo - mn);
+          const T l = a * state.l[r] + (i > 0 ? exp_shifted(pr, i, mn) : T(0));
+          alpha[i] = a;
+          coef[i] = gamma[r] / l;
+        }
+      });
+
+      // (a2) the in-block solve, column slices in parallel; writes s to the cache and to out.
+      tm.for_static(batch * col_items, [&](index_t u) {
+        const index_t b = u / col_items, c0 = (u % col_items) * CW, r = b * n + J0;
+        const T* p = blocks + b * bstride;
+        const solve_slice<T> x{p,
+                               Bk,
+                               p + Bk * Bk,
+                               p + Bk * Bk + Bk,
+                               state.acc.row(r) + c0,
+                               state.acc.ld,
+                               f.row(r) + c0,
+                               f.ld,
+                               cache.s(b).row(pos0 + J0) + c0,
+                               cache.s(b).ld,
+                               out.row(r) + c0,
+                               out.ld};
+        feedback_detail::solve_columns(x, nJ, std::min(CW, D - c0));
+      });
+
+      // (b) block J into every later row of the chunk.
+      if (J1 < n) {
+        const index_t left = n - J1, parts = P * ((left + P * Mt - 1) / (P * Mt));
+        tm.for_static(batch * parts, [&](index_t u) {
+          const index_t b = u / parts;
+          const auto [ra, rb] = part_range(J1, n, u % parts, parts);
+          if (rb > ra)
+            absorb_tile<T>(qb.row_block(b * n + ra, rb - ra), cc.kb(b), cc.s(b), pos0 + J0, pos0 + J1, scale, key_mask{},
+                           tb.s.data(), state.rows(b * n + ra, rb - ra));
+        });
+      }
+    }
+  });
+}
+
+}  // namespace sessa::backend::simd

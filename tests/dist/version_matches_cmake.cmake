@@ -1,0 +1,27 @@
+# cmake -P version_matches_cmake.cmake: the version is written once in include/sessa/version.hpp; the CMake
+# project version and the newest CHANGELOG.md entry must say the same.
+#   -DSOURCE_DIR=<repository> -DPROJECT_VERSION=<the top-level project's version>
+file(READ "${SOURCE_DIR}/include/sessa/version.hpp" header)
+foreach(part MAJOR MINOR PATCH STRING)
+  if(NOT header MATCHES "#define SESSA_VERSION_${part} ([^\n]+)")
+    message(FATAL_ERROR "include/sessa/version.hpp does not define SESSA_VERSION_${part}")
+  endif()
+  string(STRIP "${CMAKE_MATCH_1}" v_${part})
+endforeach()
+set(from_parts "${v_MAJOR}.${v_MINOR}.${v_PATCH}")
+if(NOT v_STRING STREQUAL "\"${from_parts}\"")
+  message(FATAL_ERROR "SESSA_VERSION_STRING is ${v_STRING} but MAJOR.MINOR.PATCH is ${from_parts}")
+endif()
+if(NOT from_parts STREQUAL PROJECT_VERSION)
+  message(FATAL_ERROR "include/sessa/version.hpp says ${from_parts}, the CMake project says ${PROJECT_VERSION}: "
+                      "change both (top-level CMakeLists.txt, project(sessa VERSION ...))")
+endif()
+file(STRINGS "${SOURCE_DIR}/CHANGELOG.md" releases REGEX "^## \\[[0-9]+\\.[0-9]+\\.[0-9]+\\]")
+if(NOT releases)
+  message(FATAL_ERROR "CHANGELOG.md has no release heading of the form '## [X.Y.Z]'")
+endif()
+list(GET releases 0 newest)
+if(NOT newest MATCHES "^## \\[${from_parts}\\]")
+  message(FATAL_ERROR "the newest release in CHANGELOG.md is '${newest}', expected '## [${from_parts}]'")
+endif()
+message(STATUS "version ${from_parts}: version.hpp, CMakeLists.txt and CHANGELOG.md agree")

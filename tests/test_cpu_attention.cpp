@@ -1,0 +1,302 @@
+// The cpu backend's flash attention and blocked feedback solve (backend/cpu/attention.hpp, feedback.hpp)
+// against the reference kernels, on the same caches and inputs: plain, GQA and MQA heads, head widths
+// 8..64, model widths up to 256 (and widths that are no multiple of a SIMD batch), decode (n = 1, with and
+// without split-K), chunks of 1..300 tokens crossing every tile and block boundary, chunks that start at 0
+// and that extend a cache, batch 1 and 3, causal and sliding windows (1, 5, wider than the sequence), one
+// and two threads, default tiles and tiny tiles (many blocks on small inputs). Cache rows the call must not
+// read (past the chunk) hold NaN, and so do the chunk's s rows before the feedback writes them, so a read
+// out of range or before a write shows up as NaN. Then whole layers: cpu against reference on prefill,
+// chunked prefill and decode.
+#include <catch2/catch.hpp>
+
+#include "support.hpp"
+
+#include <limits>
+
+using namespace sessa;
+using sessa::test::max_rel_diff;
+
+namespace {
+
+/// Tolerance of one kernel against the reference, relative to max |reference|.
+template <class T>
+constexpr double kernel_tol() {
+  return std::is_same_v<T, float> ? 1e-4 : 1e-11;
+}
+
+/// Restores threads and tiles when a test section ends.
+struct settings_guard {
+  int threads = num_threads();
+  backend::simd::flash_tuning params = backend::simd::flash_params;
+  ~settings_guard() {
+    set_num_threads(threads);
+    backend::simd::flash_params = params;
+  }
+};
+
+/// A cache of capacity pos0 + n + 3 whose k, v, kb hold random values for positions [0, pos0 + n) and s for
+/// [0, pos0); every other value is NaN.
+template <class T>
+layer_cache<T> random_cache(const layer_config& c, index_t batch, index_t pos0, index_t n, std::uint64_t seed,
+                            double scale) {
+  layer_cache<T> cache(c, batch, pos0 + n + 3);
+  random_stream rng(seed);
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  auto fill = [&](matrix<T> m, index_t valid, double sd) {
+    for (index_t t = 0; t < m.rows; ++t)
+      for (index_t k = 0; k < m.cols; ++k) m(t, k) = t < valid ? static_cast<T>(sd * rng.normal()) : nan;
+  };
+  for (index_t b = 0; b < batch; ++b) {
+    for (index_t h = 0; h < c.n_kv_heads; ++h) {
+      fill(cache.k(b, h), pos0 + n, scale);
+      fill(cache.v(b, h), pos0 + n, 1.0);
+    }
+    fill(cache.kb(b), pos0 + n, scale);
+    fill(cache.s(b), pos0, 1.0);
+  }
+  return cache;
+}
+
+/// rows x cols random values in a buffer of row stride cols + pad (a view with ld > cols).
+template <class T>
+struct padded {
+  buffer<T> data;
+  matrix<T> view;
+  padded(index_t rows, index_t cols, index_t pad, std::uint64_t seed, double scale) : data(rows * (cols + pad) + 1) {
+    random_stream rng(seed);
+    for (index_t i = 0; i < data.size(); ++i) data[i] = static_cast<T>(scale * rng.normal());
+    view = matrix<T>(data.data(), rows, cols, cols + pad);
+  }
+  std::vector<double> values() const {
+    std::vector<double> v;
+    for (index_t i = 0; i < view.rows; ++i)
+      for (index_t k = 0; k < view.cols; ++k) v.push_back(static_cast<double>(view(i, k)));
+    return v;
+  }
+};
+
+/// Runs `check` (which returns an error) at 1 thread with default tiles, 2 threads with default tiles
+/// (forced parallel even on small inputs, split-K from 16 keys) and 2 threads with tiny tiles (many tiles
+/// and blocks on small inputs), and CHECKs each error against the kernel tolerance.
+template <class T, class F>
+void over_settings(F&& check) {
+  for (int mode = 0; mode < 3; ++mode) {
+    settings_guard guard;
+    auto& p = backend::simd::flash_params;
+    set_num_threads(mode == 0 ? 1 : 2);
+    if (mode >= 1) {
+      p.parallel_flops = 0;
+      p.min_split_keys = 16;
+    }
+    if (mode == 2) {
+      p.query_rows = 12;
+      p.key_tile = 16;
+      p.fb_block = 8;
+      p.fb_rows = 5;
+    }
+    CAPTURE(mode);
+    CHECK(check() <= kernel_tol<T>());
+  }
+}
+
+/// The forward branch on one random case: the reference once, the cpu kernel in every setting.
+template <class T, class A>
+void check_attention(const layer_config& c, const A& variant, index_t batch, index_t pos0, index_t n,
+                     std::uint64_t seed, double scale) {
+  const layer_cache<T> cache = random_cache<T>(c, batch, pos0, n, seed, scale);
+  const index_t D = c.n_heads * c.head_dim(), rows = batch * n;
+  const padded<T> q(rows, D, 3, seed + 1, scale);
+  padded<T> ref(rows, D, 5, seed + 2, 1.0);
+  workspace<T> ws;
+  ws.reserve(c, rows, cache.capacity());
+  backend::kernels<backend::reference>::attention(variant, c, cmatrix<T>(q.view), cache, pos0, n, ref.view, ws);
+  const std::vector<double> want = ref.values();
+  over_settings<T>([&] {
+    padded<T> got(rows, D, 1, seed + 3, 1.0);
+    backend::kernels<backend::cpu>::attention(variant, c, cmatrix<T>(q.view), cache, pos0, n, got.view, ws);
+    return max_rel_diff(got.values(), want);
+  });
+}
+
+/// The feedback solve on one random case: its output and the s rows it writes to the cache (and no row
+/// past them), the reference once, the cpu kernel in every setting.
+template <class T>
+void check_feedback(const layer_config& c, index_t batch, index_t pos0, index_t n, std::uint64_t seed, double scale) {
+  const layer_cache<T> cache0 = random_cache<T>(c, batch, pos0, n, seed, scale);
+  layer_cache<T> cache_ref = cache0;
+  const index_t D = c.d_model, rows = batch * n;
+  const padded<T> qb(rows, D, 7, seed + 1, scale), f(rows, D, 2, seed + 2, 1.0);
+  std::vector<T> gamma(static_cast<std::size_t>(rows));
+  random_stream rng(seed + 3);
+  for (auto& g : gamma) g = static_cast<T>(0.999 * std::tanh(1.0 + rng.normal()));
+  padded<T> ref(rows, D, 0, seed + 4, 1.0);
+  workspace<T> ws;
+  ws.reserve(c, rows, cache_ref.capacity());
+  backend::kernels<backend::reference>::feedback(c, cmatrix<T>(qb.view), gamma.data(), cmatrix<T>(f.view), cache_ref,
+                                                 pos0, n, ref.view, ws);
+  const std::vector<double> want = ref.values();
+  auto cache_rows = [&](const layer_cache<T>& cache) {
+    std::vector<double> v;
+    for (index_t b = 0; b < batch; ++b)
+      for (index_t t = 0; t < pos0 + n; ++t)
+        for (index_t k = 0; k < D; ++k) v.push_back(static_cast<double>(cache.s(b)(t, k)));
+    return v;
+  };
+  const std::vector<double> want_s = cache_rows(cache_ref);
+  over_settings<T>([&] {
+    layer_cache<T> cache = cache0;
+    padded<T> got(rows, D, 4, seed + 5, 1.0);
+    backend::kernels<backend::cpu>::feedback(c, cmatrix<T>(qb.view), gamma.data(), cmatrix<T>(f.view), cache, pos0, n,
+                                             got.view, ws);
+    double err = std::max(max_rel_diff(got.values(), want), max_rel_diff(cache_rows(cache), want_s));
+    for (index_t b = 0; b < batch; ++b)
+      for (index_t k = 0; k < D; ++k)
+        if (!std::isnan(cache.s(b)(pos0 + n, k))) err = INFINITY;
+    return err;
+  });
+}
+
+struct shape_case {
+  index_t batch, pos0, n;
+};
+
+/// Layer shapes: H = Hkv, GQA, MQA; d = 8, 16, 32, 64; a D that is no multiple of a SIMD batch.
+const std::vector<layer_config> kernel_shapes = {
+    {64, 4, 4, true, 0.999, 1e-5},   // d = 16, H = Hkv
+    {64, 8, 2, true, 0.999, 1e-5},   // d = 8, GQA g = 4
+    {128, 2, 1, true, 0.999, 1e-5},  // d = 64, MQA g = 2
+    {24, 3, 3, true, 0.999, 1e-5},   // d = 8, D = 24 (one float batch + 8 columns)
+    {256, 8, 1, true, 0.999, 1e-5},  // d = 32, MQA g = 8, D = 256
+};
+
+/// Decode, small and boundary-crossing chunks, chunks extending a cache, batch 1 and 3. Bk is the default
+/// block / key tile (the tiny-tile setting crosses its own boundaries on every case).
+std::vector<shape_case> shape_cases(index_t D) {
+  const index_t Bk = backend::simd::flash_tuning{}.fb_block;
+  std::vector<shape_case> v = {{1, 0, 1},  {3, 1, 1},  {1, 700, 1},     {3, 333, 1},     {2, 0, 2},
+                               {3, 0, 7},  {1, 5, 13}, {3, 200, 40},    {1, 1000, 3},    {1, 0, Bk - 1},
+                               {3, 0, Bk}, {1, 37, Bk + 1}, {1, 0, 2 * Bk + 3}};
+  if (D <= 128) v.push_back({1, 131, 300});
+  return v;
+}
+
+bool large(const shape_case& sc) { return sc.n >= 100 || sc.pos0 >= 500; }
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("cpu attention matches the reference kernel", "[cpu][attention]", float, double) {
+  using T = TestType;
+  std::uint64_t seed = 100;
+  for (const auto& cfg : kernel_shapes)
+    for (const auto& sc : shape_cases(cfg.d_model)) {
+      CAPTURE(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, sc.batch, sc.pos0, sc.n);
+      const double scale = (seed % 3 == 0) ? 3.0 : 1.0;  // some cases with sharp softmaxes
+      check_attention<T>(cfg, attention::causal{}, sc.batch, sc.pos0, sc.n, ++seed, scale);
+      for (index_t w : {5, 1, 100000}) {
+        if (large(sc) && w != 5) continue;
+        CAPTURE(w);
+        check_attention<T>(cfg, attention::sliding_window{w}, sc.batch, sc.pos0, sc.n, ++seed, scale);
+      }
+    }
+}
+
+TEMPLATE_TEST_CASE("cpu feedback solve matches the reference kernel", "[cpu][feedback]", float, double) {
+  using T = TestType;
+  std::uint64_t seed = 500;
+  for (const auto& cfg : kernel_shapes)
+    for (const auto& sc : shape_cases(cfg.d_model)) {
+      CAPTURE(cfg.d_model, sc.batch, sc.pos0, sc.n);
+      const double scale = (seed % 3 == 0) ? 3.0 : 1.0;
+      check_feedback<T>(cfg, sc.batch, sc.pos0, sc.n, ++seed, scale);
+    }
+}
+
+TEMPLATE_TEST_CASE("cpu kernels: wide feedback and long decode", "[cpu][feedback][attention]", float, double) {
+  using T = TestType;
+  const layer_config wide{256, 4, 2, true, 0.999, 1e-5};  // d = 64, D = 256
+  const index_t Bk = backend::simd::flash_tuning{}.fb_block;
+  for (const shape_case sc : {shape_case{1, 150, 2 * Bk + 3}, shape_case{3, 2000, 1}, shape_case{1, 3000, 1}}) {
+    CAPTURE(sc.batch, sc.pos0, sc.n);
+    check_feedback<T>(wide, sc.batch, sc.pos0, sc.n, 900 + sc.n, 1.0);
+    check_attention<T>(wide, attention::causal{}, sc.batch, sc.pos0, sc.n, 950 + sc.n, 1.0);
+  }
+}
+
+TEMPLATE_TEST_CASE("cpu kernels leave the workspace grown: a second call allocates nothing new", "[cpu]", float, double) {
+  using T = TestType;
+  settings_guard guard;
+  const layer_config c{64, 4, 2, true, 0.999, 1e-5};
+  layer_cache<T> cache = random_cache<T>(c, 1, 500, 1, 3, 1.0);
+  const padded<T> q(1, 64, 0, 4, 1.0), f(1, 64, 0, 5, 1.0);
+  padded<T> out(1, 64, 0, 6, 1.0);
+  const T gamma = T(0.5);
+  workspace<T> ws;
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    backend::simd::flash_params.parallel_flops = 0;
+    backend::kernels<backend::cpu>::attention(attention::causal{}, c, cmatrix<T>(q.view), cache, 500, 1, out.view, ws);
+    backend::kernels<backend::cpu>::feedback(c, cmatrix<T>(q.view), &gamma, cmatrix<T>(f.view), cache, 500, 1, out.view, ws);
+    const T* p[3] = {ws.fb_state.data(), ws.fb_block.data(), ws.partials.data()};
+    backend::kernels<backend::cpu>::attention(attention::causal{}, c, cmatrix<T>(q.view), cache, 500, 1, out.view, ws);
+    backend::kernels<backend::cpu>::feedback(c, cmatrix<T>(q.view), &gamma, cmatrix<T>(f.view), cache, 500, 1, out.view, ws);
+    CHECK(p[0] == ws.fb_state.data());
+    CHECK(p[1] == ws.fb_block.data());
+    CHECK(p[2] == ws.partials.data());
+  }
+}
+
+namespace {
+
+template <class T, class A>
+void check_layers(const layer_config& cfg, const A& variant, index_t batch, index_t Tn) {
+  const auto w = random_layer_weights<T>(cfg, 77);
+  const layer<T, backend::reference, A> R(cfg, w, variant);
+  const layer<T, backend::cpu, A> C(cfg, w, variant);
+  const tensor<T> x = test::random_tensor<T>({batch, Tn, cfg.d_model}, 78);
+  const tensor<T> ref = R.forward(x);
+  const double tol = test::tolerance<T>();
+  // Prefill.
+  CHECK(max_rel_diff(C.forward(x).span(), ref.span()) <= tol);
+  // Chunked prefill: uneven chunks extending the cache.
+  {
+    auto cache = C.init_cache(batch, Tn);
+    tensor<T> y(x.shape());
+    for (index_t t0 = 0, k = 0; t0 < Tn; ++k) {
+      const index_t n = std::min<index_t>(Tn - t0, k % 2 ? 61 : 7);
+      test::put_tokens(y, C.forward(test::slice_tokens(x, t0, n), cache), t0);
+      t0 += n;
+    }
+    CHECK(max_rel_diff(y.span(), ref.span()) <= tol);
+  }
+  // Decode: a prefill of half, then one token at a time.
+  {
+    auto cache = C.init_cache(batch, Tn);
+    tensor<T> y(x.shape());
+    const index_t half = Tn / 2;
+    test::put_tokens(y, C.forward(test::slice_tokens(x, 0, half), cache), 0);
+    for (index_t t = half; t < Tn; ++t) {
+      tensor<T> xt({batch, cfg.d_model});
+      std::copy_n(test::slice_tokens(x, t, 1).data(), xt.size(), xt.data());
+      const tensor<T> yt = C.decode_step(xt, cache);
+      tensor<T> yt3({batch, 1, cfg.d_model}, yt.span());
+      test::put_tokens(y, yt3, t);
+    }
+    CHECK(max_rel_diff(y.span(), ref.span()) <= tol);
+  }
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("layer<cpu> matches layer<reference>: prefill, chunked prefill, decode", "[cpu][model]", float,
+                   double) {
+  using T = TestType;
+  for (int threads : {1, 2}) {
+    settings_guard guard;
+    set_num_threads(threads);
+    if (threads == 2) backend::simd::flash_params.parallel_flops = 0;
+    CAPTURE(threads);
+    check_layers<T>(layer_config{64, 4, 2, true, 0.999, 1e-5}, attention::causal{}, 2, 150);
+    check_layers<T>(layer_config{32, 1, 1, false, 0.9, 1e-5}, attention::causal{}, 1, 140);
+    check_layers<T>(layer_config{48, 6, 1, true, 0.99, 1e-5}, attention::sliding_window{9}, 3, 70);
+  }
+}

@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""Generates single_include/sessa/sessa.hpp, the single-header form of the library's CPU parts.
+
+    python3 tools/amalgamate.py                  # rewrite single_include/sessa/sessa.hpp
+    python3 tools/amalgamate.py --check          # exit 1 when the committed file is out of date
+    python3 tools/amalgamate.py --output PATH    # write somewhere else (the CTest drift check does)
+
+Why: users who want one file copy single_include/sessa/sessa.hpp into their project and need only a C++20
+compiler and xsimd. The file is generated from include/sessa/sessa.hpp (the CPU umbrella; the CUDA umbrella
+sessa/cuda.cuh stays separate), committed, and checked for drift by the CTest test `single_include_up_to_date`
+(nlohmann/json does the same with its amalgamation).
+
+The rules, which are the preprocessor's for headers that use `#pragma once`:
+  * `#include "x"` (resolved against the including file's folder, then include/) and `#include <sessa/x>`
+    name the project's own headers: the first occurrence is replaced by the header's text, framed by
+    `// ---- begin/end sessa/x` comments; later occurrences are dropped.
+  * `#pragma once` lines are dropped; the output has one, at its top.
+  * Every other line, system and xsimd `#include <...>` lines included, is copied unchanged.
+A project include inside a preprocessor conditional (#if / #ifdef / #ifndef) is an error: inlining it "once"
+at its first occurrence would make the single header depend on which branch that occurrence sits in.
+Only the Python 3 standard library is used, and the output is byte-for-byte deterministic.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+INCLUDE_DIR = REPO / "include"
+ENTRY = INCLUDE_DIR / "sessa" / "sessa.hpp"
+DEFAULT_OUTPUT = REPO / "single_include" / "sessa" / "sessa.hpp"
+VERSION_HEADER = INCLUDE_DIR / "sessa" / "version.hpp"
+
+INCLUDE_RE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]')
+PRAGMA_ONCE_RE = re.compile(r"^\s*#\s*pragma\s+once\b")
+IF_RE = re.compile(r"^\s*#\s*(if|ifdef|ifndef)\b")
+ENDIF_RE = re.compile(r"^\s*#\s*endif\b")
+
+
+class AmalgamationError(Exception):
+    pass
+
+
+def read_version() -> str:
+    m = re.search(r'^#define\s+SESSA_VERSION_STRING\s+"([^"]+)"', VERSION_HEADER.read_text(encoding="utf-8"), re.M)
+    if not m:
+        raise AmalgamationError(f"{VERSION_HEADER}: no SESSA_VERSION_STRING")
+    return m.group(1)
+
+
+def display(path: Path) -> str:
+    """The name a user writes in #include <...>: the path relative to include/."""
+    return path.relative_to(INCLUDE_DIR).as_posix()
+
+
+def resolve(kind: str, name: str, including: Path) -> Path | None:
+    """The project header an include names, or None for a system/third-party header."""
+    candidates = []
+    if kind == '"':
+        candidates = [including.parent / name, INCLUDE_DIR / name]
+    elif name.startswith("sessa/"):
+        candidates = [INCLUDE_DIR / name]
+    for c in candidates:
+        c = c.resolve()
+        if c.is_file() and INCLUDE_DIR in c.parents:
+            return c
+    if kind == '"':
+        raise AmalgamationError(f'{display(including)}: #include "{name}" names no file under include/')
+    if name.startswith("sessa/"):
+        raise AmalgamationError(f"{display(including)}: #include <{name}> names no file under include/")
+    return None
+
+
+def amalgamate() -> str:
+    out: list[str] = []
+    seen: set[Path] = set()
+
+    def emit_file(path: Path) -> None:
+        seen.add(path)
+        depth = 0
+        text = path.read_text(encoding="utf-8")
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if PRAGMA_ONCE_RE.match(line):
+                continue
+            if IF_RE.match(line):
+                depth += 1
+            elif ENDIF_RE.match(line):
+                depth -= 1
+            m = INCLUDE_RE.match(line)
+            target = resolve(m.group(1), m.group(2), path) if m else None
+            if target is None:
+                out.append(line)
+                continue
+            if depth > 0:
+                raise AmalgamationError(
+                    f"{display(path)}:{lineno}: the project header {display(target)} is included inside a "
+                    "preprocessor conditional; tools/amalgamate.py inlines each header once and cannot keep that "
+                    "condition. Include it unconditionally, or guard its contents instead.")
+            if target in seen:
+                continue
+            out.append(f"// ---- begin {display(target)} " + "-" * max(0, 100 - len(display(target))))
+            emit_file(target)
+            out.append(f"// ---- end {display(target)} " + "-" * max(0, 102 - len(display(target))))
+
+    version = read_version()
+    header = [
+        f"// sessa {version}: the single-header form of the sessa library (the CPU parts, include/sessa/sessa.hpp).",
+        "//",
+        "// Generated by tools/amalgamate.py, do not edit. Change the headers under include/sessa/ and run",
+        "// `python3 tools/amalgamate.py`; the CTest test single_include_up_to_date fails while this file is stale.",
+        "// Needs a C++20 compiler and xsimd (8.x) on the include path; OpenMP threads are used when the compiler",
+        "// enables OpenMP (-fopenmp). The CUDA backend is not part of this file.",
+        "#pragma once",
+        "",
+    ]
+    out.extend(header)
+    emit_file(ENTRY.resolve())
+    while out and out[-1] == "":
+        out.pop()
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="file to write (default: %(default)s)")
+    ap.add_argument("--check", action="store_true",
+                    help="write nothing; exit 1 when the output file differs from what would be generated")
+    args = ap.parse_args(argv)
+    try:
+        text = amalgamate()
+    except AmalgamationError as e:
+        print(f"amalgamate.py: error: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        current = args.output.read_text(encoding="utf-8") if args.output.is_file() else ""
+        if current == text:
+            print(f"{args.output} is up to date")
+            return 0
+        diff = list(difflib.unified_diff(current.splitlines(), text.splitlines(), "committed", "generated",
+                                         lineterm="", n=1))
+        shown = "\n".join(diff[:60]) + ("\n..." if len(diff) > 60 else "")
+        print(f"{args.output} is out of date with include/sessa/: run `python3 tools/amalgamate.py` "
+              f"and commit the result.\n{shown}", file=sys.stderr)
+        return 1
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.output, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    print(f"wrote {args.output} ({text.count(chr(10))} lines)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
