@@ -4,8 +4,9 @@
 // (SPEC.md, "Cost model"); this measures both on the shapes of a Sessa layer and prints one JSON object
 // per line:
 //   {"kernel":..., "M":..,"N":..,"K":.., "threads":.., "gflops":.., "openblas_gflops":.., "ratio":..}
-// small-M (decode) lines add "gbps" (bytes of w per second) and "cold" (w rotated through more memory
-// than the caches hold). Without OpenBLAS (SESSA_BENCH_OPENBLAS undefined) the comparison fields are null.
+// small-M (decode) lines add "gbps" (bytes of w per second), "cold" (w rotated through more memory than
+// the caches hold) and "openblas_call" (sgemv for M = 1, where it beats sgemm, else sgemm). Without
+// OpenBLAS (SESSA_BENCH_OPENBLAS undefined) the comparison fields are null.
 //
 // usage: gemm_bench [--quick] [--threads 1,2] [--shape M,N,K] [--time SECONDS]
 #include <algorithm>
@@ -26,6 +27,8 @@
 extern "C" {
 void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a, int lda,
                  const float* b, int ldb, float beta, float* c, int ldc);
+void cblas_sgemv(int order, int trans, int m, int n, float alpha, const float* a, int lda, const float* x, int incx,
+                 float beta, float* y, int incy);
 void openblas_set_num_threads(int n);
 }
 #endif
@@ -54,8 +57,9 @@ double best_seconds(F&& fn) {
   return best;
 }
 
-/// Lets the other library's spinning worker threads go to sleep before the next measurement.
-void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(60)); }
+/// Lets the other library's spinning worker threads go to sleep before the next measurement (OpenBLAS's
+/// spin for about 2^28 cycles after a call, libgomp's for a few ms; on 2 cores a spinner halves the rate).
+void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(200)); }
 
 std::vector<float> random_vector(std::size_t n, unsigned seed) {
   std::mt19937 gen(seed);
@@ -101,9 +105,13 @@ void bench_linear(index_t M, index_t N, index_t K, int threads, bool cold = fals
   const double tob = best_seconds([&] {
     const float* wp = w.data() + wsize * static_cast<std::size_t>(next);
     next = (next + 1) % copies;
-    cblas_sgemm(101 /*row major*/, 111 /*no trans*/, 112 /*trans*/, static_cast<int>(M), static_cast<int>(N),
-                static_cast<int>(K), 1.f, x.data(), static_cast<int>(K), wp, static_cast<int>(K), 0.f, y.data(),
-                static_cast<int>(N));
+    if (M == 1)  // y = w x: OpenBLAS's matrix-vector kernel is its best for one row
+      cblas_sgemv(101 /*row major*/, 111 /*no trans*/, static_cast<int>(N), static_cast<int>(K), 1.f, wp,
+                  static_cast<int>(K), x.data(), 1, 0.f, y.data(), 1);
+    else
+      cblas_sgemm(101 /*row major*/, 111 /*no trans*/, 112 /*trans*/, static_cast<int>(M), static_cast<int>(N),
+                  static_cast<int>(K), 1.f, x.data(), static_cast<int>(K), wp, static_cast<int>(K), 0.f, y.data(),
+                  static_cast<int>(N));
   });
   ob = flops / tob * 1e-9;
   settle();
@@ -111,8 +119,9 @@ void bench_linear(index_t M, index_t N, index_t K, int threads, bool cold = fals
   std::string extra;
   if (M <= 16) {
     char buf[96];
-    std::snprintf(buf, sizeof buf, ",\"gbps\":%.1f,\"cold\":%s", static_cast<double>(wsize * sizeof(float)) / t * 1e-9,
-                  cold ? "true" : "false");
+    std::snprintf(buf, sizeof buf, ",\"gbps\":%.1f,\"cold\":%s,\"openblas_call\":\"%s\"",
+                  static_cast<double>(wsize * sizeof(float)) / t * 1e-9, cold ? "true" : "false",
+                  M == 1 ? "sgemv" : "sgemm");
     extra = buf;
   }
   print_line(M <= 16 ? "linear_small_m" : "linear", M, N, K, threads, flops / t * 1e-9, ob, extra);

@@ -34,6 +34,9 @@
 #include <omp.h>
 #endif
 
+#ifndef SESSA_BENCH_HAVE_OPENBLAS
+#define SESSA_BENCH_HAVE_OPENBLAS 0
+#endif
 #if SESSA_BENCH_HAVE_OPENBLAS
 #include <cblas.h>  // OpenBLAS's own cblas.h: also declares openblas_set_num_threads, openblas_get_corename
 #endif

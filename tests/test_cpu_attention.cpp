@@ -93,6 +93,7 @@ void over_settings(F&& check) {
       p.key_tile = 16;
       p.fb_block = 8;
       p.fb_rows = 5;
+      p.few_rows_tile = 256;
     }
     CAPTURE(mode);
     CHECK(check() <= kernel_tol<T>());
@@ -182,6 +183,18 @@ std::vector<shape_case> shape_cases(index_t D) {
 
 bool large(const shape_case& sc) { return sc.n >= 100 || sc.pos0 >= 500; }
 
+/// Unoptimized (sanitizer) builds run the large cases on one layer shape only; the tiny-tile setting
+/// still crosses every tile and block boundary there.
+#ifdef NDEBUG
+constexpr bool all_large = true;
+#else
+constexpr bool all_large = false;
+#endif
+bool skip(const layer_config& c, const shape_case& sc) {
+  const layer_config& gqa = kernel_shapes[1];
+  return !all_large && large(sc) && (c.d_model != gqa.d_model || c.n_kv_heads != gqa.n_kv_heads);
+}
+
 }  // namespace
 
 TEMPLATE_TEST_CASE("cpu attention matches the reference kernel", "[cpu][attention]", float, double) {
@@ -189,6 +202,7 @@ TEMPLATE_TEST_CASE("cpu attention matches the reference kernel", "[cpu][attentio
   std::uint64_t seed = 100;
   for (const auto& cfg : kernel_shapes)
     for (const auto& sc : shape_cases(cfg.d_model)) {
+      if (skip(cfg, sc)) continue;
       CAPTURE(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, sc.batch, sc.pos0, sc.n);
       const double scale = (seed % 3 == 0) ? 3.0 : 1.0;  // some cases with sharp softmaxes
       check_attention<T>(cfg, attention::causal{}, sc.batch, sc.pos0, sc.n, ++seed, scale);
@@ -205,6 +219,7 @@ TEMPLATE_TEST_CASE("cpu feedback solve matches the reference kernel", "[cpu][fee
   std::uint64_t seed = 500;
   for (const auto& cfg : kernel_shapes)
     for (const auto& sc : shape_cases(cfg.d_model)) {
+      if (skip(cfg, sc)) continue;
       CAPTURE(cfg.d_model, sc.batch, sc.pos0, sc.n);
       const double scale = (seed % 3 == 0) ? 3.0 : 1.0;
       check_feedback<T>(cfg, sc.batch, sc.pos0, sc.n, ++seed, scale);
@@ -216,6 +231,7 @@ TEMPLATE_TEST_CASE("cpu kernels: wide feedback and long decode", "[cpu][feedback
   const layer_config wide{256, 4, 2, true, 0.999, 1e-5};  // d = 64, D = 256
   const index_t Bk = backend::simd::flash_tuning{}.fb_block;
   for (const shape_case sc : {shape_case{1, 150, 2 * Bk + 3}, shape_case{3, 2000, 1}, shape_case{1, 3000, 1}}) {
+    if (!all_large && sc.n > 1) continue;
     CAPTURE(sc.batch, sc.pos0, sc.n);
     check_feedback<T>(wide, sc.batch, sc.pos0, sc.n, 900 + sc.n, 1.0);
     check_attention<T>(wide, attention::causal{}, sc.batch, sc.pos0, sc.n, 950 + sc.n, 1.0);

@@ -117,7 +117,8 @@ std::string shape_name(const char* f, index_t M, index_t N, index_t K, double al
 }
 
 template <class T>
-void run_gemm_case(bool nt, index_t M, index_t N, index_t K, double alpha, double beta, index_t pad, std::mt19937& gen) {
+void run_gemm_case(bool nt, index_t M, index_t N, index_t K, double alpha, double beta, index_t pad,
+                   std::mt19937& gen) {
   const T fill = T(-7.25);
   strided<T> a(M, K, pad, pad ? 3 : 0, gen);
   strided<T> b(nt ? N : K, nt ? K : N, pad ? pad + 1 : 0, pad ? 1 : 0, gen);
@@ -196,6 +197,7 @@ TEMPLATE_TEST_CASE("gemm_nt and gemm_nn cross the cache blocks", "[gemm]", float
       {65, 63, P::KC - 1},   {29, 33, P::KC},  {P::MR + 1, 31, P::KC + 1}, {17, 47, 2 * P::KC + 3},
       {P::MC + 1, 33, 19},   {P::MC - 1, P::NR + 1, P::KC + 5}, {3, P::NC + 1, 5}, {20, P::NC + P::NR + 3, 9},
       {4, 200, 300},         {5, 130, 70},     {131, 1, 97},          {1, 131, 97},
+      {12, 37, 600},         {16, 70, 900},    {7, 3, 1001},          {2, 2, 96},
   };
   int n = 0;
   for (const bool nt : {true, false})
@@ -218,7 +220,14 @@ TEMPLATE_TEST_CASE("linear matches a double loop with 1 and 2 threads", "[gemm][
       {4, 130, 70}, {5, 9, 3}, {8, 65, 129}, {15, 33, 31}, {16, 64, 512},     {16, 67, 300},  {17, 64, 64},
       {P::MR - 1, 31, 17}, {P::MR + 1, P::NR + 1, P::KC + 1}, {37, 100, 2 * P::KC + 1}, {100, 37, 50},
       {2 * P::MC + 3, 3 * P::NR - 1, 40}, {300, 200, 100}, {64, P::NC + 5, 16},
+      // the dot-product (decode) path: M <= 16 with a long K, partial row and column tiles
+      {5, 33, 300}, {7, 9, 1000}, {16, 67, 800}, {11, 63, 577}, {3, 1, 200},
   };
+  // Both linear() paths are among the shapes: the dot-product tiles (decode) and the packed GEMM.
+  CHECK(simd::gemm_detail::use_dot(16, 800));
+  CHECK(simd::gemm_detail::use_dot(1, 1));
+  CHECK_FALSE(simd::gemm_detail::use_dot(16, 512));
+  CHECK_FALSE(simd::gemm_detail::use_dot(17, 10000));
   for (const int threads : {1, 2}) {
     sessa::set_num_threads(threads);
     int n = 0;
@@ -260,10 +269,9 @@ TEST_CASE("gemm and linear run concurrently inside a parallel region", "[gemm][l
   }
   for (int t = 0; t < 4; ++t) {
     const auto& b = bs[static_cast<std::size_t>(t)];
-    check_product<float>(as[t].c(), [&](index_t k, index_t j) { return b.view(j, k); }, {}, cs[t].c(), 1.0, 0.0, nullptr,
-                         "gemm_nt in parallel region");
-    check_product<float>(as[t].c(), [&](index_t k, index_t j) { return b.view(j, k); }, {}, ys[t].c(), 1.0, 0.0, nullptr,
-                         "linear in parallel region");
+    const auto b_t = [&](index_t k, index_t j) { return b.view(j, k); };
+    check_product<float>(as[t].c(), b_t, {}, cs[t].c(), 1.0, 0.0, nullptr, "gemm_nt in parallel region");
+    check_product<float>(as[t].c(), b_t, {}, ys[t].c(), 1.0, 0.0, nullptr, "linear in parallel region");
   }
 }
 

@@ -15,7 +15,9 @@ How a block becomes a translation unit (the rule authors need to know):
   4. Any other block is a sequence of statements: everything but its `#include` lines becomes the body of
      `int main() { ... }`.
 Each block is compiled on its own with `-std=c++20 -fsyntax-only` (templates are still instantiated, so calls
-are checked). `#line` directives point compiler messages at the Markdown file and line.
+are checked). `#line` directives point compiler messages at the Markdown file and line. With GCC,
+<sessa/sessa.hpp> is precompiled once into DIR/pch (about 100 MB) so that each block compiles in about a second
+(--no-pch turns this off).
 """
 from __future__ import annotations
 
@@ -88,11 +90,13 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="*", type=Path)
     ap.add_argument("--compiler", default="g++")
-    ap.add_argument("--out", type=Path, default=Path("doc_snippets"), help="folder for the generated sources")
+    ap.add_argument("--out", type=Path, default=REPO / "build" / "doc_snippets",
+                    help="folder for the generated sources (default: build/doc_snippets, which git ignores)")
     ap.add_argument("-I", dest="includes", action="append", default=[], type=Path)
     ap.add_argument("--isystem", action="append", default=[], type=Path)
     ap.add_argument("--flag", action="append", default=[], help="an extra compiler flag (may be repeated)")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--no-pch", action="store_true", help="do not precompile <sessa/sessa.hpp>")
     args = ap.parse_args(argv)
 
     paths = args.paths or [REPO / "README.md", REPO / "docs"]
@@ -117,6 +121,24 @@ def main(argv: list[str]) -> int:
                 cmd += ["-isystem", str(d)]
             cmd.append(str(src))
             jobs.append((s, src, cmd))
+
+    # A precompiled <sessa/sessa.hpp>, which every snippet includes first, saves most of each compile. GCC uses
+    # sessa/sessa.hpp.gch from the first include directory when its flags match, and otherwise reads the header.
+    if jobs and not args.no_pch and Path(args.compiler).name.startswith(("g++", "c++")):
+        pch_dir = args.out / "pch"
+        (pch_dir / "sessa").mkdir(parents=True, exist_ok=True)
+        header = next((d / "sessa" / "sessa.hpp" for d in includes if (d / "sessa" / "sessa.hpp").is_file()), None)
+        if header is not None:
+            common = ["-std=c++20", *args.flag] + [f"-I{d}" for d in includes]
+            for d in args.isystem:
+                common += ["-isystem", str(d)]
+            r = subprocess.run([args.compiler, *common, "-x", "c++-header", str(header), "-o",
+                                str(pch_dir / "sessa" / "sessa.hpp.gch")], capture_output=True, text=True)
+            if r.returncode == 0:
+                for _, _, cmd in jobs:
+                    cmd.insert(-1, f"-I{pch_dir}")
+            else:
+                print(f"(no precompiled header: {r.stderr.strip()[:200]})")
 
     def run(job):
         s, src, cmd = job

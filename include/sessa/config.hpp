@@ -28,6 +28,15 @@
 #define SESSA_RESTRICT
 #endif
 
+// SESSA_UNROLL(n): ask the host compiler to unroll the next loop n times. GCC and Clang read
+// `#pragma GCC unroll`; nvcc's front end warns on it, so under nvcc (and other compilers) it is empty.
+#define SESSA_PRAGMA_(x) _Pragma(#x)
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define SESSA_UNROLL(n) SESSA_PRAGMA_(GCC unroll n)
+#else
+#define SESSA_UNROLL(n)
+#endif
+
 namespace sessa {
 
 /// Signed index type used for every extent and position (matches PyTorch's int64 shapes).

@@ -65,6 +65,15 @@
 #define SESSA_RESTRICT
 #endif
 
+// SESSA_UNROLL(n): ask the host compiler to unroll the next loop n times. GCC and Clang read
+// `#pragma GCC unroll`; nvcc's front end warns on it, so under nvcc (and other compilers) it is empty.
+#define SESSA_PRAGMA_(x) _Pragma(#x)
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define SESSA_UNROLL(n) SESSA_PRAGMA_(GCC unroll n)
+#else
+#define SESSA_UNROLL(n)
+#endif
+
 namespace sessa {
 
 /// Signed index type used for every extent and position (matches PyTorch's int64 shapes).
@@ -934,23 +943,26 @@ inline int thread_index() {
 // and reads K and V once per query; this one runs the same math as GEMM tiles without a T x T matrix.
 //
 // Algorithm (FlashAttention's online softmax on the CPU):
-//   * Work item = (batch row b, kv head h, query tile). A query tile is Bq positions of the g = H / Hkv
-//     query heads that read kv head h, stacked into one (Bq g, d) block (row ii g + hh), so each K/V tile
-//     is packed once for the whole group (GQA/MQA without copying K or V).
-//   * For each key tile [j0, j1) of the item's key range, back to front:
+//   * Work item = (batch row b, kv head h, query tile). A query tile is Bq = query_rows / g positions of
+//     the g = H / Hkv query heads that read kv head h, stacked into one (Bq g, d) block (row ii g + hh;
+//     256 rows by default), so each K/V tile is packed once for the whole group (GQA/MQA without copying
+//     K or V).
+//   * For each key tile [j0, j1) of the item's key range (128 keys by default), back to front:
 //       S = Q K^T / sqrt(d)             (rows, keys)   one gemm_nt tile
 //       m, l, acc online update         row max, P = exp(S - m) (xsimd::exp), l += sum P
 //       acc += P V                      (rows, d)      one gemm_nn tile
 //     with lazy rescaling: the reference max m of a row moves only when a tile's max exceeds it by more
 //     than 8 (P <= e^8 then), so most tiles skip rescaling acc. The result acc / l is exact: m is only the
-//     reference point of the exponentials, it cancels in the ratio.
-//   * The key range of a tile is [min first_key(t), last t]: tiles above the diagonal and (sliding window)
-//     before the window are never touched; only tiles crossing a row's boundary are masked, row by row.
-//   * Threads (OpenMP): dynamic scheduling over the items, latest (longest) query tiles first. When the
-//     items are few (decode: n = 1 per batch row, and batch * Hkv does not divide evenly over the threads)
-//     the key range is split (split-K): each part leaves a partial state (m, l, acc) in the workspace and a
-//     second pass merges them, so every thread streams its share of the cache and each cached k, v value is
-//     read once per call.
+//     reference point of the exponentials, it cancels in the ratio. The next K/V tile is prefetched
+//     during the softmax.
+//   * The key range of an item is [min first_key(t), last t]: tiles above the diagonal and (sliding
+//     window) before the window are never touched. A tile crossing some row's boundary is masked row by
+//     row, and the rows that see none of its keys (above the diagonal) are left out of its two GEMMs.
+//   * Threads (OpenMP): dynamic scheduling over the items, head by head (a head's K and V stay in the
+//     last-level cache), the latest (longest) query tiles first. When the items are few (decode: n = 1
+//     per batch row, and batch * Hkv does not divide evenly over the threads) the key range is split
+//     (split-K): each part leaves a partial state (m, l, acc) in the workspace and a second pass merges
+//     them, so every thread streams its share of the cache and each cached k, v value is read once.
 // flash_detail also holds the pieces the feedback solve (feedback.hpp) shares: the online-softmax state,
 // absorb_tile (one key tile into a state), merges of partial states and the thread team helper.
 
@@ -983,14 +995,16 @@ inline int thread_index() {
 //     (AVX-512: 14x32 floats, 14x16 doubles), 6 otherwise (AVX2: 6x16 floats). Per k: NV aligned loads of
 //     the packed B panel, MR broadcasts from the packed A block, MR*NV FMAs. alpha, beta and bias are fused
 //     into the store; edge rows use a kernel compiled for that row count, edge columns store through a tile.
-//   * blocking: for each NC block of columns, for each KC slice of K: B (KC x NC) is packed into k-major
-//     NR-wide panels (one panel, KC x NR = 32 KiB, stays in L1 while the kernel walks down an A block); for
-//     each MC block of rows, A (MC x KC) is copied row-major with a padded stride (L2-resident).
-//   * small M (decode, M <= 16 rows): no packing; each weight row is streamed once for all rows of x, as
-//     R x MB blocks of dot products along K, reduced across lanes in one shuffle tree per W results.
+//   * blocking: for each NC (2048) block of columns, for each KC (512) slice of K: B (KC x NC) is packed
+//     into k-major NR-wide panels (one panel, KC x NR = 64 KiB, is re-read from L1/L2 while the kernel walks
+//     down an A block); for each MC (168) block of rows, A (MC x KC) is copied row-major with a stride padded
+//     by one cache line (L2-resident). Row blocks and row tiles are near-equal (16 rows = 8 + 8, not 14 + 2).
+//   * small M with a long K (decode: M <= 16, see use_dot): no packing; each R = 4 rows of w (8 when x has
+//     one row) are streamed once, the next ones prefetched, for all rows of x, as 4 x 4 (1 x 8) blocks of
+//     dot products along K, reduced across lanes with one shuffle tree per W results.
 //   * linear() splits the M x N tile space over OpenMP threads (each thread packs its own panels into
-//     thread-local, 64-byte aligned buffers that grow once and are reused); small M splits N. Inside an
-//     enclosing parallel region it runs on the calling thread.
+//     thread-local, 64-byte aligned buffers that grow once and are reused; the split minimizes padded work
+//     plus packing); the dot path splits N. Inside an enclosing parallel region it runs on the calling thread.
 // The kernels are written on xsimd::batch<T>, so AVX-512, AVX2 and SSE builds all work; only the
 // transposing pack and the lane reduction have AVX-512/AVX intrinsic fast paths (scalar otherwise).
 
@@ -1046,15 +1060,19 @@ struct blocking {
   // MC: the packed A block (MC x LDA) takes about 1/3 MiB of L2.
   static constexpr index_t MC = std::max<index_t>(1, 360 * 1024 / (LDA * static_cast<index_t>(sizeof(T)) * MR)) * MR;
   static constexpr index_t NC = 64 * NR;  // columns per packed B block (KC x NC lives in L2/L3)
-  // Dot-product tiles of the small-M path: R rows of w by MB rows of x.
+  // Dot-product tiles of the small-M path: R rows of w by MB rows of x; R1 rows of w when x has one row.
   static constexpr int R = 4;
   static constexpr int MB = vector_registers >= 32 ? 4 : 2;
+  static constexpr int R1 = vector_registers >= 32 ? 8 : 4;
 };
 
-/// linear() takes the streaming (dot-product) path for M <= this many rows.
+/// Whether c (M, N) = a (M, K) b (N, K)^T takes the dot-product path (no packing, b streamed once) rather
+/// than the packed GEMM: for few rows, when K is long enough to amortize the lane reductions (measured on
+/// Zen 5: at K = 64 only M = 1 gains, at K = 512 up to M ~ 12, at K = 2048 all of M <= 16).
 inline constexpr index_t small_m_rows = 16;
-/// gemm_nt() takes the dot-product path (no packing) for M <= this many rows.
-inline constexpr index_t small_nt_rows = 4;
+inline constexpr bool use_dot(index_t M, index_t K) {
+  return M <= std::min<index_t>(small_m_rows, std::max<index_t>(1, K / 48));
+}
 
 inline constexpr index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
 
@@ -1173,7 +1191,7 @@ inline void transpose4x4(__m256d (&r)[4]) {
 /// Returns how many leading k it packed (a multiple of the transpose block; 0 without a fast path).
 template <class T>
 inline index_t transpose_pack_fast(const T* src, index_t ld, index_t kc, T* dst) {
-  constexpr index_t NR = blocking<T>::NR;
+  [[maybe_unused]] constexpr index_t NR = blocking<T>::NR;
   index_t k0 = 0;
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float> && blocking<T>::W == 16) {
@@ -1227,9 +1245,11 @@ inline void reduce_lanes(const xsimd::batch<T>* v, T* out) {
     // Fold pairs of sources so each halving step keeps one partial per source: 30 shuffles, 15 adds.
     __m512 u[8], w[4], x[2];
     for (int i = 0; i < 8; ++i)
-      u[i] = _mm512_add_ps(shuffle_lanes16<0x44>(v[2 * i], v[2 * i + 1]), shuffle_lanes16<0xEE>(v[2 * i], v[2 * i + 1]));
+      u[i] = _mm512_add_ps(shuffle_lanes16<0x44>(v[2 * i], v[2 * i + 1]),
+                           shuffle_lanes16<0xEE>(v[2 * i], v[2 * i + 1]));
     for (int i = 0; i < 4; ++i)
-      w[i] = _mm512_add_ps(shuffle_lanes16<0x88>(u[2 * i], u[2 * i + 1]), shuffle_lanes16<0xDD>(u[2 * i], u[2 * i + 1]));
+      w[i] = _mm512_add_ps(shuffle_lanes16<0x88>(u[2 * i], u[2 * i + 1]),
+                           shuffle_lanes16<0xDD>(u[2 * i], u[2 * i + 1]));
     for (int i = 0; i < 2; ++i)
       x[i] = _mm512_add_ps(shuffle16<0x44>(w[2 * i], w[2 * i + 1]), shuffle16<0xEE>(w[2 * i], w[2 * i + 1]));
     alignas(64) float y[16];
@@ -1294,7 +1314,8 @@ inline void pack_b_kn(const T* src, index_t ld, index_t nr, index_t kc, T* dst) 
   using batch = typename P::batch;
   if (nr == P::NR) {
     for (index_t k = 0; k < kc; ++k)
-      for (int v = 0; v < P::NV; ++v) batch::load_unaligned(src + k * ld + v * P::W).store_aligned(dst + k * P::NR + v * P::W);
+      for (int v = 0; v < P::NV; ++v)
+        batch::load_unaligned(src + k * ld + v * P::W).store_aligned(dst + k * P::NR + v * P::W);
     return;
   }
   for (index_t k = 0; k < kc; ++k) {
@@ -1315,9 +1336,9 @@ inline void store_tile(const xsimd::batch<T> (&acc)[MR][NV], T* c, index_t ldc, 
   if (nr == NR) {
     const batch alpha(ep.alpha), beta(ep.beta);
     const bool scale = ep.alpha != T(1);
-#pragma GCC unroll 16
+SESSA_UNROLL(16)
     for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
       for (int v = 0; v < NV; ++v) {
         T* p = c + i * ldc + v * W;
         batch r = acc[i][v];
@@ -1352,18 +1373,18 @@ inline void micro_kernel(index_t kc, const T* SESSA_RESTRICT a, const T* SESSA_R
   using batch = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(batch::size);
   batch acc[MR][NV];
-#pragma GCC unroll 16
+SESSA_UNROLL(16)
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
     for (int v = 0; v < NV; ++v) acc[i][v] = batch(T(0));
   for (index_t k = 0; k < kc; ++k) {
     batch bv[NV];
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
     for (int v = 0; v < NV; ++v) bv[v] = batch::load_unaligned(b + v * W);
-#pragma GCC unroll 16
+SESSA_UNROLL(16)
     for (int i = 0; i < MR; ++i) {
       const batch ai(a[i * LDA]);
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
       for (int v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(ai, bv[v], acc[i][v]);
     }
     a += 1;
@@ -1468,21 +1489,21 @@ inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const T* SESSA_REST
   constexpr int n = MB * R;
   constexpr int groups = static_cast<int>((n + W - 1) / W);
   batch acc[groups * W];
-#pragma GCC unroll 32
+SESSA_UNROLL(32)
   for (int i = 0; i < groups * W; ++i) acc[i] = batch(T(0));
   index_t k = 0;
   for (; k + W <= K; k += W) {
     batch wv[R];
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
     for (int r = 0; r < R; ++r) wv[r] = in_register(batch::load_unaligned(w + r * ldw + k));
 #if defined(__GNUC__)
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
     for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
 #endif
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
     for (int m = 0; m < MB; ++m) {
       const batch xv = in_register(batch::load_unaligned(x + m * ldx + k));
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
       for (int r = 0; r < R; ++r) acc[m * R + r] = xsimd::fma(xv, wv[r], acc[m * R + r]);
     }
   }
@@ -1508,13 +1529,18 @@ constexpr std::array<dot_fn<T>, sizeof...(R)> make_dot_row(std::integer_sequence
   return {&dot_tile<T, MB, R + 1>...};
 }
 template <class T, int... MB>
-constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, sizeof...(MB)> make_dots(std::integer_sequence<int, MB...>) {
+constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, sizeof...(MB)> make_dots(
+    std::integer_sequence<int, MB...>) {
   return {make_dot_row<T, MB + 1>(std::make_integer_sequence<int, blocking<T>::R>{})...};
 }
-/// dot_tiles<T>[mb - 1][r - 1] is the dot-product tile for mb rows of x and r rows of w.
+/// dot_tiles<T>[mb - 1][r - 1] is the dot-product tile for mb rows of x and r rows of w;
+/// dot_row_tiles<T>[r - 1] the one for a single row of x and r <= R1 rows of w.
 template <class T>
 inline constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, blocking<T>::MB> dot_tiles =
     make_dots<T>(std::make_integer_sequence<int, blocking<T>::MB>{});
+template <class T>
+inline constexpr std::array<dot_fn<T>, blocking<T>::R1> dot_row_tiles =
+    make_dot_row<T, 1>(std::make_integer_sequence<int, blocking<T>::R1>{});
 
 /// y (M, N) = epilogue(x (M, K) w (N, K)^T) on the calling thread with dot-product tiles (no packing):
 /// each R-row block of w is streamed from memory once, then re-read from cache for the other rows of x.
@@ -1523,12 +1549,17 @@ template <class T>
 inline void gemm_dot(cmatrix<T> x, cmatrix<T> w, matrix<T> y, const epilogue<T>& ep) {
   using P = blocking<T>;
   const index_t M = y.rows, N = y.cols, K = x.cols;
-  for (index_t j = 0; j < N; j += P::R) {
-    const index_t r = std::min<index_t>(P::R, N - j);
+  const index_t R = M == 1 ? P::R1 : P::R;  // rows of w per block
+  for (index_t j = 0; j < N; j += R) {
+    const index_t r = std::min<index_t>(R, N - j);
     epilogue<T> e = ep;
     if (e.bias) e.bias += j;
     // The first row tile prefetches the next r rows of w (when there are that many), the others re-read.
     const T* next = N - (j + r) >= r ? w.row(j + r) : w.row(j);
+    if (M == 1) {
+      dot_row_tiles<T>[static_cast<std::size_t>(r - 1)](x.row(0), x.ld, w.row(j), w.ld, K, next, y.row(0) + j, y.ld, e);
+      continue;
+    }
     for (index_t m = 0; m < M; m += P::MB) {
       const index_t mb = std::min<index_t>(P::MB, M - m);
       dot_tiles<T>[static_cast<std::size_t>(mb - 1)][static_cast<std::size_t>(r - 1)](
@@ -1544,28 +1575,32 @@ inline std::pair<index_t, index_t> share(index_t n, index_t unit, int parts, int
   return {std::min(n, b * unit), std::min(n, e * unit)};
 }
 
-/// Threads for a product of `flops` FLOPs: 1 inside a parallel region or when the fork would not pay.
-inline int threads_for(double flops) {
+/// Threads for a product of `flops` FLOPs that reads `bytes` of weights: 1 inside a parallel region or when
+/// a fork would not pay (under ~4 MFLOP and under 256 KiB; a decode step streams its weights, so the
+/// bytes alone justify both threads' share of the memory bandwidth).
+inline int threads_for(double flops, double bytes) {
 #if SESSA_HAS_OPENMP
-  if (omp_in_parallel() || flops < 4.0e6) return 1;
+  if (omp_in_parallel() || (flops < 4.0e6 && bytes < 262144.0)) return 1;
   return std::max(1, omp_get_max_threads());
 #else
-  (void)flops;
+  (void)flops, (void)bytes;
   return 1;
 #endif
 }
 
-/// Rows of the thread grid (tm x tn = nt) for an (M, N) output: the split with the least padding and
-/// imbalance, preferring row splits (each thread then reads a disjoint part of x and all of w).
-inline int grid_rows(index_t M, index_t N, index_t mr, index_t nr, int nt) {
+/// Rows of the thread grid (tm x tn = nt) for y (M, N) = x (M, K) w (N, K)^T: the split with the least
+/// estimated time per thread, in cycles: its padded MACs at 2 FMAs of W lanes per cycle, plus about 1/4
+/// cycle per element packed (each thread packs its own columns of w and rows of x).
+inline int grid_rows(index_t M, index_t N, index_t K, index_t mr, index_t nr, index_t lanes, int nt) {
   int best = 1;
   double best_cost = 0;
   for (int tm = 1; tm <= nt; ++tm) {
     if (nt % tm) continue;
     const int tn = nt / tm;
-    const index_t rows = ((M + mr - 1) / mr + tm - 1) / tm * mr;
-    const index_t cols = ((N + nr - 1) / nr + tn - 1) / tn * nr;
-    const double cost = static_cast<double>(rows) * static_cast<double>(cols);  // padded work per thread
+    const auto rows = static_cast<double>(((M + mr - 1) / mr + tm - 1) / tm * mr);
+    const auto cols = static_cast<double>(((N + nr - 1) / nr + tn - 1) / tn * nr);
+    const auto k = static_cast<double>(K);
+    const double cost = rows * cols * k / (2.0 * static_cast<double>(lanes)) + (rows + cols) * k / 4.0;
     if (tm == 1 || cost <= best_cost) {
       best = tm;
       best_cost = cost;
@@ -1581,7 +1616,7 @@ template <scalar T>
 void gemm_nt(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta) {
   using namespace gemm_detail;
   if (c.rows == 0 || c.cols == 0) return;
-  if (c.rows <= small_nt_rows)
+  if (use_dot(c.rows, a.cols))
     gemm_dot(a, b, c, epilogue<T>{alpha, beta, nullptr});
   else
     gemm_blocked<T, b_layout::nk>(a, b, c, alpha, beta, nullptr);
@@ -1598,22 +1633,24 @@ void gemm_nn(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta) {
 template <scalar T>
 void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumulate) {
   using namespace gemm_detail;
-  using P = blocking<T>;
   const index_t M = x.rows, N = w.rows, K = x.cols;
   if (M == 0 || N == 0) return;
   const T beta = accumulate ? T(1) : T(0);
-  const int nt = threads_for(2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K));
+  const double weights = static_cast<double>(N) * static_cast<double>(K);
+  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * sizeof(T));
 
-  if (M <= small_m_rows) {
+  if (use_dot(M, K)) {
     // Decode: bandwidth-bound; threads split the rows of w.
     const epilogue<T> ep{T(1), beta, bias};
     if (nt == 1) return gemm_dot(x, w, y, ep);
 #if SESSA_HAS_OPENMP
 #pragma omp parallel num_threads(nt)
     {
-      const auto [j0, j1] = share(N, P::R, omp_get_num_threads(), omp_get_thread_num());
+      const index_t rows = M == 1 ? blocking<T>::R1 : blocking<T>::R;
+      const auto [j0, j1] = share(N, rows, omp_get_num_threads(), omp_get_thread_num());
       if (j1 > j0)
-        gemm_dot(x, w.row_block(j0, j1 - j0), y.col_block(j0, j1 - j0), epilogue<T>{T(1), beta, bias ? bias + j0 : nullptr});
+        gemm_dot(x, w.row_block(j0, j1 - j0), y.col_block(j0, j1 - j0),
+                 epilogue<T>{T(1), beta, bias ? bias + j0 : nullptr});
     }
 #endif
     return;
@@ -1624,9 +1661,9 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
 #pragma omp parallel num_threads(nt)
   {
     const int n = omp_get_num_threads(), t = omp_get_thread_num();
-    const int tm = grid_rows(M, N, P::MR, P::NR, n), tn = n / tm;
-    const auto [m0, m1] = share(M, P::MR, tm, t / tn);
-    const auto [n0, n1] = share(N, P::NR, tn, t % tn);
+    const int tm = grid_rows(M, N, K, blocking<T>::MR, blocking<T>::NR, blocking<T>::W, n), tn = n / tm;
+    const auto [m0, m1] = share(M, blocking<T>::MR, tm, t / tn);
+    const auto [n0, n1] = share(N, blocking<T>::NR, tn, t % tn);
     if (m1 > m0 && n1 > n0)
       gemm_blocked<T, b_layout::nk>(x.row_block(m0, m1 - m0), w.row_block(n0, n1 - n0),
                                     y.row_block(m0, m1 - m0).col_block(n0, n1 - n0), T(1), beta,
@@ -1643,10 +1680,11 @@ namespace sessa::backend::simd {
 /// Tile sizes and thresholds of the flash attention and feedback kernels. Read at every call; tests and
 /// benchmarks may change flash_params between calls (never while a kernel runs).
 struct flash_tuning {
-  index_t query_rows = 128;       // stacked query rows (positions x heads of a group) per attention tile
+  index_t query_rows = 256;       // stacked query rows (positions x heads of a group) per attention tile
   index_t key_tile = 128;         // keys per tile: forward attention and the feedback's pass over the past
   index_t fb_block = 128;         // Bk: rows per block of the feedback solve
-  index_t fb_rows = 128;          // rows per tile when a finished block is pushed to later rows
+  index_t fb_rows = 256;          // rows per tile when a finished block is pushed to later rows
+  index_t few_rows_tile = 262144; // bytes of keys per tile in a pass of at most 16 query rows (decode)
   index_t min_split_keys = 256;   // split-K only when every part gets at least this many keys
   double parallel_flops = 1.0e6;  // a call of fewer FLOPs runs on the calling thread
 };
@@ -1759,20 +1797,66 @@ inline void scale_row(T* x, index_t n, T a) {
   for (; j < n; ++j) x[j] *= a;
 }
 
+/// Prefetches rows [j0, j1) of a (positions, cols) view into the cache hierarchy (the next key tile, while
+/// the current one is in the softmax).
+template <class T>
+inline void prefetch_rows(cmatrix<T> m, index_t j0, index_t j1) {
+  constexpr index_t line = static_cast<index_t>(64 / sizeof(T));
+  for (index_t j = j0; j < j1; ++j)
+    for (index_t k = 0; k < m.cols; k += line) __builtin_prefetch(m.row(j) + k, 0, 2);
+}
+
+/// acc (rows, dv) += p (rows, nk) v (nk, dv) for a few rows (decode): v is streamed row after row, each
+/// read once and in order, while acc stays in L1.
+template <class T>
+inline void accumulate_few(cmatrix<T> p, cmatrix<T> v, matrix<T> acc) {
+  using B = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(B::size);
+  const index_t dv = v.cols;
+  for (index_t j = 0; j < v.rows; ++j) {
+    const T* vj = v.row(j);
+    for (index_t r = 0; r < p.rows; ++r) {
+      const T pj = p(r, j);
+      const B pv(pj);
+      T* a = acc.row(r);
+      index_t c = 0;
+      for (; c + W <= dv; c += W) xsimd::fma(pv, B::load_unaligned(vj + c), B::load_unaligned(a + c)).store_unaligned(a + c);
+      for (; c < dv; ++c) a[c] += pj * vj[c];
+    }
+  }
+}
+
 /// Absorbs keys [j0, j1) (absolute positions, j1 - j0 <= the tile) of k (positions, dk) and v (positions,
 /// dv) into the state st of the rows q (rows, dk):
 ///   S = alpha q k^T (gemm_nt), online-softmax update of m and l (lazy rescaling of acc), acc += P v (gemm_nn).
+/// Under a mask only the rows from the first to the last one that sees a key of the tile take part (rows
+/// are in position order, so a diagonal tile skips the rows above it). Keys [next0, next1) are prefetched.
 /// s_buf: at least rows * (j1 - j0) values of scratch.
 template <class T>
 inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, index_t j1, T alpha, const key_mask& mask,
-                        T* s_buf, const softmax_state<T>& st) {
-  const index_t rows = q.rows, nk = j1 - j0, dv = v.cols;
-  if (rows == 0 || nk <= 0) return;
-  const matrix<T> s(s_buf, rows, nk);  // (rows, nk) scores, then probabilities
-  gemm_nt(q, k.row_block(j0, nk), s, alpha, T(0));
+                        T* s_buf, const softmax_state<T>& st, index_t next0 = 0, index_t next1 = 0) {
+  const index_t nk = j1 - j0, dv = v.cols;
+  index_t r0 = 0, r1 = q.rows;
   const bool full = mask.lo == nullptr || (mask.lo_max <= j0 && j1 <= mask.hi_min);
-  for (index_t r = 0; r < rows; ++r) {
-    T* sr = s.row(r);
+  if (!full) {
+    auto sees = [&](index_t r) { return mask.lo[r / mask.group] < j1 && mask.hi[r / mask.group] > j0; };
+    while (r0 < r1 && !sees(r0)) ++r0;
+    while (r1 > r0 && !sees(r1 - 1)) --r1;
+  }
+  const index_t rows = r1 - r0;
+  if (rows <= 0 || nk <= 0) return;
+  const matrix<T> s(s_buf, rows, nk);  // (rows, nk) scores, then probabilities
+  gemm_nt(q.row_block(r0, rows), k.row_block(j0, nk), s, alpha, T(0));
+  // Prefetch spread over the softmax rows; a few rows (decode) stream in order and leave it to the hardware.
+  const index_t pf_per_row = next1 > next0 && rows > 16 ? (next1 - next0 + rows - 1) / rows : 0;
+  for (index_t i = 0; i < rows; ++i) {
+    if (pf_per_row > 0) {
+      const index_t p0 = std::min(next1, next0 + i * pf_per_row), p1 = std::min(next1, p0 + pf_per_row);
+      prefetch_rows(k, p0, p1);
+      prefetch_rows(v, p0, p1);
+    }
+    const index_t r = r0 + i;
+    T* sr = s.row(i);
     index_t a = 0, b = nk;
     if (!full) {
       a = std::clamp<index_t>(mask.lo[r / mask.group] - j0, 0, nk);
@@ -1796,14 +1880,31 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, in
     }
     st.l[r] += exp_shifted(sr + a, b - a, m);
   }
-  gemm_nn(cmatrix<T>(s), v.row_block(j0, nk), st.acc, T(1), T(1));
+  if (rows <= 4)
+    accumulate_few(cmatrix<T>(s), v.row_block(j0, nk), st.acc.row_block(r0, rows));
+  else
+    gemm_nn(cmatrix<T>(s), v.row_block(j0, nk), st.acc.row_block(r0, rows), T(1), T(1));
 }
 
-/// Absorbs keys [k_lo, k_hi) in tiles of `tile` keys, from the last tile back (the diagonal first).
+/// Keys per tile of a pass of at most `rows` query rows over keys `dk` wide: flash_params.key_tile, except
+/// for a few rows (decode), which do little work per key: there a tile is flash_params.few_rows_tile bytes
+/// of keys (256 KiB: 1024 keys of d = 64 floats, 128 of D = 512), so the pass streams the cache in long runs
+/// (its K and V tiles stay in L2 together; measured best between 16 KiB and 1 MiB).
+template <class T>
+inline index_t pass_tile(index_t rows, index_t dk) {
+  if (rows > 16) return std::max<index_t>(1, flash_params.key_tile);
+  return std::clamp<index_t>(flash_params.few_rows_tile / (dk * static_cast<index_t>(sizeof(T))), 4, 1024);
+}
+
+/// Absorbs keys [k_lo, k_hi) in tiles of `tile` keys, from the last tile back (the diagonal first),
+/// prefetching each next tile.
 template <class T>
 inline void flash_pass(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t k_lo, index_t k_hi, index_t tile, T alpha,
                        const key_mask& mask, T* s_buf, const softmax_state<T>& st) {
-  for (index_t j1 = k_hi; j1 > k_lo; j1 -= tile) absorb_tile(q, k, v, std::max(k_lo, j1 - tile), j1, alpha, mask, s_buf, st);
+  for (index_t j1 = k_hi; j1 > k_lo; j1 -= tile) {
+    const index_t j0 = std::max(k_lo, j1 - tile);
+    absorb_tile(q, k, v, j0, j1, alpha, mask, s_buf, st, std::max(k_lo, j0 - tile), j0);
+  }
 }
 
 /// Merges `count` partial states of the same rows (parts[p] over disjoint key sets) into dst, which may be
@@ -1891,6 +1992,8 @@ inline void run_team(int nt, F&& f) {
     f(team(true));
     return;
   }
+#else
+  (void)nt;
 #endif
   f(team(false));
 }
@@ -1933,11 +2036,11 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, const laye
   if (n <= 0 || batch <= 0) return;
   const flash_tuning tp = flash_params;
   const T scale = T(1) / std::sqrt(static_cast<T>(d));
-  const index_t Bk = std::max<index_t>(1, tp.key_tile);
   const index_t Bq = std::max<index_t>(1, tp.query_rows / g);  // query positions per tile
   const index_t qtiles = (n + Bq - 1) / Bq;
   const index_t heads = batch * Hkv, items = heads * qtiles;
   const index_t rows_max = std::min(n, Bq) * g;  // stacked rows of the largest tile
+  const index_t Bk = pass_tile<T>(rows_max, d);  // keys per tile
 
   // Keys read per query, on average (first and last row), for the thread decision.
   const index_t t_last = pos0 + n - 1;
@@ -1965,8 +2068,9 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, const laye
 
     tm.for_dynamic(items * ks, [&](index_t u) {
       const index_t part = u % ks, item = u / ks;
-      const index_t qt = qtiles - 1 - item / heads;  // latest (longest) query tiles first
-      const index_t b = (item % heads) / Hkv, h = item % Hkv;
+      // Head by head (its K, V stay in the last-level cache), the latest (longest) query tiles first.
+      const index_t qt = qtiles - 1 - item % qtiles;
+      const index_t b = (item / qtiles) / Hkv, h = (item / qtiles) % Hkv;
       const index_t i0 = qt * Bq, np = std::min(Bq, n - i0), rows = np * g;
 
       // Queries: the g heads of the group stacked, row ii * g + hh (a strided view when g == 1).
@@ -2080,34 +2184,34 @@ inline void solve_rows(const solve_slice<T>& x, index_t i0) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   B r[RB][NB];
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
   for (int k = 0; k < RB; ++k) {
     const B a(x.alpha[i0 + k]);
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
     for (int v = 0; v < NB; ++v) r[k][v] = a * B::load_unaligned(x.acc + (i0 + k) * x.lda + v * W);
   }
   const T* p = x.p + i0 * x.ldp;
   for (index_t j = 0; j < i0; ++j) {
     B sj[NB];
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
     for (int v = 0; v < NB; ++v) sj[v] = B::load_unaligned(x.s + j * x.lds + v * W);
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
     for (int k = 0; k < RB; ++k) {
       const B pk(p[k * x.ldp + j]);
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
       for (int v = 0; v < NB; ++v) r[k][v] = xsimd::fma(pk, sj[v], r[k][v]);
     }
   }
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
   for (int k = 0; k < RB; ++k) {
     for (int kk = 0; kk < k; ++kk) {  // r[kk] already holds s_{i0 + kk}
       const B pk(p[k * x.ldp + i0 + kk]);
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
       for (int v = 0; v < NB; ++v) r[k][v] = xsimd::fma(pk, r[kk][v], r[k][v]);
     }
     const B ck(x.coef[i0 + k]);
     const index_t i = i0 + k;
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
     for (int v = 0; v < NB; ++v) {
       r[k][v] = xsimd::fma(ck, r[k][v], B::load_unaligned(x.f + i * x.ldf + v * W));
       r[k][v].store_unaligned(x.s + i * x.lds + v * W);
@@ -2181,7 +2285,6 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   const flash_tuning tp = flash_params;
   const T scale = T(1) / std::sqrt(static_cast<T>(D));
   const index_t Bk = std::max<index_t>(1, tp.fb_block), Mt = std::max<index_t>(1, tp.fb_rows);
-  const index_t Bp = std::max<index_t>(1, tp.key_tile);
   const index_t nblocks = (n + Bk - 1) / Bk;
   const int nt = threads_for(4.0 * static_cast<double>(D * batch * n) * (static_cast<double>(pos0) + 0.5 * static_cast<double>(n)));
   const layer_cache<T>& cc = cache;
@@ -2194,6 +2297,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 
   // The pass over the past: row tiles of Mt rows, split over the keys when they are few.
   const index_t ptiles = (n + Mt - 1) / Mt, pitems = batch * ptiles, prows = std::min(n, Mt);
+  const index_t Bp = pass_tile<T>(prows, D);  // keys per tile of the past pass
   const index_t ks = pos0 > 0 ? key_splits(pitems, nt, pos0, tp.min_split_keys) : 1;
   const index_t slot = prows * (D + 2);
   if (ks > 1) ws.partials.reserve(pitems * ks * slot);

@@ -5,23 +5,26 @@
 // and reads K and V once per query; this one runs the same math as GEMM tiles without a T x T matrix.
 //
 // Algorithm (FlashAttention's online softmax on the CPU):
-//   * Work item = (batch row b, kv head h, query tile). A query tile is Bq positions of the g = H / Hkv
-//     query heads that read kv head h, stacked into one (Bq g, d) block (row ii g + hh), so each K/V tile
-//     is packed once for the whole group (GQA/MQA without copying K or V).
-//   * For each key tile [j0, j1) of the item's key range, back to front:
+//   * Work item = (batch row b, kv head h, query tile). A query tile is Bq = query_rows / g positions of
+//     the g = H / Hkv query heads that read kv head h, stacked into one (Bq g, d) block (row ii g + hh;
+//     256 rows by default), so each K/V tile is packed once for the whole group (GQA/MQA without copying
+//     K or V).
+//   * For each key tile [j0, j1) of the item's key range (128 keys by default), back to front:
 //       S = Q K^T / sqrt(d)             (rows, keys)   one gemm_nt tile
 //       m, l, acc online update         row max, P = exp(S - m) (xsimd::exp), l += sum P
 //       acc += P V                      (rows, d)      one gemm_nn tile
 //     with lazy rescaling: the reference max m of a row moves only when a tile's max exceeds it by more
 //     than 8 (P <= e^8 then), so most tiles skip rescaling acc. The result acc / l is exact: m is only the
-//     reference point of the exponentials, it cancels in the ratio.
-//   * The key range of a tile is [min first_key(t), last t]: tiles above the diagonal and (sliding window)
-//     before the window are never touched; only tiles crossing a row's boundary are masked, row by row.
-//   * Threads (OpenMP): dynamic scheduling over the items, latest (longest) query tiles first. When the
-//     items are few (decode: n = 1 per batch row, and batch * Hkv does not divide evenly over the threads)
-//     the key range is split (split-K): each part leaves a partial state (m, l, acc) in the workspace and a
-//     second pass merges them, so every thread streams its share of the cache and each cached k, v value is
-//     read once per call.
+//     reference point of the exponentials, it cancels in the ratio. The next K/V tile is prefetched
+//     during the softmax.
+//   * The key range of an item is [min first_key(t), last t]: tiles above the diagonal and (sliding
+//     window) before the window are never touched. A tile crossing some row's boundary is masked row by
+//     row, and the rows that see none of its keys (above the diagonal) are left out of its two GEMMs.
+//   * Threads (OpenMP): dynamic scheduling over the items, head by head (a head's K and V stay in the
+//     last-level cache), the latest (longest) query tiles first. When the items are few (decode: n = 1
+//     per batch row, and batch * Hkv does not divide evenly over the threads) the key range is split
+//     (split-K): each part leaves a partial state (m, l, acc) in the workspace and a second pass merges
+//     them, so every thread streams its share of the cache and each cached k, v value is read once.
 // flash_detail also holds the pieces the feedback solve (feedback.hpp) shares: the online-softmax state,
 // absorb_tile (one key tile into a state), merges of partial states and the thread team helper.
 #pragma once
@@ -48,10 +51,11 @@ namespace sessa::backend::simd {
 /// Tile sizes and thresholds of the flash attention and feedback kernels. Read at every call; tests and
 /// benchmarks may change flash_params between calls (never while a kernel runs).
 struct flash_tuning {
-  index_t query_rows = 128;       // stacked query rows (positions x heads of a group) per attention tile
+  index_t query_rows = 256;       // stacked query rows (positions x heads of a group) per attention tile
   index_t key_tile = 128;         // keys per tile: forward attention and the feedback's pass over the past
   index_t fb_block = 128;         // Bk: rows per block of the feedback solve
-  index_t fb_rows = 128;          // rows per tile when a finished block is pushed to later rows
+  index_t fb_rows = 256;          // rows per tile when a finished block is pushed to later rows
+  index_t few_rows_tile = 262144; // bytes of keys per tile in a pass of at most 16 query rows (decode)
   index_t min_split_keys = 256;   // split-K only when every part gets at least this many keys
   double parallel_flops = 1.0e6;  // a call of fewer FLOPs runs on the calling thread
 };
@@ -173,6 +177,26 @@ inline void prefetch_rows(cmatrix<T> m, index_t j0, index_t j1) {
     for (index_t k = 0; k < m.cols; k += line) __builtin_prefetch(m.row(j) + k, 0, 2);
 }
 
+/// acc (rows, dv) += p (rows, nk) v (nk, dv) for a few rows (decode): v is streamed row after row, each
+/// read once and in order, while acc stays in L1.
+template <class T>
+inline void accumulate_few(cmatrix<T> p, cmatrix<T> v, matrix<T> acc) {
+  using B = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(B::size);
+  const index_t dv = v.cols;
+  for (index_t j = 0; j < v.rows; ++j) {
+    const T* vj = v.row(j);
+    for (index_t r = 0; r < p.rows; ++r) {
+      const T pj = p(r, j);
+      const B pv(pj);
+      T* a = acc.row(r);
+      index_t c = 0;
+      for (; c + W <= dv; c += W) xsimd::fma(pv, B::load_unaligned(vj + c), B::load_unaligned(a + c)).store_unaligned(a + c);
+      for (; c < dv; ++c) a[c] += pj * vj[c];
+    }
+  }
+}
+
 /// Absorbs keys [j0, j1) (absolute positions, j1 - j0 <= the tile) of k (positions, dk) and v (positions,
 /// dv) into the state st of the rows q (rows, dk):
 ///   S = alpha q k^T (gemm_nt), online-softmax update of m and l (lazy rescaling of acc), acc += P v (gemm_nn).
@@ -194,7 +218,8 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, in
   if (rows <= 0 || nk <= 0) return;
   const matrix<T> s(s_buf, rows, nk);  // (rows, nk) scores, then probabilities
   gemm_nt(q.row_block(r0, rows), k.row_block(j0, nk), s, alpha, T(0));
-  const index_t pf_per_row = next1 > next0 ? (next1 - next0 + rows - 1) / rows : 0;
+  // Prefetch spread over the softmax rows; a few rows (decode) stream in order and leave it to the hardware.
+  const index_t pf_per_row = next1 > next0 && rows > 16 ? (next1 - next0 + rows - 1) / rows : 0;
   for (index_t i = 0; i < rows; ++i) {
     if (pf_per_row > 0) {
       const index_t p0 = std::min(next1, next0 + i * pf_per_row), p1 = std::min(next1, p0 + pf_per_row);
@@ -226,7 +251,20 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, in
     }
     st.l[r] += exp_shifted(sr + a, b - a, m);
   }
-  gemm_nn(cmatrix<T>(s), v.row_block(j0, nk), st.acc.row_block(r0, rows), T(1), T(1));
+  if (rows <= 4)
+    accumulate_few(cmatrix<T>(s), v.row_block(j0, nk), st.acc.row_block(r0, rows));
+  else
+    gemm_nn(cmatrix<T>(s), v.row_block(j0, nk), st.acc.row_block(r0, rows), T(1), T(1));
+}
+
+/// Keys per tile of a pass of at most `rows` query rows over keys `dk` wide: flash_params.key_tile, except
+/// for a few rows (decode), which do little work per key: there a tile is flash_params.few_rows_tile bytes
+/// of keys (256 KiB: 1024 keys of d = 64 floats, 128 of D = 512), so the pass streams the cache in long runs
+/// (its K and V tiles stay in L2 together; measured best between 16 KiB and 1 MiB).
+template <class T>
+inline index_t pass_tile(index_t rows, index_t dk) {
+  if (rows > 16) return std::max<index_t>(1, flash_params.key_tile);
+  return std::clamp<index_t>(flash_params.few_rows_tile / (dk * static_cast<index_t>(sizeof(T))), 4, 1024);
 }
 
 /// Absorbs keys [k_lo, k_hi) in tiles of `tile` keys, from the last tile back (the diagonal first),
@@ -325,6 +363,8 @@ inline void run_team(int nt, F&& f) {
     f(team(true));
     return;
   }
+#else
+  (void)nt;
 #endif
   f(team(false));
 }
@@ -367,11 +407,11 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, const laye
   if (n <= 0 || batch <= 0) return;
   const flash_tuning tp = flash_params;
   const T scale = T(1) / std::sqrt(static_cast<T>(d));
-  const index_t Bk = std::max<index_t>(1, tp.key_tile);
   const index_t Bq = std::max<index_t>(1, tp.query_rows / g);  // query positions per tile
   const index_t qtiles = (n + Bq - 1) / Bq;
   const index_t heads = batch * Hkv, items = heads * qtiles;
   const index_t rows_max = std::min(n, Bq) * g;  // stacked rows of the largest tile
+  const index_t Bk = pass_tile<T>(rows_max, d);  // keys per tile
 
   // Keys read per query, on average (first and last row), for the thread decision.
   const index_t t_last = pos0 + n - 1;

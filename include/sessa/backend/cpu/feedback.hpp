@@ -64,34 +64,34 @@ inline void solve_rows(const solve_slice<T>& x, index_t i0) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   B r[RB][NB];
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
   for (int k = 0; k < RB; ++k) {
     const B a(x.alpha[i0 + k]);
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
     for (int v = 0; v < NB; ++v) r[k][v] = a * B::load_unaligned(x.acc + (i0 + k) * x.lda + v * W);
   }
   const T* p = x.p + i0 * x.ldp;
   for (index_t j = 0; j < i0; ++j) {
     B sj[NB];
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
     for (int v = 0; v < NB; ++v) sj[v] = B::load_unaligned(x.s + j * x.lds + v * W);
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
     for (int k = 0; k < RB; ++k) {
       const B pk(p[k * x.ldp + j]);
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
       for (int v = 0; v < NB; ++v) r[k][v] = xsimd::fma(pk, sj[v], r[k][v]);
     }
   }
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
   for (int k = 0; k < RB; ++k) {
     for (int kk = 0; kk < k; ++kk) {  // r[kk] already holds s_{i0 + kk}
       const B pk(p[k * x.ldp + i0 + kk]);
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
       for (int v = 0; v < NB; ++v) r[k][v] = xsimd::fma(pk, r[kk][v], r[k][v]);
     }
     const B ck(x.coef[i0 + k]);
     const index_t i = i0 + k;
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
     for (int v = 0; v < NB; ++v) {
       r[k][v] = xsimd::fma(ck, r[k][v], B::load_unaligned(x.f + i * x.ldf + v * W));
       r[k][v].store_unaligned(x.s + i * x.lds + v * W);
@@ -165,7 +165,6 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   const flash_tuning tp = flash_params;
   const T scale = T(1) / std::sqrt(static_cast<T>(D));
   const index_t Bk = std::max<index_t>(1, tp.fb_block), Mt = std::max<index_t>(1, tp.fb_rows);
-  const index_t Bp = std::max<index_t>(1, tp.key_tile);
   const index_t nblocks = (n + Bk - 1) / Bk;
   const int nt = threads_for(4.0 * static_cast<double>(D * batch * n) * (static_cast<double>(pos0) + 0.5 * static_cast<double>(n)));
   const layer_cache<T>& cc = cache;
@@ -178,6 +177,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 
   // The pass over the past: row tiles of Mt rows, split over the keys when they are few.
   const index_t ptiles = (n + Mt - 1) / Mt, pitems = batch * ptiles, prows = std::min(n, Mt);
+  const index_t Bp = pass_tile<T>(prows, D);  // keys per tile of the past pass
   const index_t ks = pos0 > 0 ? key_splits(pitems, nt, pos0, tp.min_split_keys) : 1;
   const index_t slot = prows * (D + 2);
   if (ks > 1) ws.partials.reserve(pitems * ks * slot);

@@ -16,14 +16,16 @@
 //     (AVX-512: 14x32 floats, 14x16 doubles), 6 otherwise (AVX2: 6x16 floats). Per k: NV aligned loads of
 //     the packed B panel, MR broadcasts from the packed A block, MR*NV FMAs. alpha, beta and bias are fused
 //     into the store; edge rows use a kernel compiled for that row count, edge columns store through a tile.
-//   * blocking: for each NC block of columns, for each KC slice of K: B (KC x NC) is packed into k-major
-//     NR-wide panels (one panel, KC x NR = 32 KiB, stays in L1 while the kernel walks down an A block); for
-//     each MC block of rows, A (MC x KC) is copied row-major with a padded stride (L2-resident).
-//   * small M (decode, M <= 16 rows): no packing; each weight row is streamed once for all rows of x, as
-//     R x MB blocks of dot products along K, reduced across lanes in one shuffle tree per W results.
+//   * blocking: for each NC (2048) block of columns, for each KC (512) slice of K: B (KC x NC) is packed
+//     into k-major NR-wide panels (one panel, KC x NR = 64 KiB, is re-read from L1/L2 while the kernel walks
+//     down an A block); for each MC (168) block of rows, A (MC x KC) is copied row-major with a stride padded
+//     by one cache line (L2-resident). Row blocks and row tiles are near-equal (16 rows = 8 + 8, not 14 + 2).
+//   * small M with a long K (decode: M <= 16, see use_dot): no packing; each R = 4 rows of w (8 when x has
+//     one row) are streamed once, the next ones prefetched, for all rows of x, as 4 x 4 (1 x 8) blocks of
+//     dot products along K, reduced across lanes with one shuffle tree per W results.
 //   * linear() splits the M x N tile space over OpenMP threads (each thread packs its own panels into
-//     thread-local, 64-byte aligned buffers that grow once and are reused); small M splits N. Inside an
-//     enclosing parallel region it runs on the calling thread.
+//     thread-local, 64-byte aligned buffers that grow once and are reused; the split minimizes padded work
+//     plus packing); the dot path splits N. Inside an enclosing parallel region it runs on the calling thread.
 // The kernels are written on xsimd::batch<T>, so AVX-512, AVX2 and SSE builds all work; only the
 // transposing pack and the lane reduction have AVX-512/AVX intrinsic fast paths (scalar otherwise).
 #pragma once
@@ -83,15 +85,19 @@ struct blocking {
   // MC: the packed A block (MC x LDA) takes about 1/3 MiB of L2.
   static constexpr index_t MC = std::max<index_t>(1, 360 * 1024 / (LDA * static_cast<index_t>(sizeof(T)) * MR)) * MR;
   static constexpr index_t NC = 64 * NR;  // columns per packed B block (KC x NC lives in L2/L3)
-  // Dot-product tiles of the small-M path: R rows of w by MB rows of x.
+  // Dot-product tiles of the small-M path: R rows of w by MB rows of x; R1 rows of w when x has one row.
   static constexpr int R = 4;
   static constexpr int MB = vector_registers >= 32 ? 4 : 2;
+  static constexpr int R1 = vector_registers >= 32 ? 8 : 4;
 };
 
-/// linear() takes the streaming (dot-product) path for M <= this many rows.
+/// Whether c (M, N) = a (M, K) b (N, K)^T takes the dot-product path (no packing, b streamed once) rather
+/// than the packed GEMM: for few rows, when K is long enough to amortize the lane reductions (measured on
+/// Zen 5: at K = 64 only M = 1 gains, at K = 512 up to M ~ 12, at K = 2048 all of M <= 16).
 inline constexpr index_t small_m_rows = 16;
-/// gemm_nt() takes the dot-product path (no packing) for M <= this many rows.
-inline constexpr index_t small_nt_rows = 4;
+inline constexpr bool use_dot(index_t M, index_t K) {
+  return M <= std::min<index_t>(small_m_rows, std::max<index_t>(1, K / 48));
+}
 
 inline constexpr index_t round_up(index_t n, index_t m) { return (n + m - 1) / m * m; }
 
@@ -210,7 +216,7 @@ inline void transpose4x4(__m256d (&r)[4]) {
 /// Returns how many leading k it packed (a multiple of the transpose block; 0 without a fast path).
 template <class T>
 inline index_t transpose_pack_fast(const T* src, index_t ld, index_t kc, T* dst) {
-  constexpr index_t NR = blocking<T>::NR;
+  [[maybe_unused]] constexpr index_t NR = blocking<T>::NR;
   index_t k0 = 0;
 #if defined(__AVX512F__)
   if constexpr (std::is_same_v<T, float> && blocking<T>::W == 16) {
@@ -264,9 +270,11 @@ inline void reduce_lanes(const xsimd::batch<T>* v, T* out) {
     // Fold pairs of sources so each halving step keeps one partial per source: 30 shuffles, 15 adds.
     __m512 u[8], w[4], x[2];
     for (int i = 0; i < 8; ++i)
-      u[i] = _mm512_add_ps(shuffle_lanes16<0x44>(v[2 * i], v[2 * i + 1]), shuffle_lanes16<0xEE>(v[2 * i], v[2 * i + 1]));
+      u[i] = _mm512_add_ps(shuffle_lanes16<0x44>(v[2 * i], v[2 * i + 1]),
+                           shuffle_lanes16<0xEE>(v[2 * i], v[2 * i + 1]));
     for (int i = 0; i < 4; ++i)
-      w[i] = _mm512_add_ps(shuffle_lanes16<0x88>(u[2 * i], u[2 * i + 1]), shuffle_lanes16<0xDD>(u[2 * i], u[2 * i + 1]));
+      w[i] = _mm512_add_ps(shuffle_lanes16<0x88>(u[2 * i], u[2 * i + 1]),
+                           shuffle_lanes16<0xDD>(u[2 * i], u[2 * i + 1]));
     for (int i = 0; i < 2; ++i)
       x[i] = _mm512_add_ps(shuffle16<0x44>(w[2 * i], w[2 * i + 1]), shuffle16<0xEE>(w[2 * i], w[2 * i + 1]));
     alignas(64) float y[16];
@@ -331,7 +339,8 @@ inline void pack_b_kn(const T* src, index_t ld, index_t nr, index_t kc, T* dst) 
   using batch = typename P::batch;
   if (nr == P::NR) {
     for (index_t k = 0; k < kc; ++k)
-      for (int v = 0; v < P::NV; ++v) batch::load_unaligned(src + k * ld + v * P::W).store_aligned(dst + k * P::NR + v * P::W);
+      for (int v = 0; v < P::NV; ++v)
+        batch::load_unaligned(src + k * ld + v * P::W).store_aligned(dst + k * P::NR + v * P::W);
     return;
   }
   for (index_t k = 0; k < kc; ++k) {
@@ -352,9 +361,9 @@ inline void store_tile(const xsimd::batch<T> (&acc)[MR][NV], T* c, index_t ldc, 
   if (nr == NR) {
     const batch alpha(ep.alpha), beta(ep.beta);
     const bool scale = ep.alpha != T(1);
-#pragma GCC unroll 16
+SESSA_UNROLL(16)
     for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
       for (int v = 0; v < NV; ++v) {
         T* p = c + i * ldc + v * W;
         batch r = acc[i][v];
@@ -389,18 +398,18 @@ inline void micro_kernel(index_t kc, const T* SESSA_RESTRICT a, const T* SESSA_R
   using batch = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(batch::size);
   batch acc[MR][NV];
-#pragma GCC unroll 16
+SESSA_UNROLL(16)
   for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
     for (int v = 0; v < NV; ++v) acc[i][v] = batch(T(0));
   for (index_t k = 0; k < kc; ++k) {
     batch bv[NV];
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
     for (int v = 0; v < NV; ++v) bv[v] = batch::load_unaligned(b + v * W);
-#pragma GCC unroll 16
+SESSA_UNROLL(16)
     for (int i = 0; i < MR; ++i) {
       const batch ai(a[i * LDA]);
-#pragma GCC unroll 4
+SESSA_UNROLL(4)
       for (int v = 0; v < NV; ++v) acc[i][v] = xsimd::fma(ai, bv[v], acc[i][v]);
     }
     a += 1;
@@ -505,21 +514,21 @@ inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const T* SESSA_REST
   constexpr int n = MB * R;
   constexpr int groups = static_cast<int>((n + W - 1) / W);
   batch acc[groups * W];
-#pragma GCC unroll 32
+SESSA_UNROLL(32)
   for (int i = 0; i < groups * W; ++i) acc[i] = batch(T(0));
   index_t k = 0;
   for (; k + W <= K; k += W) {
     batch wv[R];
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
     for (int r = 0; r < R; ++r) wv[r] = in_register(batch::load_unaligned(w + r * ldw + k));
 #if defined(__GNUC__)
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
     for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
 #endif
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
     for (int m = 0; m < MB; ++m) {
       const batch xv = in_register(batch::load_unaligned(x + m * ldx + k));
-#pragma GCC unroll 8
+SESSA_UNROLL(8)
       for (int r = 0; r < R; ++r) acc[m * R + r] = xsimd::fma(xv, wv[r], acc[m * R + r]);
     }
   }
@@ -545,13 +554,18 @@ constexpr std::array<dot_fn<T>, sizeof...(R)> make_dot_row(std::integer_sequence
   return {&dot_tile<T, MB, R + 1>...};
 }
 template <class T, int... MB>
-constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, sizeof...(MB)> make_dots(std::integer_sequence<int, MB...>) {
+constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, sizeof...(MB)> make_dots(
+    std::integer_sequence<int, MB...>) {
   return {make_dot_row<T, MB + 1>(std::make_integer_sequence<int, blocking<T>::R>{})...};
 }
-/// dot_tiles<T>[mb - 1][r - 1] is the dot-product tile for mb rows of x and r rows of w.
+/// dot_tiles<T>[mb - 1][r - 1] is the dot-product tile for mb rows of x and r rows of w;
+/// dot_row_tiles<T>[r - 1] the one for a single row of x and r <= R1 rows of w.
 template <class T>
 inline constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, blocking<T>::MB> dot_tiles =
     make_dots<T>(std::make_integer_sequence<int, blocking<T>::MB>{});
+template <class T>
+inline constexpr std::array<dot_fn<T>, blocking<T>::R1> dot_row_tiles =
+    make_dot_row<T, 1>(std::make_integer_sequence<int, blocking<T>::R1>{});
 
 /// y (M, N) = epilogue(x (M, K) w (N, K)^T) on the calling thread with dot-product tiles (no packing):
 /// each R-row block of w is streamed from memory once, then re-read from cache for the other rows of x.
@@ -560,12 +574,17 @@ template <class T>
 inline void gemm_dot(cmatrix<T> x, cmatrix<T> w, matrix<T> y, const epilogue<T>& ep) {
   using P = blocking<T>;
   const index_t M = y.rows, N = y.cols, K = x.cols;
-  for (index_t j = 0; j < N; j += P::R) {
-    const index_t r = std::min<index_t>(P::R, N - j);
+  const index_t R = M == 1 ? P::R1 : P::R;  // rows of w per block
+  for (index_t j = 0; j < N; j += R) {
+    const index_t r = std::min<index_t>(R, N - j);
     epilogue<T> e = ep;
     if (e.bias) e.bias += j;
     // The first row tile prefetches the next r rows of w (when there are that many), the others re-read.
     const T* next = N - (j + r) >= r ? w.row(j + r) : w.row(j);
+    if (M == 1) {
+      dot_row_tiles<T>[static_cast<std::size_t>(r - 1)](x.row(0), x.ld, w.row(j), w.ld, K, next, y.row(0) + j, y.ld, e);
+      continue;
+    }
     for (index_t m = 0; m < M; m += P::MB) {
       const index_t mb = std::min<index_t>(P::MB, M - m);
       dot_tiles<T>[static_cast<std::size_t>(mb - 1)][static_cast<std::size_t>(r - 1)](
@@ -581,28 +600,32 @@ inline std::pair<index_t, index_t> share(index_t n, index_t unit, int parts, int
   return {std::min(n, b * unit), std::min(n, e * unit)};
 }
 
-/// Threads for a product of `flops` FLOPs: 1 inside a parallel region or when the fork would not pay.
-inline int threads_for(double flops) {
+/// Threads for a product of `flops` FLOPs that reads `bytes` of weights: 1 inside a parallel region or when
+/// a fork would not pay (under ~4 MFLOP and under 256 KiB; a decode step streams its weights, so the
+/// bytes alone justify both threads' share of the memory bandwidth).
+inline int threads_for(double flops, double bytes) {
 #if SESSA_HAS_OPENMP
-  if (omp_in_parallel() || flops < 4.0e6) return 1;
+  if (omp_in_parallel() || (flops < 4.0e6 && bytes < 262144.0)) return 1;
   return std::max(1, omp_get_max_threads());
 #else
-  (void)flops;
+  (void)flops, (void)bytes;
   return 1;
 #endif
 }
 
-/// Rows of the thread grid (tm x tn = nt) for an (M, N) output: the split with the least padding and
-/// imbalance, preferring row splits (each thread then reads a disjoint part of x and all of w).
-inline int grid_rows(index_t M, index_t N, index_t mr, index_t nr, int nt) {
+/// Rows of the thread grid (tm x tn = nt) for y (M, N) = x (M, K) w (N, K)^T: the split with the least
+/// estimated time per thread, in cycles: its padded MACs at 2 FMAs of W lanes per cycle, plus about 1/4
+/// cycle per element packed (each thread packs its own columns of w and rows of x).
+inline int grid_rows(index_t M, index_t N, index_t K, index_t mr, index_t nr, index_t lanes, int nt) {
   int best = 1;
   double best_cost = 0;
   for (int tm = 1; tm <= nt; ++tm) {
     if (nt % tm) continue;
     const int tn = nt / tm;
-    const index_t rows = ((M + mr - 1) / mr + tm - 1) / tm * mr;
-    const index_t cols = ((N + nr - 1) / nr + tn - 1) / tn * nr;
-    const double cost = static_cast<double>(rows) * static_cast<double>(cols);  // padded work per thread
+    const auto rows = static_cast<double>(((M + mr - 1) / mr + tm - 1) / tm * mr);
+    const auto cols = static_cast<double>(((N + nr - 1) / nr + tn - 1) / tn * nr);
+    const auto k = static_cast<double>(K);
+    const double cost = rows * cols * k / (2.0 * static_cast<double>(lanes)) + (rows + cols) * k / 4.0;
     if (tm == 1 || cost <= best_cost) {
       best = tm;
       best_cost = cost;
@@ -618,7 +641,7 @@ template <scalar T>
 void gemm_nt(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta) {
   using namespace gemm_detail;
   if (c.rows == 0 || c.cols == 0) return;
-  if (c.rows <= small_nt_rows)
+  if (use_dot(c.rows, a.cols))
     gemm_dot(a, b, c, epilogue<T>{alpha, beta, nullptr});
   else
     gemm_blocked<T, b_layout::nk>(a, b, c, alpha, beta, nullptr);
@@ -635,22 +658,24 @@ void gemm_nn(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta) {
 template <scalar T>
 void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumulate) {
   using namespace gemm_detail;
-  using P = blocking<T>;
   const index_t M = x.rows, N = w.rows, K = x.cols;
   if (M == 0 || N == 0) return;
   const T beta = accumulate ? T(1) : T(0);
-  const int nt = threads_for(2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K));
+  const double weights = static_cast<double>(N) * static_cast<double>(K);
+  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * sizeof(T));
 
-  if (M <= small_m_rows) {
+  if (use_dot(M, K)) {
     // Decode: bandwidth-bound; threads split the rows of w.
     const epilogue<T> ep{T(1), beta, bias};
     if (nt == 1) return gemm_dot(x, w, y, ep);
 #if SESSA_HAS_OPENMP
 #pragma omp parallel num_threads(nt)
     {
-      const auto [j0, j1] = share(N, P::R, omp_get_num_threads(), omp_get_thread_num());
+      const index_t rows = M == 1 ? blocking<T>::R1 : blocking<T>::R;
+      const auto [j0, j1] = share(N, rows, omp_get_num_threads(), omp_get_thread_num());
       if (j1 > j0)
-        gemm_dot(x, w.row_block(j0, j1 - j0), y.col_block(j0, j1 - j0), epilogue<T>{T(1), beta, bias ? bias + j0 : nullptr});
+        gemm_dot(x, w.row_block(j0, j1 - j0), y.col_block(j0, j1 - j0),
+                 epilogue<T>{T(1), beta, bias ? bias + j0 : nullptr});
     }
 #endif
     return;
@@ -661,9 +686,9 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
 #pragma omp parallel num_threads(nt)
   {
     const int n = omp_get_num_threads(), t = omp_get_thread_num();
-    const int tm = grid_rows(M, N, P::MR, P::NR, n), tn = n / tm;
-    const auto [m0, m1] = share(M, P::MR, tm, t / tn);
-    const auto [n0, n1] = share(N, P::NR, tn, t % tn);
+    const int tm = grid_rows(M, N, K, blocking<T>::MR, blocking<T>::NR, blocking<T>::W, n), tn = n / tm;
+    const auto [m0, m1] = share(M, blocking<T>::MR, tm, t / tn);
+    const auto [n0, n1] = share(N, blocking<T>::NR, tn, t % tn);
     if (m1 > m0 && n1 > n0)
       gemm_blocked<T, b_layout::nk>(x.row_block(m0, m1 - m0), w.row_block(n0, n1 - n0),
                                     y.row_block(m0, m1 - m0).col_block(n0, n1 - n0), T(1), beta,
