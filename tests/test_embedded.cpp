@@ -81,6 +81,28 @@ TEST_CASE("a static decoder runs a prefill and 250 decode steps without touching
   CHECK(allocations.load() > before_runtime);
 }
 
+TEST_CASE("on backend::cpu a static decoder allocates only while warming its per-thread scratch", "[embedded]") {
+  // backend::cpu keeps grow-once pack and tile buffers per thread (gemm.hpp, attention.hpp). The first
+  // sequence sizes them; every later sequence of the same shapes runs without touching the heap.
+  static embedded::static_state<float, tiny::spec, 300, 1, 16> st;
+  constexpr embedded::static_decoder<float, tiny::spec, backend::cpu> model(tiny::params);
+  const std::vector<std::int64_t> prompt = encode("THE KEEPER OF THE LAMP ");
+  float logits_store[tiny::spec::vocab_size];
+  const matrix<float> logits(logits_store, 1, tiny::spec::vocab_size);
+  const auto sequence = [&] {
+    st.reset();
+    model.forward(std::span<const std::int64_t>(prompt), st, logits, logits_for::last);
+    for (std::int64_t i = 0; i < 250; ++i) {
+      const std::int64_t tok = (i * 11) % tiny::spec::vocab_size;
+      model.decode_step(std::span<const std::int64_t>(&tok, 1), st, logits);
+    }
+  };
+  sequence();  // warm-up
+  const long before = allocations.load();
+  sequence();
+  CHECK(allocations.load() - before == 0);
+}
+
 TEST_CASE("the embedded model's logits are bit-identical to the runtime-loaded model's", "[embedded]") {
   const auto runtime = io::load_decoder<float, backend::reference>(
       std::string(SESSA_TEST_DATA_DIR) + "/../../examples/models/tiny_decoder.safetensors");

@@ -153,6 +153,34 @@ TEMPLATE_TEST_CASE("the cpu backend matches the reference backend", "[model][cpu
   }
 }
 
+TEMPLATE_TEST_CASE("a prefill longer than prefill_block runs in blocks: exact, with a bounded workspace",
+                   "[model][cpu][slow]", float, double) {
+  using T = TestType;
+  const layer_config cfg{16, 2, 1, true, 0.99, 1e-5};
+  const layer<T, backend::cpu> L(cfg, random_layer_weights<T>(cfg, 21));
+  const index_t n = prefill_block + 333, D = cfg.d_model;
+  for (index_t batch : {1, 2}) {
+    CAPTURE(batch);
+    const tensor<T> x = test::random_tensor<T>({batch, n, D}, 8);
+    // One pass over all n tokens (what layer_forward did before blocking): the oracle.
+    auto one_cache = L.init_cache(batch, n);
+    workspace<T> one_ws;
+    tensor<T> want(x.shape());
+    detail::layer_pass<backend::cpu>(cfg, params(L.weights(), L.get_mixer().weights()), attention::causal{},
+                                     x.as_matrix(), batch, one_cache, one_ws, want.as_matrix());
+    // The layer's forward, in place (y aliases x): blocks of prefill_block tokens.
+    auto cache = L.init_cache(batch, n);
+    workspace<T> ws;
+    tensor<T> y = x;
+    L.forward(y.as_matrix(), batch, cache, ws, y.as_matrix());
+    CHECK(cache.length() == n);
+    CHECK(max_rel_diff(y.span(), want.span()) <= tight<T>());
+    // The workspace holds one block's rows, not n.
+    CHECK(ws.u.size() == batch * prefill_block * D);
+    CHECK(one_ws.u.size() == batch * n * D);
+  }
+}
+
 TEMPLATE_LIST_TEST_CASE("feedback: uniform routing and a constant gain give the power-law kernel", "[model]",
                         test::all_combinations) {
   // With q_b = 0 every past token gets alpha = 1/t; with gain gamma and f = e_j (one channel), SPEC.md's

@@ -8,8 +8,9 @@ command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v make >/dev/null 2>&1 || need+=(make)
 [ -f /usr/include/xsimd/xsimd.hpp ] || need+=(libxsimd-dev)
 [ -f /usr/include/catch2/catch.hpp ] || need+=(catch2)
-[ -e /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h ] || [ -e /usr/include/cblas.h ] || \
-  ls /usr/include/*/cblas.h >/dev/null 2>&1 || need+=(libopenblas-dev)
+# OpenBLAS itself (its openblas_config.h), not any cblas.h: another BLAS's header would not give the yardstick.
+compgen -G "/usr/include/*/openblas-pthread/openblas_config.h" >/dev/null || \
+  compgen -G "/usr/include/openblas/openblas_config.h" >/dev/null || need+=(libopenblas-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   SUDO=""

@@ -39,6 +39,8 @@ struct workspace {
   buffer<T> fb_state;  // (rows, D + 2)          feedback: online-softmax state per row, acc | m | l
   buffer<T> fb_block;  // (batch, Bk, Bk + 2)    feedback: probabilities of the diagonal block | alpha | coef
   buffer<T> partials;  // (parts, rows, dv + 2)  split-K partial softmax states, merged after the pass
+  // Grown by layer_forward only when a call longer than prefill_block tokens has batch > 1 (model/layer.hpp).
+  buffer<T> stage;     // (batch * prefill_block, D)  one block's rows of every sequence, gathered
 
   static constexpr std::size_t n_buffers = 10;
   using sizes_t = std::array<index_t, n_buffers>;

@@ -7,6 +7,7 @@
 // overloads are the convenient forms: forward() for a prefill or a chunk, decode_step() for one token.
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -31,18 +32,21 @@ inline void check_activation_shape(const shape_t& s, index_t D, const char* what
 }
 }  // namespace detail
 
-/// The layer's math on a parameter view. x (batch*n, D) batch-major -> y (batch*n, D); y may alias x.
-/// Checks shapes and cache room, then extends the cache by n. Shared by layer<> and model/embedded.hpp.
+/// Tokens per sequence that one pass of the layer's math covers. A longer call (a long prefill) runs as
+/// consecutive blocks of this many tokens, each a chunked prefill extending the cache, so the workspace holds
+/// batch * prefill_block rows however long the input: memory stays x + y + cache + a bounded workspace.
+/// Blocks are exact (a block reads earlier tokens through the cache) and cost no speed: every block's
+/// projections are still GEMMs of thousands of rows, and its attention reads all earlier keys.
+inline constexpr index_t prefill_block = 4096;
+
+namespace detail {
+
+/// One pass of the layer's math over n = x.rows / batch tokens per sequence (shapes already checked).
 template <backend_tag Backend, scalar T, attention_variant Variant>
-void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Variant& variant, cmatrix<T> x,
-                   index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> y) {
+void layer_pass(const layer_config& cfg, const layer_params<T>& w, const Variant& variant, cmatrix<T> x,
+                index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> y) {
   using kernels = backend::kernels<Backend>;
   const index_t D = cfg.d_model, rows = x.rows;
-  if (batch <= 0 || rows % batch != 0 || x.cols != D || y.rows != rows || y.cols != D)
-    throw shape_error("layer::forward: x is (" + std::to_string(rows) + ", " + std::to_string(x.cols) + "), y is (" +
-                      std::to_string(y.rows) + ", " + std::to_string(y.cols) + "), expected both (batch*tokens, " +
-                      std::to_string(D) + ") with batch " + std::to_string(batch));
-  cache.require(batch, rows / batch);
   ws.reserve(cfg, rows, cache.capacity());
   matrix<T> u(ws.u.data(), rows, D);        // (rows, D)   LayerNorm(x), later s * z
   matrix<T> az(ws.az.data(), rows, 2 * D);  // (rows, 2D)  [a | z]
@@ -55,6 +59,45 @@ void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Vari
   if (y.data != x.data)
     for (index_t r = 0; r < rows; ++r) std::memcpy(y.row(r), x.row(r), sizeof(T) * D);
   kernels::linear(cmatrix<T>(u), cmatrix<T>(w.out_w, D, D), w.out_b, y, /*accumulate=*/true);
+}
+
+}  // namespace detail
+
+/// The layer's math on a parameter view. x (batch*n, D) batch-major -> y (batch*n, D); y may alias x.
+/// Checks shapes and cache room, then extends the cache by n, in blocks of at most prefill_block tokens.
+/// Shared by layer<> and model/embedded.hpp.
+template <backend_tag Backend, scalar T, attention_variant Variant>
+void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Variant& variant, cmatrix<T> x,
+                   index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> y) {
+  const index_t D = cfg.d_model, rows = x.rows;
+  if (batch <= 0 || rows % batch != 0 || x.cols != D || y.rows != rows || y.cols != D)
+    throw shape_error("layer::forward: x is (" + std::to_string(rows) + ", " + std::to_string(x.cols) + "), y is (" +
+                      std::to_string(y.rows) + ", " + std::to_string(y.cols) + "), expected both (batch*tokens, " +
+                      std::to_string(D) + ") with batch " + std::to_string(batch));
+  const index_t n = rows / batch;
+  cache.require(batch, n);  // room for all n tokens, before any block changes the cache
+  if (n <= prefill_block) {
+    detail::layer_pass<Backend>(cfg, w, variant, x, batch, cache, ws, y);
+    return;
+  }
+  if (batch == 1) {  // a block of one sequence is a contiguous row block; y may alias x (block t reads only x_t)
+    for (index_t t0 = 0; t0 < n; t0 += prefill_block) {
+      const index_t c = std::min(prefill_block, n - t0);
+      detail::layer_pass<Backend>(cfg, w, variant, x.row_block(t0, c), 1, cache, ws, y.row_block(t0, c));
+    }
+    return;
+  }
+  // Several sequences: gather block rows (b, t0 .. t0+c) of every sequence, run the pass in place, scatter.
+  ws.stage.reserve(batch * prefill_block * D);
+  for (index_t t0 = 0; t0 < n; t0 += prefill_block) {
+    const index_t c = std::min(prefill_block, n - t0);
+    matrix<T> g(ws.stage.data(), batch * c, D);  // (batch*c, D)
+    for (index_t b = 0; b < batch; ++b)
+      for (index_t i = 0; i < c; ++i) std::memcpy(g.row(b * c + i), x.row(b * n + t0 + i), sizeof(T) * D);
+    detail::layer_pass<Backend>(cfg, w, variant, cmatrix<T>(g), batch, cache, ws, g);
+    for (index_t b = 0; b < batch; ++b)
+      for (index_t i = 0; i < c; ++i) std::memcpy(y.row(b * n + t0 + i), g.row(b * c + i), sizeof(T) * D);
+  }
 }
 
 template <scalar T, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
