@@ -16,6 +16,7 @@ namespace {
 
 sessa::embedded::static_state<float, tiny::spec, 1024> state;
 constexpr tiny::model embedded_model(tiny::params);
+constexpr sessa::embedded::static_decoder<float, tiny::spec, sessa::backend::cpu> embedded_cpu(tiny::params);
 
 template <class F>
 double best_seconds(int repeat, F&& f) {
@@ -55,6 +56,14 @@ int main(int argc, char** argv) {
       }
     });
     report("embedded (static_decoder)", "reference", steps, t_embedded, t_embedded);
+    const double t_embedded_cpu = best_seconds(3, [&] {
+      state.reset();
+      for (std::int64_t t = 0; t < steps; ++t) {
+        const std::int64_t tok = t % tiny::spec::vocab_size;
+        embedded_cpu.decode_step(std::span<const std::int64_t>(&tok, 1), state, logits);
+      }
+    });
+    report("embedded (static_decoder)", "cpu", steps, t_embedded_cpu, t_embedded);
 
     auto run_runtime = [&](const auto& model, const char* backend) {
       auto cache = model.init_cache(1, steps);

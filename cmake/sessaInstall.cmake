@@ -7,6 +7,7 @@
 #   share/cmake/sessa/sessaConfig.cmake                 find_package(sessa) -> the target sessa::sessa
 #   share/cmake/sessa/sessaConfigVersion.cmake          SameMajorVersion, architecture independent
 #   share/cmake/sessa/sessaTargets.cmake                the exported target
+#   share/cmake/sessa/sessaEmbed.cmake                  sessa_embed_model(), using bin/sessa
 #   share/pkgconfig/sessa.pc                            pkg-config --cflags --libs sessa
 #   bin/sessa                                           the CLI, when it is built (tools/cli/CMakeLists.txt)
 # The library is header-only, so its package files go under share/ rather than lib/<arch>/.
@@ -49,12 +50,13 @@ endif()
 configure_package_config_file("${PROJECT_SOURCE_DIR}/cmake/sessaConfig.cmake.in"
                               "${PROJECT_BINARY_DIR}/sessaConfig.cmake"
                               INSTALL_DESTINATION "${SESSA_INSTALL_CMAKEDIR}"
-                              PATH_VARS SESSA_INSTALL_SINGLE_INCLUDEDIR)
+                              PATH_VARS SESSA_INSTALL_SINGLE_INCLUDEDIR CMAKE_INSTALL_BINDIR)
 write_basic_package_version_file("${PROJECT_BINARY_DIR}/sessaConfigVersion.cmake"
                                  VERSION ${PROJECT_VERSION}
                                  COMPATIBILITY SameMajorVersion
                                  ARCH_INDEPENDENT)
 install(FILES "${PROJECT_BINARY_DIR}/sessaConfig.cmake" "${PROJECT_BINARY_DIR}/sessaConfigVersion.cmake"
+              "${PROJECT_SOURCE_DIR}/cmake/sessaEmbed.cmake"
         DESTINATION "${SESSA_INSTALL_CMAKEDIR}")
 
 # ---------------------------------------------------------------- pkg-config: sessa.pc
