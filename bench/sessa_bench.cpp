@@ -43,6 +43,8 @@
 
 #include "yardstick.hpp"
 
+#include "../tools/common/options.hpp"
+
 namespace {
 
 using namespace sessa;
@@ -70,60 +72,9 @@ constexpr const char* usage_text =
     "  --seed 1                    weights and inputs\n"
     "  --rope true|false           RoPE on the forward branch (default true)\n";
 
-/// A usage error: exit status 2.
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using sessa::tools::usage_error;
 
-/// Parsed "--name value" / "--name=value" options after the command word.
-class options {
- public:
-  options(int argc, char** argv, int first, const std::vector<std::string>& allowed) {
-    for (int i = first; i < argc; ++i) {
-      std::string a = argv[i];
-      if (a.rfind("--", 0) != 0) throw usage_error("unexpected argument '" + a + "'");
-      std::string name = a.substr(2), value;
-      if (auto eq = name.find('='); eq != std::string::npos) {
-        value = name.substr(eq + 1);
-        name = name.substr(0, eq);
-      } else {
-        if (i + 1 >= argc) throw usage_error("option --" + name + " needs a value");
-        value = argv[++i];
-      }
-      if (std::find(allowed.begin(), allowed.end(), name) == allowed.end())
-        throw usage_error("unknown option --" + name);
-      if (values_.count(name)) throw usage_error("option --" + name + " given twice");
-      values_[name] = value;
-    }
-  }
-  std::optional<std::string> get(const std::string& k) const {
-    auto it = values_.find(k);
-    return it == values_.end() ? std::nullopt : std::optional<std::string>(it->second);
-  }
-  std::string word(const std::string& k, const std::string& dflt, const std::vector<std::string>& choices) const {
-    const std::string v = get(k).value_or(dflt);
-    if (std::find(choices.begin(), choices.end(), v) != choices.end()) return v;
-    std::string list;
-    for (const auto& c : choices) list += (list.empty() ? "" : "|") + c;
-    throw usage_error("--" + k + " must be one of " + list + ", got '" + v + "'");
-  }
-  long long integer(const std::string& k, std::optional<long long> dflt, long long lo, long long hi) const {
-    auto v = get(k);
-    if (!v) {
-      if (!dflt) throw usage_error("missing required option --" + k);
-      return *dflt;
-    }
-    long long out = 0;
-    auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
-    if (ec != std::errc{} || p != v->data() + v->size() || out < lo || out > hi)
-      throw usage_error("--" + k + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                        "], got '" + *v + "'");
-    return out;
-  }
-
- private:
-  std::map<std::string, std::string> values_;
-};
+using sessa::tools::options;
 
 /// One JSON object on one line, fields in insertion order; non-finite numbers become null.
 class json_line {

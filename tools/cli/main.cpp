@@ -34,14 +34,13 @@
 #include <omp.h>
 #endif
 
+#include "../common/options.hpp"
+
 namespace {
 
 using namespace sessa;
 
-/// A usage error: exit status 2.
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
+using sessa::tools::usage_error;
 
 constexpr const char* usage_text =
     "usage: sessa <command> [options]\n"
@@ -64,59 +63,7 @@ constexpr const char* usage_text =
     "  {\"arch\": \"layer\"|\"decoder\", \"d_model\": .., \"n_heads\": .., \"n_kv_heads\": .., \"use_rope\": true,\n"
     "   \"gamma_max\": 0.999, \"ln_eps\": 1e-5, \"vocab_size\": .., \"n_layers\": .., \"tie_embeddings\": true}\n";
 
-/// Parsed "--name value" options after the command word.
-class options {
- public:
-  options(int argc, char** argv, int first, const std::vector<std::string>& allowed) {
-    for (int i = first; i < argc; ++i) {
-      std::string a = argv[i];
-      if (a.rfind("--", 0) != 0) throw usage_error("unexpected argument '" + a + "'");
-      std::string name = a.substr(2), value;
-      if (auto eq = name.find('='); eq != std::string::npos) {
-        value = name.substr(eq + 1);
-        name = name.substr(0, eq);
-      } else {
-        if (i + 1 >= argc) throw usage_error("option --" + name + " needs a value");
-        value = argv[++i];
-      }
-      bool known = false;
-      for (const auto& k : allowed) known = known || k == name;
-      if (!known) throw usage_error("unknown option --" + name);
-      if (values_.count(name)) throw usage_error("option --" + name + " given twice");
-      values_[name] = value;
-    }
-  }
-  std::optional<std::string> get(const std::string& k) const {
-    auto it = values_.find(k);
-    return it == values_.end() ? std::nullopt : std::optional<std::string>(it->second);
-  }
-  std::string need(const std::string& k) const {
-    if (auto v = get(k)) return *v;
-    throw usage_error("missing required option --" + k);
-  }
-  long long integer(const std::string& k, long long dflt, long long lo, long long hi) const {
-    auto v = get(k);
-    if (!v) return dflt;
-    long long out = 0;
-    auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
-    if (ec != std::errc{} || p != v->data() + v->size() || out < lo || out > hi)
-      throw usage_error("--" + k + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                        "], got '" + *v + "'");
-    return out;
-  }
-  double real(const std::string& k, double dflt) const {
-    auto v = get(k);
-    if (!v) return dflt;
-    double out = 0;
-    auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
-    if (ec != std::errc{} || p != v->data() + v->size() || !std::isfinite(out))
-      throw usage_error("--" + k + " must be a number, got '" + *v + "'");
-    return out;
-  }
-
- private:
-  std::map<std::string, std::string> values_;
-};
+using sessa::tools::options;
 
 /// The model file plus what it declares (from metadata or --config).
 struct model_source {
