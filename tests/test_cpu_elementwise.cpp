@@ -1,7 +1,7 @@
 // The cpu backend's O(T·D) kernels (backend/cpu/elementwise.hpp) against the reference kernels: LayerNorm,
 // GELU, the gating product and RoPE, in float and double, on widths that are no multiple of a SIMD batch,
-// on column blocks of wider matrices (leading dimension > width), in place and out of place, with one and
-// two threads and with calls large enough to be split over the threads.
+// on column blocks of wider matrices (leading dimension > width), in place and out of place, with one thread
+// and with two (the threading threshold set to 0, so every call of more than one row is split).
 #include <catch2/catch.hpp>
 
 #include "support.hpp"
@@ -14,10 +14,14 @@ namespace {
 using ref = backend::kernels<backend::reference>;
 using cpu = backend::kernels<backend::cpu>;
 
-/// Restores the thread count when a test ends.
+/// Restores the thread count and the threading threshold when a test ends.
 struct threads_guard {
   int threads = num_threads();
-  ~threads_guard() { set_num_threads(threads); }
+  double parallel_flops = backend::simd::flash_params.parallel_flops;
+  ~threads_guard() {
+    set_num_threads(threads);
+    backend::simd::flash_params.parallel_flops = parallel_flops;
+  }
 };
 
 template <class T>
@@ -44,6 +48,8 @@ TEMPLATE_TEST_CASE("cpu elementwise kernels match the reference kernels", "[cpu]
   const threads_guard guard;
   const int threads = GENERATE(1, 2);
   set_num_threads(threads);
+  // Threshold 0: with 2 threads every call of more than one row is split over the threads, whatever its size.
+  backend::simd::flash_params.parallel_flops = 0;
   // rows x width: one row (decode), a width below one SIMD batch, odd widths, and calls big enough to thread.
   const auto [rows, width] = GENERATE(table<index_t, index_t>({{1, 64}, {3, 5}, {7, 37}, {300, 513}, {2048, 96}}));
   CAPTURE(threads, rows, width);
@@ -74,6 +80,9 @@ TEMPLATE_TEST_CASE("cpu elementwise kernels match the reference kernels", "[cpu]
     ref::multiply(cmatrix<T>(view(a)), cmatrix<T>(view(bb)), view(want));
     cpu::multiply(cmatrix<T>(view(a)), cmatrix<T>(view(bb)), view(a));
     CHECK(view_diff<T>(view(a), view(want)) <= tol<T>());
+    tensor<T> a2 = x0;
+    cpu::multiply(cmatrix<T>(view(a2)), cmatrix<T>(view(bb)), view(bb));
+    CHECK(view_diff<T>(view(bb), view(want)) <= tol<T>());
   }
   SECTION("rope: heads of width d at positions pos0 + r % n, batch-major rows") {
     const index_t d = 8, heads = 3, n = rows % 2 == 0 ? rows / 2 : rows;  // two batch rows when rows is even

@@ -158,27 +158,76 @@ TEMPLATE_TEST_CASE("a prefill longer than prefill_block runs in blocks: exact, w
   using T = TestType;
   const layer_config cfg{16, 2, 1, true, 0.99, 1e-5};
   const layer<T, backend::cpu> L(cfg, random_layer_weights<T>(cfg, 21));
-  const index_t n = prefill_block + 333, D = cfg.d_model;
-  for (index_t batch : {1, 2}) {
-    CAPTURE(batch);
-    const tensor<T> x = test::random_tensor<T>({batch, n, D}, 8);
-    // One pass over all n tokens (what layer_forward did before blocking): the oracle.
-    auto one_cache = L.init_cache(batch, n);
-    workspace<T> one_ws;
-    tensor<T> want(x.shape());
-    detail::layer_pass<backend::cpu>(cfg, params(L.weights(), L.get_mixer().weights()), attention::causal{},
-                                     x.as_matrix(), batch, one_cache, one_ws, want.as_matrix());
-    // The layer's forward, in place (y aliases x): blocks of prefill_block tokens.
-    auto cache = L.init_cache(batch, n);
-    workspace<T> ws;
-    tensor<T> y = x;
-    L.forward(y.as_matrix(), batch, cache, ws, y.as_matrix());
-    CHECK(cache.length() == n);
-    CHECK(max_rel_diff(y.span(), want.span()) <= tight<T>());
-    // The workspace holds one block's rows, not n.
-    CHECK(ws.u.size() == batch * prefill_block * D);
-    CHECK(one_ws.u.size() == batch * n * D);
+  const auto P = params(L.weights(), L.get_mixer().weights());
+  const index_t D = cfg.d_model;
+  // (batch, tokens already cached, tokens of the long call, in place): the in-place row-block path of one
+  // sequence, the staged path of two, a call that is an exact multiple of prefill_block after a cached prefix.
+  const auto [batch, prefix, n, in_place] = GENERATE(table<index_t, index_t, index_t, bool>(
+      {{1, 0, prefill_block + 333, true}, {2, 0, prefill_block + 333, true}, {2, 7, 2 * prefill_block, false}}));
+  CAPTURE(batch, prefix, n, in_place);
+  const tensor<T> x0 = test::random_tensor<T>({batch, prefix, D}, 7);
+  const tensor<T> x = test::random_tensor<T>({batch, n, D}, 8);
+  const auto start = [&](layer_cache<T>& c) {
+    if (prefix > 0) (void)L.forward(x0, c);
+  };
+  // One pass over all n tokens (what layer_forward did before blocking): the oracle.
+  auto one_cache = L.init_cache(batch, prefix + n);
+  start(one_cache);
+  workspace<T> one_ws;
+  tensor<T> want(x.shape());
+  detail::layer_pass<backend::cpu>(cfg, P, attention::causal{}, x.as_matrix(), batch, one_cache, one_ws,
+                                   want.as_matrix());
+  // The layer's forward: passes of prefill_block tokens.
+  auto cache = L.init_cache(batch, prefix + n);
+  start(cache);
+  workspace<T> ws;
+  tensor<T> y = in_place ? x : tensor<T>(x.shape());
+  L.forward(in_place ? y.as_matrix() : x.as_matrix(), batch, cache, ws, y.as_matrix());
+  CHECK(cache.length() == prefix + n);
+  CHECK(max_rel_diff(y.span(), want.span()) <= tight<T>());
+  // The workspace holds one pass's rows, not n.
+  CHECK(ws.u.size() == batch * prefill_block * D);
+  CHECK(one_ws.u.size() == batch * n * D);
+}
+
+TEST_CASE("a long call of several sequences on a borrowed workspace is refused before any state changes",
+          "[model][errors]") {
+  const layer_config cfg{8, 2, 1, true, 0.99, 1e-5};
+  const layer<float, backend::reference> L(cfg, random_layer_weights<float>(cfg, 3));
+  const index_t n = prefill_block + 1;
+  const auto layout = workspace<float>::sizes(cfg, 2 * prefill_block, n);
+  std::vector<float> storage(static_cast<std::size_t>(workspace<float>::total(layout)) + 16);
+  auto ws = workspace<float>::borrow(storage.data(), layout);
+  auto cache = L.init_cache(2, n);
+  tensor<float> x({2, n, 8}, 0.5f);
+  CHECK_THROWS_WITH(L.forward(x.as_matrix(), 2, cache, ws, x.as_matrix()),
+                    Catch::Contains("borrowed workspace has no staging buffer") && Catch::Contains("4096"));
+  CHECK(cache.length() == 0);
+}
+
+TEMPLATE_TEST_CASE("a decoder prefill longer than prefill_block: every row of logits, blocked head", "[model][cpu][slow]",
+                   float, double) {
+  using T = TestType;
+  const decoder_config cfg{{8, 2, 1, true, 0.99, 1e-5}, 11, 2, true};
+  const decoder<T, backend::cpu> model(cfg, random_decoder_weights<T>(cfg, 5));
+  const index_t n = prefill_block + 150;
+  const tensor<std::int64_t> tok = test::random_tokens(2, n, 11, 6);
+  const tensor<T> all = model.forward(tok);  // (2, n, 11) in one call
+  // The same tokens in chunks of 1500 through a cache.
+  auto cache = model.init_cache(2, n);
+  tensor<T> want(all.shape());
+  for (index_t t0 = 0; t0 < n; t0 += 1500) {
+    const index_t c = std::min<index_t>(1500, n - t0);
+    tensor<std::int64_t> part({2, c});
+    for (index_t b = 0; b < 2; ++b)
+      for (index_t i = 0; i < c; ++i) part[b * c + i] = tok[b * n + t0 + i];
+    const tensor<T> got = model.forward(part, cache);
+    for (index_t b = 0; b < 2; ++b)
+      std::copy_n(got.data() + b * c * 11, c * 11, want.data() + (b * n + t0) * 11);
   }
+  CHECK(max_rel_diff(all.span(), want.span()) <= tight<T>());
+  // The head's scratch is one block of rows, not n.
+  CHECK(cache.scratch.u.size() <= 2 * prefill_block * 8);
 }
 
 TEMPLATE_LIST_TEST_CASE("feedback: uniform routing and a constant gain give the power-law kernel", "[model]",

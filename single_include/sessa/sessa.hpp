@@ -650,6 +650,7 @@ struct workspace {
       *b[i] = buffer<T>::borrow(storage, layout[i]);
       storage += round_up(layout[i]);
     }
+    w.stage = buffer<T>::borrow(nullptr, 0);  // never grows: layer_forward reports a call that would need it
     return w;
   }
 
@@ -3019,23 +3020,36 @@ void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Vari
     detail::layer_pass<Backend>(cfg, w, variant, x, batch, cache, ws, y);
     return;
   }
-  if (batch == 1) {  // a block of one sequence is a contiguous row block; y may alias x (block t reads only x_t)
+  if (batch > 1 && ws.stage.size() < batch * prefill_block * D && !ws.stage.owning())
+    throw shape_error("layer::forward: " + std::to_string(n) + " tokens of " + std::to_string(batch) +
+                      " sequences exceed one pass (prefill_block = " + std::to_string(prefill_block) +
+                      ") and this borrowed workspace has no staging buffer; pass at most prefill_block tokens "
+                      "per call, or use an owning workspace");
+  // A failure in a later pass (an allocation) rolls the cache back to where the call found it; y (and x,
+  // when y aliases it) then holds the outputs of the passes that ran.
+  const index_t length0 = cache.length();
+  try {
+    if (batch == 1) {  // a block of one sequence is a contiguous row block; y may alias x (block t reads only x_t)
+      for (index_t t0 = 0; t0 < n; t0 += prefill_block) {
+        const index_t c = std::min(prefill_block, n - t0);
+        detail::layer_pass<Backend>(cfg, w, variant, x.row_block(t0, c), 1, cache, ws, y.row_block(t0, c));
+      }
+      return;
+    }
+    // Several sequences: gather block rows (b, t0 .. t0+c) of every sequence, run the pass in place, scatter.
+    ws.stage.reserve(batch * prefill_block * D);
     for (index_t t0 = 0; t0 < n; t0 += prefill_block) {
       const index_t c = std::min(prefill_block, n - t0);
-      detail::layer_pass<Backend>(cfg, w, variant, x.row_block(t0, c), 1, cache, ws, y.row_block(t0, c));
+      matrix<T> g(ws.stage.data(), batch * c, D);  // (batch*c, D)
+      for (index_t b = 0; b < batch; ++b)
+        for (index_t i = 0; i < c; ++i) std::memcpy(g.row(b * c + i), x.row(b * n + t0 + i), sizeof(T) * D);
+      detail::layer_pass<Backend>(cfg, w, variant, cmatrix<T>(g), batch, cache, ws, g);
+      for (index_t b = 0; b < batch; ++b)
+        for (index_t i = 0; i < c; ++i) std::memcpy(y.row(b * n + t0 + i), g.row(b * c + i), sizeof(T) * D);
     }
-    return;
-  }
-  // Several sequences: gather block rows (b, t0 .. t0+c) of every sequence, run the pass in place, scatter.
-  ws.stage.reserve(batch * prefill_block * D);
-  for (index_t t0 = 0; t0 < n; t0 += prefill_block) {
-    const index_t c = std::min(prefill_block, n - t0);
-    matrix<T> g(ws.stage.data(), batch * c, D);  // (batch*c, D)
-    for (index_t b = 0; b < batch; ++b)
-      for (index_t i = 0; i < c; ++i) std::memcpy(g.row(b * c + i), x.row(b * n + t0 + i), sizeof(T) * D);
-    detail::layer_pass<Backend>(cfg, w, variant, cmatrix<T>(g), batch, cache, ws, g);
-    for (index_t b = 0; b < batch; ++b)
-      for (index_t i = 0; i < c; ++i) std::memcpy(y.row(b * n + t0 + i), g.row(b * c + i), sizeof(T) * D);
+  } catch (...) {
+    cache.truncate(length0);
+    throw;
   }
 }
 
@@ -3112,6 +3126,7 @@ class layer {
 // W_head is lm_head.weight, or embedding.weight when the embeddings are tied. The decoder's cache is one
 // layer_cache per layer plus one shared workspace; all layers of a decoder share one length.
 
+#include <algorithm>
 #include <cstring>
 #include <span>
 #include <string>
@@ -3241,8 +3256,20 @@ class decoder {
     matrix<T> h(cache.h.data(), rows, D);  // (rows, D) residual stream
     embed_tokens(w_.embedding.data(), tokens, h);
     for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].forward(h, batch, cache.layers[l], cache.scratch, h);
-    decoder_head<Backend>(w_.norm_w.data(), w_.norm_b.data(), static_cast<T>(cfg_.layer.ln_eps),
-                          w_.head_matrix().data(), cmatrix<T>(h), batch, which, cache.scratch.u.data(), logits);
+    // The head in row blocks of at most prefill_block rows, so its scratch stays bounded like the layers'.
+    const T eps = static_cast<T>(cfg_.layer.ln_eps);
+    const index_t block = std::min(out_rows, prefill_block);
+    cache.scratch.u.reserve(block * D);
+    if (which == logits_for::last) {
+      decoder_head<Backend>(w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(), cmatrix<T>(h), batch,
+                            which, cache.scratch.u.data(), logits);
+      return;
+    }
+    for (index_t r0 = 0; r0 < rows; r0 += block) {
+      const index_t c = std::min(block, rows - r0);
+      decoder_head<Backend>(w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
+                            cmatrix<T>(h.row_block(r0, c)), 1, which, cache.scratch.u.data(), logits.row_block(r0, c));
+    }
   }
 
   /// Prefill or chunk: tokens (batch, n) -> logits (batch, n, V), or (batch, V) with logits_for::last.
@@ -5183,8 +5210,9 @@ struct decoder_params {
 template <scalar T, class Spec, index_t Capacity, index_t Batch = 1, index_t MaxChunk = 64>
 class static_state {
   static_assert(Capacity > 0 && Batch > 0 && MaxChunk > 0, "sessa::embedded::static_state: sizes must be positive");
-  static_assert(MaxChunk <= prefill_block,
-                "sessa::embedded::static_state: MaxChunk must not exceed sessa::prefill_block (one pass of a layer)");
+  static_assert(Batch == 1 || MaxChunk <= prefill_block,
+                "sessa::embedded::static_state: with Batch > 1, MaxChunk must not exceed sessa::prefill_block (one "
+                "pass of a layer; longer chunks of several sequences need a staging buffer)");
 
   static constexpr index_t cache_elems(std::size_t l) {
     return layer_cache<T>::storage_size(Spec::configs[l], Batch, Capacity);

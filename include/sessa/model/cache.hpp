@@ -79,6 +79,7 @@ struct workspace {
       *b[i] = buffer<T>::borrow(storage, layout[i]);
       storage += round_up(layout[i]);
     }
+    w.stage = buffer<T>::borrow(nullptr, 0);  // never grows: layer_forward reports a call that would need it
     return w;
   }
 

@@ -6,6 +6,7 @@
 // layer_cache per layer plus one shared workspace; all layers of a decoder share one length.
 #pragma once
 
+#include <algorithm>
 #include <cstring>
 #include <span>
 #include <string>
@@ -143,8 +144,20 @@ class decoder {
     matrix<T> h(cache.h.data(), rows, D);  // (rows, D) residual stream
     embed_tokens(w_.embedding.data(), tokens, h);
     for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].forward(h, batch, cache.layers[l], cache.scratch, h);
-    decoder_head<Backend>(w_.norm_w.data(), w_.norm_b.data(), static_cast<T>(cfg_.layer.ln_eps),
-                          w_.head_matrix().data(), cmatrix<T>(h), batch, which, cache.scratch.u.data(), logits);
+    // The head in row blocks of at most prefill_block rows, so its scratch stays bounded like the layers'.
+    const T eps = static_cast<T>(cfg_.layer.ln_eps);
+    const index_t block = std::min(out_rows, prefill_block);
+    cache.scratch.u.reserve(block * D);
+    if (which == logits_for::last) {
+      decoder_head<Backend>(w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(), cmatrix<T>(h), batch,
+                            which, cache.scratch.u.data(), logits);
+      return;
+    }
+    for (index_t r0 = 0; r0 < rows; r0 += block) {
+      const index_t c = std::min(block, rows - r0);
+      decoder_head<Backend>(w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
+                            cmatrix<T>(h.row_block(r0, c)), 1, which, cache.scratch.u.data(), logits.row_block(r0, c));
+    }
   }
 
   /// Prefill or chunk: tokens (batch, n) -> logits (batch, n, V), or (batch, V) with logits_for::last.

@@ -100,8 +100,9 @@ struct decoder_params {
 template <scalar T, class Spec, index_t Capacity, index_t Batch = 1, index_t MaxChunk = 64>
 class static_state {
   static_assert(Capacity > 0 && Batch > 0 && MaxChunk > 0, "sessa::embedded::static_state: sizes must be positive");
-  static_assert(MaxChunk <= prefill_block,
-                "sessa::embedded::static_state: MaxChunk must not exceed sessa::prefill_block (one pass of a layer)");
+  static_assert(Batch == 1 || MaxChunk <= prefill_block,
+                "sessa::embedded::static_state: with Batch > 1, MaxChunk must not exceed sessa::prefill_block (one "
+                "pass of a layer; longer chunks of several sequences need a staging buffer)");
 
   static constexpr index_t cache_elems(std::size_t l) {
     return layer_cache<T>::storage_size(Spec::configs[l], Batch, Capacity);

@@ -80,23 +80,36 @@ void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Vari
     detail::layer_pass<Backend>(cfg, w, variant, x, batch, cache, ws, y);
     return;
   }
-  if (batch == 1) {  // a block of one sequence is a contiguous row block; y may alias x (block t reads only x_t)
+  if (batch > 1 && ws.stage.size() < batch * prefill_block * D && !ws.stage.owning())
+    throw shape_error("layer::forward: " + std::to_string(n) + " tokens of " + std::to_string(batch) +
+                      " sequences exceed one pass (prefill_block = " + std::to_string(prefill_block) +
+                      ") and this borrowed workspace has no staging buffer; pass at most prefill_block tokens "
+                      "per call, or use an owning workspace");
+  // A failure in a later pass (an allocation) rolls the cache back to where the call found it; y (and x,
+  // when y aliases it) then holds the outputs of the passes that ran.
+  const index_t length0 = cache.length();
+  try {
+    if (batch == 1) {  // a block of one sequence is a contiguous row block; y may alias x (block t reads only x_t)
+      for (index_t t0 = 0; t0 < n; t0 += prefill_block) {
+        const index_t c = std::min(prefill_block, n - t0);
+        detail::layer_pass<Backend>(cfg, w, variant, x.row_block(t0, c), 1, cache, ws, y.row_block(t0, c));
+      }
+      return;
+    }
+    // Several sequences: gather block rows (b, t0 .. t0+c) of every sequence, run the pass in place, scatter.
+    ws.stage.reserve(batch * prefill_block * D);
     for (index_t t0 = 0; t0 < n; t0 += prefill_block) {
       const index_t c = std::min(prefill_block, n - t0);
-      detail::layer_pass<Backend>(cfg, w, variant, x.row_block(t0, c), 1, cache, ws, y.row_block(t0, c));
+      matrix<T> g(ws.stage.data(), batch * c, D);  // (batch*c, D)
+      for (index_t b = 0; b < batch; ++b)
+        for (index_t i = 0; i < c; ++i) std::memcpy(g.row(b * c + i), x.row(b * n + t0 + i), sizeof(T) * D);
+      detail::layer_pass<Backend>(cfg, w, variant, cmatrix<T>(g), batch, cache, ws, g);
+      for (index_t b = 0; b < batch; ++b)
+        for (index_t i = 0; i < c; ++i) std::memcpy(y.row(b * n + t0 + i), g.row(b * c + i), sizeof(T) * D);
     }
-    return;
-  }
-  // Several sequences: gather block rows (b, t0 .. t0+c) of every sequence, run the pass in place, scatter.
-  ws.stage.reserve(batch * prefill_block * D);
-  for (index_t t0 = 0; t0 < n; t0 += prefill_block) {
-    const index_t c = std::min(prefill_block, n - t0);
-    matrix<T> g(ws.stage.data(), batch * c, D);  // (batch*c, D)
-    for (index_t b = 0; b < batch; ++b)
-      for (index_t i = 0; i < c; ++i) std::memcpy(g.row(b * c + i), x.row(b * n + t0 + i), sizeof(T) * D);
-    detail::layer_pass<Backend>(cfg, w, variant, cmatrix<T>(g), batch, cache, ws, g);
-    for (index_t b = 0; b < batch; ++b)
-      for (index_t i = 0; i < c; ++i) std::memcpy(y.row(b * n + t0 + i), g.row(b * c + i), sizeof(T) * D);
+  } catch (...) {
+    cache.truncate(length0);
+    throw;
   }
 }
 
