@@ -50,21 +50,18 @@ int main(int argc, char** argv) {
     sessa::set_num_threads(1);
     float logits_store[tiny::spec::vocab_size];
     const sessa::matrix<float> logits(logits_store, 1, tiny::spec::vocab_size);
-    const double t_embedded = best_seconds(3, [&] {
-      state.reset();
-      for (std::int64_t t = 0; t < steps; ++t) {
-        const std::int64_t tok = t % tiny::spec::vocab_size;
-        embedded_model.decode_step(std::span<const std::int64_t>(&tok, 1), state, logits);
-      }
-    });
+    auto time_embedded = [&](const auto& model) {  // steps decode steps from an empty state
+      return best_seconds(3, [&] {
+        state.reset();
+        for (std::int64_t t = 0; t < steps; ++t) {
+          const std::int64_t tok = t % tiny::spec::vocab_size;
+          model.decode_step(std::span<const std::int64_t>(&tok, 1), state, logits);
+        }
+      });
+    };
+    const double t_embedded = time_embedded(embedded_model);
     report("embedded (static_decoder)", "reference", steps, t_embedded, t_embedded);
-    const double t_embedded_cpu = best_seconds(3, [&] {
-      state.reset();
-      for (std::int64_t t = 0; t < steps; ++t) {
-        const std::int64_t tok = t % tiny::spec::vocab_size;
-        embedded_cpu.decode_step(std::span<const std::int64_t>(&tok, 1), state, logits);
-      }
-    });
+    const double t_embedded_cpu = time_embedded(embedded_cpu);
     report("embedded (static_decoder)", "cpu", steps, t_embedded_cpu, t_embedded);
 
     auto run_runtime = [&](const auto& model, const char* backend) {
