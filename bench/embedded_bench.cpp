@@ -14,7 +14,8 @@
 
 namespace {
 
-sessa::embedded::static_state<float, tiny::spec, 1024> state;
+sessa::embedded::static_state<float, tiny::spec, 1024> state;  // for backend::reference
+sessa::embedded::static_state<float, tiny::spec, 1024, 1, 64, sessa::backend::cpu> state_cpu;
 constexpr tiny::model embedded_model(tiny::params);
 constexpr sessa::embedded::static_decoder<float, tiny::spec, sessa::backend::cpu> embedded_cpu(tiny::params);
 
@@ -50,7 +51,7 @@ int main(int argc, char** argv) {
     sessa::set_num_threads(1);
     float logits_store[tiny::spec::vocab_size];
     const sessa::matrix<float> logits(logits_store, 1, tiny::spec::vocab_size);
-    auto time_embedded = [&](const auto& model) {  // steps decode steps from an empty state
+    auto time_embedded = [&](const auto& model, auto& state) {  // steps decode steps from an empty state
       return best_seconds(3, [&] {
         state.reset();
         for (std::int64_t t = 0; t < steps; ++t) {
@@ -59,9 +60,9 @@ int main(int argc, char** argv) {
         }
       });
     };
-    const double t_embedded = time_embedded(embedded_model);
+    const double t_embedded = time_embedded(embedded_model, state);
     report("embedded (static_decoder)", "reference", steps, t_embedded, t_embedded);
-    const double t_embedded_cpu = time_embedded(embedded_cpu);
+    const double t_embedded_cpu = time_embedded(embedded_cpu, state_cpu);
     report("embedded (static_decoder)", "cpu", steps, t_embedded_cpu, t_embedded);
 
     auto run_runtime = [&](const auto& model, const char* backend) {

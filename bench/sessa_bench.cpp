@@ -171,17 +171,6 @@ void fill_random(T* p, index_t n, std::uint64_t seed) {
   for (index_t i = 0; i < n; ++i) p[i] = static_cast<T>(static_cast<float>((rng.uniform() * 2.0 - 1.0) * 1.7320508));
 }
 
-/// Bytes of every buffer a workspace holds now (the CPU kernels grow their own scratch on first use).
-template <scalar T>
-index_t workspace_bytes(const workspace<T>& ws) {
-  index_t n = ws.u.size() + ws.az.size() + ws.q.size() + ws.kv.size() + ws.f.size() + ws.f2.size() +
-              ws.qbkb.size() + ws.gamma.size() + ws.s.size() + ws.scores.size();
-  if constexpr (requires { ws.fb_state.size(); }) n += ws.fb_state.size();
-  if constexpr (requires { ws.fb_block.size(); }) n += ws.fb_block.size();
-  if constexpr (requires { ws.partials.size(); }) n += ws.partials.size();
-  return n * static_cast<index_t>(sizeof(T));
-}
-
 /// Refuses work whose buffers would not fit in physical memory (better than the OOM killer).
 void check_fits(double bytes, const char* what) {
   const double phys = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGESIZE));
@@ -211,8 +200,8 @@ double decode_flops(const layer_config& c, double t, index_t batch) {
 /// Runs x -> y through `L` over [0, T) in chunks of `chunk` (0: all at once). Chunk [t0, t0 + n) of every batch
 /// row occupies rows [batch t0, batch (t0 + n)) of x and y, batch-major inside, as layer::forward expects.
 template <class Layer, scalar T>
-void run_prefill(const Layer& L, const T* x, T* y, index_t batch, index_t Tn, index_t chunk, layer_cache<T>& cache,
-                 workspace<T>& ws) {
+void run_prefill(const Layer& L, const T* x, T* y, index_t batch, index_t Tn, index_t chunk,
+                 typename Layer::cache_type& cache, typename Layer::workspace_type& ws) {
   const index_t D = L.config().d_model, c = chunk == 0 ? Tn : chunk;
   for (index_t t0 = 0; t0 < Tn; t0 += c) {
     const index_t n = std::min(c, Tn - t0);
@@ -249,7 +238,7 @@ double validate(const common& c, index_t Tp, index_t chunk, index_t steps) {
   fill_random(x.data(), x.size(), c.seed + 1);
   auto run = [&](const auto& L, T* y) {
     auto cache = L.init_cache(B, total);
-    workspace<T> ws;
+    typename std::remove_cvref_t<decltype(L)>::workspace_type ws;
     run_prefill(L, x.data(), y, B, Tp, chunk, cache, ws);
     for (index_t i = 0; i < steps; ++i) {
       const index_t r0 = B * (Tp + i);
@@ -305,8 +294,8 @@ int cmd_prefill(const options& o) {
     const index_t step_rows = c.batch * (chunk == 0 ? Tn : std::min(chunk, Tn));
     const double estimate =
         static_cast<double>(sizeof(T)) *
-        (2.0 * rows * D + layer_cache<T>::storage_size(cfg, c.batch, Tn) +
-         workspace<T>::total(workspace<T>::sizes(cfg, step_rows, Tn)) + 2.0 * step_rows * (D + 2));
+        (2.0 * rows * D + layer_cache<T, B>::storage_size(cfg, c.batch, Tn) +
+         workspace<T, B>::total(workspace<T, B>::sizes(cfg, step_rows, Tn)) + 2.0 * step_rows * (D + 2));
     check_fits(estimate, "this prefill");
 
     const layer<T, B> L(cfg, random_layer_weights<T>(cfg, c.seed));
@@ -314,7 +303,7 @@ int cmd_prefill(const options& o) {
     buffer<T> x(rows * D), y(rows * D);  // (rows, D) each, chunk-major then batch-major
     fill_random(x.data(), x.size(), c.seed + 2);
     auto cache = L.init_cache(c.batch, Tn);
-    workspace<T> ws;
+    typename std::remove_cvref_t<decltype(L)>::workspace_type ws;
     auto once = [&] {
       cache.reset();
       run_prefill(L, x.data(), y.data(), c.batch, Tn, chunk, cache, ws);
@@ -329,7 +318,7 @@ int cmd_prefill(const options& o) {
     if (!std::isfinite(static_cast<double>(y[y.size() - 1])))
       throw value_error("the prefill produced a non-finite output");
     const std::int64_t rss_peak = sessa_bench::peak_rss_bytes();
-    const index_t model_bytes = 2 * rows * D * static_cast<index_t>(sizeof(T)) + cache.bytes() + workspace_bytes(ws);
+    const index_t model_bytes = 2 * rows * D * static_cast<index_t>(sizeof(T)) + cache.bytes() + ws.bytes();
     sessa_bench::settle();
     const double sgemm = inrun_sgemm(c);
     const double flops = prefill_flops(cfg, Tn, c.batch), gflops = flops / best * 1e-9;
@@ -370,15 +359,15 @@ int cmd_decode(const options& o) {
     const double rel = std::is_same_v<B, backend::reference> ? nan_v : validate<T, B>(c, 24, 0, 8);
     const index_t fill_rows = fill == "prefill" ? c.batch * (chunk == 0 ? context : std::min(chunk, context)) : c.batch;
     const double estimate = static_cast<double>(sizeof(T)) *
-                            (layer_cache<T>::storage_size(cfg, c.batch, capacity) +
+                            (layer_cache<T, B>::storage_size(cfg, c.batch, capacity) +
                              (fill == "prefill" ? 2.0 * c.batch * context * D : 0.0) +
-                             workspace<T>::total(workspace<T>::sizes(cfg, std::max<index_t>(fill_rows, 1), capacity)));
+                             workspace<T, B>::total(workspace<T, B>::sizes(cfg, std::max<index_t>(fill_rows, 1), capacity)));
     check_fits(estimate, "this decode run");
 
     const layer<T, B> L(cfg, random_layer_weights<T>(cfg, c.seed));
     const std::int64_t rss_base = sessa_bench::current_rss_bytes();
     auto cache = L.init_cache(c.batch, capacity);
-    workspace<T> ws;
+    typename std::remove_cvref_t<decltype(L)>::workspace_type ws;
     if (context > 0 && fill == "prefill") {
       buffer<T> x(c.batch * context * D), y(c.batch * context * D);  // (batch * context, D), freed after
       fill_random(x.data(), x.size(), c.seed + 2);
@@ -413,7 +402,7 @@ int cmd_decode(const options& o) {
     if (!std::isfinite(static_cast<double>(yt[0]))) throw value_error("the decode step produced a non-finite output");
     const std::int64_t rss_peak = sessa_bench::peak_rss_bytes();
     const index_t model_bytes =
-        2 * c.batch * D * static_cast<index_t>(sizeof(T)) + cache.bytes() + workspace_bytes(ws);
+        2 * c.batch * D * static_cast<index_t>(sizeof(T)) + cache.bytes() + ws.bytes();
     sessa_bench::settle();
     const double stream = c.yardstick == "off" ? nan_v : sessa_bench::stream_read_gbps(stream_bytes, 5);
 

@@ -97,9 +97,10 @@ int main() try {
   embed_tokens(outer.embedding.data(), std::span<const std::int64_t>(tokens), h.as_matrix());
   h = local.forward(global.forward(h));
   std::vector<float> want(static_cast<std::size_t>(T * V)), scratch(static_cast<std::size_t>(T * D));
-  decoder_head<backend::reference>(outer.norm_w.data(), outer.norm_b.data(), 1e-5f, outer.embedding.data(),
-                                   cmatrix<float>(h.as_matrix()), 1, logits_for::all, scratch.data(),
-                                   matrix<float>(want.data(), T, V));
+  backend::context<backend::reference> ctx;
+  decoder_head<backend::reference, float>(ctx, outer.norm_w.data(), outer.norm_b.data(), 1e-5f, outer.embedding.data(),
+                                          cmatrix<float>(h.as_matrix()), 1, logits_for::all, scratch.data(),
+                                          matrix<float>(want.data(), T, V));
   const double rel = max_abs_diff(logits.data(), want.data(), T * V) / max_abs(want.data(), T * V);
   std::printf("static decoder (causal GQA layer + chunked{%ld} MQA layer), %zu bytes of inline state\n",
               static_cast<long>(Chunk), sizeof(state));
@@ -113,8 +114,8 @@ int main() try {
   const mixer<double, backend::reference, demo::chunked> mix(
       local_layer::config, random_layer_weights<double>(local_layer::config, 2).mixer, demo::chunked{Chunk});
   const auto run_mixer = [&](const tensor<double>& a) {
-    layer_cache<double> cache(local_layer::config, 1, T);
-    workspace<double> ws;
+    layer_cache<double, backend::reference> cache(local_layer::config, 1, T);
+    workspace<double, backend::reference> ws;
     tensor<double> out({1, T, D});
     mix.extend(a.as_matrix(), 1, cache, ws, out.as_matrix());
     return out;

@@ -21,16 +21,15 @@ int main() {
   for (auto l : lags) std::printf(" %11s", ("lag " + std::to_string(l)).c_str());
   std::printf("   fitted beta  (theory 1 - gamma)\n");
   for (const T gamma : {0.5, 0.9, 0.99}) {
-    sessa::layer_cache<T> cache(cfg, 1, Tn);  // k_b = 0 and q_b = 0: every past token weighs 1/t
-    sessa::workspace<T> ws;
-    ws.reserve(cfg, Tn, Tn);
+    sessa::layer_cache<T, sessa::backend::cpu> cache(cfg, 1, Tn);  // k_b = 0 and q_b = 0: every past token weighs 1/t
+    sessa::backend::context<sessa::backend::cpu> ctx;
     sessa::tensor<T> qb({Tn, D}, T(0)), f({Tn, D}, T(0)), s({Tn, D});
     for (sessa::index_t t = 0; t < Tn; ++t) cache.kb(0)(t, 0) = T(0);
     f[j * D] = 1;  // the impulse, channel 0
     std::vector<T> g(static_cast<std::size_t>(Tn), gamma);
-    sessa::backend::kernels<sessa::backend::cpu>::feedback(cfg, sessa::cmatrix<T>(qb.as_matrix()), g.data(),
-                                                            sessa::cmatrix<T>(f.as_matrix()), cache, 0, Tn,
-                                                            s.as_matrix(), ws);
+    sessa::backend::kernels<sessa::backend::cpu>::feedback(ctx, cfg, sessa::cmatrix<T>(qb.as_matrix()), g.data(),
+                                                            sessa::cmatrix<T>(f.as_matrix()), cache.view(), 0, Tn,
+                                                            s.as_matrix());
     std::printf("%-7.2f", gamma);
     for (auto l : lags) std::printf(" %11.3e", s[(j + l) * D]);
     // Slope of log s against log lag over the last two decades.

@@ -108,13 +108,13 @@ void check_attention(const layer_config& c, const A& variant, index_t batch, ind
   const index_t D = c.n_heads * c.head_dim(), rows = batch * n;
   const padded<T> q(rows, D, 3, seed + 1, scale);
   padded<T> ref(rows, D, 5, seed + 2, 1.0);
-  workspace<T> ws;
-  ws.reserve(c, rows, cache.capacity());
-  backend::kernels<backend::reference>::attention(variant, c, cmatrix<T>(q.view), cache, pos0, n, ref.view, ws);
+  backend::context<backend::reference> rctx;
+  backend::context<backend::cpu> ctx;
+  backend::kernels<backend::reference>::attention(rctx, variant, c, cmatrix<T>(q.view), cache.view(), pos0, n, ref.view);
   const std::vector<double> want = ref.values();
   over_settings<T>([&] {
     padded<T> got(rows, D, 1, seed + 3, 1.0);
-    backend::kernels<backend::cpu>::attention(variant, c, cmatrix<T>(q.view), cache, pos0, n, got.view, ws);
+    backend::kernels<backend::cpu>::attention(ctx, variant, c, cmatrix<T>(q.view), cache.view(), pos0, n, got.view);
     return max_rel_diff(got.values(), want);
   });
 }
@@ -131,10 +131,10 @@ void check_feedback(const layer_config& c, index_t batch, index_t pos0, index_t 
   random_stream rng(seed + 3);
   for (auto& g : gamma) g = static_cast<T>(0.999 * std::tanh(1.0 + rng.normal()));
   padded<T> ref(rows, D, 0, seed + 4, 1.0);
-  workspace<T> ws;
-  ws.reserve(c, rows, cache_ref.capacity());
-  backend::kernels<backend::reference>::feedback(c, cmatrix<T>(qb.view), gamma.data(), cmatrix<T>(f.view), cache_ref,
-                                                 pos0, n, ref.view, ws);
+  backend::context<backend::reference> rctx;
+  backend::context<backend::cpu> ctx;
+  backend::kernels<backend::reference>::feedback(rctx, c, cmatrix<T>(qb.view), gamma.data(), cmatrix<T>(f.view),
+                                                 cache_ref.view(), pos0, n, ref.view);
   const std::vector<double> want = ref.values();
   auto cache_rows = [&](const layer_cache<T>& cache) {
     std::vector<double> v;
@@ -147,8 +147,8 @@ void check_feedback(const layer_config& c, index_t batch, index_t pos0, index_t 
   over_settings<T>([&] {
     layer_cache<T> cache = cache0;
     padded<T> got(rows, D, 4, seed + 5, 1.0);
-    backend::kernels<backend::cpu>::feedback(c, cmatrix<T>(qb.view), gamma.data(), cmatrix<T>(f.view), cache, pos0, n,
-                                             got.view, ws);
+    backend::kernels<backend::cpu>::feedback(ctx, c, cmatrix<T>(qb.view), gamma.data(), cmatrix<T>(f.view), cache.view(),
+                                             pos0, n, got.view);
     double err = std::max(max_rel_diff(got.values(), want), max_rel_diff(cache_rows(cache), want_s));
     for (index_t b = 0; b < batch; ++b)
       for (index_t k = 0; k < D; ++k)
@@ -238,7 +238,7 @@ TEMPLATE_TEST_CASE("cpu kernels: wide feedback and long decode", "[cpu][feedback
   }
 }
 
-TEMPLATE_TEST_CASE("cpu kernels leave the workspace grown: a second call allocates nothing new", "[cpu]", float, double) {
+TEMPLATE_TEST_CASE("cpu kernels leave their scratch grown: a second call allocates nothing new", "[cpu]", float, double) {
   using T = TestType;
   settings_guard guard;
   const layer_config c{64, 4, 2, true, 0.999, 1e-5};
@@ -246,18 +246,18 @@ TEMPLATE_TEST_CASE("cpu kernels leave the workspace grown: a second call allocat
   const padded<T> q(1, 64, 0, 4, 1.0), f(1, 64, 0, 5, 1.0);
   padded<T> out(1, 64, 0, 6, 1.0);
   const T gamma = T(0.5);
-  workspace<T> ws;
+  backend::context<backend::cpu> ctx;
   for (int threads : {1, 2}) {
-    set_num_threads(threads);
+    ctx.threads = threads;  // the context's own setting, not the process-wide default
     backend::simd::flash_params.parallel_flops = 0;
-    backend::kernels<backend::cpu>::attention(attention::causal{}, c, cmatrix<T>(q.view), cache, 500, 1, out.view, ws);
-    backend::kernels<backend::cpu>::feedback(c, cmatrix<T>(q.view), &gamma, cmatrix<T>(f.view), cache, 500, 1, out.view, ws);
-    const T* p[3] = {ws.fb_state.data(), ws.fb_block.data(), ws.partials.data()};
-    backend::kernels<backend::cpu>::attention(attention::causal{}, c, cmatrix<T>(q.view), cache, 500, 1, out.view, ws);
-    backend::kernels<backend::cpu>::feedback(c, cmatrix<T>(q.view), &gamma, cmatrix<T>(f.view), cache, 500, 1, out.view, ws);
-    CHECK(p[0] == ws.fb_state.data());
-    CHECK(p[1] == ws.fb_block.data());
-    CHECK(p[2] == ws.partials.data());
+    backend::kernels<backend::cpu>::attention(ctx, attention::causal{}, c, cmatrix<T>(q.view), std::as_const(cache).view(), 500, 1, out.view);
+    backend::kernels<backend::cpu>::feedback(ctx, c, cmatrix<T>(q.view), &gamma, cmatrix<T>(f.view), cache.view(), 500, 1, out.view);
+    const std::byte* p[3] = {ctx.scratch.where(1), ctx.scratch.where(2), ctx.scratch.where(3)};
+    backend::kernels<backend::cpu>::attention(ctx, attention::causal{}, c, cmatrix<T>(q.view), std::as_const(cache).view(), 500, 1, out.view);
+    backend::kernels<backend::cpu>::feedback(ctx, c, cmatrix<T>(q.view), &gamma, cmatrix<T>(f.view), cache.view(), 500, 1, out.view);
+    CHECK(p[0] == ctx.scratch.where(1));
+    CHECK(p[1] == ctx.scratch.where(2));
+    CHECK(p[2] == ctx.scratch.where(3));
   }
 }
 

@@ -53,6 +53,8 @@ TEMPLATE_TEST_CASE("cpu elementwise kernels match the reference kernels", "[cpu]
   // rows x width: one row (decode), a width below one SIMD batch, odd widths, and calls big enough to thread.
   const auto [rows, width] = GENERATE(table<index_t, index_t>({{1, 64}, {3, 5}, {7, 37}, {300, 513}, {2048, 96}}));
   CAPTURE(threads, rows, width);
+  backend::context<backend::reference> rc;
+  backend::context<backend::cpu> cc;
   const index_t ld = width + 3;  // every view is a column block of a wider matrix
   const tensor<T> x0 = test::random_tensor<T>({rows, ld}, 1, 2.0);
   const tensor<T> g = test::random_tensor<T>({width}, 2), b = test::random_tensor<T>({width}, 3);
@@ -61,27 +63,27 @@ TEMPLATE_TEST_CASE("cpu elementwise kernels match the reference kernels", "[cpu]
   SECTION("layer_norm, out of place and in place") {
     tensor<T> want(x0.shape()), got(x0.shape());
     tensor<T> xin = x0;
-    ref::layer_norm(cmatrix<T>(view(xin)), g.data(), b.data(), T(1e-5), view(want));
-    cpu::layer_norm(cmatrix<T>(view(xin)), g.data(), b.data(), T(1e-5), view(got));
+    ref::layer_norm(rc, cmatrix<T>(view(xin)), g.data(), b.data(), T(1e-5), view(want));
+    cpu::layer_norm(cc, cmatrix<T>(view(xin)), g.data(), b.data(), T(1e-5), view(got));
     CHECK(view_diff<T>(view(got), view(want)) <= tol<T>());
-    cpu::layer_norm(cmatrix<T>(view(xin)), g.data(), b.data(), T(1e-5), view(xin));
+    cpu::layer_norm(cc, cmatrix<T>(view(xin)), g.data(), b.data(), T(1e-5), view(xin));
     CHECK(view_diff<T>(view(xin), view(want)) <= tol<T>());
   }
   SECTION("gelu in place, leaving the columns outside the view alone") {
     tensor<T> want = x0, got = x0;
-    ref::gelu(view(want));
-    cpu::gelu(view(got));
+    ref::gelu(rc, view(want));
+    cpu::gelu(cc, view(got));
     CHECK(max_rel_diff(got.span(), want.span()) <= tol<T>());
     CHECK(got[0] == x0[0]);  // column 0 is outside the view
   }
   SECTION("multiply, with the output aliasing an input") {
     const tensor<T> y0 = test::random_tensor<T>({rows, ld}, 4);
     tensor<T> want(x0.shape()), a = x0, bb = y0;
-    ref::multiply(cmatrix<T>(view(a)), cmatrix<T>(view(bb)), view(want));
-    cpu::multiply(cmatrix<T>(view(a)), cmatrix<T>(view(bb)), view(a));
+    ref::multiply(rc, cmatrix<T>(view(a)), cmatrix<T>(view(bb)), view(want));
+    cpu::multiply(cc, cmatrix<T>(view(a)), cmatrix<T>(view(bb)), view(a));
     CHECK(view_diff<T>(view(a), view(want)) <= tol<T>());
     tensor<T> a2 = x0;
-    cpu::multiply(cmatrix<T>(view(a2)), cmatrix<T>(view(bb)), view(bb));
+    cpu::multiply(cc, cmatrix<T>(view(a2)), cmatrix<T>(view(bb)), view(bb));
     CHECK(view_diff<T>(view(bb), view(want)) <= tol<T>());
   }
   SECTION("rope: heads of width d at positions pos0 + r % n, batch-major rows") {
@@ -91,8 +93,8 @@ TEMPLATE_TEST_CASE("cpu elementwise kernels match the reference kernels", "[cpu]
       CAPTURE(pos0);
       tensor<T> want = test::random_tensor<T>({rows, heads * d + 2}, 5), got = want;
       const auto hv = [&](tensor<T>& t) { return matrix<T>(t.data() + 2, rows, heads * d, heads * d + 2); };
-      ref::rope(hv(want), d, pos0, n, freq.data());
-      cpu::rope(hv(got), d, pos0, n, freq.data());
+      ref::rope(rc, hv(want), d, pos0, n, freq.data());
+      cpu::rope(cc, hv(got), d, pos0, n, freq.data());
       CHECK(max_rel_diff(got.span(), want.span()) <= tol<T>());
     }
   }

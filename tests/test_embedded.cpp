@@ -84,7 +84,7 @@ TEST_CASE("a static decoder runs a prefill and 250 decode steps without touching
 TEST_CASE("on backend::cpu a static decoder allocates only while warming its per-thread scratch", "[embedded]") {
   // backend::cpu keeps grow-once pack and tile buffers per thread (gemm.hpp, attention.hpp). The first
   // sequence sizes them; every later sequence of the same shapes runs without touching the heap.
-  static embedded::static_state<float, tiny::spec, 300, 1, 16> st;
+  static embedded::static_state<float, tiny::spec, 300, 1, 16, backend::cpu> st;
   constexpr embedded::static_decoder<float, tiny::spec, backend::cpu> model(tiny::params);
   const std::vector<std::int64_t> prompt = encode("THE KEEPER OF THE LAMP ");
   float logits_store[tiny::spec::vocab_size];
@@ -163,8 +163,10 @@ TEMPLATE_TEST_CASE("layers of different shapes and variants compose into one dec
   h = lb.forward(la.forward(h));
   tensor<T> want({60, 23});
   std::vector<T> scratch(60 * 32);
-  decoder_head<backend::reference>(outer.norm_w.data(), outer.norm_b.data(), static_cast<T>(1e-5), outer.head.data(),
-                                   cmatrix<T>(h.as_matrix()), 2, logits_for::all, scratch.data(), want.as_matrix());
+  backend::context<backend::reference> ctx;
+  decoder_head<backend::reference, T>(ctx, outer.norm_w.data(), outer.norm_b.data(), static_cast<T>(1e-5),
+                                      outer.head.data(), cmatrix<T>(h.as_matrix()), 2, logits_for::all, scratch.data(),
+                                      want.as_matrix());
 
   tensor<T> got({60, 23});
   model.forward(tok.span(), st, got.as_matrix());  // chunks of 8

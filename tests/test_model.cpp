@@ -175,7 +175,7 @@ TEMPLATE_TEST_CASE("a prefill longer than prefill_block runs in blocks: exact, w
   start(one_cache);
   workspace<T> one_ws;
   tensor<T> want(x.shape());
-  detail::layer_pass<backend::cpu>(cfg, P, attention::causal{}, x.as_matrix(), batch, one_cache, one_ws,
+  detail::layer_pass<backend::cpu, T>(cfg, P, attention::causal{}, x.as_matrix(), batch, one_cache, one_ws,
                                    want.as_matrix());
   // The layer's forward: passes of prefill_block tokens.
   auto cache = L.init_cache(batch, prefix + n);
@@ -195,9 +195,10 @@ TEST_CASE("a long call of several sequences on a borrowed workspace is refused b
   const layer_config cfg{8, 2, 1, true, 0.99, 1e-5};
   const layer<float, backend::reference> L(cfg, random_layer_weights<float>(cfg, 3));
   const index_t n = prefill_block + 1;
-  const auto layout = workspace<float>::sizes(cfg, 2 * prefill_block, n);
-  std::vector<float> storage(static_cast<std::size_t>(workspace<float>::total(layout)) + 16);
-  auto ws = workspace<float>::borrow(storage.data(), layout);
+  using ws_type = workspace<float, backend::reference>;
+  const auto layout = ws_type::sizes(cfg, 2 * prefill_block, n);
+  std::vector<float> storage(static_cast<std::size_t>(ws_type::total(layout)) + 16);
+  auto ws = ws_type::borrow(storage.data(), layout);
   auto cache = L.init_cache(2, n);
   tensor<float> x({2, n, 8}, 0.5f);
   CHECK_THROWS_WITH(L.forward(x.as_matrix(), 2, cache, ws, x.as_matrix()),
@@ -239,17 +240,16 @@ TEMPLATE_LIST_TEST_CASE("feedback: uniform routing and a constant gain give the 
   const layer_config cfg{8, 1, 1, false, 0.999, 1e-5};
   const index_t Tn = 300, D = 8, j = 7;
   const double gamma = 0.75;
-  layer_cache<T> cache(cfg, 1, Tn);
-  workspace<T> ws;
-  ws.reserve(cfg, Tn, Tn);
+  layer_cache<T, B> cache(cfg, 1, Tn);
+  backend::context<B> ctx;
   random_stream rng(5);
   for (index_t t = 0; t < Tn; ++t)
     for (index_t k = 0; k < D; ++k) cache.kb(0)(t, k) = static_cast<T>(rng.normal());  // any keys: q_b = 0
   tensor<T> qb({Tn, D}, T(0)), f({Tn, D}, T(0)), out({Tn, D});
   std::vector<T> g(static_cast<std::size_t>(Tn), static_cast<T>(gamma));
   for (index_t k = 0; k < D; ++k) f[j * D + k] = T(1);
-  backend::kernels<B>::feedback(cfg, cmatrix<T>(qb.as_matrix()), g.data(), cmatrix<T>(f.as_matrix()), cache, 0, Tn,
-                                out.as_matrix(), ws);
+  backend::kernels<B>::feedback(ctx, cfg, cmatrix<T>(qb.as_matrix()), g.data(), cmatrix<T>(f.as_matrix()), cache.view(),
+                                0, Tn, out.as_matrix());
   double worst = 0, prod = 1;
   for (index_t t = 0; t < Tn; ++t) {
     double expect = t < j ? 0.0 : (t == j ? 1.0 : gamma / static_cast<double>(t) * prod);
@@ -314,7 +314,7 @@ TEST_CASE("cache: capacity, reset and truncate", "[model][errors]") {
   CHECK_THROWS_WITH(L.forward(x, c2), Catch::Contains("batch 1") && Catch::Contains("batch 2"));
   CHECK_THROWS_AS(L.init_cache(0, 10), cache_error);
   CHECK_THROWS_AS(L.init_cache(1, 0), cache_error);
-  layer_cache<double> never;
+  layer_cache<double, backend::reference> never;
   CHECK_THROWS_WITH(L.forward(x, never), Catch::Contains("init_cache"));
 }
 
@@ -382,6 +382,6 @@ TEST_CASE("inputs of the wrong shape and tokens out of range are rejected", "[mo
   CHECK_THROWS_AS(M.forward(tensor<std::int64_t>({5})), shape_error);
   tensor<std::int64_t> ok({1, 9}, std::int64_t{1});
   CHECK_THROWS_WITH(M.forward(ok, dcache), Catch::Contains("cache full"));
-  decoder_cache<float> empty;
+  decoder_cache<float, backend::reference> empty;
   CHECK_THROWS_WITH(M.forward(tensor<std::int64_t>({1, 2}, std::int64_t{0}), empty), Catch::Contains("init_cache"));
 }

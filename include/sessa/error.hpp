@@ -52,4 +52,11 @@ class value_error : public error {
   using error::error;
 };
 
+/// A backend cannot run: it was not built into this program, or its device reported an error (a CUDA call
+/// that failed, names the call and the device's message).
+class backend_error : public error {
+ public:
+  using error::error;
+};
+
 }  // namespace sessa

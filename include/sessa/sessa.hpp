@@ -7,7 +7,8 @@
 //   attention/   attention variants of the forward branch, RoPE
 //   model/       weights, caches, the mixer, the layer, the decoder
 //   io/          JSON, safetensors files, model loading and saving (load_layer, load_decoder, save_model)
-// The CUDA backend has its own umbrella, sessa/cuda.cuh; this header never includes CUDA.
+// The device backends have their own umbrellas, sessa/thrust_omp.hpp (Thrust on OpenMP) and sessa/cuda.cuh
+// (CUDA); this header never includes Thrust or CUDA.
 //
 // This header is also the only input of the generated single header single_include/sessa/sessa.hpp
 // (tools/amalgamate.py): whatever it includes is what a single-header user gets.
@@ -17,10 +18,13 @@
 #include "config.hpp"
 #include "error.hpp"
 #include "concepts.hpp"
+#include "core/memory.hpp"
+#include "core/numeric.hpp"
 #include "core/tensor.hpp"
 #include "core/hparams.hpp"
 #include "backend/tags.hpp"
 #include "backend/kernels.hpp"
+#include "backend/kernel_set.hpp"
 #include "backend/cpu/reference.hpp"
 #include "backend/cpu/parallel.hpp"
 #include "backend/cpu/simd.hpp"

@@ -15,7 +15,8 @@
 //   attention/   attention variants of the forward branch, RoPE
 //   model/       weights, caches, the mixer, the layer, the decoder
 //   io/          JSON, safetensors files, model loading and saving (load_layer, load_decoder, save_model)
-// The CUDA backend has its own umbrella, sessa/cuda.cuh; this header never includes CUDA.
+// The device backends have their own umbrellas, sessa/thrust_omp.hpp (Thrust on OpenMP) and sessa/cuda.cuh
+// (CUDA); this header never includes Thrust or CUDA.
 //
 // This header is also the only input of the generated single header single_include/sessa/sessa.hpp
 // (tools/amalgamate.py): whatever it includes is what a single-header user gets.
@@ -135,14 +136,24 @@ class value_error : public error {
   using error::error;
 };
 
+/// A backend cannot run: it was not built into this program, or its device reported an error (a CUDA call
+/// that failed, names the call and the device's message).
+class backend_error : public error {
+ public:
+  using error::error;
+};
+
 }  // namespace sessa
 // ---- end sessa/error.hpp ---------------------------------------------------------------------------------------
 // ---- begin sessa/concepts.hpp ----------------------------------------------------------------------------------
 // sessa/concepts.hpp: the three policy axes of the library, as C++20 concepts.
 //
-//   scalar             the working type of weights, activations and caches: float or double.
-//   backend_tag        where and how kernels run: an empty tag type naming itself (backend/tags.hpp); its
-//                      kernels are the specialization backend::kernels<Tag> (backend/kernels.hpp).
+//   scalar             the compute type of activations and accumulations: float or double.
+//   numeric            a model's first template parameter: a scalar (weights and caches in that type too), or
+//                      precision<Compute, Storage> with weights and caches stored narrower (core/numeric.hpp).
+//   backend_tag        where and how kernels run: an empty tag type naming itself and its memory space
+//                      (backend/tags.hpp); its kernels are the specialization backend::kernels<Tag> and its
+//                      execution context backend::context<Tag> (backend/kernels.hpp).
 //   attention_variant  how the forward branch chooses its keys: full causal softmax (the paper's) or a
 //                      sliding window (attention/variants.hpp). The feedback branch is always full.
 //
@@ -153,16 +164,366 @@ class value_error : public error {
 #include <string_view>
 #include <type_traits>
 
+// ---- begin sessa/core/memory.hpp -------------------------------------------------------------------------------
+// sessa/core/memory.hpp: memory spaces, and the pointer type that keeps host code out of device memory.
+//
+// A memory space says where the bytes of a buffer live and how they are allocated, cleared and copied
+// (as Kokkos' memory spaces and Thrust's systems do). Every buffer, view, tensor, weight set and cache carries
+// its backend's space in its type:
+//
+//   memory::host            ordinary host memory; host code reads and writes it directly
+//   a device space          memory only kernels touch: the Thrust backends' spaces (backend/thrust/), CUDA's
+//                           global memory (backend/cuda/). `host_accessible` is false.
+//
+// pointer<T, S> is T* for a host-accessible space and space_ptr<T, S> otherwise: a pointer that can be
+// offset, compared and handed to a kernel but has no operator*, operator[] or operator->, so host code that
+// dereferences device memory does not compile. This holds even for a space whose bytes sit in host memory
+// (thrust_omp): the type, not the address, says who may touch them. raw(p) is the one explicit escape, for
+// kernel code (it is what thrust::raw_pointer_cast is to thrust::device_ptr; unlike thrust::device_ptr, no
+// implicit per-element copy is ever made).
+//
+// Data moves between spaces only through explicit calls: memory::copy_n here, and to_space / to_host /
+// to_device for buffers, tensors and weights (core/tensor.hpp, model/weights.hpp).
+
+#include <compare>
+#include <concepts>
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <new>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+
+namespace sessa {
+
+/// Alignment of every buffer: one cache line, which is also the widest SIMD register (AVX-512) and more than
+/// any GPU vector load needs.
+inline constexpr std::size_t buffer_alignment = 64;
+
+namespace memory {
+
+/// Host memory: host-accessible, 64-byte aligned allocations from the global operator new.
+struct host {
+  static constexpr std::string_view name = "host";
+  static constexpr bool host_accessible = true;
+  static void* allocate(std::size_t bytes) { return ::operator new(bytes, std::align_val_t{buffer_alignment}); }
+  static void deallocate(void* p, std::size_t /*bytes*/) noexcept {
+    ::operator delete(p, std::align_val_t{buffer_alignment});
+  }
+  static void zero(void* p, std::size_t bytes) { std::memset(p, 0, bytes); }
+  /// Copies inside the space, into it from host memory, and out of it into host memory.
+  static void copy(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
+  static void copy_from_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
+  static void copy_to_host(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
+};
+
+}  // namespace memory
+
+/// What a memory space provides (see memory::host). Allocation returns memory aligned to buffer_alignment.
+template <class S>
+concept memory_space = std::is_empty_v<S> && requires(void* p, const void* c, std::size_t n) {
+  { S::name } -> std::convertible_to<std::string_view>;
+  { S::host_accessible } -> std::convertible_to<bool>;
+  { S::allocate(n) } -> std::same_as<void*>;
+  S::deallocate(p, n);
+  S::zero(p, n);
+  S::copy(p, c, n);
+  S::copy_from_host(p, c, n);
+  S::copy_to_host(p, c, n);
+};
+
+/// True when host code may read and write memory of space S directly.
+template <class S>
+inline constexpr bool host_accessible_v = S::host_accessible;
+
+/// A pointer into a memory space that host code cannot dereference. Kernels take the address with raw().
+template <class T, class S>
+class space_ptr {
+ public:
+  using element_type = T;
+  using space = S;
+
+  constexpr space_ptr() noexcept = default;
+  constexpr space_ptr(std::nullptr_t) noexcept {}
+  SESSA_HOST_DEVICE constexpr explicit space_ptr(T* p) noexcept : p_(p) {}
+  /// A pointer to T converts to a pointer to const T.
+  template <class U>
+    requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
+  constexpr space_ptr(space_ptr<U, S> o) noexcept : p_(o.get()) {}
+
+  /// The address, for kernel code only (see raw()).
+  SESSA_HOST_DEVICE constexpr T* get() const noexcept { return p_; }
+  constexpr explicit operator bool() const noexcept { return p_ != nullptr; }
+
+  constexpr space_ptr& operator+=(index_t i) noexcept {
+    p_ += i;
+    return *this;
+  }
+  constexpr space_ptr& operator-=(index_t i) noexcept {
+    p_ -= i;
+    return *this;
+  }
+  friend constexpr space_ptr operator+(space_ptr p, index_t i) noexcept { return space_ptr(p.p_ + i); }
+  friend constexpr space_ptr operator+(index_t i, space_ptr p) noexcept { return space_ptr(p.p_ + i); }
+  friend constexpr space_ptr operator-(space_ptr p, index_t i) noexcept { return space_ptr(p.p_ - i); }
+  friend constexpr index_t operator-(space_ptr a, space_ptr b) noexcept { return a.p_ - b.p_; }
+  friend constexpr bool operator==(space_ptr a, space_ptr b) noexcept = default;
+  friend constexpr bool operator==(space_ptr a, std::nullptr_t) noexcept { return a.p_ == nullptr; }
+  friend constexpr auto operator<=>(space_ptr a, space_ptr b) noexcept { return std::compare_three_way{}(a.p_, b.p_); }
+
+ private:
+  T* p_ = nullptr;
+};
+
+/// The pointer type of space S: T* when host code may touch it, space_ptr<T, S> otherwise.
+template <class T, class S>
+using pointer = std::conditional_t<S::host_accessible, T*, space_ptr<T, S>>;
+
+/// The address behind a pointer of any space. Host code calls it only to hand memory to a kernel.
+template <class T>
+SESSA_HOST_DEVICE constexpr T* raw(T* p) noexcept {
+  return p;
+}
+template <class T, class S>
+SESSA_HOST_DEVICE constexpr T* raw(space_ptr<T, S> p) noexcept {
+  return p.get();
+}
+
+namespace memory {
+
+/// The same address as a pointer to U (for byte arenas handing out typed regions).
+template <class U, class S, class P>
+constexpr pointer<U, S> pointer_cast(P p) noexcept {
+  using V = std::remove_pointer_t<decltype(raw(p))>;
+  if constexpr (std::is_const_v<V>) {
+    static_assert(std::is_const_v<U>, "sessa::memory::pointer_cast: cannot cast const away");
+  }
+  return pointer<U, S>(reinterpret_cast<U*>(raw(p)));
+}
+
+/// The space of a pointer type: host for T*, S for space_ptr<T, S>.
+template <class P>
+struct space_of_pointer {
+  using type = host;
+};
+template <class T, class S>
+struct space_of_pointer<space_ptr<T, S>> {
+  using type = S;
+};
+
+/// Copies n values from src to dst, each in the space its pointer type names, synchronously: within one
+/// space, host to device, device to host, or between two device spaces through host memory.
+template <class SrcPtr, class DstPtr>
+void copy_n(SrcPtr src, index_t n, DstPtr dst) {
+  using Src = typename space_of_pointer<SrcPtr>::type;
+  using Dst = typename space_of_pointer<DstPtr>::type;
+  using T = std::remove_const_t<std::remove_pointer_t<decltype(raw(src))>>;
+  static_assert(std::is_same_v<T, std::remove_pointer_t<decltype(raw(dst))>>,
+                "sessa::memory::copy_n: source and destination hold different types");
+  static_assert(std::is_trivially_copyable_v<T>, "sessa::memory::copy_n copies trivially copyable values only");
+  if (n <= 0) return;
+  const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(T);
+  void* d = static_cast<void*>(raw(dst));
+  const void* s = static_cast<const void*>(raw(src));
+  if constexpr (std::is_same_v<Dst, Src>) {
+    Dst::copy(d, s, bytes);
+  } else if constexpr (std::is_same_v<Dst, host>) {
+    Src::copy_to_host(d, s, bytes);
+  } else if constexpr (std::is_same_v<Src, host>) {
+    Dst::copy_from_host(d, s, bytes);
+  } else {  // two different device spaces: through a host bounce buffer
+    std::vector<std::byte> bounce(bytes);
+    Src::copy_to_host(bounce.data(), s, bytes);
+    Dst::copy_from_host(d, bounce.data(), bytes);
+  }
+}
+
+}  // namespace memory
+
+}  // namespace sessa
+// ---- end sessa/core/memory.hpp ---------------------------------------------------------------------------------
+// ---- begin sessa/core/numeric.hpp ------------------------------------------------------------------------------
+// sessa/core/numeric.hpp: the numeric policy of a model: its compute type and its storage type.
+//
+//   compute type   what activations, accumulations and every tensor a caller sees are held in: float or double
+//   storage type   what the weights and the cache are stored in: the compute type itself (exact), or a narrower
+//                  format, bfloat16 or half, that kernels widen to the compute type on load
+//
+// A model's first template parameter is its numeric policy P: a scalar (`float`, `double`: weights and cache in
+// that type, exact) or `precision<Compute, Storage>` (`precision<float, bfloat16>`: bf16 weights and cache,
+// float arithmetic). compute_t<P>, weight_t<P> and cache_t<P> read it; the model code is written against those
+// three names only, so a new storage format (block-quantized int8 with scales, say) is a new storage type and
+// the kernels that read it, not a change to the model. A backend that has no kernel for a storage type fails
+// to compile with a message naming the kernel (backend/kernel_set.hpp).
+
+#include <bit>
+#include <concepts>
+#include <cstdint>
+#include <string_view>
+#include <type_traits>
+
+
+namespace sessa {
+
+/// bfloat16: the top 16 bits of an IEEE float32. Conversion from float rounds to nearest even (NaN stays NaN).
+struct bfloat16 {
+  std::uint16_t bits = 0;
+
+  constexpr bfloat16() = default;
+  SESSA_HOST_DEVICE constexpr explicit bfloat16(float f) noexcept : bits(from_float(f)) {}
+  SESSA_HOST_DEVICE constexpr explicit bfloat16(double d) noexcept : bits(from_float(static_cast<float>(d))) {}
+  SESSA_HOST_DEVICE constexpr explicit operator float() const noexcept {
+    return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
+  }
+  SESSA_HOST_DEVICE constexpr explicit operator double() const noexcept { return static_cast<double>(float(*this)); }
+  static constexpr bfloat16 from_bits(std::uint16_t b) noexcept {
+    bfloat16 x;
+    x.bits = b;
+    return x;
+  }
+  friend constexpr bool operator==(bfloat16 a, bfloat16 b) noexcept = default;
+
+ private:
+  SESSA_HOST_DEVICE static constexpr std::uint16_t from_float(float f) noexcept {
+    const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+    if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu) != 0)
+      return static_cast<std::uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
+    const std::uint32_t rounding = 0x7FFFu + ((u >> 16) & 1u);
+    return static_cast<std::uint16_t>((u + rounding) >> 16);
+  }
+};
+
+/// IEEE 754 binary16. Conversion from float rounds to nearest even, with subnormals, infinities and NaN.
+struct half {
+  std::uint16_t bits = 0;
+
+  constexpr half() = default;
+  SESSA_HOST_DEVICE constexpr explicit half(float f) noexcept : bits(from_float(f)) {}
+  SESSA_HOST_DEVICE constexpr explicit half(double d) noexcept : bits(from_float(static_cast<float>(d))) {}
+  SESSA_HOST_DEVICE constexpr explicit operator float() const noexcept {
+    const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
+    const std::uint32_t exp = (bits >> 10) & 0x1Fu, man = bits & 0x3FFu;
+    if (exp == 0x1F) return std::bit_cast<float>(sign | 0x7F800000u | (man << 13));  // inf, NaN
+    if (exp != 0) return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (man << 13));
+    // zero or subnormal: man * 2^-24, exact in float
+    const float m = static_cast<float>(man) * 5.9604644775390625e-8f;
+    return sign ? -m : m;
+  }
+  SESSA_HOST_DEVICE constexpr explicit operator double() const noexcept { return static_cast<double>(float(*this)); }
+  static constexpr half from_bits(std::uint16_t b) noexcept {
+    half x;
+    x.bits = b;
+    return x;
+  }
+  friend constexpr bool operator==(half a, half b) noexcept = default;
+
+ private:
+  SESSA_HOST_DEVICE static constexpr std::uint16_t from_float(float f) noexcept {
+    const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+    const std::uint16_t sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
+    const std::uint32_t a = u & 0x7FFFFFFFu;
+    if (a >= 0x7F800000u) return static_cast<std::uint16_t>(sign | (a > 0x7F800000u ? 0x7E00u : 0x7C00u));
+    if (a >= 0x477FF000u) return static_cast<std::uint16_t>(sign | 0x7C00u);  // rounds to >= 65520: infinity
+    if (a < 0x38800000u) {  // below the smallest normal half (2^-14): a subnormal or zero
+      if (a < 0x33000000u) return sign;  // at most half the smallest subnormal (2^-25): rounds to zero
+      const std::uint32_t e = a >> 23, m = (a & 0x007FFFFFu) | 0x00800000u;
+      const std::uint32_t shift = 126u - e;  // value = m * 2^(e - 150); units of 2^-24: m >> (126 - e)
+      std::uint32_t q = m >> shift;
+      const std::uint32_t rem = m & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
+      if (rem > halfway || (rem == halfway && (q & 1u))) ++q;
+      return static_cast<std::uint16_t>(sign | q);
+    }
+    // normal: rebias the exponent (127 -> 15), round the mantissa from 23 to 10 bits
+    std::uint32_t h = ((a >> 13) - (112u << 10));
+    const std::uint32_t rem = a & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // may carry into the exponent: still correct
+    return static_cast<std::uint16_t>(sign | h);
+  }
+};
+
+/// A value of storage type S widened to compute type T (and back, rounded), in any kernel.
+template <class T, class S>
+SESSA_HOST_DEVICE constexpr T widen(S s) noexcept {
+  if constexpr (std::is_same_v<T, S>) return s;
+  else return static_cast<T>(static_cast<float>(s));
+}
+template <class S, class T>
+SESSA_HOST_DEVICE constexpr S narrow(T x) noexcept {
+  if constexpr (std::is_same_v<T, S>) return x;
+  else if constexpr (std::is_floating_point_v<S>) return static_cast<S>(x);
+  else return S(static_cast<float>(x));
+}
+
+/// A storage format a model can keep its weights and cache in.
+template <class S>
+concept storage_type = std::same_as<S, float> || std::same_as<S, double> || std::same_as<S, bfloat16> ||
+                       std::same_as<S, half>;
+
+/// Compute type Compute (float or double) with weights and cache stored as Storage.
+template <class Compute, class Storage>
+struct precision {
+  static_assert(std::same_as<Compute, float> || std::same_as<Compute, double>,
+                "sessa::precision<Compute, Storage>: Compute must be float or double");
+  static_assert(storage_type<Storage>, "sessa::precision<Compute, Storage>: Storage must be float, double, "
+                                       "sessa::bfloat16 or sessa::half");
+  using compute = Compute;
+  using weight = Storage;
+  using cache = Storage;
+};
+
+template <class P>
+struct precision_traits {  // a scalar: everything in that type
+  using compute = P;
+  using weight = P;
+  using cache = P;
+};
+template <class C, class S>
+struct precision_traits<precision<C, S>> {
+  using compute = typename precision<C, S>::compute;
+  using weight = typename precision<C, S>::weight;
+  using cache = typename precision<C, S>::cache;
+};
+
+template <class P>
+using compute_t = typename precision_traits<P>::compute;
+template <class P>
+using weight_t = typename precision_traits<P>::weight;
+template <class P>
+using cache_t = typename precision_traits<P>::cache;
+
+/// Name of a storage type, for messages and file metadata.
+template <class S>
+constexpr std::string_view storage_name() noexcept {
+  if constexpr (std::is_same_v<S, float>) return "f32";
+  else if constexpr (std::is_same_v<S, double>) return "f64";
+  else if constexpr (std::is_same_v<S, bfloat16>) return "bf16";
+  else return "f16";
+}
+
+}  // namespace sessa
+// ---- end sessa/core/numeric.hpp --------------------------------------------------------------------------------
 
 namespace sessa {
 
 template <class T>
 concept scalar = std::same_as<T, float> || std::same_as<T, double>;
 
+/// A model's numeric policy: a scalar (weights and cache in that type), or precision<Compute, Storage>
+/// (core/numeric.hpp).
+template <class P>
+concept numeric = scalar<compute_t<P>> && storage_type<weight_t<P>> && storage_type<cache_t<P>>;
+
 template <class B>
 concept backend_tag = std::is_empty_v<B> && std::default_initializable<B> && requires {
   { B::name } -> std::convertible_to<std::string_view>;
-};
+  typename B::memory_space;
+} && memory_space<typename B::memory_space>;
+
+/// The memory space of a backend's buffers, caches, weights and tensors.
+template <backend_tag B>
+using space_of = typename B::memory_space;
 
 template <class A>
 concept attention_variant = std::copy_constructible<A> && requires(const A& a, index_t t) {
@@ -178,22 +539,28 @@ inline constexpr bool dependent_false = false;
 }  // namespace sessa
 // ---- end sessa/concepts.hpp ------------------------------------------------------------------------------------
 // ---- begin sessa/core/tensor.hpp -------------------------------------------------------------------------------
-// sessa/core/tensor.hpp: the three memory types every other file speaks in.
+// sessa/core/tensor.hpp: the memory types every other file speaks in, each in a memory space S
+// (core/memory.hpp; memory::host unless a device backend says otherwise).
 //
-//   buffer<T>    64-byte aligned, contiguous storage of n elements (no shape). Weights, caches and scratch
-//                are made of buffers. A buffer owns heap memory, or borrows caller memory (buffer::borrow:
-//                an arena, a static array) and then never allocates: growing it past what it borrowed throws.
-//   matrix<T>    a non-owning row-major 2-D view (rows, cols) with a leading dimension `ld` >= cols, so a
-//                column block of a wider matrix (the `a` half of [a | z]) is a view without a copy.
-//                matrix<const T> is the read-only form.
-//   tensor<T>    an owning buffer with a shape of rank 1..4: what callers pass in and get back
-//                ((B, T, D) activations, (B, T, V) logits). tensor::as_matrix() flattens the leading axes.
+//   buffer<T, S>         64-byte aligned, contiguous storage of n elements (no shape). Weights, caches and
+//                        scratch are made of buffers. A buffer owns memory of its space, or borrows caller
+//                        memory (buffer::borrow: an arena, a static array) and then never allocates: growing it
+//                        past what it borrowed throws.
+//   matrix<T, S>         a non-owning row-major 2-D view (rows, cols) with a leading dimension `ld` >= cols, so
+//                        a column block of a wider matrix (the `a` half of [a | z]) is a view without a copy.
+//                        matrix<const T, S> (cmatrix) is the read-only form.
+//   tensor<T, S>         an owning buffer with a shape of rank 1..4: what callers pass in and get back
+//                        ((B, T, D) activations, (B, T, V) logits). tensor::as_matrix() flattens the leading axes.
+//   scratch_arena<S>     a few growable byte slots that a backend's kernels carve their scratch from.
+//
+// Element access from host code (operator[], operator(), span()) exists only for host-accessible spaces; in a
+// device space those members are absent, so a host loop over device memory fails to compile. to_space<S>(x),
+// to_host(x) and to_device<S>(x) copy buffers and tensors between spaces; nothing else does.
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <initializer_list>
-#include <memory>
-#include <new>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -203,31 +570,42 @@ inline constexpr bool dependent_false = false;
 
 namespace sessa {
 
-/// Alignment of every buffer: one cache line, which is also the widest SIMD register (AVX-512).
-inline constexpr std::size_t buffer_alignment = 64;
-
-/// Aligned storage for `size()` elements of a trivially copyable T, owned or borrowed. Copies are deep
-/// (and owning).
-template <class T>
+/// Aligned storage for `size()` elements of a trivially copyable T in memory space S, owned or borrowed.
+/// Copies are deep (and owning).
+template <class T, class S = memory::host>
 class buffer {
   static_assert(std::is_trivially_copyable_v<T>, "sessa::buffer holds trivially copyable elements only");
+  static_assert(memory_space<S>, "sessa::buffer: S must be a memory space (core/memory.hpp)");
 
  public:
+  using value_type = T;
+  using space = S;
+  using pointer_type = pointer<T, S>;
+  using const_pointer_type = pointer<const T, S>;
+
   buffer() = default;
-  /// A buffer over caller memory [p, p + n): never allocates and never frees.
-  static buffer borrow(T* p, index_t n) noexcept {
+  /// A buffer over caller memory [p, p + n) of space S: never allocates and never frees.
+  static buffer borrow(pointer_type p, index_t n) noexcept {
     buffer b;
-    b.data_ = p;
+    b.data_ = raw(p);
     b.size_ = b.capacity_ = n;
     b.owns_ = false;
     return b;
   }
   explicit buffer(index_t n) { allocate(n); }
-  buffer(index_t n, T fill) : buffer(n) { std::fill_n(data_, n, fill); }
-  buffer(std::span<const T> src) : buffer(static_cast<index_t>(src.size())) {
+  buffer(index_t n, T fill)
+    requires(S::host_accessible)
+      : buffer(n) {
+    std::fill_n(data_, n, fill);
+  }
+  buffer(std::span<const T> src)
+    requires(S::host_accessible)
+      : buffer(static_cast<index_t>(src.size())) {
     if (!src.empty()) std::memcpy(data_, src.data(), src.size_bytes());
   }
-  buffer(const buffer& o) : buffer(std::span<const T>(o.data_, static_cast<std::size_t>(o.size_))) {}
+  buffer(const buffer& o) : buffer(o.size_) {
+    if (size_ > 0) S::copy(data_, o.data_, bytes());
+  }
   buffer(buffer&& o) noexcept
       : data_(std::exchange(o.data_, nullptr)),
         size_(std::exchange(o.size_, 0)),
@@ -264,19 +642,39 @@ class buffer {
   void reserve(index_t n) {
     if (n > size_) resize(n);
   }
+  /// Sets every element's bytes to zero.
   void zero() {
-    if (size_ > 0) std::memset(static_cast<void*>(data_), 0, static_cast<std::size_t>(size_) * sizeof(T));
+    if (size_ > 0) S::zero(static_cast<void*>(data_), bytes());
   }
 
-  T* data() noexcept { return data_; }
-  const T* data() const noexcept { return data_; }
+  pointer_type data() noexcept { return pointer_type(data_); }
+  const_pointer_type data() const noexcept { return const_pointer_type(data_); }
   index_t size() const noexcept { return size_; }
+  std::size_t bytes() const noexcept { return static_cast<std::size_t>(size_) * sizeof(T); }
   bool empty() const noexcept { return size_ == 0; }
   bool owning() const noexcept { return owns_; }
-  T& operator[](index_t i) noexcept { return data_[i]; }
-  const T& operator[](index_t i) const noexcept { return data_[i]; }
-  std::span<T> span() noexcept { return {data_, static_cast<std::size_t>(size_)}; }
-  std::span<const T> span() const noexcept { return {data_, static_cast<std::size_t>(size_)}; }
+
+  // Host access: only where host code may touch the space.
+  T& operator[](index_t i) noexcept
+    requires(S::host_accessible)
+  {
+    return data_[i];
+  }
+  const T& operator[](index_t i) const noexcept
+    requires(S::host_accessible)
+  {
+    return data_[i];
+  }
+  std::span<T> span() noexcept
+    requires(S::host_accessible)
+  {
+    return {data_, static_cast<std::size_t>(size_)};
+  }
+  std::span<const T> span() const noexcept
+    requires(S::host_accessible)
+  {
+    return {data_, static_cast<std::size_t>(size_)};
+  }
 
  private:
   void allocate(index_t n) {
@@ -284,11 +682,11 @@ class buffer {
     if (n == 0) return;
     const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(T);
     const std::size_t rounded = (bytes + buffer_alignment - 1) / buffer_alignment * buffer_alignment;
-    data_ = static_cast<T*>(::operator new(rounded, std::align_val_t{buffer_alignment}));
+    data_ = static_cast<T*>(S::allocate(rounded));
     size_ = capacity_ = n;
   }
   void release() noexcept {
-    if (data_ && owns_) ::operator delete(static_cast<void*>(data_), std::align_val_t{buffer_alignment});
+    if (data_ && owns_) S::deallocate(static_cast<void*>(data_), static_cast<std::size_t>(capacity_) * sizeof(T));
     data_ = nullptr;
     size_ = capacity_ = 0;
     owns_ = true;
@@ -300,24 +698,46 @@ class buffer {
   bool owns_ = true;
 };
 
-/// Non-owning row-major 2-D view: element (i, j) is data[i * ld + j].
-template <class T>
+/// A copy of b in memory space Dst (the same space: a deep copy).
+template <class Dst, class T, class Src>
+buffer<T, Dst> to_space(const buffer<T, Src>& b) {
+  buffer<T, Dst> out(b.size());
+  memory::copy_n(b.data(), b.size(), out.data());
+  return out;
+}
+/// A host copy of b.
+template <class T, class S>
+buffer<T, memory::host> to_host(const buffer<T, S>& b) {
+  return to_space<memory::host>(b);
+}
+
+/// Non-owning row-major 2-D view: element (i, j) is data[i * ld + j], in memory space S.
+template <class T, class S = memory::host>
 struct matrix {
-  T* data = nullptr;
+  using value_type = T;
+  using space = S;
+  using pointer_type = pointer<T, S>;
+
+  pointer_type data{};
   index_t rows = 0;
   index_t cols = 0;
   index_t ld = 0;  // leading dimension (elements between consecutive rows), >= cols
 
   constexpr matrix() = default;
-  constexpr matrix(T* p, index_t r, index_t c) : data(p), rows(r), cols(c), ld(c) {}
-  constexpr matrix(T* p, index_t r, index_t c, index_t l) : data(p), rows(r), cols(c), ld(l) {}
+  constexpr matrix(pointer_type p, index_t r, index_t c) : data(p), rows(r), cols(c), ld(c) {}
+  constexpr matrix(pointer_type p, index_t r, index_t c, index_t l) : data(p), rows(r), cols(c), ld(l) {}
   /// A mutable view converts to a read-only one.
   template <class U>
     requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>)
-  constexpr matrix(const matrix<U>& o) : data(o.data), rows(o.rows), cols(o.cols), ld(o.ld) {}
+  constexpr matrix(const matrix<U, S>& o) : data(o.data), rows(o.rows), cols(o.cols), ld(o.ld) {}
 
-  constexpr T& operator()(index_t i, index_t j) const noexcept { return data[i * ld + j]; }
-  constexpr T* row(index_t i) const noexcept { return data + i * ld; }
+  /// Element (i, j): host-accessible spaces only.
+  constexpr T& operator()(index_t i, index_t j) const noexcept
+    requires(S::host_accessible)
+  {
+    return data[i * ld + j];
+  }
+  constexpr pointer_type row(index_t i) const noexcept { return data + i * ld; }
   /// Rows [r0, r0 + n).
   constexpr matrix row_block(index_t r0, index_t n) const noexcept { return {data + r0 * ld, n, cols, ld}; }
   /// Columns [c0, c0 + n) of every row.
@@ -325,8 +745,8 @@ struct matrix {
   constexpr bool contiguous() const noexcept { return ld == cols || rows <= 1; }
 };
 
-template <class T>
-using cmatrix = matrix<const T>;
+template <class T, class S = memory::host>
+using cmatrix = matrix<const T, S>;
 
 /// Shape of a tensor, rank 1..4.
 using shape_t = std::vector<index_t>;
@@ -344,48 +764,142 @@ inline index_t shape_numel(const shape_t& s) {
   return n;
 }
 
-/// Owning dense tensor with a shape, row-major.
-template <class T>
+/// Owning dense tensor with a shape, row-major, in memory space S.
+template <class T, class S = memory::host>
 class tensor {
  public:
+  using value_type = T;
+  using space = S;
+
   tensor() = default;
   explicit tensor(shape_t shape) : shape_(std::move(shape)) {
     for (index_t e : shape_)
       if (e < 0) throw shape_error("sessa::tensor: negative extent in shape " + shape_string(shape_));
     buf_.resize(shape_numel(shape_));
   }
-  tensor(shape_t shape, T fill) : tensor(std::move(shape)) { std::fill_n(buf_.data(), buf_.size(), fill); }
-  tensor(shape_t shape, std::span<const T> values) : tensor(std::move(shape)) {
+  tensor(shape_t shape, T fill)
+    requires(S::host_accessible)
+      : tensor(std::move(shape)) {
+    std::fill_n(buf_.data(), buf_.size(), fill);
+  }
+  tensor(shape_t shape, std::span<const T> values)
+    requires(S::host_accessible)
+      : tensor(std::move(shape)) {
     if (static_cast<index_t>(values.size()) != buf_.size())
       throw shape_error("sessa::tensor: " + std::to_string(values.size()) + " values given for shape " +
                         shape_string(shape_));
     if (!values.empty()) std::memcpy(buf_.data(), values.data(), values.size_bytes());
+  }
+  /// A tensor of the given shape holding a buffer of exactly shape_numel(shape) values.
+  tensor(shape_t shape, buffer<T, S> values) : shape_(std::move(shape)), buf_(std::move(values)) {
+    if (buf_.size() != shape_numel(shape_))
+      throw shape_error("sessa::tensor: a buffer of " + std::to_string(buf_.size()) + " values given for shape " +
+                        shape_string(shape_));
   }
 
   const shape_t& shape() const noexcept { return shape_; }
   index_t rank() const noexcept { return static_cast<index_t>(shape_.size()); }
   index_t dim(index_t i) const { return shape_.at(static_cast<std::size_t>(i < 0 ? rank() + i : i)); }
   index_t size() const noexcept { return buf_.size(); }
-  T* data() noexcept { return buf_.data(); }
-  const T* data() const noexcept { return buf_.data(); }
-  T& operator[](index_t i) noexcept { return buf_[i]; }
-  const T& operator[](index_t i) const noexcept { return buf_[i]; }
-  std::span<T> span() noexcept { return buf_.span(); }
-  std::span<const T> span() const noexcept { return buf_.span(); }
+  pointer<T, S> data() noexcept { return buf_.data(); }
+  pointer<const T, S> data() const noexcept { return buf_.data(); }
+  const buffer<T, S>& storage() const noexcept { return buf_; }
+
+  T& operator[](index_t i) noexcept
+    requires(S::host_accessible)
+  {
+    return buf_[i];
+  }
+  const T& operator[](index_t i) const noexcept
+    requires(S::host_accessible)
+  {
+    return buf_[i];
+  }
+  std::span<T> span() noexcept
+    requires(S::host_accessible)
+  {
+    return buf_.span();
+  }
+  std::span<const T> span() const noexcept
+    requires(S::host_accessible)
+  {
+    return buf_.span();
+  }
 
   /// (prod(shape[:-1]), shape[-1]) view.
-  matrix<T> as_matrix() noexcept {
+  matrix<T, S> as_matrix() noexcept {
     const index_t c = shape_.empty() ? 1 : shape_.back();
     return {buf_.data(), c ? size() / c : 0, c};
   }
-  cmatrix<T> as_matrix() const noexcept {
+  cmatrix<T, S> as_matrix() const noexcept {
     const index_t c = shape_.empty() ? 1 : shape_.back();
     return {buf_.data(), c ? size() / c : 0, c};
   }
 
  private:
   shape_t shape_;
-  buffer<T> buf_;
+  buffer<T, S> buf_;
+};
+
+/// A copy of t in memory space Dst.
+template <class Dst, class T, class Src>
+tensor<T, Dst> to_space(const tensor<T, Src>& t) {
+  return tensor<T, Dst>(t.shape(), to_space<Dst>(t.storage()));
+}
+/// A host copy of t (read results of a device backend with this).
+template <class T, class S>
+tensor<T, memory::host> to_host(const tensor<T, S>& t) {
+  return to_space<memory::host>(t);
+}
+/// A copy of the host tensor t in device space Dst (the input of a device backend).
+template <class Dst, class T>
+tensor<T, Dst> to_device(const tensor<T, memory::host>& t) {
+  return to_space<Dst>(t);
+}
+
+/// Scratch of a backend's kernels: `slots` growable byte regions of space S. A kernel asks for slot i as n
+/// values of T (get<T>(i, n)); a slot grows when asked for more than it holds (contents lost) and otherwise keeps
+/// its memory, so calls after the first allocate nothing. A slot over borrowed memory never grows: asking it
+/// for more throws. Which slot holds what is the backend's business (slot 0 is the one a borrowed workspace
+/// provides, model/cache.hpp).
+template <class S = memory::host>
+class scratch_arena {
+ public:
+  static constexpr int slots = 4;
+
+  template <class T>
+  pointer<T, S> get(int i, index_t n) {
+    buffer<std::byte, S>& b = slot_[check(i)];
+    const index_t need = n * static_cast<index_t>(sizeof(T));
+    if (b.size() < need) {
+      if (!b.owning())
+        throw error("sessa::scratch_arena: slot " + std::to_string(i) + " borrows " + std::to_string(b.size()) +
+                    " bytes, a kernel needs " + std::to_string(need));
+      b.resize(need);
+    }
+    return memory::pointer_cast<T, S>(b.data());
+  }
+  /// Slot i over caller memory of `bytes` bytes (aligned to buffer_alignment).
+  void borrow(int i, pointer<std::byte, S> p, index_t bytes) {
+    slot_[check(i)] = buffer<std::byte, S>::borrow(p, bytes);
+  }
+  /// Where slot i starts now (tests check that repeated calls do not move it).
+  pointer<const std::byte, S> where(int i) const { return slot_[check(i)].data(); }
+  /// Bytes held by all slots.
+  index_t bytes() const noexcept {
+    index_t n = 0;
+    for (const auto& b : slot_) n += b.size();
+    return n;
+  }
+
+ private:
+  static std::size_t check(int i) {
+    if (i < 0 || i >= slots)
+      throw error("sessa::scratch_arena: slot " + std::to_string(i) + " does not exist (0.." +
+                  std::to_string(slots - 1) + ")");
+    return static_cast<std::size_t>(i);
+  }
+  buffer<std::byte, S> slot_[slots];
 };
 
 }  // namespace sessa
@@ -467,20 +981,26 @@ struct decoder_config {
 }  // namespace sessa
 // ---- end sessa/core/hparams.hpp --------------------------------------------------------------------------------
 // ---- begin sessa/backend/tags.hpp ------------------------------------------------------------------------------
-// sessa/backend/tags.hpp: the backend tags. No kernel code and no CUDA includes here.
+// sessa/backend/tags.hpp: the backend tags of the host backends. No kernel code and no CUDA includes here.
 //
-// A backend is an empty tag type that names itself. Tags derive from the backend they extend
-// (`struct cpu : reference`), and backend::kernels<cpu> derives from backend::kernels<reference>, so a
-// backend that lacks a kernel falls back to the nearest base by plain inheritance (as xsimd's
-// architectures and Thrust's systems do). The CUDA tag lives in backend/cuda and only exists under nvcc.
+// A backend is an empty tag type that names itself and its memory space (core/memory.hpp). Its kernels are
+// the specialization backend::kernels<Tag> and its execution context backend::context<Tag>
+// (backend/kernels.hpp). Host backends may extend one another: `struct cpu : reference`, kernels<cpu> derives
+// from kernels<reference> and context<cpu> from context<reference>, so the cpu backend inherits the
+// reference's kernels for the few small operations it does not accelerate (as xsimd's architectures do).
+// Across memory spaces there is no such fallback: a device backend declares its whole kernel set, and its
+// views are of its own space, which no host kernel accepts. The device tags live with their kernels:
+// backend::thrust_omp (backend/thrust/omp.hpp) and backend::thrust_cuda (backend/cuda/, nvcc only).
 
 #include <string_view>
+
 
 namespace sessa::backend {
 
 /// Straightforward scalar loops: the oracle every other backend is tested against.
 struct reference {
   static constexpr std::string_view name = "reference";
+  using memory_space = memory::host;
 };
 
 /// The fast CPU backend: xsimd vector kernels, cache-blocked GEMM, OpenMP threads.
@@ -494,41 +1014,476 @@ using default_cpu = cpu;
 }  // namespace sessa::backend
 // ---- end sessa/backend/tags.hpp --------------------------------------------------------------------------------
 // ---- begin sessa/backend/kernels.hpp ---------------------------------------------------------------------------
-// sessa/backend/kernels.hpp: the primary template every backend specializes.
+// sessa/backend/kernels.hpp: the primary templates every backend specializes.
 //
-// backend::kernels<Tag> is a class of static member function templates, one per kernel the model
-// needs (linear, layer_norm, gelu, rope, attention, feedback, ...). A backend specializes it, deriving
-// from the specialization of the backend it extends, and overrides only what it accelerates.
-// Using a tag with no specialization fails the build with a message naming the tag.
+// backend::kernels<Tag> is a class of static member function templates, one per kernel the model needs
+// (linear, layer_norm, gelu, rope, attention, feedback, the cache append, ...; the list and the contracts are
+// in backend/kernel_set.hpp). backend::context<Tag> is the backend's execution context: what every kernel
+// receives first (CPU: the thread count; CUDA: the stream and library handles) and the backend's scratch
+// arena (core/tensor.hpp). A workspace (model/cache.hpp) owns one context, so each sequence or call site has
+// its own scratch.
+// Using a tag with no specialization fails the build with a message that says so (verify_kernel_set in
+// backend/kernel_set.hpp: the primary templates below are empty markers, so the check can tell them apart).
 
 
 namespace sessa::backend {
 
+/// Unspecialized: no kernels. A backend specializes it.
 template <class Tag>
 struct kernels {
-  static_assert(dependent_false<Tag>,
-                "sessa: no kernels for this backend tag; include the header that specializes "
-                "sessa::backend::kernels<Tag> (backend/cpu/reference.hpp, backend/cpu/simd.hpp, sessa/cuda.cuh)");
+  static constexpr bool unspecialized = true;
+};
+
+/// Unspecialized: no context. A backend specializes it next to its kernels.
+template <class Tag>
+struct context {
+  static constexpr bool unspecialized = true;
 };
 
 }  // namespace sessa::backend
 // ---- end sessa/backend/kernels.hpp -----------------------------------------------------------------------------
+// ---- begin sessa/backend/kernel_set.hpp ------------------------------------------------------------------------
+// sessa/backend/kernel_set.hpp: the kernels every backend provides, their contracts, and the compile-time
+// check that a backend provides all of them.
+//
+// For backend B with memory space S = space_of<B> and a model's numeric policy P, with T = compute_t<P>,
+// W = weight_t<P>, C = cache_t<P> (core/numeric.hpp), kernels<B> has these static member functions; every one
+// takes the execution context `context<B>& ctx` first and views of space S only:
+//
+//   linear(ctx, cmatrix<T,S> x, cmatrix<W,S> w, pointer<const W,S> bias, matrix<T,S> y, bool accumulate)
+//       y (M, N) = x (M, K) w (N, K)^T + bias (N; may be null); with accumulate, y += instead of y =.
+//   layer_norm(ctx, cmatrix<T,S> x, pointer<const W,S> g, pointer<const W,S> b, T eps, matrix<T,S> y)
+//       per row: (x - mean) / sqrt(biased variance + eps) * g + b; y may alias x.
+//   gelu(ctx, matrix<T,S> x)                  x <- 0.5 x (1 + erf(x / sqrt 2)), in place
+//   multiply(ctx, cmatrix<T,S> a, cmatrix<T,S> b, matrix<T,S> out)      out = a * b elementwise (may alias)
+//   gain(ctx, pointer<T,S> gamma, index_t n, T gamma_max)                gamma <- gamma_max tanh(gamma)
+//   rope(ctx, matrix<T,S> x, index_t d, index_t pos0, index_t n, pointer<const float,S> inv_freq)
+//       rotates every head (width d) of every row in place; row r is at position pos0 + r % n.
+//   attention(ctx, const A& variant, const layer_config& c, cmatrix<T,S> q, cache_view<const C,S> cache,
+//             index_t pos0, index_t n, matrix<T,S> out)
+//       forward branch: q (batch*n, H*d) -> out (batch*n, H*d); query head h of the token at position
+//       t = pos0 + i reads keys [variant.first_key(t), t] of kv head h / g. For every attention_variant.
+//   feedback(ctx, const layer_config& c, cmatrix<T,S> qb, pointer<const T,S> gamma, cmatrix<T,S> f,
+//            cache_view<C,S> cache, index_t pos0, index_t n, matrix<T,S> out)
+//       the feedback solve in token order: s_t = f_t + gamma_t sum_{j<t} softmax_j(qb_t . kb_j / sqrt D) s_j;
+//       writes s to out (batch*n, D) and to the cache's s rows [pos0, pos0 + n).
+//   copy(ctx, cmatrix<T,S> src, matrix<T,S> dst)                         dst = src (same shape, any strides)
+//   append_cache(ctx, const layer_config& c, cmatrix<T,S> kv, cmatrix<T,S> kb, cache_view<C,S> cache,
+//                index_t pos0, index_t n)
+//       writes the chunk's keys and values (kv: (batch*n, 2 Hkv d) = [k | v], head h at columns h*d) and
+//       feedback keys (kb: (batch*n, D)) into cache positions [pos0, pos0 + n), rounded to C.
+//   embed(ctx, cmatrix<W,S> table, pointer<const std::int64_t,S> tokens, matrix<T,S> h)
+//       h row r = table row tokens[r] (the ids are already checked to lie in [0, table.rows)).
+//
+// Rows of a chunk are batch-major: row b * n + i is token i of sequence b, at absolute position pos0 + i. The
+// chunk's keys, values and feedback keys are in the cache (append_cache) before attention and feedback run.
+// A kernel may run inside an enclosing OpenMP parallel region; kernels that need scratch take it from
+// ctx.scratch (a scratch_arena of space S), so calls after the first do not allocate.
+//
+// verify_kernel_set<B, P>() checks the whole set at compile time, one static_assert per kernel, each naming
+// the kernel it misses. Every model type runs it, so a backend that forgot a kernel, or has none for a storage
+// type, fails where the model is instantiated, and never falls back to another backend's code. (Host backends
+// still extend one another by inheritance, kernels<cpu> : kernels<reference>; a device backend's views are of
+// its own space, which no host kernel accepts.)
+
+#include <cstdint>
+
+// ---- begin sessa/attention/variants.hpp ------------------------------------------------------------------------
+// sessa/attention/variants.hpp: attention variants of the forward branch.
+//
+// A variant decides which keys a query reads: the query at absolute position t reads keys
+// [first_key(t), t]. `causal` is the paper's full causal softmax; `sliding_window` reads only the last
+// `window` positions. The feedback branch always reads the whole strict past (it is the recurrence).
+// A new variant is a small struct meeting sessa::attention_variant (concepts.hpp).
+
+#include <algorithm>
+#include <string>
+#include <string_view>
+
+
+namespace sessa::attention {
+
+/// Full causal softmax attention, diagonal included.
+struct causal {
+  static constexpr std::string_view name = "causal";
+  constexpr index_t first_key(index_t /*t*/) const noexcept { return 0; }
+  constexpr void check() const noexcept {}
+  friend constexpr bool operator==(const causal&, const causal&) = default;
+};
+
+/// Causal attention over the last `window` positions (t - window + 1 .. t).
+struct sliding_window {
+  static constexpr std::string_view name = "sliding_window";
+  index_t window = 0;
+  constexpr index_t first_key(index_t t) const noexcept { return std::max<index_t>(0, t - window + 1); }
+  void check() const {
+    if (window < 1)
+      throw config_error("invalid attention variant: sliding_window.window must be >= 1, got " +
+                         std::to_string(window));
+  }
+  friend constexpr bool operator==(const sliding_window&, const sliding_window&) = default;
+};
+
+}  // namespace sessa::attention
+// ---- end sessa/attention/variants.hpp --------------------------------------------------------------------------
+// ---- begin sessa/model/cache.hpp -------------------------------------------------------------------------------
+// sessa/model/cache.hpp: per-sequence state of a layer (its cache), the view kernels see of it, and the
+// scratch a forward pass uses.
+//
+// The cache of one layer holds, for every token seen and every batch row (SPEC.md "Recurrent form"):
+//   k, v   forward-branch keys (after RoPE) and values   (batch, Hkv, capacity, d)
+//   kb     feedback keys                                 (batch, capacity, D)
+//   s      mixer outputs, which the feedback attends to  (batch, capacity, D)
+// Per kv head the keys of one sequence are contiguous in time, so a decode step streams them.
+// All batch rows share one length. The capacity is fixed when the cache is made; extending past it is a
+// cache_error, and reset()/truncate() roll the sequence back (exact, since token t depends only on the past).
+//
+//   layer_cache<P, Backend>   owns the cache in the backend's memory space, values of cache_t<P> (the numeric
+//                             policy's storage type), and the scratch of the calls made on it
+//   cache_view<C, S>          what kernels receive: pointers into space S, the shape and the length, no ownership
+//   workspace<T, Backend>     the scratch of a forward pass in compute type T, sized by rows = batch * chunk, and
+//                             the backend's execution context (thread count or stream, and its scratch arena).
+//                             It only grows, so after the first decode step no step allocates.
+
+#include <array>
+#include <string>
+
+
+namespace sessa {
+
+/// Scratch for one forward pass of `rows` = batch * chunk tokens, in compute type T and the memory space of
+/// Backend, with Backend's execution context. Buffers only grow.
+template <scalar T, backend_tag Backend = backend::default_cpu>
+struct workspace {
+  using backend_type = Backend;
+  using space = space_of<Backend>;
+
+  buffer<T, space> u;      // (rows, D)       LayerNorm output, later s * z
+  buffer<T, space> az;     // (rows, 2D)      [a | z], a turned into GELU(a) in place
+  buffer<T, space> q;      // (rows, D)       forward queries
+  buffer<T, space> kv;     // (rows, 2*Hkv*d) new keys | values
+  buffer<T, space> f;      // (rows, D)       forward branch before out_proj
+  buffer<T, space> f2;     // (rows, D)       forward branch after out_proj
+  buffer<T, space> qbkb;   // (rows, 2D)      feedback queries | keys
+  buffer<T, space> gamma;  // (rows)          feedback gains
+  buffer<T, space> s;      // (rows, D)       mixer output
+  // Grown by layer_forward only when a call longer than prefill_block tokens has batch > 1 (model/layer.hpp).
+  buffer<T, space> stage;  // (batch * prefill_block, D)  one block's rows of every sequence, gathered
+  /// The backend's execution context: its settings (threads, stream) and its kernels' scratch arena.
+  backend::context<Backend> context;
+
+  /// The model buffers above, then `scores`: capacity values of T that a borrowed workspace lends to slot 0 of
+  /// the context's scratch arena (the reference kernels' row of attention scores).
+  static constexpr std::size_t n_buffers = 10;
+  using sizes_t = std::array<index_t, n_buffers>;
+
+  /// Elements each buffer needs for `rows` rows against a cache of `capacity` tokens, in member order.
+  /// The one place these sizes are written down: reserve() and borrowed workspaces both use it.
+  static constexpr sizes_t sizes(const layer_config& c, index_t rows, index_t capacity) noexcept {
+    const index_t D = c.d_model;
+    return {rows * D, rows * 2 * D, rows * D, rows * 2 * c.kv_dim(), rows * D,
+            rows * D, rows * 2 * D, rows,     rows * D,              capacity};
+  }
+  /// Elementwise maximum (a workspace shared by layers of different shapes).
+  static constexpr sizes_t max(const sizes_t& a, const sizes_t& b) noexcept {
+    sizes_t m{};
+    for (std::size_t i = 0; i < n_buffers; ++i) m[i] = a[i] > b[i] ? a[i] : b[i];
+    return m;
+  }
+  /// Total elements of a layout, each buffer rounded up to whole cache lines.
+  static constexpr index_t total(const sizes_t& s) noexcept {
+    index_t n = 0;
+    for (index_t e : s) n += round_up(e);
+    return n;
+  }
+
+  void reserve(const layer_config& c, index_t rows, index_t capacity) {
+    const sizes_t need = sizes(c, rows, capacity);
+    buffer<T, space>* b[n_buffers - 1] = {&u, &az, &q, &kv, &f, &f2, &qbkb, &gamma, &s};
+    for (std::size_t i = 0; i + 1 < n_buffers; ++i) b[i]->reserve(need[i]);
+  }
+
+  /// Bytes held: the model buffers and the context's scratch arena.
+  index_t bytes() const noexcept {
+    const buffer<T, space>* b[] = {&u, &az, &q, &kv, &f, &f2, &qbkb, &gamma, &s, &stage};
+    index_t n = 0;
+    for (const auto* x : b) n += static_cast<index_t>(x->bytes());
+    return n + context.scratch.bytes();
+  }
+
+  /// A workspace over caller memory of total(layout) elements of space Backend (64-byte aligned); its buffers
+  /// never allocate. Kernels that grow scratch beyond slot 0 of the arena (the cpu backend's) still do, once.
+  static workspace borrow(pointer<T, space> storage, const sizes_t& layout) {
+    workspace w;
+    buffer<T, space>* b[n_buffers - 1] = {&w.u, &w.az, &w.q, &w.kv, &w.f, &w.f2, &w.qbkb, &w.gamma, &w.s};
+    for (std::size_t i = 0; i + 1 < n_buffers; ++i) {
+      *b[i] = buffer<T, space>::borrow(storage, layout[i]);
+      storage += round_up(layout[i]);
+    }
+    w.context.scratch.borrow(0, memory::pointer_cast<std::byte, space>(storage),
+                             layout[n_buffers - 1] * static_cast<index_t>(sizeof(T)));
+    w.stage = buffer<T, space>::borrow(nullptr, 0);  // never grows: layer_forward reports a call that would need it
+    return w;
+  }
+
+ private:
+  static constexpr index_t round_up(index_t n) noexcept {
+    constexpr index_t line = static_cast<index_t>(buffer_alignment / sizeof(T));
+    return (n + line - 1) / line * line;
+  }
+};
+
+/// What a kernel sees of a layer's cache: pointers into memory space S, shape and length. C is the cache's
+/// element type (const C for a read-only view). Row j of k(b, h) is the key of position j of sequence b, head h.
+template <class C, class S = memory::host>
+class cache_view {
+ public:
+  using value_type = C;
+  using space = S;
+
+  constexpr cache_view() = default;
+  constexpr cache_view(pointer<C, S> k, pointer<C, S> v, pointer<C, S> kb, pointer<C, S> s, index_t batch,
+                       index_t capacity, index_t length, index_t n_kv, index_t d, index_t D) noexcept
+      : k_(k), v_(v), kb_(kb), s_(s), batch_(batch), capacity_(capacity), length_(length), n_kv_(n_kv), d_(d), D_(D) {}
+  /// A mutable view converts to a read-only one.
+  template <class U>
+    requires(std::is_same_v<const U, C> && !std::is_same_v<U, C>)
+  constexpr cache_view(const cache_view<U, S>& o) noexcept
+      : cache_view(o.k_base(), o.v_base(), o.kb_base(), o.s_base(), o.batch(), o.capacity(), o.length(),
+                   o.n_kv_heads(), o.head_dim(), o.d_model()) {}
+
+  constexpr index_t batch() const noexcept { return batch_; }
+  constexpr index_t capacity() const noexcept { return capacity_; }
+  /// Tokens held before the call that received this view.
+  constexpr index_t length() const noexcept { return length_; }
+  constexpr index_t n_kv_heads() const noexcept { return n_kv_; }
+  constexpr index_t head_dim() const noexcept { return d_; }
+  constexpr index_t d_model() const noexcept { return D_; }
+
+  /// (capacity, d) keys / values of sequence b, kv head h; (capacity, D) feedback keys / outputs of sequence b.
+  constexpr matrix<C, S> k(index_t b, index_t h) const noexcept { return {k_ + ((b * n_kv_ + h) * capacity_) * d_, capacity_, d_}; }
+  constexpr matrix<C, S> v(index_t b, index_t h) const noexcept { return {v_ + ((b * n_kv_ + h) * capacity_) * d_, capacity_, d_}; }
+  constexpr matrix<C, S> kb(index_t b) const noexcept { return {kb_ + b * capacity_ * D_, capacity_, D_}; }
+  constexpr matrix<C, S> s(index_t b) const noexcept { return {s_ + b * capacity_ * D_, capacity_, D_}; }
+  /// Base pointers: k and v (batch, Hkv, capacity, d), kb and s (batch, capacity, D).
+  constexpr pointer<C, S> k_base() const noexcept { return k_; }
+  constexpr pointer<C, S> v_base() const noexcept { return v_; }
+  constexpr pointer<C, S> kb_base() const noexcept { return kb_; }
+  constexpr pointer<C, S> s_base() const noexcept { return s_; }
+
+ private:
+  pointer<C, S> k_{}, v_{}, kb_{}, s_{};
+  index_t batch_ = 0, capacity_ = 0, length_ = 0;
+  index_t n_kv_ = 0, d_ = 0, D_ = 0;
+};
+
+/// The cache of one layer for numeric policy P on Backend: values of cache_t<P> in the backend's memory space.
+template <numeric P, backend_tag Backend = backend::default_cpu>
+class layer_cache {
+ public:
+  using value_type = cache_t<P>;
+  using backend_type = Backend;
+  using space = space_of<Backend>;
+  using view_type = cache_view<value_type, space>;
+  using const_view_type = cache_view<const value_type, space>;
+
+  layer_cache() = default;
+  layer_cache(const layer_config& c, index_t batch, index_t capacity)
+      : batch_(batch), capacity_(capacity), n_kv_(c.n_kv_heads), d_(c.head_dim()), D_(c.d_model) {
+    c.check();
+    if (batch <= 0) throw cache_error("cache batch size must be positive, got " + std::to_string(batch));
+    if (capacity <= 0) throw cache_error("cache capacity must be positive, got " + std::to_string(capacity));
+    k_.resize(batch * n_kv_ * capacity * d_);
+    v_.resize(batch * n_kv_ * capacity * d_);
+    kb_.resize(batch * capacity * D_);
+    s_.resize(batch * capacity * D_);
+  }
+
+  /// Elements a cache needs: batch * capacity * (2 Hkv d + 2 D).
+  static constexpr index_t storage_size(const layer_config& c, index_t batch, index_t capacity) noexcept {
+    return batch * capacity * c.cache_values_per_token();
+  }
+
+  /// A cache over caller memory of storage_size(c, batch, capacity) elements: it never allocates.
+  /// The configuration must already be checked (compile-time-shaped models check it statically).
+  layer_cache(const layer_config& c, index_t batch, index_t capacity, pointer<value_type, space> storage) noexcept
+      : batch_(batch), capacity_(capacity), n_kv_(c.n_kv_heads), d_(c.head_dim()), D_(c.d_model) {
+    const index_t kv = batch * n_kv_ * capacity * d_, fb = batch * capacity * D_;
+    k_ = buffer<value_type, space>::borrow(storage, kv);
+    v_ = buffer<value_type, space>::borrow(storage + kv, kv);
+    kb_ = buffer<value_type, space>::borrow(storage + 2 * kv, fb);
+    s_ = buffer<value_type, space>::borrow(storage + 2 * kv + fb, fb);
+  }
+
+  index_t batch() const noexcept { return batch_; }
+  index_t capacity() const noexcept { return capacity_; }
+  index_t length() const noexcept { return length_; }
+  index_t remaining() const noexcept { return capacity_ - length_; }
+  index_t d_model() const noexcept { return D_; }
+  index_t n_kv_heads() const noexcept { return n_kv_; }
+  index_t head_dim() const noexcept { return d_; }
+  /// Bytes held by the cache storage.
+  index_t bytes() const noexcept {
+    return (k_.size() + v_.size() + kb_.size() + s_.size()) * index_t(sizeof(value_type));
+  }
+
+  /// Forgets every token (keeps the storage).
+  void reset() noexcept { length_ = 0; }
+  /// Keeps the first n tokens.
+  void truncate(index_t n) {
+    if (n < 0 || n > length_)
+      throw cache_error("cannot truncate a cache of length " + std::to_string(length_) + " to " + std::to_string(n) +
+                        " tokens");
+    length_ = n;
+  }
+
+  /// Throws cache_error unless `batch` rows of `n_new` more tokens fit.
+  void require(index_t batch, index_t n_new) const {
+    if (capacity_ == 0) throw cache_error("the cache was never initialized (capacity 0); call init_cache first");
+    if (batch != batch_)
+      throw cache_error("input has batch " + std::to_string(batch) + " but the cache was made for batch " +
+                        std::to_string(batch_));
+    if (n_new > capacity_ - length_)
+      throw cache_error("cache full: capacity " + std::to_string(capacity_) + " tokens, " + std::to_string(length_) +
+                        " held, " + std::to_string(n_new) + " more requested");
+  }
+  /// Commits n appended tokens (called by the mixer after it wrote them).
+  void advance(index_t n) noexcept { length_ += n; }
+
+  /// Scratch used by the tensor-level forward()/decode_step() of a layer on this cache. Not state: it
+  /// holds nothing between calls, it only keeps its memory so steps after the first do not allocate. Its
+  /// context is where those calls take their settings from (scratch.context.threads, a stream).
+  workspace<compute_t<P>, Backend> scratch;
+
+  /// The views kernels receive.
+  view_type view() noexcept {
+    return {k_.data(), v_.data(), kb_.data(), s_.data(), batch_, capacity_, length_, n_kv_, d_, D_};
+  }
+  const_view_type view() const noexcept {
+    return {k_.data(), v_.data(), kb_.data(), s_.data(), batch_, capacity_, length_, n_kv_, d_, D_};
+  }
+  matrix<value_type, space> k(index_t b, index_t h) noexcept { return view().k(b, h); }
+  matrix<value_type, space> v(index_t b, index_t h) noexcept { return view().v(b, h); }
+  matrix<value_type, space> kb(index_t b) noexcept { return view().kb(b); }
+  matrix<value_type, space> s(index_t b) noexcept { return view().s(b); }
+  cmatrix<value_type, space> k(index_t b, index_t h) const noexcept { return view().k(b, h); }
+  cmatrix<value_type, space> v(index_t b, index_t h) const noexcept { return view().v(b, h); }
+  cmatrix<value_type, space> kb(index_t b) const noexcept { return view().kb(b); }
+  cmatrix<value_type, space> s(index_t b) const noexcept { return view().s(b); }
+
+ private:
+  index_t batch_ = 0, capacity_ = 0, length_ = 0;
+  index_t n_kv_ = 0, d_ = 0, D_ = 0;
+  buffer<value_type, space> k_, v_;   // (batch, Hkv, capacity, d)
+  buffer<value_type, space> kb_, s_;  // (batch, capacity, D)
+};
+
+}  // namespace sessa
+// ---- end sessa/model/cache.hpp ---------------------------------------------------------------------------------
+
+namespace sessa::backend {
+
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class W = weight_t<P>>
+concept has_linear = requires(context<B>& ctx, cmatrix<T, S> x, cmatrix<W, S> w, pointer<const W, S> bias,
+                              matrix<T, S> y) { kernels<B>::linear(ctx, x, w, bias, y, true); };
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class W = weight_t<P>>
+concept has_layer_norm = requires(context<B>& ctx, cmatrix<T, S> x, pointer<const W, S> g, matrix<T, S> y, T eps) {
+  kernels<B>::layer_norm(ctx, x, g, g, eps, y);
+};
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>>
+concept has_gelu = requires(context<B>& ctx, matrix<T, S> x) { kernels<B>::gelu(ctx, x); };
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>>
+concept has_multiply = requires(context<B>& ctx, cmatrix<T, S> a, matrix<T, S> out) {
+  kernels<B>::multiply(ctx, a, a, out);
+};
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>>
+concept has_gain = requires(context<B>& ctx, pointer<T, S> g, index_t n, T m) { kernels<B>::gain(ctx, g, n, m); };
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>>
+concept has_rope = requires(context<B>& ctx, matrix<T, S> x, index_t i, pointer<const float, S> f) {
+  kernels<B>::rope(ctx, x, i, i, i, f);
+};
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class C = cache_t<P>>
+concept has_attention = requires(context<B>& ctx, const layer_config& c, cmatrix<T, S> q,
+                                 cache_view<const C, S> cache, index_t i, matrix<T, S> out) {
+  kernels<B>::attention(ctx, attention::causal{}, c, q, cache, i, i, out);
+  kernels<B>::attention(ctx, attention::sliding_window{}, c, q, cache, i, i, out);
+};
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class C = cache_t<P>>
+concept has_feedback = requires(context<B>& ctx, const layer_config& c, cmatrix<T, S> qb, pointer<const T, S> g,
+                                cache_view<C, S> cache, index_t i, matrix<T, S> out) {
+  kernels<B>::feedback(ctx, c, qb, g, qb, cache, i, i, out);
+};
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>>
+concept has_copy = requires(context<B>& ctx, cmatrix<T, S> src, matrix<T, S> dst) { kernels<B>::copy(ctx, src, dst); };
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class C = cache_t<P>>
+concept has_append_cache = requires(context<B>& ctx, const layer_config& c, cmatrix<T, S> kv, cache_view<C, S> cache,
+                                    index_t i) { kernels<B>::append_cache(ctx, c, kv, kv, cache, i, i); };
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class W = weight_t<P>>
+concept has_embed = requires(context<B>& ctx, cmatrix<W, S> table, pointer<const std::int64_t, S> tok,
+                             matrix<T, S> h) { kernels<B>::embed(ctx, table, tok, h); };
+
+/// The whole kernel set of backend B for numeric policy P.
+template <class B, class P>
+concept kernel_set = has_linear<B, P> && has_layer_norm<B, P> && has_gelu<B, P> && has_multiply<B, P> &&
+                     has_gain<B, P> && has_rope<B, P> && has_attention<B, P> && has_feedback<B, P> &&
+                     has_copy<B, P> && has_append_cache<B, P> && has_embed<B, P>;
+
+/// Checks the kernel set at compile time with one message per missing kernel; true when complete.
+template <class B, class P>
+consteval bool verify_kernel_set() {
+  constexpr bool has_kernels = !requires { kernels<B>::unspecialized; };
+  constexpr bool has_context = !requires { context<B>::unspecialized; };
+  static_assert(has_kernels,
+                "sessa: no kernels for this backend tag; include the header that specializes sessa::backend::kernels<Tag> "
+                "(sessa/sessa.hpp for reference and cpu, sessa/thrust_omp.hpp, sessa/cuda.cuh)");
+  static_assert(!has_kernels || has_context,
+                "sessa: no execution context for this backend tag; a backend specializes sessa::backend::context<Tag> "
+                "next to its kernels");
+  if constexpr (has_kernels && has_context) {
+#define SESSA_KERNEL_CHECK_(k)                                                                                    \
+  static_assert(has_##k<B, P>, "sessa: this backend's kernels<Tag> has no `" #k "` kernel for this numeric "     \
+                               "policy (compute type, weight and cache storage); a backend declares its whole " \
+                               "kernel set, see sessa/backend/kernel_set.hpp")
+    SESSA_KERNEL_CHECK_(linear);
+    SESSA_KERNEL_CHECK_(layer_norm);
+    SESSA_KERNEL_CHECK_(gelu);
+    SESSA_KERNEL_CHECK_(multiply);
+    SESSA_KERNEL_CHECK_(gain);
+    SESSA_KERNEL_CHECK_(rope);
+    SESSA_KERNEL_CHECK_(attention);
+    SESSA_KERNEL_CHECK_(feedback);
+    SESSA_KERNEL_CHECK_(copy);
+    SESSA_KERNEL_CHECK_(append_cache);
+    SESSA_KERNEL_CHECK_(embed);
+#undef SESSA_KERNEL_CHECK_
+    return kernel_set<B, P>;
+  } else {
+    return false;
+  }
+}
+
+}  // namespace sessa::backend
+// ---- end sessa/backend/kernel_set.hpp --------------------------------------------------------------------------
 // ---- begin sessa/backend/cpu/reference.hpp ---------------------------------------------------------------------
 // sessa/backend/cpu/reference.hpp: the reference backend, straightforward scalar loops.
 //
 // This is the oracle: every other backend is tested against it, so each kernel is written to be
-// obviously right rather than fast. The math is SPEC.md's, kernel by kernel:
+// obviously right rather than fast. The math is SPEC.md's, kernel by kernel (contracts in
+// backend/kernel_set.hpp):
 //   linear      y = x W^T + b                          (x (M, K), W (N, K) row-major as PyTorch stores it)
 //   layer_norm  biased variance, eps inside the square root
 //   gelu        exact erf form
 //   rope        SPEC.md's pair rotation at absolute positions
 //   attention   forward branch: causal softmax over the variant's keys, GQA by head index h / g
 //   feedback    s_t = f_t + gamma_t * sum_{j<t} softmax_j(q_b,t . k_b,j / sqrt(D)) s_j, row 0 empty
-// Rows of a chunk are laid out batch-major: row b * n + i is token i of batch row b, at absolute position
-// pos0 + i. The keys, values and feedback keys of the chunk are in the cache before attention/feedback run.
+//   copy, append_cache, embed   the row moves of the model glue
+// Every kernel reads any storage type (weights W, cache C: float, double, bfloat16, half), widening each value
+// to the compute type T as it loads it, so the reference runs every numeric policy (core/numeric.hpp).
+// Its execution context holds only the scratch arena: slot 0 is the row of attention scores.
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 
 // ---- begin sessa/attention/rope.hpp ----------------------------------------------------------------------------
@@ -557,6 +1512,12 @@ inline std::vector<float> inv_freq(index_t head_dim) {
   return w;
 }
 
+/// The same table in a host buffer (what weights hold; to_space copies it to a device).
+inline buffer<float> inv_freq_table(index_t head_dim) {
+  const std::vector<float> w = inv_freq(head_dim);
+  return buffer<float>(std::span<const float>(w));
+}
+
 /// Rotates one head row x (d values) in place for absolute position `pos`.
 template <class T>
 SESSA_HOST_DEVICE inline void rotate(T* x, index_t head_dim, index_t pos, const float* inv_freq) {
@@ -572,203 +1533,33 @@ SESSA_HOST_DEVICE inline void rotate(T* x, index_t head_dim, index_t pos, const 
 
 }  // namespace sessa::rope
 // ---- end sessa/attention/rope.hpp ------------------------------------------------------------------------------
-// ---- begin sessa/model/cache.hpp -------------------------------------------------------------------------------
-// sessa/model/cache.hpp: per-sequence state of a layer (its cache) and the scratch a forward pass uses.
-//
-// The cache of one layer holds, for every token seen and every batch row (SPEC.md "Recurrent form"):
-//   k, v   forward-branch keys (after RoPE) and values   (batch, Hkv, capacity, d)
-//   kb     feedback keys                                 (batch, capacity, D)
-//   s      mixer outputs, which the feedback attends to  (batch, capacity, D)
-// Per kv head the keys of one sequence are contiguous in time, so a decode step streams them.
-// All batch rows share one length. The capacity is fixed when the cache is made; extending past it is a
-// cache_error, and reset()/truncate() roll the sequence back (exact, since token t depends only on the past).
-//
-// workspace<T> is the scratch of a forward pass, sized by rows = batch * chunk. It only grows, so after the
-// first decode step no step allocates.
-
-#include <array>
-#include <string>
-
-
-namespace sessa {
-
-/// Scratch for one forward pass of `rows` = batch * chunk tokens. Buffers only grow.
-template <scalar T>
-struct workspace {
-  buffer<T> u;       // (rows, D)      LayerNorm output, later s * z
-  buffer<T> az;      // (rows, 2D)     [a | z], a turned into GELU(a) in place
-  buffer<T> q;       // (rows, D)      forward queries
-  buffer<T> kv;      // (rows, 2*Hkv*d) new keys | values
-  buffer<T> f;       // (rows, D)      forward branch before out_proj
-  buffer<T> f2;      // (rows, D)      forward branch after out_proj
-  buffer<T> qbkb;    // (rows, 2D)     feedback queries | keys
-  buffer<T> gamma;   // (rows)         feedback gains
-  buffer<T> s;       // (rows, D)      mixer output
-  buffer<T> scores;  // (capacity)     one row of attention scores (reference kernels)
-  // Grown by the cpu backend's attention / feedback kernels when they run (backend/cpu/attention.hpp,
-  // feedback.hpp); not reserved here, so the reference backend never allocates them.
-  buffer<T> fb_state;  // (rows, D + 2)          feedback: online-softmax state per row, acc | m | l
-  buffer<T> fb_block;  // (batch, Bk, Bk + 2)    feedback: probabilities of the diagonal block | alpha | coef
-  buffer<T> partials;  // (parts, rows, dv + 2)  split-K partial softmax states, merged after the pass
-  // Grown by layer_forward only when a call longer than prefill_block tokens has batch > 1 (model/layer.hpp).
-  buffer<T> stage;     // (batch * prefill_block, D)  one block's rows of every sequence, gathered
-
-  static constexpr std::size_t n_buffers = 10;
-  using sizes_t = std::array<index_t, n_buffers>;
-
-  /// Elements each buffer needs for `rows` rows against a cache of `capacity` tokens, in member order.
-  /// The one place these sizes are written down: reserve() and borrowed workspaces both use it.
-  static constexpr sizes_t sizes(const layer_config& c, index_t rows, index_t capacity) noexcept {
-    const index_t D = c.d_model;
-    return {rows * D, rows * 2 * D, rows * D, rows * 2 * c.kv_dim(), rows * D,
-            rows * D, rows * 2 * D, rows,     rows * D,              capacity};
-  }
-  /// Elementwise maximum (a workspace shared by layers of different shapes).
-  static constexpr sizes_t max(const sizes_t& a, const sizes_t& b) noexcept {
-    sizes_t m{};
-    for (std::size_t i = 0; i < n_buffers; ++i) m[i] = a[i] > b[i] ? a[i] : b[i];
-    return m;
-  }
-  /// Total elements of a layout, each buffer rounded up to whole cache lines.
-  static constexpr index_t total(const sizes_t& s) noexcept {
-    index_t n = 0;
-    for (index_t e : s) n += round_up(e);
-    return n;
-  }
-
-  void reserve(const layer_config& c, index_t rows, index_t capacity) {
-    const sizes_t need = sizes(c, rows, capacity);
-    buffer<T>* b[n_buffers] = {&u, &az, &q, &kv, &f, &f2, &qbkb, &gamma, &s, &scores};
-    for (std::size_t i = 0; i < n_buffers; ++i) b[i]->reserve(need[i]);
-  }
-
-  /// A workspace over caller memory of total(layout) elements (64-byte aligned); it never allocates.
-  static workspace borrow(T* storage, const sizes_t& layout) noexcept {
-    workspace w;
-    buffer<T>* b[n_buffers] = {&w.u, &w.az, &w.q, &w.kv, &w.f, &w.f2, &w.qbkb, &w.gamma, &w.s, &w.scores};
-    for (std::size_t i = 0; i < n_buffers; ++i) {
-      *b[i] = buffer<T>::borrow(storage, layout[i]);
-      storage += round_up(layout[i]);
-    }
-    w.stage = buffer<T>::borrow(nullptr, 0);  // never grows: layer_forward reports a call that would need it
-    return w;
-  }
-
- private:
-  static constexpr index_t round_up(index_t n) noexcept {
-    constexpr index_t line = static_cast<index_t>(buffer_alignment / sizeof(T));
-    return (n + line - 1) / line * line;
-  }
-};
-
-template <scalar T>
-class layer_cache {
- public:
-  layer_cache() = default;
-  layer_cache(const layer_config& c, index_t batch, index_t capacity)
-      : batch_(batch), capacity_(capacity), n_kv_(c.n_kv_heads), d_(c.head_dim()), D_(c.d_model) {
-    c.check();
-    if (batch <= 0) throw cache_error("cache batch size must be positive, got " + std::to_string(batch));
-    if (capacity <= 0) throw cache_error("cache capacity must be positive, got " + std::to_string(capacity));
-    k_.resize(batch * n_kv_ * capacity * d_);
-    v_.resize(batch * n_kv_ * capacity * d_);
-    kb_.resize(batch * capacity * D_);
-    s_.resize(batch * capacity * D_);
-  }
-
-  /// Elements a cache needs: batch * capacity * (2 Hkv d + 2 D).
-  static constexpr index_t storage_size(const layer_config& c, index_t batch, index_t capacity) noexcept {
-    return batch * capacity * c.cache_values_per_token();
-  }
-
-  /// A cache over caller memory of storage_size(c, batch, capacity) elements: it never allocates.
-  /// The configuration must already be checked (compile-time-shaped models check it statically).
-  layer_cache(const layer_config& c, index_t batch, index_t capacity, T* storage) noexcept
-      : batch_(batch), capacity_(capacity), n_kv_(c.n_kv_heads), d_(c.head_dim()), D_(c.d_model) {
-    const index_t kv = batch * n_kv_ * capacity * d_, fb = batch * capacity * D_;
-    k_ = buffer<T>::borrow(storage, kv);
-    v_ = buffer<T>::borrow(storage + kv, kv);
-    kb_ = buffer<T>::borrow(storage + 2 * kv, fb);
-    s_ = buffer<T>::borrow(storage + 2 * kv + fb, fb);
-  }
-
-  index_t batch() const noexcept { return batch_; }
-  index_t capacity() const noexcept { return capacity_; }
-  index_t length() const noexcept { return length_; }
-  index_t remaining() const noexcept { return capacity_ - length_; }
-  index_t d_model() const noexcept { return D_; }
-  index_t n_kv_heads() const noexcept { return n_kv_; }
-  index_t head_dim() const noexcept { return d_; }
-  /// Bytes held by the cache storage.
-  index_t bytes() const noexcept { return (k_.size() + v_.size() + kb_.size() + s_.size()) * index_t(sizeof(T)); }
-
-  /// Forgets every token (keeps the storage).
-  void reset() noexcept { length_ = 0; }
-  /// Keeps the first n tokens.
-  void truncate(index_t n) {
-    if (n < 0 || n > length_)
-      throw cache_error("cannot truncate a cache of length " + std::to_string(length_) + " to " + std::to_string(n) +
-                        " tokens");
-    length_ = n;
-  }
-
-  /// Throws cache_error unless `batch` rows of `n_new` more tokens fit.
-  void require(index_t batch, index_t n_new) const {
-    if (capacity_ == 0) throw cache_error("the cache was never initialized (capacity 0); call init_cache first");
-    if (batch != batch_)
-      throw cache_error("input has batch " + std::to_string(batch) + " but the cache was made for batch " +
-                        std::to_string(batch_));
-    if (n_new > capacity_ - length_)
-      throw cache_error("cache full: capacity " + std::to_string(capacity_) + " tokens, " + std::to_string(length_) +
-                        " held, " + std::to_string(n_new) + " more requested");
-  }
-  /// Commits n appended tokens (called by the mixer after it wrote them).
-  void advance(index_t n) noexcept { length_ += n; }
-
-  /// Scratch used by the tensor-level forward()/decode_step() of a layer on this cache. Not state: it
-  /// holds nothing between calls, it only keeps its memory so steps after the first do not allocate.
-  workspace<T> scratch;
-
-  matrix<T> k(index_t b, index_t h) noexcept { return {k_.data() + ((b * n_kv_ + h) * capacity_) * d_, capacity_, d_}; }
-  matrix<T> v(index_t b, index_t h) noexcept { return {v_.data() + ((b * n_kv_ + h) * capacity_) * d_, capacity_, d_}; }
-  matrix<T> kb(index_t b) noexcept { return {kb_.data() + b * capacity_ * D_, capacity_, D_}; }
-  matrix<T> s(index_t b) noexcept { return {s_.data() + b * capacity_ * D_, capacity_, D_}; }
-  cmatrix<T> k(index_t b, index_t h) const noexcept { return const_cast<layer_cache*>(this)->k(b, h); }
-  cmatrix<T> v(index_t b, index_t h) const noexcept { return const_cast<layer_cache*>(this)->v(b, h); }
-  cmatrix<T> kb(index_t b) const noexcept { return const_cast<layer_cache*>(this)->kb(b); }
-  cmatrix<T> s(index_t b) const noexcept { return const_cast<layer_cache*>(this)->s(b); }
-
- private:
-  index_t batch_ = 0, capacity_ = 0, length_ = 0;
-  index_t n_kv_ = 0, d_ = 0, D_ = 0;
-  buffer<T> k_, v_;    // (batch, Hkv, capacity, d)
-  buffer<T> kb_, s_;   // (batch, capacity, D)
-};
-
-}  // namespace sessa
-// ---- end sessa/model/cache.hpp ---------------------------------------------------------------------------------
 
 namespace sessa::backend {
 
+/// The reference backend's context: its scratch arena (slot 0: one row of attention scores).
+template <>
+struct context<reference> {
+  scratch_arena<memory::host> scratch;
+};
+
 template <>
 struct kernels<reference> {
-  /// y (M, N) = x (M, K) * w (N, K)^T + bias (N; may be null). With accumulate, y += instead of y =.
-  template <scalar T>
-  static void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumulate = false) {
+  template <scalar T, class W>
+  static void linear(context<reference>&, cmatrix<T> x, cmatrix<W> w, const W* bias, matrix<T> y,
+                     bool accumulate = false) {
     for (index_t i = 0; i < x.rows; ++i)
       for (index_t j = 0; j < w.rows; ++j) {
         T acc = 0;
         const T* xr = x.row(i);
-        const T* wr = w.row(j);
-        for (index_t k = 0; k < x.cols; ++k) acc += xr[k] * wr[k];
-        if (bias) acc += bias[j];
+        const W* wr = w.row(j);
+        for (index_t k = 0; k < x.cols; ++k) acc += xr[k] * widen<T>(wr[k]);
+        if (bias) acc += widen<T>(bias[j]);
         y(i, j) = accumulate ? y(i, j) + acc : acc;
       }
   }
 
-  /// y = (x - mean) / sqrt(var + eps) * g + b per row; y may alias x.
-  template <scalar T>
-  static void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y) {
+  template <scalar T, class W>
+  static void layer_norm(context<reference>&, cmatrix<T> x, const W* g, const W* b, T eps, matrix<T> y) {
     const index_t D = x.cols;
     for (index_t i = 0; i < x.rows; ++i) {
       const T* xr = x.row(i);
@@ -780,13 +1571,12 @@ struct kernels<reference> {
       var /= static_cast<T>(D);
       const T inv = T(1) / std::sqrt(var + eps);
       T* yr = y.row(i);
-      for (index_t k = 0; k < D; ++k) yr[k] = (xr[k] - mean) * inv * g[k] + b[k];
+      for (index_t k = 0; k < D; ++k) yr[k] = (xr[k] - mean) * inv * widen<T>(g[k]) + widen<T>(b[k]);
     }
   }
 
-  /// x <- 0.5 x (1 + erf(x / sqrt 2)) in place.
   template <scalar T>
-  static void gelu(matrix<T> x) {
+  static void gelu(context<reference>&, matrix<T> x) {
     const T r = static_cast<T>(0.70710678118654752440);
     for (index_t i = 0; i < x.rows; ++i)
       for (index_t k = 0; k < x.cols; ++k) {
@@ -795,44 +1585,39 @@ struct kernels<reference> {
       }
   }
 
-  /// out = a * b elementwise (out may alias either).
   template <scalar T>
-  static void multiply(cmatrix<T> a, cmatrix<T> b, matrix<T> out) {
+  static void multiply(context<reference>&, cmatrix<T> a, cmatrix<T> b, matrix<T> out) {
     for (index_t i = 0; i < a.rows; ++i)
       for (index_t k = 0; k < a.cols; ++k) out(i, k) = a(i, k) * b(i, k);
   }
 
-  /// gamma_r <- gamma_max * tanh(gamma_r) for each of n values (gamma holds bias + ctx . a on entry).
   template <scalar T>
-  static void gain(T* gamma, index_t n, T gamma_max) {
+  static void gain(context<reference>&, T* gamma, index_t n, T gamma_max) {
     for (index_t i = 0; i < n; ++i) gamma[i] = gamma_max * std::tanh(gamma[i]);
   }
 
-  /// Rotates every head (width d) of every row in place; row r is at position pos0 + r % n.
   template <scalar T>
-  static void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq) {
+  static void rope(context<reference>&, matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq) {
     for (index_t r = 0; r < x.rows; ++r)
       for (index_t h = 0; h < x.cols / d; ++h) sessa::rope::rotate(x.row(r) + h * d, d, pos0 + r % n, inv_freq);
   }
 
-  /// Forward branch. q (batch*n, H*d) -> out (batch*n, H*d); query head h reads kv head h / g over keys
-  /// [variant.first_key(t), t] of the cache.
-  template <scalar T, attention_variant A>
-  static void attention(const A& variant, const layer_config& c, cmatrix<T> q, const layer_cache<T>& cache,
-                        index_t pos0, index_t n, matrix<T> out, workspace<T>& ws) {
+  template <scalar T, class C, attention_variant A>
+  static void attention(context<reference>& ctx, const A& variant, const layer_config& c, cmatrix<T> q,
+                        cache_view<const C> cache, index_t pos0, index_t n, matrix<T> out) {
     const index_t H = c.n_heads, d = c.head_dim(), g = c.group_size();
     const T scale = T(1) / std::sqrt(static_cast<T>(d));
-    T* p = ws.scores.data();  // (t + 1) scores
+    T* p = ctx.scratch.get<T>(0, cache.capacity());  // one row of scores
     for (index_t b = 0; b < cache.batch(); ++b)
       for (index_t i = 0; i < n; ++i) {
         const index_t t = pos0 + i, j0 = variant.first_key(t);
         for (index_t h = 0; h < H; ++h) {
           const T* qh = q.row(b * n + i) + h * d;
-          const cmatrix<T> K = cache.k(b, h / g), V = cache.v(b, h / g);  // (capacity, d)
+          const cmatrix<C> K = cache.k(b, h / g), V = cache.v(b, h / g);  // (capacity, d)
           T mx = -std::numeric_limits<T>::infinity();
           for (index_t j = j0; j <= t; ++j) {
             T acc = 0;
-            for (index_t k = 0; k < d; ++k) acc += qh[k] * K(j, k);
+            for (index_t k = 0; k < d; ++k) acc += qh[k] * widen<T>(K(j, k));
             p[j] = acc * scale;
             mx = std::max(mx, p[j]);
           }
@@ -842,32 +1627,32 @@ struct kernels<reference> {
           for (index_t k = 0; k < d; ++k) o[k] = 0;
           for (index_t j = j0; j <= t; ++j) {
             const T w = p[j] / sum;
-            for (index_t k = 0; k < d; ++k) o[k] += w * V(j, k);
+            for (index_t k = 0; k < d; ++k) o[k] += w * widen<T>(V(j, k));
           }
         }
       }
   }
 
-  /// Feedback solve, row by row in token order. qb (batch*n, D), gamma (batch*n), f (batch*n, D) ->
-  /// out (batch*n, D) and cache.s rows [pos0, pos0 + n). The strict past [0, t) is read from the cache.
-  template <scalar T>
-  static void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, layer_cache<T>& cache,
-                       index_t pos0, index_t n, matrix<T> out, workspace<T>& ws) {
+  /// Row by row in token order. Each s_t is formed in T, written to out, and stored in the cache as C; later
+  /// rows read the stored (rounded) value, as a decode step would.
+  template <scalar T, class C>
+  static void feedback(context<reference>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f,
+                       cache_view<C> cache, index_t pos0, index_t n, matrix<T> out) {
     const index_t D = c.d_model;
     const T scale = T(1) / std::sqrt(static_cast<T>(D));
-    T* p = ws.scores.data();
+    T* p = ctx.scratch.get<T>(0, cache.capacity());
     for (index_t b = 0; b < cache.batch(); ++b) {
-      const cmatrix<T> Kb = cache.kb(b);
-      const matrix<T> S = cache.s(b);  // (capacity, D)
+      const cmatrix<C> Kb = cache.kb(b);
+      const matrix<C> S = cache.s(b);  // (capacity, D)
       for (index_t i = 0; i < n; ++i) {
         const index_t t = pos0 + i, r = b * n + i;
-        T* st = S.row(t);
+        T* st = out.row(r);
         for (index_t k = 0; k < D; ++k) st[k] = f(r, k);
         if (t > 0) {
           T mx = -std::numeric_limits<T>::infinity();
           for (index_t j = 0; j < t; ++j) {
             T acc = 0;
-            for (index_t k = 0; k < D; ++k) acc += qb(r, k) * Kb(j, k);
+            for (index_t k = 0; k < D; ++k) acc += qb(r, k) * widen<T>(Kb(j, k));
             p[j] = acc * scale;
             mx = std::max(mx, p[j]);
           }
@@ -875,13 +1660,41 @@ struct kernels<reference> {
           for (index_t j = 0; j < t; ++j) sum += (p[j] = std::exp(p[j] - mx));
           for (index_t j = 0; j < t; ++j) {
             const T w = gamma[r] * (p[j] / sum);
-            const T* sj = S.row(j);
-            for (index_t k = 0; k < D; ++k) st[k] += w * sj[k];
+            const C* sj = S.row(j);
+            for (index_t k = 0; k < D; ++k) st[k] += w * widen<T>(sj[k]);
           }
         }
-        for (index_t k = 0; k < D; ++k) out(r, k) = st[k];
+        for (index_t k = 0; k < D; ++k) S(t, k) = narrow<C>(st[k]);
       }
     }
+  }
+
+  template <scalar T>
+  static void copy(context<reference>&, cmatrix<T> src, matrix<T> dst) {
+    for (index_t i = 0; i < src.rows; ++i)
+      for (index_t k = 0; k < src.cols; ++k) dst(i, k) = src(i, k);
+  }
+
+  template <scalar T, class C>
+  static void append_cache(context<reference>&, const layer_config& c, cmatrix<T> kv, cmatrix<T> kb,
+                           cache_view<C> cache, index_t pos0, index_t n) {
+    const index_t d = c.head_dim(), kvd = c.kv_dim(), D = c.d_model;
+    for (index_t b = 0; b < cache.batch(); ++b)
+      for (index_t i = 0; i < n; ++i) {
+        const index_t r = b * n + i, t = pos0 + i;
+        for (index_t h = 0; h < c.n_kv_heads; ++h)
+          for (index_t k = 0; k < d; ++k) {
+            cache.k(b, h)(t, k) = narrow<C>(kv(r, h * d + k));
+            cache.v(b, h)(t, k) = narrow<C>(kv(r, kvd + h * d + k));
+          }
+        for (index_t k = 0; k < D; ++k) cache.kb(b)(t, k) = narrow<C>(kb(r, k));
+      }
+  }
+
+  template <scalar T, class W>
+  static void embed(context<reference>&, cmatrix<W> table, const std::int64_t* tokens, matrix<T> h) {
+    for (index_t r = 0; r < h.rows; ++r)
+      for (index_t k = 0; k < h.cols; ++k) h(r, k) = widen<T>(table(tokens[r], k));
   }
 };
 
@@ -891,7 +1704,12 @@ struct kernels<reference> {
 // sessa/backend/cpu/parallel.hpp: thread control for the CPU backend.
 //
 // The CPU backend runs its loops on OpenMP threads when the library is compiled with OpenMP, and on the
-// calling thread otherwise; set_num_threads() is the one knob (the CLI's --threads calls it).
+// calling thread otherwise. Every parallel region it opens names its thread count explicitly
+// (`num_threads(n)`), taken from the call's execution context (backend::context<cpu>::threads) or, when that
+// is 0, from the process-wide default that set_num_threads() sets. So the setting holds for calls made from
+// any thread, not only the thread that made it (omp_set_num_threads() would set it for the caller only).
+
+#include <atomic>
 
 
 #if SESSA_HAS_OPENMP
@@ -900,19 +1718,23 @@ struct kernels<reference> {
 
 namespace sessa {
 
-/// Sets the number of threads CPU kernels use (n >= 1). Without OpenMP this has no effect.
-inline void set_num_threads(int n) {
-#if SESSA_HAS_OPENMP
-  if (n >= 1) omp_set_num_threads(n);
-#else
-  (void)n;
-#endif
+namespace detail {
+/// The process-wide default thread count of CPU kernels; 0 = OpenMP's default (OMP_NUM_THREADS, the cores).
+inline std::atomic<int>& default_threads() {
+  static std::atomic<int> n{0};
+  return n;
 }
+}  // namespace detail
 
-/// The number of threads CPU kernels will use.
+/// Sets the number of threads CPU kernels use by default, in every thread of the process (n >= 1; 0 restores
+/// OpenMP's default). A context's own `threads` setting overrides it. Without OpenMP this has no effect.
+inline void set_num_threads(int n) { detail::default_threads().store(n >= 0 ? n : 0, std::memory_order_relaxed); }
+
+/// The number of threads CPU kernels use by default.
 inline int num_threads() {
 #if SESSA_HAS_OPENMP
-  return omp_get_max_threads();
+  const int n = detail::default_threads().load(std::memory_order_relaxed);
+  return n > 0 ? n : omp_get_max_threads();
 #else
   return 1;
 #endif
@@ -930,14 +1752,22 @@ inline int thread_index() {
 }  // namespace sessa
 // ---- end sessa/backend/cpu/parallel.hpp ------------------------------------------------------------------------
 // ---- begin sessa/backend/cpu/simd.hpp --------------------------------------------------------------------------
-// sessa/backend/cpu/simd.hpp: the fast CPU backend, kernels<cpu>.
+// sessa/backend/cpu/simd.hpp: the fast CPU backend, kernels<cpu> and its context.
 //
-// kernels<cpu> derives from kernels<reference> and overrides the kernels that carry the work:
+// kernels<cpu> derives from kernels<reference> (same memory space, host) and overrides the kernels that carry
+// the work:
 //   linear      packed, cache-blocked GEMM on xsimd micro-kernels, OpenMP over output tiles (gemm.hpp)
 //   attention   flash-style forward branch: query tiles against key tiles, online softmax (attention.hpp)
 //   feedback    the blocked feedback solve with partial online-softmax states (feedback.hpp)
 //   layer_norm, gelu, multiply, rope   O(T D), vectorized and threaded over rows (elementwise.hpp)
-// The rest (gain: T values) is the reference's.
+// The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. The fast kernels take
+// weights and cache in the compute type (numeric policies float and double); a narrower storage type has no
+// cpu kernels yet, which verify_kernel_set reports at compile time.
+//
+// context<cpu> adds the thread count to the reference's context: `threads` (0 = the process-wide default,
+// set_num_threads()) caps every parallel region a kernel of this call opens, whichever thread makes the call.
+// Its scratch arena holds the feedback's row states (slot 1), diagonal blocks (slot 2) and the split-K partial
+// states of both attention passes (slot 3); the tile loops' per-thread buffers are thread_local.
 
 // ---- begin sessa/backend/cpu/attention.hpp ---------------------------------------------------------------------
 // sessa/backend/cpu/attention.hpp: the forward branch of the CPU backend, flash style.
@@ -965,7 +1795,7 @@ inline int thread_index() {
 //   * Threads (OpenMP): dynamic scheduling over the items, head by head (a head's K and V stay in the
 //     last-level cache), the latest (longest) query tiles first. When the items are few (decode: n = 1
 //     per batch row, and batch * Hkv does not divide evenly over the threads) the key range is split
-//     (split-K): each part leaves a partial state (m, l, acc) in the workspace and a second pass merges
+//     (split-K): each part leaves a partial state (m, l, acc) in the context's scratch arena and a second pass merges
 //     them, so every thread streams its share of the cache and each cached k, v value is read once.
 // flash_detail also holds the pieces the feedback solve (feedback.hpp) shares: the online-softmax state,
 // absorb_tile (one key tile into a state), merges of partial states and the thread team helper.
@@ -1579,15 +2409,15 @@ inline std::pair<index_t, index_t> share(index_t n, index_t unit, int parts, int
   return {std::min(n, b * unit), std::min(n, e * unit)};
 }
 
-/// Threads for a product of `flops` FLOPs that reads `bytes` of weights: 1 inside a parallel region or when
-/// a fork would not pay (under ~4 MFLOP and under 256 KiB; a decode step streams its weights, so the
-/// bytes alone justify both threads' share of the memory bandwidth).
-inline int threads_for(double flops, double bytes) {
+/// Threads for a product of `flops` FLOPs that reads `bytes` of weights, at most `max_threads`: 1 inside a
+/// parallel region or when a fork would not pay (under ~4 MFLOP and under 256 KiB; a decode step streams its
+/// weights, so the bytes alone justify both threads' share of the memory bandwidth).
+inline int threads_for(double flops, double bytes, int max_threads) {
 #if SESSA_HAS_OPENMP
   if (omp_in_parallel() || (flops < 4.0e6 && bytes < 262144.0)) return 1;
-  return std::max(1, omp_get_max_threads());
+  return std::max(1, max_threads);
 #else
-  (void)flops, (void)bytes;
+  (void)flops, (void)bytes, (void)max_threads;
   return 1;
 #endif
 }
@@ -1632,16 +2462,16 @@ void gemm_nn(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta) {
   gemm_detail::gemm_blocked<T, gemm_detail::b_layout::kn>(a, b, c, alpha, beta, nullptr);
 }
 
-/// y (M, N) = x (M, K) * w (N, K)^T + bias (N; may be null); with accumulate, y += instead. All threads
-/// (the calling thread alone inside a parallel region).
+/// y (M, N) = x (M, K) * w (N, K)^T + bias (N; may be null); with accumulate, y += instead. Up to
+/// max_threads threads (the calling thread alone inside a parallel region).
 template <scalar T>
-void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumulate) {
+void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumulate, int max_threads = num_threads()) {
   using namespace gemm_detail;
   const index_t M = x.rows, N = w.rows, K = x.cols;
   if (M == 0 || N == 0) return;
   const T beta = accumulate ? T(1) : T(0);
   const double weights = static_cast<double>(N) * static_cast<double>(K);
-  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * sizeof(T));
+  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * sizeof(T), max_threads);
 
   if (use_dot(M, K)) {
     // Decode: bandwidth-bound; threads split the rows of w.
@@ -2002,13 +2832,14 @@ inline void run_team(int nt, F&& f) {
   f(team(false));
 }
 
-/// Threads for a call of `flops` FLOPs: one inside a parallel region or below flash_params.parallel_flops.
-inline int threads_for(double flops) {
+/// Threads for a call of `flops` FLOPs, at most max_threads: one inside a parallel region or below
+/// flash_params.parallel_flops.
+inline int threads_for(double flops, int max_threads) {
 #if SESSA_HAS_OPENMP
   if (omp_in_parallel() || flops < flash_params.parallel_flops) return 1;
-  return std::max(1, omp_get_max_threads());
+  return std::max(1, max_threads);
 #else
-  (void)flops;
+  (void)flops, (void)max_threads;
   return 1;
 #endif
 }
@@ -2032,9 +2863,10 @@ inline std::pair<index_t, index_t> part_range(index_t lo, index_t hi, index_t p,
 
 /// Forward branch, kernels<reference>::attention's contract: q (batch*n, H*d) -> out (batch*n, H*d); the
 /// query at position t = pos0 + i of head h reads keys [variant.first_key(t), t] of kv head h / g.
+/// Scratch: slot 3 of `scratch` holds the split-K partial states. Up to max_threads threads.
 template <scalar T, attention_variant A>
-void attention(const A& variant, const layer_config& c, cmatrix<T> q, const layer_cache<T>& cache, index_t pos0,
-               index_t n, matrix<T> out, workspace<T>& ws) {
+void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view<const T> cache, index_t pos0,
+               index_t n, matrix<T> out, scratch_arena<memory::host>& scratch, int max_threads = num_threads()) {
   using namespace flash_detail;
   const index_t Hkv = c.n_kv_heads, d = c.head_dim(), g = c.group_size(), batch = cache.batch();
   if (n <= 0 || batch <= 0) return;
@@ -2050,7 +2882,7 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, const laye
   const index_t t_last = pos0 + n - 1;
   const double keys_per_row =
       0.5 * static_cast<double>((pos0 + 1 - variant.first_key(pos0)) + (t_last + 1 - variant.first_key(t_last)));
-  const int nt = threads_for(4.0 * static_cast<double>(d * c.n_heads * batch * n) * keys_per_row);
+  const int nt = threads_for(4.0 * static_cast<double>(d * c.n_heads * batch * n) * keys_per_row, max_threads);
 
   // Split-K when all items share one query tile (so equal key ranges) and they spread badly over the threads.
   index_t ks = 1, k_lo0 = 0;
@@ -2060,8 +2892,7 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, const laye
     ks = key_splits(heads, nt, pos0 + n - k_lo0, tp.min_split_keys);
   }
   const index_t slot = rows_max * (d + 2);  // one partial state: acc (rows, d) | m | l
-  if (ks > 1) ws.partials.reserve(heads * ks * slot);
-  T* partials = ws.partials.data();
+  T* partials = ks > 1 ? scratch.get<T>(3, heads * ks * slot) : nullptr;
 
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
@@ -2155,11 +2986,11 @@ namespace sessa::backend::simd {
 
 namespace elementwise_detail {
 
-/// f(r0, r1) over [0, rows) split into one contiguous range per thread, or f(0, rows) on the calling
+/// f(r0, r1) over [0, rows) split into one contiguous range per thread (at most max_threads), or f(0, rows) on the calling
 /// thread when `work` (about one FLOP per element) is too small to share or a region is already running.
 template <class F>
-inline void for_rows(index_t rows, double work, F&& f) {
-  const int nt = flash_detail::threads_for(work);
+inline void for_rows(index_t rows, double work, int max_threads, F&& f) {
+  const int nt = flash_detail::threads_for(work, max_threads);
   if (nt == 1 || rows < 2) {
     f(index_t{0}, rows);
     return;
@@ -2184,11 +3015,11 @@ inline buffer<T>& rope_table() {
 
 /// y = (x - mean) / sqrt(var + eps) * g + b per row of x (rows, D); y may alias x.
 template <scalar T>
-void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y) {
+void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y, int max_threads = num_threads()) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   const index_t D = x.cols;
-  elementwise_detail::for_rows(x.rows, 8.0 * static_cast<double>(x.rows * D), [&](index_t r0, index_t r1) {
+  elementwise_detail::for_rows(x.rows, 8.0 * static_cast<double>(x.rows * D), max_threads, [&](index_t r0, index_t r1) {
     for (index_t i = r0; i < r1; ++i) {
       const T* xr = x.row(i);
       T* yr = y.row(i);
@@ -2220,12 +3051,12 @@ void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y) {
 
 /// x <- 0.5 x (1 + erf(x / sqrt 2)) in place (x may be a column block of a wider matrix).
 template <scalar T>
-void gelu(matrix<T> x) {
+void gelu(matrix<T> x, int max_threads = num_threads()) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   const T r = static_cast<T>(0.70710678118654752440);
   const index_t C = x.cols;
-  elementwise_detail::for_rows(x.rows, 30.0 * static_cast<double>(x.rows * C), [&](index_t r0, index_t r1) {
+  elementwise_detail::for_rows(x.rows, 30.0 * static_cast<double>(x.rows * C), max_threads, [&](index_t r0, index_t r1) {
     const B rv(r), half(T(0.5)), one(T(1));
     for (index_t i = r0; i < r1; ++i) {
       T* xr = x.row(i);
@@ -2241,11 +3072,11 @@ void gelu(matrix<T> x) {
 
 /// out = a * b elementwise (out may alias either).
 template <scalar T>
-void multiply(cmatrix<T> a, cmatrix<T> b, matrix<T> out) {
+void multiply(cmatrix<T> a, cmatrix<T> b, matrix<T> out, int max_threads = num_threads()) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   const index_t C = a.cols;
-  elementwise_detail::for_rows(a.rows, static_cast<double>(a.rows * C), [&](index_t r0, index_t r1) {
+  elementwise_detail::for_rows(a.rows, static_cast<double>(a.rows * C), max_threads, [&](index_t r0, index_t r1) {
     for (index_t i = r0; i < r1; ++i) {
       const T *ar = a.row(i), *br = b.row(i);
       T* orow = out.row(i);
@@ -2258,13 +3089,13 @@ void multiply(cmatrix<T> a, cmatrix<T> b, matrix<T> out) {
 
 /// Rotates every head (width d) of every row of x in place; row r is at position pos0 + r % n.
 template <scalar T>
-void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq) {
+void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq, int max_threads = num_threads()) {
   const index_t half = d / 2, heads = x.cols / d;
   // table (n, 2 * half): cos | sin of (pos0 + p) * omega_i, formed exactly as rope::rotate forms them.
   buffer<T>& table = elementwise_detail::rope_table<T>();
   table.reserve(n * 2 * half);
   T* tab = table.data();
-  elementwise_detail::for_rows(n, 40.0 * static_cast<double>(n * half), [&](index_t p0, index_t p1) {
+  elementwise_detail::for_rows(n, 40.0 * static_cast<double>(n * half), max_threads, [&](index_t p0, index_t p1) {
     for (index_t p = p0; p < p1; ++p) {
       const T t = static_cast<T>(pos0 + p);
       T* cs = tab + p * 2 * half;
@@ -2275,7 +3106,7 @@ void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq
       }
     }
   });
-  elementwise_detail::for_rows(x.rows, 4.0 * static_cast<double>(x.rows * x.cols), [&](index_t r0, index_t r1) {
+  elementwise_detail::for_rows(x.rows, 4.0 * static_cast<double>(x.rows * x.cols), max_threads, [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {
       const T* cs = tab + (r % n) * 2 * half;
       const T* sn = cs + half;
@@ -2442,9 +3273,11 @@ inline void solve_columns(solve_slice<T> x, index_t nrows, index_t cols) {
 /// Feedback solve, kernels<reference>::feedback's contract: qb (batch*n, D), gamma (batch*n), f (batch*n, D)
 /// -> out (batch*n, D) and cache.s rows [pos0, pos0 + n); the strict past [0, t) is read from the cache
 /// (k_b of the chunk included).
+/// Scratch: slots 1 (row states), 2 (diagonal blocks) and 3 (split-K partial states) of `scratch`. Up to
+/// max_threads threads.
 template <scalar T>
-void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, layer_cache<T>& cache, index_t pos0,
-              index_t n, matrix<T> out, workspace<T>& ws) {
+void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, cache_view<T> cache, index_t pos0,
+              index_t n, matrix<T> out, scratch_arena<memory::host>& scratch, int max_threads = num_threads()) {
   using namespace flash_detail;
   using feedback_detail::solve_slice;
   constexpr index_t W = static_cast<index_t>(xsimd::batch<T>::size);
@@ -2454,22 +3287,19 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   const T scale = T(1) / std::sqrt(static_cast<T>(D));
   const index_t Bk = std::max<index_t>(1, tp.fb_block), Mt = std::max<index_t>(1, tp.fb_rows);
   const index_t nblocks = (n + Bk - 1) / Bk;
-  const int nt = threads_for(4.0 * static_cast<double>(D * batch * n) * (static_cast<double>(pos0) + 0.5 * static_cast<double>(n)));
-  const layer_cache<T>& cc = cache;
+  const int nt = threads_for(4.0 * static_cast<double>(D * batch * n) * (static_cast<double>(pos0) + 0.5 * static_cast<double>(n)), max_threads);
+  const cache_view<const T> cc = cache;
 
-  ws.fb_state.reserve(rows * (D + 2));
-  const softmax_state<T> state = state_in(ws.fb_state.data(), rows, D);  // row b * n + i
+  const softmax_state<T> state = state_in(scratch.get<T>(1, rows * (D + 2)), rows, D);  // row b * n + i
   const index_t bstride = Bk * (Bk + 2);
-  ws.fb_block.reserve(batch * bstride);
-  T* const blocks = ws.fb_block.data();  // per batch row: p (Bk, Bk) | alpha (Bk) | coef (Bk)
+  T* const blocks = scratch.get<T>(2, batch * bstride);  // per batch row: p (Bk, Bk) | alpha (Bk) | coef (Bk)
 
   // The pass over the past: row tiles of Mt rows, split over the keys when they are few.
   const index_t ptiles = (n + Mt - 1) / Mt, pitems = batch * ptiles, prows = std::min(n, Mt);
   const index_t Bp = pass_tile<T>(prows, D);  // keys per tile of the past pass
   const index_t ks = pos0 > 0 ? key_splits(pitems, nt, pos0, tp.min_split_keys) : 1;
   const index_t slot = prows * (D + 2);
-  if (ks > 1) ws.partials.reserve(pitems * ks * slot);
-  T* const partials = ws.partials.data();
+  T* const partials = ks > 1 ? scratch.get<T>(3, pitems * ks * slot) : nullptr;
 
   constexpr index_t CW = 4 * W;  // columns per slice of the in-block solve
   const index_t col_items = (D + CW - 1) / CW;
@@ -2571,89 +3401,63 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 
 namespace sessa::backend {
 
+/// The cpu backend's context: the reference's (its scratch arena) and the thread count.
+template <>
+struct context<cpu> : context<reference> {
+  int threads = 0;  // threads per kernel; 0 = sessa::num_threads(), the process-wide default
+
+  /// The thread count kernels of this context use.
+  int max_threads() const noexcept { return threads > 0 ? threads : num_threads(); }
+};
+
 template <>
 struct kernels<cpu> : kernels<reference> {
   template <scalar T>
-  static void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumulate = false) {
-    simd::linear(x, w, bias, y, accumulate);
+  static void linear(context<cpu>& ctx, cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y,
+                     bool accumulate = false) {
+    simd::linear(x, w, bias, y, accumulate, ctx.max_threads());
   }
 
   template <scalar T>
-  static void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y) {
-    simd::layer_norm(x, g, b, eps, y);
+  static void layer_norm(context<cpu>& ctx, cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y) {
+    simd::layer_norm(x, g, b, eps, y, ctx.max_threads());
   }
   template <scalar T>
-  static void gelu(matrix<T> x) {
-    simd::gelu(x);
+  static void gelu(context<cpu>& ctx, matrix<T> x) {
+    simd::gelu(x, ctx.max_threads());
   }
   template <scalar T>
-  static void multiply(cmatrix<T> a, cmatrix<T> b, matrix<T> out) {
-    simd::multiply(a, b, out);
+  static void multiply(context<cpu>& ctx, cmatrix<T> a, cmatrix<T> b, matrix<T> out) {
+    simd::multiply(a, b, out, ctx.max_threads());
   }
   template <scalar T>
-  static void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq) {
-    simd::rope(x, d, pos0, n, inv_freq);
+  static void rope(context<cpu>& ctx, matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq) {
+    simd::rope(x, d, pos0, n, inv_freq, ctx.max_threads());
   }
 
   /// Forward branch (flash style, attention.hpp); same contract as kernels<reference>::attention.
   template <scalar T, attention_variant A>
-  static void attention(const A& variant, const layer_config& c, cmatrix<T> q, const layer_cache<T>& cache,
-                        index_t pos0, index_t n, matrix<T> out, workspace<T>& ws) {
-    simd::attention(variant, c, q, cache, pos0, n, out, ws);
+  static void attention(context<cpu>& ctx, const A& variant, const layer_config& c, cmatrix<T> q,
+                        cache_view<const T> cache, index_t pos0, index_t n, matrix<T> out) {
+    simd::attention(variant, c, q, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 
   /// Feedback solve (blocked, feedback.hpp); same contract as kernels<reference>::feedback.
   template <scalar T>
-  static void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, layer_cache<T>& cache,
-                       index_t pos0, index_t n, matrix<T> out, workspace<T>& ws) {
-    simd::feedback(c, qb, gamma, f, cache, pos0, n, out, ws);
+  static void feedback(context<cpu>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f,
+                       cache_view<T> cache, index_t pos0, index_t n, matrix<T> out) {
+    simd::feedback(c, qb, gamma, f, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 };
 
 }  // namespace sessa::backend
 // ---- end sessa/backend/cpu/simd.hpp ----------------------------------------------------------------------------
-// ---- begin sessa/attention/variants.hpp ------------------------------------------------------------------------
-// sessa/attention/variants.hpp: attention variants of the forward branch.
-//
-// A variant decides which keys a query reads: the query at absolute position t reads keys
-// [first_key(t), t]. `causal` is the paper's full causal softmax; `sliding_window` reads only the last
-// `window` positions. The feedback branch always reads the whole strict past (it is the recurrence).
-// A new variant is a small struct meeting sessa::attention_variant (concepts.hpp).
-
-#include <algorithm>
-#include <string>
-#include <string_view>
-
-
-namespace sessa::attention {
-
-/// Full causal softmax attention, diagonal included.
-struct causal {
-  static constexpr std::string_view name = "causal";
-  constexpr index_t first_key(index_t /*t*/) const noexcept { return 0; }
-  constexpr void check() const noexcept {}
-  friend constexpr bool operator==(const causal&, const causal&) = default;
-};
-
-/// Causal attention over the last `window` positions (t - window + 1 .. t).
-struct sliding_window {
-  static constexpr std::string_view name = "sliding_window";
-  index_t window = 0;
-  constexpr index_t first_key(index_t t) const noexcept { return std::max<index_t>(0, t - window + 1); }
-  void check() const {
-    if (window < 1)
-      throw config_error("invalid attention variant: sliding_window.window must be >= 1, got " +
-                         std::to_string(window));
-  }
-  friend constexpr bool operator==(const sliding_window&, const sliding_window&) = default;
-};
-
-}  // namespace sessa::attention
-// ---- end sessa/attention/variants.hpp --------------------------------------------------------------------------
 // ---- begin sessa/model/weights.hpp -----------------------------------------------------------------------------
 // sessa/model/weights.hpp: the immutable parameters of a mixer, a layer and a decoder.
 //
-// Each parameter is a flat buffer<T> in PyTorch's layout ((out, in) row-major for Linear weights).
+// Each parameter is a flat buffer<W, S> in PyTorch's layout ((out, in) row-major for Linear weights): W is the
+// storage type (weight_t of the model's numeric policy, core/numeric.hpp), S the memory space of the backend
+// that runs them. Weights are loaded and made on the host; to_space<S>(w) copies a whole set to a device.
 // mixer_params / layer_params are the read-only views the math runs on: the runtime-shaped modules make
 // them from their buffers, compile-time-shaped models (model/embedded.hpp) from arrays in read-only data,
 // so both run the same code.
@@ -2669,72 +3473,87 @@ struct sliding_window {
 
 namespace sessa {
 
-template <scalar T>
+template <storage_type T, class S = memory::host>
 struct mixer_weights {
-  buffer<T> q_w;         // (D, D)          mixer.q_proj.weight
-  buffer<T> q_b;         // (D)             mixer.q_proj.bias
-  buffer<T> k_w;         // (Hkv*d, D)      mixer.k_proj.weight
-  buffer<T> k_b;         // (Hkv*d)         mixer.k_proj.bias
-  buffer<T> v_w;         // (Hkv*d, D)      mixer.v_proj.weight
-  buffer<T> v_b;         // (Hkv*d)         mixer.v_proj.bias
-  buffer<T> out_w;       // (D, D)          mixer.out_proj.weight, only when H > 1 (empty otherwise)
-  buffer<T> fb_w;        // (2D, D)         mixer.proj_fb.weight: rows [0, D) -> q_b, [D, 2D) -> k_b
-  buffer<T> fb_b;        // (2D)            mixer.proj_fb.bias
-  buffer<T> gamma_bias;  // ()  one value   mixer.gamma_bias
-  buffer<T> gamma_ctx;   // (1, D)          mixer.gamma_ctx.weight
-  std::vector<float> rope_inv_freq;  // (d/2) float32 omega_i; filled by the loader or rope::inv_freq
+  using value_type = T;
+  using space = S;
+  buffer<T, S> q_w;         // (D, D)          mixer.q_proj.weight
+  buffer<T, S> q_b;         // (D)             mixer.q_proj.bias
+  buffer<T, S> k_w;         // (Hkv*d, D)      mixer.k_proj.weight
+  buffer<T, S> k_b;         // (Hkv*d)         mixer.k_proj.bias
+  buffer<T, S> v_w;         // (Hkv*d, D)      mixer.v_proj.weight
+  buffer<T, S> v_b;         // (Hkv*d)         mixer.v_proj.bias
+  buffer<T, S> out_w;       // (D, D)          mixer.out_proj.weight, only when H > 1 (empty otherwise)
+  buffer<T, S> fb_w;        // (2D, D)         mixer.proj_fb.weight: rows [0, D) -> q_b, [D, 2D) -> k_b
+  buffer<T, S> fb_b;        // (2D)            mixer.proj_fb.bias
+  buffer<T, S> gamma_bias;  // ()  one value   mixer.gamma_bias
+  buffer<T, S> gamma_ctx;   // (1, D)          mixer.gamma_ctx.weight
+  buffer<float, S> rope_inv_freq;  // (d/2) float32 omega_i; filled by the loader or rope::inv_freq
 };
 
-template <scalar T>
+template <storage_type T, class S = memory::host>
 struct layer_weights {
-  buffer<T> ln_w;   // (D)       ln.weight
-  buffer<T> ln_b;   // (D)       ln.bias
-  buffer<T> in_w;   // (2D, D)   W_in.weight: rows [0, D) -> a, [D, 2D) -> z
-  buffer<T> in_b;   // (2D)      W_in.bias
-  mixer_weights<T> mixer;
-  buffer<T> out_w;  // (D, D)    W_out.weight
-  buffer<T> out_b;  // (D)       W_out.bias
+  using value_type = T;
+  using space = S;
+  buffer<T, S> ln_w;   // (D)       ln.weight
+  buffer<T, S> ln_b;   // (D)       ln.bias
+  buffer<T, S> in_w;   // (2D, D)   W_in.weight: rows [0, D) -> a, [D, 2D) -> z
+  buffer<T, S> in_b;   // (2D)      W_in.bias
+  mixer_weights<T, S> mixer;
+  buffer<T, S> out_w;  // (D, D)    W_out.weight
+  buffer<T, S> out_b;  // (D)       W_out.bias
 };
 
-template <scalar T>
+template <storage_type T, class S = memory::host>
 struct decoder_weights {
-  buffer<T> embedding;  // (V, D)  embedding.weight
-  std::vector<layer_weights<T>> layers;
-  buffer<T> norm_w;     // (D)     norm_f.weight
-  buffer<T> norm_b;     // (D)     norm_f.bias
-  buffer<T> head;       // (V, D)  lm_head.weight; empty when the embeddings are tied
-  const buffer<T>& head_matrix() const noexcept { return head.empty() ? embedding : head; }
+  using value_type = T;
+  using space = S;
+  buffer<T, S> embedding;  // (V, D)  embedding.weight
+  std::vector<layer_weights<T, S>> layers;
+  buffer<T, S> norm_w;     // (D)     norm_f.weight
+  buffer<T, S> norm_b;     // (D)     norm_f.bias
+  buffer<T, S> head;       // (V, D)  lm_head.weight; empty when the embeddings are tied
+  const buffer<T, S>& head_matrix() const noexcept { return head.empty() ? embedding : head; }
 };
 
 /// Read-only view of a mixer's parameters (shapes as in mixer_weights; out_w null when H == 1,
 /// rope_inv_freq null when RoPE is off).
-template <scalar T>
+template <storage_type T, class S = memory::host>
 struct mixer_params {
-  const T *q_w = nullptr, *q_b = nullptr, *k_w = nullptr, *k_b = nullptr, *v_w = nullptr, *v_b = nullptr;
-  const T* out_w = nullptr;
-  const T *fb_w = nullptr, *fb_b = nullptr, *gamma_bias = nullptr, *gamma_ctx = nullptr;
-  const float* rope_inv_freq = nullptr;  // (d/2)
+  using ptr = pointer<const T, S>;
+  ptr q_w{}, q_b{}, k_w{}, k_b{}, v_w{}, v_b{};
+  ptr out_w{};
+  ptr fb_w{}, fb_b{}, gamma_bias{}, gamma_ctx{};
+  pointer<const float, S> rope_inv_freq{};  // (d/2)
 };
 
 /// Read-only view of a layer's parameters.
-template <scalar T>
+template <storage_type T, class S = memory::host>
 struct layer_params {
-  const T *ln_w = nullptr, *ln_b = nullptr, *in_w = nullptr, *in_b = nullptr;
-  mixer_params<T> mixer;
-  const T *out_w = nullptr, *out_b = nullptr;
+  using ptr = pointer<const T, S>;
+  ptr ln_w{}, ln_b{}, in_w{}, in_b{};
+  mixer_params<T, S> mixer;
+  ptr out_w{}, out_b{};
 };
 
-template <scalar T>
-mixer_params<T> params(const mixer_weights<T>& w) noexcept {
-  return {w.q_w.data(),  w.q_b.data(),  w.k_w.data(),        w.k_b.data(),       w.v_w.data(),
-          w.v_b.data(),  w.out_w.empty() ? nullptr : w.out_w.data(),              w.fb_w.data(),
-          w.fb_b.data(), w.gamma_bias.data(), w.gamma_ctx.data(),
-          w.rope_inv_freq.empty() ? nullptr : w.rope_inv_freq.data()};
+template <class T, class S>
+mixer_params<T, S> params(const mixer_weights<T, S>& w) noexcept {
+  mixer_params<T, S> p;
+  p.q_w = w.q_w.data(), p.q_b = w.q_b.data(), p.k_w = w.k_w.data(), p.k_b = w.k_b.data();
+  p.v_w = w.v_w.data(), p.v_b = w.v_b.data();
+  if (!w.out_w.empty()) p.out_w = w.out_w.data();
+  p.fb_w = w.fb_w.data(), p.fb_b = w.fb_b.data(), p.gamma_bias = w.gamma_bias.data(), p.gamma_ctx = w.gamma_ctx.data();
+  if (!w.rope_inv_freq.empty()) p.rope_inv_freq = w.rope_inv_freq.data();
+  return p;
 }
 
-template <scalar T>
-layer_params<T> params(const layer_weights<T>& w, const mixer_weights<T>& m) noexcept {
-  return {w.ln_w.data(), w.ln_b.data(), w.in_w.data(), w.in_b.data(), params(m), w.out_w.data(), w.out_b.data()};
+template <class T, class S>
+layer_params<T, S> params(const layer_weights<T, S>& w, const mixer_weights<T, S>& m) noexcept {
+  layer_params<T, S> p;
+  p.ln_w = w.ln_w.data(), p.ln_b = w.ln_b.data(), p.in_w = w.in_w.data(), p.in_b = w.in_b.data();
+  p.mixer = params(m);
+  p.out_w = w.out_w.data(), p.out_b = w.out_b.data();
+  return p;
 }
 
 /// Calls fn(name, shape, buffer) for every parameter of a mixer, in SPEC.md's order. `MW` is
@@ -2799,9 +3618,9 @@ index_t parameter_count(const Config& c) {
 }
 
 namespace detail {
-template <scalar T>
-void check_rope_table(const layer_config& c, const mixer_weights<T>& m, const std::string& prefix) {
-  if (c.use_rope && static_cast<index_t>(m.rope_inv_freq.size()) != c.head_dim() / 2)
+template <class T, class S>
+void check_rope_table(const layer_config& c, const mixer_weights<T, S>& m, const std::string& prefix) {
+  if (c.use_rope && m.rope_inv_freq.size() != c.head_dim() / 2)
     throw shape_error("parameter '" + prefix + "mixer.rope_inv_freq' has " + std::to_string(m.rope_inv_freq.size()) +
                       " values, expected " + std::to_string(c.head_dim() / 2));
 }
@@ -2815,20 +3634,20 @@ inline auto size_checker() {
 }  // namespace detail
 
 /// Checks that every buffer has the size its shape requires; throws shape_error naming the parameter.
-template <scalar T>
-void check_weights(const layer_config& c, const mixer_weights<T>& m, const std::string& prefix = "") {
+template <class T, class S>
+void check_weights(const layer_config& c, const mixer_weights<T, S>& m, const std::string& prefix = "") {
   for_each_mixer_parameter(c, m, detail::size_checker(), prefix + "mixer.");
   detail::check_rope_table(c, m, prefix);
 }
 
-template <scalar T>
-void check_weights(const layer_config& c, const layer_weights<T>& w, const std::string& prefix = "") {
+template <class T, class S>
+void check_weights(const layer_config& c, const layer_weights<T, S>& w, const std::string& prefix = "") {
   for_each_parameter(c, w, detail::size_checker(), prefix);
   detail::check_rope_table(c, w.mixer, prefix);
 }
 
-template <scalar T>
-void check_weights(const decoder_config& c, const decoder_weights<T>& w) {
+template <class T, class S>
+void check_weights(const decoder_config& c, const decoder_weights<T, S>& w) {
   if (static_cast<index_t>(w.layers.size()) != c.n_layers)
     throw shape_error("decoder weights hold " + std::to_string(w.layers.size()) + " layers, configuration says " +
                       std::to_string(c.n_layers));
@@ -2840,13 +3659,50 @@ void check_weights(const decoder_config& c, const decoder_weights<T>& w) {
     throw shape_error("decoder weights carry lm_head.weight but the configuration ties the embeddings");
 }
 
+namespace detail {
+/// out = a copy of w in space Dst, parameter by parameter through the parameter table (and the RoPE table).
+template <class Dst, class W, class DW, class Config>
+void copy_weights(const Config& c, const W& w, DW& out) {
+  // Walk both sets in step: the table visits parameters in one fixed order.
+  std::vector<const void*> src;
+  for_each_parameter(c, w, [&](const std::string&, const shape_t&, const auto& b) { src.push_back(&b); });
+  std::size_t i = 0;
+  for_each_parameter(c, out, [&](const std::string&, const shape_t&, auto& b) {
+    using B = std::remove_reference_t<decltype(b)>;
+    using T = typename B::value_type;
+    const auto& from = *static_cast<const buffer<T, typename W::space>*>(src[i++]);
+    b = to_space<Dst>(from);
+  });
+}
+}  // namespace detail
+
+/// A copy of a layer's weights in memory space Dst (the upload of weights loaded on the host).
+template <class Dst, class T, class Src>
+layer_weights<T, Dst> to_space(const layer_config& c, const layer_weights<T, Src>& w) {
+  layer_weights<T, Dst> out;
+  detail::copy_weights<Dst>(c, w, out);
+  out.mixer.rope_inv_freq = to_space<Dst>(w.mixer.rope_inv_freq);
+  return out;
+}
+
+/// A copy of a decoder's weights in memory space Dst.
+template <class Dst, class T, class Src>
+decoder_weights<T, Dst> to_space(const decoder_config& c, const decoder_weights<T, Src>& w) {
+  decoder_weights<T, Dst> out;
+  out.layers.resize(w.layers.size());
+  detail::copy_weights<Dst>(c, w, out);
+  for (std::size_t l = 0; l < w.layers.size(); ++l)
+    out.layers[l].mixer.rope_inv_freq = to_space<Dst>(w.layers[l].mixer.rope_inv_freq);
+  return out;
+}
+
 }  // namespace sessa
 // ---- end sessa/model/weights.hpp -------------------------------------------------------------------------------
 // ---- begin sessa/model/mixer.hpp -------------------------------------------------------------------------------
 // sessa/model/mixer.hpp: the Sessa mixer (SPEC.md "The mixer"), policy-based.
 //
-//   mixer<T, Backend, Variant>
-//     T        scalar type of weights, activations and cache (float, double)
+//   mixer<P, Backend, Variant>
+//     P        numeric policy: float, double, or precision<Compute, Storage> (core/numeric.hpp)
 //     Backend  backend tag; its kernels are backend::kernels<Backend>
 //     Variant  attention variant of the forward branch (attention/variants.hpp)
 //
@@ -2863,84 +3719,89 @@ void check_weights(const decoder_config& c, const decoder_weights<T>& w) {
 namespace sessa {
 
 /// The mixer's math on a parameter view: a (batch*n, D), rows batch-major -> s (batch*n, D); appends n
-/// tokens per batch row to the cache. The caller has checked cache.require(batch, n). Shared by the
+/// tokens per batch row to the cache. The caller has checked cache.require(batch, n). Every step is a kernel
+/// of Backend (backend/kernel_set.hpp) running on ws.context; this function only sequences them. Shared by the
 /// runtime-shaped mixer below and the compile-time-shaped models of model/embedded.hpp.
-template <backend_tag Backend, scalar T, attention_variant Variant>
-void mixer_extend(const layer_config& cfg, const mixer_params<T>& w, const Variant& variant, cmatrix<T> a,
-                  index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> s) {
+template <backend_tag Backend, numeric P, attention_variant Variant>
+void mixer_extend(const layer_config& cfg, const mixer_params<weight_t<P>, space_of<Backend>>& w,
+                  const Variant& variant, cmatrix<compute_t<P>, space_of<Backend>> a, index_t batch,
+                  layer_cache<P, Backend>& cache, workspace<compute_t<P>, Backend>& ws,
+                  matrix<compute_t<P>, space_of<Backend>> s) {
   using kernels = backend::kernels<Backend>;
+  using T = compute_t<P>;
+  using W = weight_t<P>;
+  using S = space_of<Backend>;
+  auto& ctx = ws.context;
   const index_t D = cfg.d_model, kv = cfg.kv_dim(), d = cfg.head_dim(), rows = a.rows, n = rows / batch;
   const index_t pos0 = cache.length();
   ws.reserve(cfg, rows, cache.capacity());
 
-  matrix<T> q(ws.q.data(), rows, D);            // (rows, D)
-  matrix<T> kvm(ws.kv.data(), rows, 2 * kv);    // (rows, 2 kv): [k | v]
-  matrix<T> qbkb(ws.qbkb.data(), rows, 2 * D);  // (rows, 2D): [q_b | k_b]
-  matrix<T> gam(ws.gamma.data(), rows, 1);      // (rows, 1)
-  matrix<T> f(ws.f.data(), rows, D);            // (rows, D)
+  matrix<T, S> q(ws.q.data(), rows, D);            // (rows, D)
+  matrix<T, S> kvm(ws.kv.data(), rows, 2 * kv);    // (rows, 2 kv): [k | v]
+  matrix<T, S> qbkb(ws.qbkb.data(), rows, 2 * D);  // (rows, 2D): [q_b | k_b]
+  matrix<T, S> gam(ws.gamma.data(), rows, 1);      // (rows, 1)
+  matrix<T, S> f(ws.f.data(), rows, D);            // (rows, D)
 
-  kernels::linear(a, cmatrix<T>(w.q_w, D, D), w.q_b, q);
-  kernels::linear(a, cmatrix<T>(w.k_w, kv, D), w.k_b, kvm.col_block(0, kv));
-  kernels::linear(a, cmatrix<T>(w.v_w, kv, D), w.v_b, kvm.col_block(kv, kv));
-  kernels::linear(a, cmatrix<T>(w.fb_w, 2 * D, D), w.fb_b, qbkb);
-  kernels::linear(a, cmatrix<T>(w.gamma_ctx, 1, D), w.gamma_bias, gam);
-  kernels::gain(gam.data, rows, static_cast<T>(cfg.gamma_max));
+  kernels::linear(ctx, a, cmatrix<W, S>(w.q_w, D, D), w.q_b, q, false);
+  kernels::linear(ctx, a, cmatrix<W, S>(w.k_w, kv, D), w.k_b, kvm.col_block(0, kv), false);
+  kernels::linear(ctx, a, cmatrix<W, S>(w.v_w, kv, D), w.v_b, kvm.col_block(kv, kv), false);
+  kernels::linear(ctx, a, cmatrix<W, S>(w.fb_w, 2 * D, D), w.fb_b, qbkb, false);
+  kernels::linear(ctx, a, cmatrix<W, S>(w.gamma_ctx, 1, D), w.gamma_bias, gam, false);
+  kernels::gain(ctx, gam.data, rows, static_cast<T>(cfg.gamma_max));
   if (cfg.use_rope) {
-    kernels::rope(q, d, pos0, n, w.rope_inv_freq);
-    kernels::rope(kvm.col_block(0, kv), d, pos0, n, w.rope_inv_freq);
+    kernels::rope(ctx, q, d, pos0, n, w.rope_inv_freq);
+    kernels::rope(ctx, kvm.col_block(0, kv), d, pos0, n, w.rope_inv_freq);
   }
   // Append the chunk's k, v and k_b at positions [pos0, pos0 + n).
-  const cmatrix<T> kb = qbkb.col_block(D, D);
-  for (index_t b = 0; b < batch; ++b)
-    for (index_t i = 0; i < n; ++i) {
-      const index_t r = b * n + i;
-      for (index_t h = 0; h < cfg.n_kv_heads; ++h) {
-        std::memcpy(cache.k(b, h).row(pos0 + i), kvm.row(r) + h * d, sizeof(T) * d);
-        std::memcpy(cache.v(b, h).row(pos0 + i), kvm.row(r) + kv + h * d, sizeof(T) * d);
-      }
-      std::memcpy(cache.kb(b).row(pos0 + i), kb.row(r), sizeof(T) * D);
-    }
+  kernels::append_cache(ctx, cfg, cmatrix<T, S>(kvm), cmatrix<T, S>(qbkb.col_block(D, D)), cache.view(), pos0, n);
 
-  kernels::attention(variant, cfg, cmatrix<T>(q), std::as_const(cache), pos0, n, f, ws);
-  cmatrix<T> f_out = f;
+  kernels::attention(ctx, variant, cfg, cmatrix<T, S>(q), std::as_const(cache).view(), pos0, n, f);
+  cmatrix<T, S> f_out = f;
   if (cfg.has_out_proj()) {
-    matrix<T> f2(ws.f2.data(), rows, D);
-    kernels::linear(cmatrix<T>(f), cmatrix<T>(w.out_w, D, D), static_cast<const T*>(nullptr), f2);
+    matrix<T, S> f2(ws.f2.data(), rows, D);
+    kernels::linear(ctx, cmatrix<T, S>(f), cmatrix<W, S>(w.out_w, D, D), pointer<const W, S>{}, f2, false);
     f_out = f2;
   }
-  kernels::feedback(cfg, cmatrix<T>(qbkb.col_block(0, D)), gam.data, f_out, cache, pos0, n, s, ws);
+  kernels::feedback(ctx, cfg, cmatrix<T, S>(qbkb.col_block(0, D)), pointer<const T, S>(gam.data), f_out,
+                    cache.view(), pos0, n, s);
   cache.advance(n);
 }
 
-template <scalar T, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
+template <numeric P, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
 class mixer {
+  static_assert(backend::verify_kernel_set<Backend, P>());
+
  public:
-  using scalar_type = T;
+  using precision_type = P;
+  using scalar_type = compute_t<P>;
   using backend_type = Backend;
   using variant_type = Variant;
+  using space = space_of<Backend>;
+  using weights_type = mixer_weights<weight_t<P>, space>;
 
   /// Checks the configuration and the weights' sizes before keeping them.
-  mixer(const layer_config& c, mixer_weights<T> w, Variant variant = {})
+  mixer(const layer_config& c, weights_type w, Variant variant = {})
       : cfg_(c), w_(std::move(w)), variant_(std::move(variant)) {
     cfg_.check();
     variant_.check();
-    if (cfg_.use_rope && w_.rope_inv_freq.empty()) w_.rope_inv_freq = rope::inv_freq(cfg_.head_dim());
+    if (cfg_.use_rope && w_.rope_inv_freq.empty()) w_.rope_inv_freq = to_space<space>(rope::inv_freq_table(cfg_.head_dim()));
     check_weights(cfg_, w_);
   }
 
   const layer_config& config() const noexcept { return cfg_; }
-  const mixer_weights<T>& weights() const noexcept { return w_; }
+  const weights_type& weights() const noexcept { return w_; }
   const Variant& variant() const noexcept { return variant_; }
 
   /// a (batch*n, D), rows batch-major -> s (batch*n, D); appends n tokens per batch row to the cache.
   /// The caller has checked cache.require(batch, n).
-  void extend(cmatrix<T> a, index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> s) const {
-    mixer_extend<Backend>(cfg_, params(w_), variant_, a, batch, cache, ws, s);
+  void extend(cmatrix<scalar_type, space> a, index_t batch, layer_cache<P, Backend>& cache,
+              workspace<scalar_type, Backend>& ws, matrix<scalar_type, space> s) const {
+    mixer_extend<Backend, P>(cfg_, params(w_), variant_, a, batch, cache, ws, s);
   }
 
  private:
   layer_config cfg_;
-  mixer_weights<T> w_;
+  weights_type w_;
   Variant variant_;
 };
 
@@ -2951,13 +3812,15 @@ class mixer {
 //
 //   u = LayerNorm(x);  [a | z] = W_in u + b_in;  s = Mixer(GELU(a));  y = x + W_out (s * z) + b_out
 //
-// layer<T, Backend, Variant> owns its weights and its mixer. The core entry point works on matrix views
-// and a caller-owned cache and workspace (no allocation once the workspace has grown); the tensor
-// overloads are the convenient forms: forward() for a prefill or a chunk, decode_step() for one token.
+// layer<P, Backend, Variant> owns its weights (in the backend's memory space) and its mixer. The core entry
+// point works on matrix views and a caller-owned cache and workspace (no allocation once the workspace has
+// grown); the tensor overloads are the convenient forms: forward() for a prefill or a chunk, decode_step()
+// for one token. Tensors in and out are in the backend's memory space: a device backend's caller moves data
+// with to_device / to_host (core/tensor.hpp).
 
 #include <algorithm>
-#include <cstring>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 
@@ -2982,23 +3845,27 @@ inline constexpr index_t prefill_block = 4096;
 namespace detail {
 
 /// One pass of the layer's math over n = x.rows / batch tokens per sequence (shapes already checked).
-template <backend_tag Backend, scalar T, attention_variant Variant>
-void layer_pass(const layer_config& cfg, const layer_params<T>& w, const Variant& variant, cmatrix<T> x,
-                index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> y) {
+template <backend_tag Backend, numeric P, attention_variant Variant>
+void layer_pass(const layer_config& cfg, const layer_params<weight_t<P>, space_of<Backend>>& w, const Variant& variant,
+                cmatrix<compute_t<P>, space_of<Backend>> x, index_t batch, layer_cache<P, Backend>& cache,
+                workspace<compute_t<P>, Backend>& ws, matrix<compute_t<P>, space_of<Backend>> y) {
   using kernels = backend::kernels<Backend>;
+  using T = compute_t<P>;
+  using W = weight_t<P>;
+  using S = space_of<Backend>;
+  auto& ctx = ws.context;
   const index_t D = cfg.d_model, rows = x.rows;
   ws.reserve(cfg, rows, cache.capacity());
-  matrix<T> u(ws.u.data(), rows, D);        // (rows, D)   LayerNorm(x), later s * z
-  matrix<T> az(ws.az.data(), rows, 2 * D);  // (rows, 2D)  [a | z]
-  matrix<T> s(ws.s.data(), rows, D);        // (rows, D)   mixer output
-  kernels::layer_norm(x, w.ln_w, w.ln_b, static_cast<T>(cfg.ln_eps), u);
-  kernels::linear(cmatrix<T>(u), cmatrix<T>(w.in_w, 2 * D, D), w.in_b, az);
-  kernels::gelu(az.col_block(0, D));
-  mixer_extend<Backend>(cfg, w.mixer, variant, cmatrix<T>(az.col_block(0, D)), batch, cache, ws, s);
-  kernels::multiply(cmatrix<T>(s), cmatrix<T>(az.col_block(D, D)), u);
-  if (y.data != x.data)
-    for (index_t r = 0; r < rows; ++r) std::memcpy(y.row(r), x.row(r), sizeof(T) * D);
-  kernels::linear(cmatrix<T>(u), cmatrix<T>(w.out_w, D, D), w.out_b, y, /*accumulate=*/true);
+  matrix<T, S> u(ws.u.data(), rows, D);        // (rows, D)   LayerNorm(x), later s * z
+  matrix<T, S> az(ws.az.data(), rows, 2 * D);  // (rows, 2D)  [a | z]
+  matrix<T, S> s(ws.s.data(), rows, D);        // (rows, D)   mixer output
+  kernels::layer_norm(ctx, x, w.ln_w, w.ln_b, static_cast<T>(cfg.ln_eps), u);
+  kernels::linear(ctx, cmatrix<T, S>(u), cmatrix<W, S>(w.in_w, 2 * D, D), w.in_b, az, false);
+  kernels::gelu(ctx, az.col_block(0, D));
+  mixer_extend<Backend, P>(cfg, w.mixer, variant, cmatrix<T, S>(az.col_block(0, D)), batch, cache, ws, s);
+  kernels::multiply(ctx, cmatrix<T, S>(s), cmatrix<T, S>(az.col_block(D, D)), u);
+  if (raw(y.data) != raw(x.data)) kernels::copy(ctx, x, y);
+  kernels::linear(ctx, cmatrix<T, S>(u), cmatrix<W, S>(w.out_w, D, D), w.out_b, y, /*accumulate=*/true);
 }
 
 }  // namespace detail
@@ -3006,9 +3873,13 @@ void layer_pass(const layer_config& cfg, const layer_params<T>& w, const Variant
 /// The layer's math on a parameter view. x (batch*n, D) batch-major -> y (batch*n, D); y may alias x.
 /// Checks shapes and cache room, then extends the cache by n, in blocks of at most prefill_block tokens.
 /// Shared by layer<> and model/embedded.hpp.
-template <backend_tag Backend, scalar T, attention_variant Variant>
-void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Variant& variant, cmatrix<T> x,
-                   index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> y) {
+template <backend_tag Backend, numeric P, attention_variant Variant>
+void layer_forward(const layer_config& cfg, const layer_params<weight_t<P>, space_of<Backend>>& w,
+                   const Variant& variant, cmatrix<compute_t<P>, space_of<Backend>> x, index_t batch,
+                   layer_cache<P, Backend>& cache, workspace<compute_t<P>, Backend>& ws,
+                   matrix<compute_t<P>, space_of<Backend>> y) {
+  using T = compute_t<P>;
+  using S = space_of<Backend>;
   const index_t D = cfg.d_model, rows = x.rows;
   if (batch <= 0 || rows % batch != 0 || x.cols != D || y.rows != rows || y.cols != D)
     throw shape_error("layer::forward: x is (" + std::to_string(rows) + ", " + std::to_string(x.cols) + "), y is (" +
@@ -3017,7 +3888,7 @@ void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Vari
   const index_t n = rows / batch;
   cache.require(batch, n);  // room for all n tokens, before any block changes the cache
   if (n <= prefill_block) {
-    detail::layer_pass<Backend>(cfg, w, variant, x, batch, cache, ws, y);
+    detail::layer_pass<Backend, P>(cfg, w, variant, x, batch, cache, ws, y);
     return;
   }
   if (batch > 1 && ws.stage.size() < batch * prefill_block * D && !ws.stage.owning())
@@ -3032,20 +3903,20 @@ void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Vari
     if (batch == 1) {  // a block of one sequence is a contiguous row block; y may alias x (block t reads only x_t)
       for (index_t t0 = 0; t0 < n; t0 += prefill_block) {
         const index_t c = std::min(prefill_block, n - t0);
-        detail::layer_pass<Backend>(cfg, w, variant, x.row_block(t0, c), 1, cache, ws, y.row_block(t0, c));
+        detail::layer_pass<Backend, P>(cfg, w, variant, x.row_block(t0, c), 1, cache, ws, y.row_block(t0, c));
       }
       return;
     }
     // Several sequences: gather block rows (b, t0 .. t0+c) of every sequence, run the pass in place, scatter.
+    using kernels = backend::kernels<Backend>;
     ws.stage.reserve(batch * prefill_block * D);
     for (index_t t0 = 0; t0 < n; t0 += prefill_block) {
       const index_t c = std::min(prefill_block, n - t0);
-      matrix<T> g(ws.stage.data(), batch * c, D);  // (batch*c, D)
+      matrix<T, S> g(ws.stage.data(), batch * c, D);  // (batch*c, D)
+      for (index_t b = 0; b < batch; ++b) kernels::copy(ws.context, x.row_block(b * n + t0, c), g.row_block(b * c, c));
+      detail::layer_pass<Backend, P>(cfg, w, variant, cmatrix<T, S>(g), batch, cache, ws, g);
       for (index_t b = 0; b < batch; ++b)
-        for (index_t i = 0; i < c; ++i) std::memcpy(g.row(b * c + i), x.row(b * n + t0 + i), sizeof(T) * D);
-      detail::layer_pass<Backend>(cfg, w, variant, cmatrix<T>(g), batch, cache, ws, g);
-      for (index_t b = 0; b < batch; ++b)
-        for (index_t i = 0; i < c; ++i) std::memcpy(y.row(b * n + t0 + i), g.row(b * c + i), sizeof(T) * D);
+        kernels::copy(ws.context, cmatrix<T, S>(g.row_block(b * c, c)), y.row_block(b * n + t0, c));
     }
   } catch (...) {
     cache.truncate(length0);
@@ -3053,66 +3924,84 @@ void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Vari
   }
 }
 
-template <scalar T, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
+template <numeric P, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
 class layer {
+  static_assert(backend::verify_kernel_set<Backend, P>());
+
  public:
-  using scalar_type = T;
+  using precision_type = P;
+  using scalar_type = compute_t<P>;
   using backend_type = Backend;
   using variant_type = Variant;
-  using mixer_type = sessa::mixer<T, Backend, Variant>;
-  using cache_type = layer_cache<T>;
+  using space = space_of<Backend>;
+  using mixer_type = sessa::mixer<P, Backend, Variant>;
+  using cache_type = layer_cache<P, Backend>;
+  using workspace_type = workspace<scalar_type, Backend>;
+  using weights_type = layer_weights<weight_t<P>, space>;
+  using host_weights_type = layer_weights<weight_t<P>, memory::host>;
+  using tensor_type = tensor<scalar_type, space>;
 
-  layer(const layer_config& c, layer_weights<T> w, Variant variant = {})
+  /// Checks the configuration and the weights, then keeps them.
+  layer(const layer_config& c, weights_type w, Variant variant = {})
       : cfg_((c.check(), c)), w_(checked(c, std::move(w))), mixer_(c, std::move(w_.mixer), std::move(variant)) {}
+  /// A device backend's layer from weights on the host: checked there, then copied to the device.
+  template <class HW>
+    requires(std::is_same_v<HW, host_weights_type> && !std::is_same_v<HW, weights_type>)
+  layer(const layer_config& c, const HW& w, Variant variant = {})
+      : layer(c, to_space<space>(c, checked(c, HW(w))), std::move(variant)) {}
 
   const layer_config& config() const noexcept { return cfg_; }
   const mixer_type& get_mixer() const noexcept { return mixer_; }
   /// The layer's own parameters (its mixer's are in get_mixer().weights()).
-  const layer_weights<T>& weights() const noexcept { return w_; }
+  const weights_type& weights() const noexcept { return w_; }
 
   /// A cache for `batch` sequences of up to `capacity` tokens.
-  layer_cache<T> init_cache(index_t batch, index_t capacity) const { return layer_cache<T>(cfg_, batch, capacity); }
+  cache_type init_cache(index_t batch, index_t capacity) const { return cache_type(cfg_, batch, capacity); }
 
-  /// Core form. x (batch*n, D) batch-major -> y (batch*n, D); y may alias x. Extends the cache by n.
-  void forward(cmatrix<T> x, index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> y) const {
-    layer_forward<Backend>(cfg_, params(w_, mixer_.weights()), mixer_.variant(), x, batch, cache, ws, y);
+  /// Core form. x (batch*n, D) batch-major -> y (batch*n, D); y may alias x. Extends the cache by n. Kernels run
+  /// on ws.context.
+  void forward(cmatrix<scalar_type, space> x, index_t batch, cache_type& cache, workspace_type& ws,
+               matrix<scalar_type, space> y) const {
+    layer_forward<Backend, P>(cfg_, params(w_, mixer_.weights()), mixer_.variant(), x, batch, cache, ws, y);
   }
 
   /// Prefill or chunk: x (batch, n, D) -> y (batch, n, D), extending the cache (its scratch is used).
-  tensor<T> forward(const tensor<T>& x, layer_cache<T>& cache) const {
+  tensor_type forward(const tensor_type& x, cache_type& cache) const {
     detail::check_activation_shape(x.shape(), cfg_.d_model, "layer input x");
-    tensor<T> y(x.shape());
-    forward(x.as_matrix(), x.dim(0), cache, cache_scratch(cache), y.as_matrix());
+    tensor_type y(x.shape());
+    forward(x.as_matrix(), x.dim(0), cache, cache.scratch, y.as_matrix());
     return y;
   }
 
   /// Stateless prefill: x (batch, T, D) -> y (batch, T, D) with a fresh cache of capacity T.
-  tensor<T> forward(const tensor<T>& x) const {
+  tensor_type forward(const tensor_type& x) const {
     detail::check_activation_shape(x.shape(), cfg_.d_model, "layer input x");
     auto cache = init_cache(x.dim(0), x.dim(1));
     return forward(x, cache);
   }
 
   /// One token per batch row: x_t (batch, D) -> y_t (batch, D).
-  tensor<T> decode_step(const tensor<T>& x_t, layer_cache<T>& cache) const {
+  tensor_type decode_step(const tensor_type& x_t, cache_type& cache) const {
     if (x_t.rank() != 2 || x_t.dim(0) <= 0 || x_t.dim(1) != cfg_.d_model)
       throw shape_error("decode_step input must have shape (batch, " + std::to_string(cfg_.d_model) + "); got " +
                         shape_string(x_t.shape()));
-    tensor<T> y(x_t.shape());
-    forward(x_t.as_matrix(), x_t.dim(0), cache, cache_scratch(cache), y.as_matrix());
+    tensor_type y(x_t.shape());
+    forward(x_t.as_matrix(), x_t.dim(0), cache, cache.scratch, y.as_matrix());
     return y;
   }
 
  private:
-  static layer_weights<T> checked(const layer_config& c, layer_weights<T> w) {
-    if (c.use_rope && w.mixer.rope_inv_freq.empty()) w.mixer.rope_inv_freq = rope::inv_freq(c.head_dim());
+  template <class LW>
+  static LW checked(const layer_config& c, LW w) {
+    c.check();
+    if (c.use_rope && w.mixer.rope_inv_freq.empty())
+      w.mixer.rope_inv_freq = to_space<typename LW::space>(rope::inv_freq_table(c.head_dim()));
     check_weights(c, w);
     return w;
   }
-  static workspace<T>& cache_scratch(layer_cache<T>& cache) { return cache.scratch; }
 
   layer_config cfg_;
-  layer_weights<T> w_;
+  weights_type w_;
   mixer_type mixer_;
 };
 
@@ -3127,21 +4016,24 @@ class layer {
 // layer_cache per layer plus one shared workspace; all layers of a decoder share one length.
 
 #include <algorithm>
-#include <cstring>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 
 namespace sessa {
 
-/// Per-sequence state of a decoder: a cache per layer, the residual stream and shared scratch.
-template <scalar T>
+/// Per-sequence state of a decoder: a cache per layer, the residual stream and shared scratch, in the memory
+/// space of Backend.
+template <numeric P, backend_tag Backend = backend::default_cpu>
 struct decoder_cache {
-  std::vector<layer_cache<T>> layers;
-  workspace<T> scratch;
-  buffer<T> h;  // (rows, D) residual stream of the current chunk
+  using space = space_of<Backend>;
+  std::vector<layer_cache<P, Backend>> layers;
+  workspace<compute_t<P>, Backend> scratch;
+  buffer<compute_t<P>, space> h;      // (rows, D) residual stream of the current chunk
+  buffer<std::int64_t, space> tokens;  // (rows) the chunk's token ids, when the space is not the host's
 
   index_t batch() const noexcept { return layers.empty() ? 0 : layers.front().batch(); }
   index_t capacity() const noexcept { return layers.empty() ? 0 : layers.front().capacity(); }
@@ -3179,63 +4071,84 @@ inline void check_tokens(std::span<const std::int64_t> tokens, index_t n, index_
                         std::to_string(V) + ")");
 }
 
-/// h (rows, D) = embedding (V, D) rows of the (checked) tokens.
+/// h (rows, D) = embedding (V, D) rows of the (checked) tokens, on the host. (The models run the backend's
+/// embed kernel; this is the same gather for callers assembling inputs on the host.)
 template <scalar T>
 void embed_tokens(const T* embedding, std::span<const std::int64_t> tokens, matrix<T> h) {
   for (index_t r = 0; r < h.rows; ++r)
-    std::memcpy(h.row(r), embedding + tokens[static_cast<std::size_t>(r)] * h.cols, sizeof(T) * h.cols);
+    std::copy_n(embedding + tokens[static_cast<std::size_t>(r)] * h.cols, h.cols, h.row(r));
 }
 
 /// logits (out_rows, V) = LayerNorm(h; norm_w, norm_b) head (V, D)^T over every row of h (batch*n, D), or
 /// over the last row of each batch row with logits_for::last. `scratch` holds >= out_rows * D values.
-template <backend_tag Backend, scalar T>
-void decoder_head(const T* norm_w, const T* norm_b, T eps, const T* head, cmatrix<T> h, index_t batch,
-                  logits_for which, T* scratch, matrix<T> logits) {
+template <backend_tag Backend, numeric P>
+void decoder_head(backend::context<Backend>& ctx, pointer<const weight_t<P>, space_of<Backend>> norm_w,
+                  pointer<const weight_t<P>, space_of<Backend>> norm_b, compute_t<P> eps,
+                  pointer<const weight_t<P>, space_of<Backend>> head, cmatrix<compute_t<P>, space_of<Backend>> h,
+                  index_t batch, logits_for which, pointer<compute_t<P>, space_of<Backend>> scratch,
+                  matrix<compute_t<P>, space_of<Backend>> logits) {
   using kernels = backend::kernels<Backend>;
+  using T = compute_t<P>;
+  using W = weight_t<P>;
+  using S = space_of<Backend>;
   const index_t D = h.cols, n = h.rows / batch;
-  matrix<T> hn(scratch, logits.rows, D);  // (out_rows, D)
-  if (which == logits_for::all) kernels::layer_norm(h, norm_w, norm_b, eps, hn);
-  else kernels::layer_norm(cmatrix<T>(h.data + (n - 1) * D, batch, D, n * D), norm_w, norm_b, eps, hn);  // row n-1 of each
-  kernels::linear(cmatrix<T>(hn), cmatrix<T>(head, logits.cols, D), static_cast<const T*>(nullptr), logits);
+  matrix<T, S> hn(scratch, logits.rows, D);  // (out_rows, D)
+  if (which == logits_for::all) kernels::layer_norm(ctx, h, norm_w, norm_b, eps, hn);
+  else kernels::layer_norm(ctx, cmatrix<T, S>(h.data + (n - 1) * D, batch, D, n * D), norm_w, norm_b, eps, hn);  // row n-1 of each
+  kernels::linear(ctx, cmatrix<T, S>(hn), cmatrix<W, S>(head, logits.cols, D), pointer<const W, S>{}, logits, false);
 }
 
-template <scalar T, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
+template <numeric P, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
 class decoder {
+  static_assert(backend::verify_kernel_set<Backend, P>());
+
  public:
-  using scalar_type = T;
+  using precision_type = P;
+  using scalar_type = compute_t<P>;
   using backend_type = Backend;
   using variant_type = Variant;
-  using layer_type = layer<T, Backend, Variant>;
-  using cache_type = decoder_cache<T>;
+  using space = space_of<Backend>;
+  using layer_type = layer<P, Backend, Variant>;
+  using cache_type = decoder_cache<P, Backend>;
+  using weights_type = decoder_weights<weight_t<P>, space>;
+  using host_weights_type = decoder_weights<weight_t<P>, memory::host>;
+  using tensor_type = tensor<scalar_type, space>;
 
-  decoder(const decoder_config& c, decoder_weights<T> w, Variant variant = {}) : cfg_(c) {
+  /// Checks the configuration and the weights, then keeps them.
+  decoder(const decoder_config& c, weights_type w, Variant variant = {}) : cfg_(c) {
     cfg_.check();
     variant.check();
-    for (auto& l : w.layers)
-      if (cfg_.layer.use_rope && l.mixer.rope_inv_freq.empty()) l.mixer.rope_inv_freq = rope::inv_freq(cfg_.layer.head_dim());
-    check_weights(cfg_, w);
+    w = checked(cfg_, std::move(w));
     layers_.reserve(w.layers.size());
     for (auto& lw : w.layers) layers_.emplace_back(cfg_.layer, std::move(lw), variant);
     w.layers.clear();
     w_ = std::move(w);
   }
+  /// A device backend's decoder from weights on the host: checked there, then copied to the device.
+  template <class HW>
+    requires(std::is_same_v<HW, host_weights_type> && !std::is_same_v<HW, weights_type>)
+  decoder(const decoder_config& c, const HW& w, Variant variant = {})
+      : decoder(c, to_space<space>(c, checked((c.check(), c), HW(w))), std::move(variant)) {}
 
   const decoder_config& config() const noexcept { return cfg_; }
   const std::vector<layer_type>& layers() const noexcept { return layers_; }
   /// Embedding, final norm and head (the layers' parameters live in layers()).
-  const decoder_weights<T>& weights() const noexcept { return w_; }
+  const weights_type& weights() const noexcept { return w_; }
 
-  decoder_cache<T> init_cache(index_t batch, index_t capacity) const {
-    decoder_cache<T> c;
+  cache_type init_cache(index_t batch, index_t capacity) const {
+    cache_type c;
     c.layers.reserve(static_cast<std::size_t>(cfg_.n_layers));
     for (const auto& l : layers_) c.layers.push_back(l.init_cache(batch, capacity));
     return c;
   }
 
-  /// Core form. tokens (batch, n) row-major -> logits (batch*n, V), or (batch, V) with logits_for::last.
-  /// Every token id and the cache room are checked before any state changes.
-  void forward(std::span<const std::int64_t> tokens, index_t batch, decoder_cache<T>& cache, matrix<T> logits,
+  /// Core form. tokens (batch, n) row-major, on the host -> logits (batch*n, V), or (batch, V) with
+  /// logits_for::last. Every token id and the cache room are checked before any state changes. Kernels run on
+  /// cache.scratch.context.
+  void forward(std::span<const std::int64_t> tokens, index_t batch, cache_type& cache, matrix<scalar_type, space> logits,
                logits_for which = logits_for::all) const {
+    using T = scalar_type;
+    using W = weight_t<P>;
     const index_t D = cfg_.layer.d_model, V = cfg_.vocab_size;
     if (batch <= 0 || tokens.empty() || static_cast<index_t>(tokens.size()) % batch != 0)
       throw shape_error("decoder::forward: " + std::to_string(tokens.size()) + " tokens do not form " +
@@ -3252,39 +4165,40 @@ class decoder {
     check_tokens(tokens, n, V);
     for (auto& l : cache.layers) l.require(batch, n);
 
+    auto& ctx = cache.scratch.context;
     cache.h.reserve(rows * D);
-    matrix<T> h(cache.h.data(), rows, D);  // (rows, D) residual stream
-    embed_tokens(w_.embedding.data(), tokens, h);
+    matrix<T, space> h(cache.h.data(), rows, D);  // (rows, D) residual stream
+    backend::kernels<Backend>::embed(ctx, cmatrix<W, space>(w_.embedding.data(), V, D), token_ids(tokens, cache), h);
     for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].forward(h, batch, cache.layers[l], cache.scratch, h);
     // The head in row blocks of at most prefill_block rows, so its scratch stays bounded like the layers'.
     const T eps = static_cast<T>(cfg_.layer.ln_eps);
     const index_t block = std::min(out_rows, prefill_block);
     cache.scratch.u.reserve(block * D);
     if (which == logits_for::last) {
-      decoder_head<Backend>(w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(), cmatrix<T>(h), batch,
-                            which, cache.scratch.u.data(), logits);
+      decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
+                               cmatrix<T, space>(h), batch, which, cache.scratch.u.data(), logits);
       return;
     }
     for (index_t r0 = 0; r0 < rows; r0 += block) {
       const index_t c = std::min(block, rows - r0);
-      decoder_head<Backend>(w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
-                            cmatrix<T>(h.row_block(r0, c)), 1, which, cache.scratch.u.data(), logits.row_block(r0, c));
+      decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
+                               cmatrix<T, space>(h.row_block(r0, c)), 1, which, cache.scratch.u.data(),
+                               logits.row_block(r0, c));
     }
   }
 
   /// Prefill or chunk: tokens (batch, n) -> logits (batch, n, V), or (batch, V) with logits_for::last.
-  tensor<T> forward(const tensor<std::int64_t>& tokens, decoder_cache<T>& cache,
-                    logits_for which = logits_for::all) const {
+  tensor_type forward(const tensor<std::int64_t>& tokens, cache_type& cache, logits_for which = logits_for::all) const {
     if (tokens.rank() != 2 || tokens.dim(0) <= 0 || tokens.dim(1) <= 0)
       throw shape_error("tokens must have shape (batch, tokens) with both >= 1; got " + shape_string(tokens.shape()));
     const index_t B = tokens.dim(0), n = tokens.dim(1), V = cfg_.vocab_size;
-    tensor<T> out(which == logits_for::all ? shape_t{B, n, V} : shape_t{B, V});
+    tensor_type out(which == logits_for::all ? shape_t{B, n, V} : shape_t{B, V});
     forward(tokens.span(), B, cache, out.as_matrix(), which);
     return out;
   }
 
   /// Stateless prefill: tokens (batch, T) -> logits (batch, T, V).
-  tensor<T> forward(const tensor<std::int64_t>& tokens) const {
+  tensor_type forward(const tensor<std::int64_t>& tokens) const {
     if (tokens.rank() != 2 || tokens.dim(0) <= 0 || tokens.dim(1) <= 0)
       throw shape_error("tokens must have shape (batch, tokens) with both >= 1; got " + shape_string(tokens.shape()));
     auto cache = init_cache(tokens.dim(0), tokens.dim(1));
@@ -3292,17 +4206,36 @@ class decoder {
   }
 
   /// One token per batch row: tokens (batch) -> logits (batch, V).
-  tensor<T> decode_step(std::span<const std::int64_t> tokens, decoder_cache<T>& cache) const {
+  tensor_type decode_step(std::span<const std::int64_t> tokens, cache_type& cache) const {
     const index_t B = static_cast<index_t>(tokens.size());
-    tensor<T> out(shape_t{B, cfg_.vocab_size});
+    tensor_type out(shape_t{B, cfg_.vocab_size});
     forward(tokens, B, cache, out.as_matrix(), logits_for::all);
     return out;
   }
 
  private:
+  /// The token ids where the kernels read them: the caller's host memory, or a copy in the backend's space.
+  static pointer<const std::int64_t, space> token_ids(std::span<const std::int64_t> tokens, cache_type& cache) {
+    if constexpr (std::is_same_v<space, memory::host>) {
+      return tokens.data();
+    } else {
+      cache.tokens.reserve(static_cast<index_t>(tokens.size()));
+      memory::copy_n(tokens.data(), static_cast<index_t>(tokens.size()), cache.tokens.data());
+      return cache.tokens.data();
+    }
+  }
+  template <class DW>
+  static DW checked(const decoder_config& c, DW w) {
+    for (auto& l : w.layers)
+      if (c.layer.use_rope && l.mixer.rope_inv_freq.empty())
+        l.mixer.rope_inv_freq = to_space<typename DW::space>(rope::inv_freq_table(c.layer.head_dim()));
+    check_weights(c, w);
+    return w;
+  }
+
   decoder_config cfg_;
   std::vector<layer_type> layers_;
-  decoder_weights<T> w_;
+  weights_type w_;
 };
 
 }  // namespace sessa
@@ -3345,7 +4278,7 @@ class random_stream {
 };
 
 namespace detail {
-template <scalar T>
+template <storage_type T>
 auto random_filler(random_stream& rng) {
   return [&rng](const std::string& name, const shape_t& s, buffer<T>& b) {
     b.resize(shape_numel(s));
@@ -3365,22 +4298,22 @@ auto random_filler(random_stream& rng) {
     } else {
       sd = 1.0 / std::sqrt(static_cast<double>(s.back()));  // Linear: (out, in)
     }
-    for (index_t i = 0; i < b.size(); ++i) b[i] = static_cast<T>(static_cast<float>(mean + sd * rng.normal()));
+    for (index_t i = 0; i < b.size(); ++i) b[i] = narrow<T>(static_cast<float>(mean + sd * rng.normal()));
   };
 }
 }  // namespace detail
 
-template <scalar T>
+template <storage_type T>
 layer_weights<T> random_layer_weights(const layer_config& c, std::uint64_t seed) {
   c.check();
   random_stream rng(seed);
   layer_weights<T> w;
   for_each_parameter(c, w, detail::random_filler<T>(rng));
-  if (c.use_rope) w.mixer.rope_inv_freq = rope::inv_freq(c.head_dim());
+  if (c.use_rope) w.mixer.rope_inv_freq = rope::inv_freq_table(c.head_dim());
   return w;
 }
 
-template <scalar T>
+template <storage_type T>
 decoder_weights<T> random_decoder_weights(const decoder_config& c, std::uint64_t seed) {
   c.check();
   random_stream rng(seed);
@@ -3388,7 +4321,7 @@ decoder_weights<T> random_decoder_weights(const decoder_config& c, std::uint64_t
   w.layers.resize(static_cast<std::size_t>(c.n_layers));
   for_each_parameter(c, w, detail::random_filler<T>(rng));
   if (c.layer.use_rope)
-    for (auto& l : w.layers) l.mixer.rope_inv_freq = rope::inv_freq(c.layer.head_dim());
+    for (auto& l : w.layers) l.mixer.rope_inv_freq = rope::inv_freq_table(c.layer.head_dim());
   return w;
 }
 
@@ -4899,11 +5832,11 @@ inline const layer_config& cfg_layer(const layer_config& c) { return c; }
 inline const layer_config& cfg_layer(const decoder_config& c) { return c.layer; }
 
 /// The mixer whose buffer `name` belongs to ("mixer.x" for a layer, "layers.{i}.mixer.x" for a decoder).
-template <scalar T>
+template <storage_type T>
 mixer_weights<T>* mixer_for(const layer_config&, layer_weights<T>& w, const std::string& name) {
   return name.rfind("mixer.", 0) == 0 ? &w.mixer : nullptr;
 }
-template <scalar T>
+template <storage_type T>
 mixer_weights<T>* mixer_for(const decoder_config& c, decoder_weights<T>& w, const std::string& name) {
   if (name.rfind("layers.", 0) != 0) return nullptr;
   index_t i = 0;
@@ -4916,7 +5849,22 @@ mixer_weights<T>* mixer_for(const decoder_config& c, decoder_weights<T>& w, cons
 
 /// Matches the file's tensors against the parameter table of `cfg` and fills the weights; throws one
 /// format_error listing every missing, unexpected and mis-shaped name.
-template <scalar T, class Config, class Weights>
+/// The tensor `name` of f converted to storage type T: float and double read exactly (or rounded once from a
+/// wider file type), bfloat16 and half rounded once from the value the file holds.
+template <storage_type T>
+buffer<T> read_storage(const safetensors_file& f, const std::string& name) {
+  if constexpr (scalar<T>) {
+    const std::vector<T> v = f.template read_as<T>(name);
+    return buffer<T>(std::span<const T>(v));
+  } else {
+    const std::vector<double> v = f.template read_as<double>(name);
+    buffer<T> b(static_cast<index_t>(v.size()));
+    for (std::size_t i = 0; i < v.size(); ++i) b[static_cast<index_t>(i)] = T(v[i]);
+    return b;
+  }
+}
+
+template <storage_type T, class Config, class Weights>
 void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, const std::string& describe) {
   std::vector<std::string> missing, misshaped, unexpected, other;
   std::set<std::string> used;
@@ -4927,8 +5875,7 @@ void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, cons
     if (e->shape != shape)
       return misshaped.push_back(name + " is " + shape_string(e->shape) + ", expected " + shape_string(shape));
     try {
-      const std::vector<T> v = f.template read_as<T>(name);
-      b = buffer<T>(std::span<const T>(v));
+      b = read_storage<T>(f, name);
     } catch (const format_error& err) {
       other.push_back(err.what());
     }
@@ -4959,7 +5906,7 @@ void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, cons
                           " is not 10000^(-2i/d) = " + std::to_string(own[static_cast<std::size_t>(i)]));
           break;
         }
-      if (cfg_layer(cfg).use_rope) mw->rope_inv_freq = file_freq;
+      if (cfg_layer(cfg).use_rope) mw->rope_inv_freq = buffer<float>(std::span<const float>(file_freq));
     } else if (mw && (ends("mixer.causal_mask_f_full") || ends("mixer.causal_mask_fb_full"))) {
       if (e.type != dtype::BOOL || e.shape.size() != 2 || e.shape[0] != e.shape[1])
         misshaped.push_back(n + " must be a square BOOL matrix, got " + std::string(dtype_name(e.type)) + " " +
@@ -4995,18 +5942,19 @@ inline std::string describe(const decoder_config& c) {
 
 }  // namespace detail
 
-/// Layer weights from an opened file, checked against `c`. `c` is validated first.
-template <scalar T>
+/// Layer weights from an opened file, checked against `c`, in storage type T (float, double, bfloat16, half).
+/// `c` is validated first.
+template <storage_type T>
 layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_config& c) {
   c.check();
   layer_weights<T> w;
   detail::fill_weights<T>(f, c, w, detail::describe(c));
-  if (c.use_rope && w.mixer.rope_inv_freq.empty()) w.mixer.rope_inv_freq = rope::inv_freq(c.head_dim());
+  if (c.use_rope && w.mixer.rope_inv_freq.empty()) w.mixer.rope_inv_freq = rope::inv_freq_table(c.head_dim());
   return w;
 }
 
-/// Decoder weights from an opened file, checked against `c`. `c` is validated first.
-template <scalar T>
+/// Decoder weights from an opened file, checked against `c`, in storage type T. `c` is validated first.
+template <storage_type T>
 decoder_weights<T> read_decoder_weights(const safetensors_file& f, const decoder_config& c) {
   c.check();
   decoder_weights<T> w;
@@ -5014,7 +5962,7 @@ decoder_weights<T> read_decoder_weights(const safetensors_file& f, const decoder
   detail::fill_weights<T>(f, c, w, detail::describe(c));
   if (c.layer.use_rope)
     for (auto& l : w.layers)
-      if (l.mixer.rope_inv_freq.empty()) l.mixer.rope_inv_freq = rope::inv_freq(c.layer.head_dim());
+      if (l.mixer.rope_inv_freq.empty()) l.mixer.rope_inv_freq = rope::inv_freq_table(c.layer.head_dim());
   return w;
 }
 
@@ -5045,8 +5993,9 @@ inline void check_same_config(const layer_config& a, const layer_config& b, cons
 }  // namespace detail
 
 /// Loads a layer. Without `config` the file's metadata must carry it; with it, the file's metadata (if any)
-/// must agree.
-template <scalar T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
+/// must agree. T is the numeric policy (float, double, precision<float, bfloat16>, ...); weights are read
+/// into its storage type on the host and, for a device backend, copied to the device.
+template <numeric T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
 layer<T, B, A> load_layer(const safetensors_file& f, std::optional<layer_config> config = std::nullopt, A variant = {}) {
   layer_config c;
   A v = variant;
@@ -5062,17 +6011,17 @@ layer<T, B, A> load_layer(const safetensors_file& f, std::optional<layer_config>
   } else {
     read_model_info(f);  // throws the "no configuration" error
   }
-  return layer<T, B, A>(c, read_layer_weights<T>(f, c), v);
+  return layer<T, B, A>(c, read_layer_weights<weight_t<T>>(f, c), v);
 }
 
-template <scalar T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
+template <numeric T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
 layer<T, B, A> load_layer(const std::filesystem::path& path, std::optional<layer_config> config = std::nullopt,
                           A variant = {}) {
   return load_layer<T, B, A>(safetensors_file::load(path), config, variant);
 }
 
 /// Loads a decoder; same rules as load_layer.
-template <scalar T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
+template <numeric T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
 decoder<T, B, A> load_decoder(const safetensors_file& f, std::optional<decoder_config> config = std::nullopt,
                               A variant = {}) {
   decoder_config c;
@@ -5095,10 +6044,10 @@ decoder<T, B, A> load_decoder(const safetensors_file& f, std::optional<decoder_c
   } else {
     read_model_info(f);
   }
-  return decoder<T, B, A>(c, read_decoder_weights<T>(f, c), v);
+  return decoder<T, B, A>(c, read_decoder_weights<weight_t<T>>(f, c), v);
 }
 
-template <scalar T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
+template <numeric T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
 decoder<T, B, A> load_decoder(const std::filesystem::path& path, std::optional<decoder_config> config = std::nullopt,
                               A variant = {}) {
   return load_decoder<T, B, A>(safetensors_file::load(path), config, variant);
@@ -5111,7 +6060,8 @@ void save_model(const std::filesystem::path& path, const Config& c, const Weight
   safetensors_writer out;
   for (auto& [k, v] : config_metadata(c)) out.set_metadata(k, v);
   for_each_parameter(c, w, [&](const std::string& name, const shape_t& s, const auto& b) {
-    const std::vector<double> v(b.data(), b.data() + b.size());
+    std::vector<double> v(static_cast<std::size_t>(b.size()));
+    for (index_t i = 0; i < b.size(); ++i) v[static_cast<std::size_t>(i)] = static_cast<double>(b[i]);
     out.add_converted(name, type, s, v);
   });
   out.write(path);
@@ -5129,10 +6079,12 @@ void save_model(const std::filesystem::path& path, const Config& c, const Weight
 //                                                            attention variant, not in d_model
 //   decoder_params<T, Spec>                                  pointers to the weights (e.g. constexpr arrays
 //                                                            written by `sessa embed`)
-//   static_state<T, Spec, Capacity, Batch, MaxChunk>         caches and scratch, stored inline
-//   static_decoder<T, Spec, Backend>                         forward / decode_step on a static_state
+//   static_state<T, Spec, Capacity, Batch, MaxChunk, Backend>  caches and scratch, stored inline, for a host
+//                                                            backend (reference by default, or cpu)
+//   static_decoder<T, Spec, Backend>                         forward / decode_step on a static_state of the same
+//                                                            backend
 //
-// The math is the runtime-shaped path's: static_decoder calls the same layer_forward, embed_tokens and
+// The math is the runtime-shaped path's: static_decoder calls the same layer_forward, embed kernel and
 // decoder_head on parameter views, with caches and workspace borrowed from the state's inline arrays.
 // With backend::reference (the default here) a prefill and any number of decode steps allocate nothing.
 
@@ -5207,25 +6159,28 @@ struct decoder_params {
 /// Per-sequence state of a static decoder: one cache per layer and the scratch of a chunk, all stored
 /// inline (declare it static or global for large capacities). Batch rows and Capacity tokens at most;
 /// forward() runs long inputs in chunks of at most MaxChunk tokens.
-template <scalar T, class Spec, index_t Capacity, index_t Batch = 1, index_t MaxChunk = 64>
+template <scalar T, class Spec, index_t Capacity, index_t Batch = 1, index_t MaxChunk = 64,
+          backend_tag Backend = backend::reference>
 class static_state {
   static_assert(Capacity > 0 && Batch > 0 && MaxChunk > 0, "sessa::embedded::static_state: sizes must be positive");
+  static_assert(std::is_same_v<space_of<Backend>, memory::host>,
+                "sessa::embedded::static_state: compile-time-shaped models run on host backends (reference, cpu)");
   static_assert(Batch == 1 || MaxChunk <= prefill_block,
                 "sessa::embedded::static_state: with Batch > 1, MaxChunk must not exceed sessa::prefill_block (one "
                 "pass of a layer; longer chunks of several sequences need a staging buffer)");
 
   static constexpr index_t cache_elems(std::size_t l) {
-    return layer_cache<T>::storage_size(Spec::configs[l], Batch, Capacity);
+    return layer_cache<T, Backend>::storage_size(Spec::configs[l], Batch, Capacity);
   }
   static constexpr index_t total_cache() {
     index_t n = 0;
     for (std::size_t l = 0; l < Spec::configs.size(); ++l) n += cache_elems(l);
     return n;
   }
-  static constexpr typename workspace<T>::sizes_t layout() {
-    auto s = workspace<T>::sizes(Spec::configs[0], Batch * MaxChunk, Capacity);
+  static constexpr typename workspace<T, Backend>::sizes_t layout() {
+    auto s = workspace<T, Backend>::sizes(Spec::configs[0], Batch * MaxChunk, Capacity);
     for (std::size_t l = 1; l < Spec::configs.size(); ++l)
-      s = workspace<T>::max(s, workspace<T>::sizes(Spec::configs[l], Batch * MaxChunk, Capacity));
+      s = workspace<T, Backend>::max(s, workspace<T, Backend>::sizes(Spec::configs[l], Batch * MaxChunk, Capacity));
     return s;
   }
   static constexpr index_t h_elems = Batch * MaxChunk * Spec::d_model;
@@ -5234,12 +6189,14 @@ class static_state {
   static constexpr index_t capacity = Capacity, batch = Batch, max_chunk = MaxChunk;
   /// Bytes held inline (caches, scratch, residual stream).
   static constexpr index_t storage_bytes =
-      (total_cache() + workspace<T>::total(layout()) + h_elems) * static_cast<index_t>(sizeof(T));
+      (total_cache() + workspace<T, Backend>::total(layout()) + h_elems) * static_cast<index_t>(sizeof(T));
 
-  static_state() noexcept : ws_(workspace<T>::borrow(ws_store_.data(), layout())) {
+  using backend_type = Backend;
+
+  static_state() : ws_(workspace<T, Backend>::borrow(ws_store_.data(), layout())) {
     T* p = cache_store_.data();
     for (std::size_t l = 0; l < caches_.size(); ++l) {
-      caches_[l] = layer_cache<T>(Spec::configs[l], Batch, Capacity, p);
+      caches_[l] = layer_cache<T, Backend>(Spec::configs[l], Batch, Capacity, p);
       p += cache_elems(l);
     }
   }
@@ -5255,22 +6212,26 @@ class static_state {
     for (auto& c : caches_) c.truncate(n);
   }
 
-  layer_cache<T>& cache(std::size_t l) noexcept { return caches_[l]; }
-  workspace<T>& scratch() noexcept { return ws_; }
+  layer_cache<T, Backend>& cache(std::size_t l) noexcept { return caches_[l]; }
+  workspace<T, Backend>& scratch() noexcept { return ws_; }
   matrix<T> residual(index_t rows) noexcept { return {h_store_.data(), rows, Spec::d_model}; }
 
  private:
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(total_cache())> cache_store_{};
-  alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(workspace<T>::total(layout()))> ws_store_{};
+  alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(workspace<T, Backend>::total(layout()))> ws_store_{};
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(h_elems)> h_store_{};
-  std::array<layer_cache<T>, Spec::n_layers> caches_;
-  workspace<T> ws_;
+  std::array<layer_cache<T, Backend>, Spec::n_layers> caches_;
+  workspace<T, Backend> ws_;
 };
 
 /// A decoder whose shapes are the template arguments of Spec. Holds only pointers to its weights, so a
 /// constexpr decoder_params in read-only data makes a model with no file I/O and no heap.
 template <scalar T, class Spec, backend_tag Backend = backend::reference>
 class static_decoder {
+  static_assert(std::is_same_v<space_of<Backend>, memory::host>,
+                "sessa::embedded::static_decoder: compile-time-shaped models run on host backends (reference, cpu)");
+  static_assert(backend::verify_kernel_set<Backend, T>());
+
  public:
   using spec = Spec;
   using scalar_type = T;
@@ -5282,7 +6243,7 @@ class static_decoder {
   /// Extends the state by n tokens, in chunks of at most MaxChunk. Everything is checked before any state
   /// changes: token ids, the room left in the state, the logits view's shape.
   template <index_t C, index_t B, index_t M>
-  void forward(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M>& st, matrix<T> logits,
+  void forward(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st, matrix<T> logits,
                logits_for which = logits_for::all) const {
     const index_t rows = static_cast<index_t>(tokens.size()), n = rows / B, V = Spec::vocab_size;
     if (rows == 0 || rows % B != 0)
@@ -5305,24 +6266,25 @@ class static_decoder {
           part[static_cast<std::size_t>(b * c + i)] = tokens[static_cast<std::size_t>(b * n + t0 + i)];
       const std::span<const std::int64_t> chunk(part.data(), static_cast<std::size_t>(B * c));
       matrix<T> h = st.residual(B * c);  // (B*c, D)
-      embed_tokens(p_.embedding, chunk, h);
+      backend::kernels<Backend>::embed(st.scratch().context, cmatrix<T>(p_.embedding, V, Spec::d_model), chunk.data(), h);
       run_layers(h, st, std::make_index_sequence<Spec::n_layers>{});
       const T eps = static_cast<T>(Spec::norm_eps);
       if (which == logits_for::last) {
         if (t0 + c == n)
-          decoder_head<Backend>(p_.norm_w, p_.norm_b, eps, p_.head, cmatrix<T>(h), B, which, st.scratch().u.data(),
-                                logits);
+          decoder_head<Backend, T>(st.scratch().context, p_.norm_w, p_.norm_b, eps, p_.head, cmatrix<T>(h), B, which,
+                                   st.scratch().u.data(), logits);
       } else {
         for (index_t b = 0; b < B; ++b)  // rows (b, t0 .. t0+c) of the (B*n, V) logits
-          decoder_head<Backend>(p_.norm_w, p_.norm_b, eps, p_.head, cmatrix<T>(h.row_block(b * c, c)), 1, which,
-                                st.scratch().u.data(), logits.row_block(b * n + t0, c));
+          decoder_head<Backend, T>(st.scratch().context, p_.norm_w, p_.norm_b, eps, p_.head,
+                                   cmatrix<T>(h.row_block(b * c, c)), 1, which, st.scratch().u.data(),
+                                   logits.row_block(b * n + t0, c));
       }
     }
   }
 
   /// One token per batch row: tokens (Batch) -> logits (Batch, V).
   template <index_t C, index_t B, index_t M>
-  void decode_step(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M>& st, matrix<T> logits) const {
+  void decode_step(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st, matrix<T> logits) const {
     forward(tokens, st, logits, logits_for::all);
   }
 
@@ -5331,7 +6293,7 @@ class static_decoder {
  private:
   template <class State, std::size_t... L>
   void run_layers(matrix<T> h, State& st, std::index_sequence<L...>) const {
-    (layer_forward<Backend>(std::tuple_element_t<L, typename Spec::layers>::config, p_.layers[L],
+    (layer_forward<Backend, T>(std::tuple_element_t<L, typename Spec::layers>::config, p_.layers[L],
                             std::tuple_element_t<L, typename Spec::layers>::variant, cmatrix<T>(h), State::batch,
                             st.cache(L), st.scratch(), h),
      ...);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "../config.hpp"
+#include "../core/tensor.hpp"
 
 namespace sessa::rope {
 
@@ -23,6 +24,12 @@ inline std::vector<float> inv_freq(index_t head_dim) {
     w[static_cast<std::size_t>(i)] = static_cast<float>(std::pow(10000.0, static_cast<double>(e)));
   }
   return w;
+}
+
+/// The same table in a host buffer (what weights hold; to_space copies it to a device).
+inline buffer<float> inv_freq_table(index_t head_dim) {
+  const std::vector<float> w = inv_freq(head_dim);
+  return buffer<float>(std::span<const float>(w));
 }
 
 /// Rotates one head row x (d values) in place for absolute position `pos`.

@@ -1,20 +1,29 @@
-// sessa/backend/kernels.hpp: the primary template every backend specializes.
+// sessa/backend/kernels.hpp: the primary templates every backend specializes.
 //
-// backend::kernels<Tag> is a class of static member function templates, one per kernel the model
-// needs (linear, layer_norm, gelu, rope, attention, feedback, ...). A backend specializes it, deriving
-// from the specialization of the backend it extends, and overrides only what it accelerates.
-// Using a tag with no specialization fails the build with a message naming the tag.
+// backend::kernels<Tag> is a class of static member function templates, one per kernel the model needs
+// (linear, layer_norm, gelu, rope, attention, feedback, the cache append, ...; the list and the contracts are
+// in backend/kernel_set.hpp). backend::context<Tag> is the backend's execution context: what every kernel
+// receives first (CPU: the thread count; CUDA: the stream and library handles) and the backend's scratch
+// arena (core/tensor.hpp). A workspace (model/cache.hpp) owns one context, so each sequence or call site has
+// its own scratch.
+// Using a tag with no specialization fails the build with a message that says so (verify_kernel_set in
+// backend/kernel_set.hpp: the primary templates below are empty markers, so the check can tell them apart).
 #pragma once
 
 #include "../concepts.hpp"
 
 namespace sessa::backend {
 
+/// Unspecialized: no kernels. A backend specializes it.
 template <class Tag>
 struct kernels {
-  static_assert(dependent_false<Tag>,
-                "sessa: no kernels for this backend tag; include the header that specializes "
-                "sessa::backend::kernels<Tag> (backend/cpu/reference.hpp, backend/cpu/simd.hpp, sessa/cuda.cuh)");
+  static constexpr bool unspecialized = true;
+};
+
+/// Unspecialized: no context. A backend specializes it next to its kernels.
+template <class Tag>
+struct context {
+  static constexpr bool unspecialized = true;
 };
 
 }  // namespace sessa::backend

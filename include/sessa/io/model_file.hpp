@@ -276,11 +276,11 @@ inline const layer_config& cfg_layer(const layer_config& c) { return c; }
 inline const layer_config& cfg_layer(const decoder_config& c) { return c.layer; }
 
 /// The mixer whose buffer `name` belongs to ("mixer.x" for a layer, "layers.{i}.mixer.x" for a decoder).
-template <scalar T>
+template <storage_type T>
 mixer_weights<T>* mixer_for(const layer_config&, layer_weights<T>& w, const std::string& name) {
   return name.rfind("mixer.", 0) == 0 ? &w.mixer : nullptr;
 }
-template <scalar T>
+template <storage_type T>
 mixer_weights<T>* mixer_for(const decoder_config& c, decoder_weights<T>& w, const std::string& name) {
   if (name.rfind("layers.", 0) != 0) return nullptr;
   index_t i = 0;
@@ -293,7 +293,22 @@ mixer_weights<T>* mixer_for(const decoder_config& c, decoder_weights<T>& w, cons
 
 /// Matches the file's tensors against the parameter table of `cfg` and fills the weights; throws one
 /// format_error listing every missing, unexpected and mis-shaped name.
-template <scalar T, class Config, class Weights>
+/// The tensor `name` of f converted to storage type T: float and double read exactly (or rounded once from a
+/// wider file type), bfloat16 and half rounded once from the value the file holds.
+template <storage_type T>
+buffer<T> read_storage(const safetensors_file& f, const std::string& name) {
+  if constexpr (scalar<T>) {
+    const std::vector<T> v = f.template read_as<T>(name);
+    return buffer<T>(std::span<const T>(v));
+  } else {
+    const std::vector<double> v = f.template read_as<double>(name);
+    buffer<T> b(static_cast<index_t>(v.size()));
+    for (std::size_t i = 0; i < v.size(); ++i) b[static_cast<index_t>(i)] = T(v[i]);
+    return b;
+  }
+}
+
+template <storage_type T, class Config, class Weights>
 void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, const std::string& describe) {
   std::vector<std::string> missing, misshaped, unexpected, other;
   std::set<std::string> used;
@@ -304,8 +319,7 @@ void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, cons
     if (e->shape != shape)
       return misshaped.push_back(name + " is " + shape_string(e->shape) + ", expected " + shape_string(shape));
     try {
-      const std::vector<T> v = f.template read_as<T>(name);
-      b = buffer<T>(std::span<const T>(v));
+      b = read_storage<T>(f, name);
     } catch (const format_error& err) {
       other.push_back(err.what());
     }
@@ -336,7 +350,7 @@ void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, cons
                           " is not 10000^(-2i/d) = " + std::to_string(own[static_cast<std::size_t>(i)]));
           break;
         }
-      if (cfg_layer(cfg).use_rope) mw->rope_inv_freq = file_freq;
+      if (cfg_layer(cfg).use_rope) mw->rope_inv_freq = buffer<float>(std::span<const float>(file_freq));
     } else if (mw && (ends("mixer.causal_mask_f_full") || ends("mixer.causal_mask_fb_full"))) {
       if (e.type != dtype::BOOL || e.shape.size() != 2 || e.shape[0] != e.shape[1])
         misshaped.push_back(n + " must be a square BOOL matrix, got " + std::string(dtype_name(e.type)) + " " +
@@ -372,18 +386,19 @@ inline std::string describe(const decoder_config& c) {
 
 }  // namespace detail
 
-/// Layer weights from an opened file, checked against `c`. `c` is validated first.
-template <scalar T>
+/// Layer weights from an opened file, checked against `c`, in storage type T (float, double, bfloat16, half).
+/// `c` is validated first.
+template <storage_type T>
 layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_config& c) {
   c.check();
   layer_weights<T> w;
   detail::fill_weights<T>(f, c, w, detail::describe(c));
-  if (c.use_rope && w.mixer.rope_inv_freq.empty()) w.mixer.rope_inv_freq = rope::inv_freq(c.head_dim());
+  if (c.use_rope && w.mixer.rope_inv_freq.empty()) w.mixer.rope_inv_freq = rope::inv_freq_table(c.head_dim());
   return w;
 }
 
-/// Decoder weights from an opened file, checked against `c`. `c` is validated first.
-template <scalar T>
+/// Decoder weights from an opened file, checked against `c`, in storage type T. `c` is validated first.
+template <storage_type T>
 decoder_weights<T> read_decoder_weights(const safetensors_file& f, const decoder_config& c) {
   c.check();
   decoder_weights<T> w;
@@ -391,7 +406,7 @@ decoder_weights<T> read_decoder_weights(const safetensors_file& f, const decoder
   detail::fill_weights<T>(f, c, w, detail::describe(c));
   if (c.layer.use_rope)
     for (auto& l : w.layers)
-      if (l.mixer.rope_inv_freq.empty()) l.mixer.rope_inv_freq = rope::inv_freq(c.layer.head_dim());
+      if (l.mixer.rope_inv_freq.empty()) l.mixer.rope_inv_freq = rope::inv_freq_table(c.layer.head_dim());
   return w;
 }
 
@@ -422,8 +437,9 @@ inline void check_same_config(const layer_config& a, const layer_config& b, cons
 }  // namespace detail
 
 /// Loads a layer. Without `config` the file's metadata must carry it; with it, the file's metadata (if any)
-/// must agree.
-template <scalar T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
+/// must agree. T is the numeric policy (float, double, precision<float, bfloat16>, ...); weights are read
+/// into its storage type on the host and, for a device backend, copied to the device.
+template <numeric T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
 layer<T, B, A> load_layer(const safetensors_file& f, std::optional<layer_config> config = std::nullopt, A variant = {}) {
   layer_config c;
   A v = variant;
@@ -439,17 +455,17 @@ layer<T, B, A> load_layer(const safetensors_file& f, std::optional<layer_config>
   } else {
     read_model_info(f);  // throws the "no configuration" error
   }
-  return layer<T, B, A>(c, read_layer_weights<T>(f, c), v);
+  return layer<T, B, A>(c, read_layer_weights<weight_t<T>>(f, c), v);
 }
 
-template <scalar T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
+template <numeric T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
 layer<T, B, A> load_layer(const std::filesystem::path& path, std::optional<layer_config> config = std::nullopt,
                           A variant = {}) {
   return load_layer<T, B, A>(safetensors_file::load(path), config, variant);
 }
 
 /// Loads a decoder; same rules as load_layer.
-template <scalar T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
+template <numeric T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
 decoder<T, B, A> load_decoder(const safetensors_file& f, std::optional<decoder_config> config = std::nullopt,
                               A variant = {}) {
   decoder_config c;
@@ -472,10 +488,10 @@ decoder<T, B, A> load_decoder(const safetensors_file& f, std::optional<decoder_c
   } else {
     read_model_info(f);
   }
-  return decoder<T, B, A>(c, read_decoder_weights<T>(f, c), v);
+  return decoder<T, B, A>(c, read_decoder_weights<weight_t<T>>(f, c), v);
 }
 
-template <scalar T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
+template <numeric T, backend_tag B = backend::default_cpu, attention_variant A = attention::causal>
 decoder<T, B, A> load_decoder(const std::filesystem::path& path, std::optional<decoder_config> config = std::nullopt,
                               A variant = {}) {
   return load_decoder<T, B, A>(safetensors_file::load(path), config, variant);
@@ -488,7 +504,8 @@ void save_model(const std::filesystem::path& path, const Config& c, const Weight
   safetensors_writer out;
   for (auto& [k, v] : config_metadata(c)) out.set_metadata(k, v);
   for_each_parameter(c, w, [&](const std::string& name, const shape_t& s, const auto& b) {
-    const std::vector<double> v(b.data(), b.data() + b.size());
+    std::vector<double> v(static_cast<std::size_t>(b.size()));
+    for (index_t i = 0; i < b.size(); ++i) v[static_cast<std::size_t>(i)] = static_cast<double>(b[i]);
     out.add_converted(name, type, s, v);
   });
   out.write(path);

@@ -7,13 +7,14 @@
 #pragma once
 
 #include <algorithm>
-#include <cstring>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "../attention/variants.hpp"
+#include "../backend/kernel_set.hpp"
 #include "../backend/tags.hpp"
 #include "../concepts.hpp"
 #include "../core/hparams.hpp"
@@ -24,12 +25,15 @@
 
 namespace sessa {
 
-/// Per-sequence state of a decoder: a cache per layer, the residual stream and shared scratch.
-template <scalar T>
+/// Per-sequence state of a decoder: a cache per layer, the residual stream and shared scratch, in the memory
+/// space of Backend.
+template <numeric P, backend_tag Backend = backend::default_cpu>
 struct decoder_cache {
-  std::vector<layer_cache<T>> layers;
-  workspace<T> scratch;
-  buffer<T> h;  // (rows, D) residual stream of the current chunk
+  using space = space_of<Backend>;
+  std::vector<layer_cache<P, Backend>> layers;
+  workspace<compute_t<P>, Backend> scratch;
+  buffer<compute_t<P>, space> h;      // (rows, D) residual stream of the current chunk
+  buffer<std::int64_t, space> tokens;  // (rows) the chunk's token ids, when the space is not the host's
 
   index_t batch() const noexcept { return layers.empty() ? 0 : layers.front().batch(); }
   index_t capacity() const noexcept { return layers.empty() ? 0 : layers.front().capacity(); }
@@ -67,63 +71,84 @@ inline void check_tokens(std::span<const std::int64_t> tokens, index_t n, index_
                         std::to_string(V) + ")");
 }
 
-/// h (rows, D) = embedding (V, D) rows of the (checked) tokens.
+/// h (rows, D) = embedding (V, D) rows of the (checked) tokens, on the host. (The models run the backend's
+/// embed kernel; this is the same gather for callers assembling inputs on the host.)
 template <scalar T>
 void embed_tokens(const T* embedding, std::span<const std::int64_t> tokens, matrix<T> h) {
   for (index_t r = 0; r < h.rows; ++r)
-    std::memcpy(h.row(r), embedding + tokens[static_cast<std::size_t>(r)] * h.cols, sizeof(T) * h.cols);
+    std::copy_n(embedding + tokens[static_cast<std::size_t>(r)] * h.cols, h.cols, h.row(r));
 }
 
 /// logits (out_rows, V) = LayerNorm(h; norm_w, norm_b) head (V, D)^T over every row of h (batch*n, D), or
 /// over the last row of each batch row with logits_for::last. `scratch` holds >= out_rows * D values.
-template <backend_tag Backend, scalar T>
-void decoder_head(const T* norm_w, const T* norm_b, T eps, const T* head, cmatrix<T> h, index_t batch,
-                  logits_for which, T* scratch, matrix<T> logits) {
+template <backend_tag Backend, numeric P>
+void decoder_head(backend::context<Backend>& ctx, pointer<const weight_t<P>, space_of<Backend>> norm_w,
+                  pointer<const weight_t<P>, space_of<Backend>> norm_b, compute_t<P> eps,
+                  pointer<const weight_t<P>, space_of<Backend>> head, cmatrix<compute_t<P>, space_of<Backend>> h,
+                  index_t batch, logits_for which, pointer<compute_t<P>, space_of<Backend>> scratch,
+                  matrix<compute_t<P>, space_of<Backend>> logits) {
   using kernels = backend::kernels<Backend>;
+  using T = compute_t<P>;
+  using W = weight_t<P>;
+  using S = space_of<Backend>;
   const index_t D = h.cols, n = h.rows / batch;
-  matrix<T> hn(scratch, logits.rows, D);  // (out_rows, D)
-  if (which == logits_for::all) kernels::layer_norm(h, norm_w, norm_b, eps, hn);
-  else kernels::layer_norm(cmatrix<T>(h.data + (n - 1) * D, batch, D, n * D), norm_w, norm_b, eps, hn);  // row n-1 of each
-  kernels::linear(cmatrix<T>(hn), cmatrix<T>(head, logits.cols, D), static_cast<const T*>(nullptr), logits);
+  matrix<T, S> hn(scratch, logits.rows, D);  // (out_rows, D)
+  if (which == logits_for::all) kernels::layer_norm(ctx, h, norm_w, norm_b, eps, hn);
+  else kernels::layer_norm(ctx, cmatrix<T, S>(h.data + (n - 1) * D, batch, D, n * D), norm_w, norm_b, eps, hn);  // row n-1 of each
+  kernels::linear(ctx, cmatrix<T, S>(hn), cmatrix<W, S>(head, logits.cols, D), pointer<const W, S>{}, logits, false);
 }
 
-template <scalar T, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
+template <numeric P, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
 class decoder {
+  static_assert(backend::verify_kernel_set<Backend, P>());
+
  public:
-  using scalar_type = T;
+  using precision_type = P;
+  using scalar_type = compute_t<P>;
   using backend_type = Backend;
   using variant_type = Variant;
-  using layer_type = layer<T, Backend, Variant>;
-  using cache_type = decoder_cache<T>;
+  using space = space_of<Backend>;
+  using layer_type = layer<P, Backend, Variant>;
+  using cache_type = decoder_cache<P, Backend>;
+  using weights_type = decoder_weights<weight_t<P>, space>;
+  using host_weights_type = decoder_weights<weight_t<P>, memory::host>;
+  using tensor_type = tensor<scalar_type, space>;
 
-  decoder(const decoder_config& c, decoder_weights<T> w, Variant variant = {}) : cfg_(c) {
+  /// Checks the configuration and the weights, then keeps them.
+  decoder(const decoder_config& c, weights_type w, Variant variant = {}) : cfg_(c) {
     cfg_.check();
     variant.check();
-    for (auto& l : w.layers)
-      if (cfg_.layer.use_rope && l.mixer.rope_inv_freq.empty()) l.mixer.rope_inv_freq = rope::inv_freq(cfg_.layer.head_dim());
-    check_weights(cfg_, w);
+    w = checked(cfg_, std::move(w));
     layers_.reserve(w.layers.size());
     for (auto& lw : w.layers) layers_.emplace_back(cfg_.layer, std::move(lw), variant);
     w.layers.clear();
     w_ = std::move(w);
   }
+  /// A device backend's decoder from weights on the host: checked there, then copied to the device.
+  template <class HW>
+    requires(std::is_same_v<HW, host_weights_type> && !std::is_same_v<HW, weights_type>)
+  decoder(const decoder_config& c, const HW& w, Variant variant = {})
+      : decoder(c, to_space<space>(c, checked((c.check(), c), HW(w))), std::move(variant)) {}
 
   const decoder_config& config() const noexcept { return cfg_; }
   const std::vector<layer_type>& layers() const noexcept { return layers_; }
   /// Embedding, final norm and head (the layers' parameters live in layers()).
-  const decoder_weights<T>& weights() const noexcept { return w_; }
+  const weights_type& weights() const noexcept { return w_; }
 
-  decoder_cache<T> init_cache(index_t batch, index_t capacity) const {
-    decoder_cache<T> c;
+  cache_type init_cache(index_t batch, index_t capacity) const {
+    cache_type c;
     c.layers.reserve(static_cast<std::size_t>(cfg_.n_layers));
     for (const auto& l : layers_) c.layers.push_back(l.init_cache(batch, capacity));
     return c;
   }
 
-  /// Core form. tokens (batch, n) row-major -> logits (batch*n, V), or (batch, V) with logits_for::last.
-  /// Every token id and the cache room are checked before any state changes.
-  void forward(std::span<const std::int64_t> tokens, index_t batch, decoder_cache<T>& cache, matrix<T> logits,
+  /// Core form. tokens (batch, n) row-major, on the host -> logits (batch*n, V), or (batch, V) with
+  /// logits_for::last. Every token id and the cache room are checked before any state changes. Kernels run on
+  /// cache.scratch.context.
+  void forward(std::span<const std::int64_t> tokens, index_t batch, cache_type& cache, matrix<scalar_type, space> logits,
                logits_for which = logits_for::all) const {
+    using T = scalar_type;
+    using W = weight_t<P>;
     const index_t D = cfg_.layer.d_model, V = cfg_.vocab_size;
     if (batch <= 0 || tokens.empty() || static_cast<index_t>(tokens.size()) % batch != 0)
       throw shape_error("decoder::forward: " + std::to_string(tokens.size()) + " tokens do not form " +
@@ -140,39 +165,40 @@ class decoder {
     check_tokens(tokens, n, V);
     for (auto& l : cache.layers) l.require(batch, n);
 
+    auto& ctx = cache.scratch.context;
     cache.h.reserve(rows * D);
-    matrix<T> h(cache.h.data(), rows, D);  // (rows, D) residual stream
-    embed_tokens(w_.embedding.data(), tokens, h);
+    matrix<T, space> h(cache.h.data(), rows, D);  // (rows, D) residual stream
+    backend::kernels<Backend>::embed(ctx, cmatrix<W, space>(w_.embedding.data(), V, D), token_ids(tokens, cache), h);
     for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].forward(h, batch, cache.layers[l], cache.scratch, h);
     // The head in row blocks of at most prefill_block rows, so its scratch stays bounded like the layers'.
     const T eps = static_cast<T>(cfg_.layer.ln_eps);
     const index_t block = std::min(out_rows, prefill_block);
     cache.scratch.u.reserve(block * D);
     if (which == logits_for::last) {
-      decoder_head<Backend>(w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(), cmatrix<T>(h), batch,
-                            which, cache.scratch.u.data(), logits);
+      decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
+                               cmatrix<T, space>(h), batch, which, cache.scratch.u.data(), logits);
       return;
     }
     for (index_t r0 = 0; r0 < rows; r0 += block) {
       const index_t c = std::min(block, rows - r0);
-      decoder_head<Backend>(w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
-                            cmatrix<T>(h.row_block(r0, c)), 1, which, cache.scratch.u.data(), logits.row_block(r0, c));
+      decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
+                               cmatrix<T, space>(h.row_block(r0, c)), 1, which, cache.scratch.u.data(),
+                               logits.row_block(r0, c));
     }
   }
 
   /// Prefill or chunk: tokens (batch, n) -> logits (batch, n, V), or (batch, V) with logits_for::last.
-  tensor<T> forward(const tensor<std::int64_t>& tokens, decoder_cache<T>& cache,
-                    logits_for which = logits_for::all) const {
+  tensor_type forward(const tensor<std::int64_t>& tokens, cache_type& cache, logits_for which = logits_for::all) const {
     if (tokens.rank() != 2 || tokens.dim(0) <= 0 || tokens.dim(1) <= 0)
       throw shape_error("tokens must have shape (batch, tokens) with both >= 1; got " + shape_string(tokens.shape()));
     const index_t B = tokens.dim(0), n = tokens.dim(1), V = cfg_.vocab_size;
-    tensor<T> out(which == logits_for::all ? shape_t{B, n, V} : shape_t{B, V});
+    tensor_type out(which == logits_for::all ? shape_t{B, n, V} : shape_t{B, V});
     forward(tokens.span(), B, cache, out.as_matrix(), which);
     return out;
   }
 
   /// Stateless prefill: tokens (batch, T) -> logits (batch, T, V).
-  tensor<T> forward(const tensor<std::int64_t>& tokens) const {
+  tensor_type forward(const tensor<std::int64_t>& tokens) const {
     if (tokens.rank() != 2 || tokens.dim(0) <= 0 || tokens.dim(1) <= 0)
       throw shape_error("tokens must have shape (batch, tokens) with both >= 1; got " + shape_string(tokens.shape()));
     auto cache = init_cache(tokens.dim(0), tokens.dim(1));
@@ -180,17 +206,36 @@ class decoder {
   }
 
   /// One token per batch row: tokens (batch) -> logits (batch, V).
-  tensor<T> decode_step(std::span<const std::int64_t> tokens, decoder_cache<T>& cache) const {
+  tensor_type decode_step(std::span<const std::int64_t> tokens, cache_type& cache) const {
     const index_t B = static_cast<index_t>(tokens.size());
-    tensor<T> out(shape_t{B, cfg_.vocab_size});
+    tensor_type out(shape_t{B, cfg_.vocab_size});
     forward(tokens, B, cache, out.as_matrix(), logits_for::all);
     return out;
   }
 
  private:
+  /// The token ids where the kernels read them: the caller's host memory, or a copy in the backend's space.
+  static pointer<const std::int64_t, space> token_ids(std::span<const std::int64_t> tokens, cache_type& cache) {
+    if constexpr (std::is_same_v<space, memory::host>) {
+      return tokens.data();
+    } else {
+      cache.tokens.reserve(static_cast<index_t>(tokens.size()));
+      memory::copy_n(tokens.data(), static_cast<index_t>(tokens.size()), cache.tokens.data());
+      return cache.tokens.data();
+    }
+  }
+  template <class DW>
+  static DW checked(const decoder_config& c, DW w) {
+    for (auto& l : w.layers)
+      if (c.layer.use_rope && l.mixer.rope_inv_freq.empty())
+        l.mixer.rope_inv_freq = to_space<typename DW::space>(rope::inv_freq_table(c.layer.head_dim()));
+    check_weights(c, w);
+    return w;
+  }
+
   decoder_config cfg_;
   std::vector<layer_type> layers_;
-  decoder_weights<T> w_;
+  weights_type w_;
 };
 
 }  // namespace sessa

@@ -7,10 +7,12 @@
 //                                                            attention variant, not in d_model
 //   decoder_params<T, Spec>                                  pointers to the weights (e.g. constexpr arrays
 //                                                            written by `sessa embed`)
-//   static_state<T, Spec, Capacity, Batch, MaxChunk>         caches and scratch, stored inline
-//   static_decoder<T, Spec, Backend>                         forward / decode_step on a static_state
+//   static_state<T, Spec, Capacity, Batch, MaxChunk, Backend>  caches and scratch, stored inline, for a host
+//                                                            backend (reference by default, or cpu)
+//   static_decoder<T, Spec, Backend>                         forward / decode_step on a static_state of the same
+//                                                            backend
 //
-// The math is the runtime-shaped path's: static_decoder calls the same layer_forward, embed_tokens and
+// The math is the runtime-shaped path's: static_decoder calls the same layer_forward, embed kernel and
 // decoder_head on parameter views, with caches and workspace borrowed from the state's inline arrays.
 // With backend::reference (the default here) a prefill and any number of decode steps allocate nothing.
 #pragma once
@@ -24,6 +26,7 @@
 #include <utility>
 
 #include "../attention/variants.hpp"
+#include "../backend/kernel_set.hpp"
 #include "../backend/kernels.hpp"
 #include "../backend/cpu/reference.hpp"
 #include "../backend/tags.hpp"
@@ -97,25 +100,28 @@ struct decoder_params {
 /// Per-sequence state of a static decoder: one cache per layer and the scratch of a chunk, all stored
 /// inline (declare it static or global for large capacities). Batch rows and Capacity tokens at most;
 /// forward() runs long inputs in chunks of at most MaxChunk tokens.
-template <scalar T, class Spec, index_t Capacity, index_t Batch = 1, index_t MaxChunk = 64>
+template <scalar T, class Spec, index_t Capacity, index_t Batch = 1, index_t MaxChunk = 64,
+          backend_tag Backend = backend::reference>
 class static_state {
   static_assert(Capacity > 0 && Batch > 0 && MaxChunk > 0, "sessa::embedded::static_state: sizes must be positive");
+  static_assert(std::is_same_v<space_of<Backend>, memory::host>,
+                "sessa::embedded::static_state: compile-time-shaped models run on host backends (reference, cpu)");
   static_assert(Batch == 1 || MaxChunk <= prefill_block,
                 "sessa::embedded::static_state: with Batch > 1, MaxChunk must not exceed sessa::prefill_block (one "
                 "pass of a layer; longer chunks of several sequences need a staging buffer)");
 
   static constexpr index_t cache_elems(std::size_t l) {
-    return layer_cache<T>::storage_size(Spec::configs[l], Batch, Capacity);
+    return layer_cache<T, Backend>::storage_size(Spec::configs[l], Batch, Capacity);
   }
   static constexpr index_t total_cache() {
     index_t n = 0;
     for (std::size_t l = 0; l < Spec::configs.size(); ++l) n += cache_elems(l);
     return n;
   }
-  static constexpr typename workspace<T>::sizes_t layout() {
-    auto s = workspace<T>::sizes(Spec::configs[0], Batch * MaxChunk, Capacity);
+  static constexpr typename workspace<T, Backend>::sizes_t layout() {
+    auto s = workspace<T, Backend>::sizes(Spec::configs[0], Batch * MaxChunk, Capacity);
     for (std::size_t l = 1; l < Spec::configs.size(); ++l)
-      s = workspace<T>::max(s, workspace<T>::sizes(Spec::configs[l], Batch * MaxChunk, Capacity));
+      s = workspace<T, Backend>::max(s, workspace<T, Backend>::sizes(Spec::configs[l], Batch * MaxChunk, Capacity));
     return s;
   }
   static constexpr index_t h_elems = Batch * MaxChunk * Spec::d_model;
@@ -124,12 +130,14 @@ class static_state {
   static constexpr index_t capacity = Capacity, batch = Batch, max_chunk = MaxChunk;
   /// Bytes held inline (caches, scratch, residual stream).
   static constexpr index_t storage_bytes =
-      (total_cache() + workspace<T>::total(layout()) + h_elems) * static_cast<index_t>(sizeof(T));
+      (total_cache() + workspace<T, Backend>::total(layout()) + h_elems) * static_cast<index_t>(sizeof(T));
 
-  static_state() noexcept : ws_(workspace<T>::borrow(ws_store_.data(), layout())) {
+  using backend_type = Backend;
+
+  static_state() : ws_(workspace<T, Backend>::borrow(ws_store_.data(), layout())) {
     T* p = cache_store_.data();
     for (std::size_t l = 0; l < caches_.size(); ++l) {
-      caches_[l] = layer_cache<T>(Spec::configs[l], Batch, Capacity, p);
+      caches_[l] = layer_cache<T, Backend>(Spec::configs[l], Batch, Capacity, p);
       p += cache_elems(l);
     }
   }
@@ -145,22 +153,26 @@ class static_state {
     for (auto& c : caches_) c.truncate(n);
   }
 
-  layer_cache<T>& cache(std::size_t l) noexcept { return caches_[l]; }
-  workspace<T>& scratch() noexcept { return ws_; }
+  layer_cache<T, Backend>& cache(std::size_t l) noexcept { return caches_[l]; }
+  workspace<T, Backend>& scratch() noexcept { return ws_; }
   matrix<T> residual(index_t rows) noexcept { return {h_store_.data(), rows, Spec::d_model}; }
 
  private:
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(total_cache())> cache_store_{};
-  alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(workspace<T>::total(layout()))> ws_store_{};
+  alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(workspace<T, Backend>::total(layout()))> ws_store_{};
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(h_elems)> h_store_{};
-  std::array<layer_cache<T>, Spec::n_layers> caches_;
-  workspace<T> ws_;
+  std::array<layer_cache<T, Backend>, Spec::n_layers> caches_;
+  workspace<T, Backend> ws_;
 };
 
 /// A decoder whose shapes are the template arguments of Spec. Holds only pointers to its weights, so a
 /// constexpr decoder_params in read-only data makes a model with no file I/O and no heap.
 template <scalar T, class Spec, backend_tag Backend = backend::reference>
 class static_decoder {
+  static_assert(std::is_same_v<space_of<Backend>, memory::host>,
+                "sessa::embedded::static_decoder: compile-time-shaped models run on host backends (reference, cpu)");
+  static_assert(backend::verify_kernel_set<Backend, T>());
+
  public:
   using spec = Spec;
   using scalar_type = T;
@@ -172,7 +184,7 @@ class static_decoder {
   /// Extends the state by n tokens, in chunks of at most MaxChunk. Everything is checked before any state
   /// changes: token ids, the room left in the state, the logits view's shape.
   template <index_t C, index_t B, index_t M>
-  void forward(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M>& st, matrix<T> logits,
+  void forward(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st, matrix<T> logits,
                logits_for which = logits_for::all) const {
     const index_t rows = static_cast<index_t>(tokens.size()), n = rows / B, V = Spec::vocab_size;
     if (rows == 0 || rows % B != 0)
@@ -195,24 +207,25 @@ class static_decoder {
           part[static_cast<std::size_t>(b * c + i)] = tokens[static_cast<std::size_t>(b * n + t0 + i)];
       const std::span<const std::int64_t> chunk(part.data(), static_cast<std::size_t>(B * c));
       matrix<T> h = st.residual(B * c);  // (B*c, D)
-      embed_tokens(p_.embedding, chunk, h);
+      backend::kernels<Backend>::embed(st.scratch().context, cmatrix<T>(p_.embedding, V, Spec::d_model), chunk.data(), h);
       run_layers(h, st, std::make_index_sequence<Spec::n_layers>{});
       const T eps = static_cast<T>(Spec::norm_eps);
       if (which == logits_for::last) {
         if (t0 + c == n)
-          decoder_head<Backend>(p_.norm_w, p_.norm_b, eps, p_.head, cmatrix<T>(h), B, which, st.scratch().u.data(),
-                                logits);
+          decoder_head<Backend, T>(st.scratch().context, p_.norm_w, p_.norm_b, eps, p_.head, cmatrix<T>(h), B, which,
+                                   st.scratch().u.data(), logits);
       } else {
         for (index_t b = 0; b < B; ++b)  // rows (b, t0 .. t0+c) of the (B*n, V) logits
-          decoder_head<Backend>(p_.norm_w, p_.norm_b, eps, p_.head, cmatrix<T>(h.row_block(b * c, c)), 1, which,
-                                st.scratch().u.data(), logits.row_block(b * n + t0, c));
+          decoder_head<Backend, T>(st.scratch().context, p_.norm_w, p_.norm_b, eps, p_.head,
+                                   cmatrix<T>(h.row_block(b * c, c)), 1, which, st.scratch().u.data(),
+                                   logits.row_block(b * n + t0, c));
       }
     }
   }
 
   /// One token per batch row: tokens (Batch) -> logits (Batch, V).
   template <index_t C, index_t B, index_t M>
-  void decode_step(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M>& st, matrix<T> logits) const {
+  void decode_step(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st, matrix<T> logits) const {
     forward(tokens, st, logits, logits_for::all);
   }
 
@@ -221,7 +234,7 @@ class static_decoder {
  private:
   template <class State, std::size_t... L>
   void run_layers(matrix<T> h, State& st, std::index_sequence<L...>) const {
-    (layer_forward<Backend>(std::tuple_element_t<L, typename Spec::layers>::config, p_.layers[L],
+    (layer_forward<Backend, T>(std::tuple_element_t<L, typename Spec::layers>::config, p_.layers[L],
                             std::tuple_element_t<L, typename Spec::layers>::variant, cmatrix<T>(h), State::batch,
                             st.cache(L), st.scratch(), h),
      ...);

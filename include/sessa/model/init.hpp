@@ -41,7 +41,7 @@ class random_stream {
 };
 
 namespace detail {
-template <scalar T>
+template <storage_type T>
 auto random_filler(random_stream& rng) {
   return [&rng](const std::string& name, const shape_t& s, buffer<T>& b) {
     b.resize(shape_numel(s));
@@ -61,22 +61,22 @@ auto random_filler(random_stream& rng) {
     } else {
       sd = 1.0 / std::sqrt(static_cast<double>(s.back()));  // Linear: (out, in)
     }
-    for (index_t i = 0; i < b.size(); ++i) b[i] = static_cast<T>(static_cast<float>(mean + sd * rng.normal()));
+    for (index_t i = 0; i < b.size(); ++i) b[i] = narrow<T>(static_cast<float>(mean + sd * rng.normal()));
   };
 }
 }  // namespace detail
 
-template <scalar T>
+template <storage_type T>
 layer_weights<T> random_layer_weights(const layer_config& c, std::uint64_t seed) {
   c.check();
   random_stream rng(seed);
   layer_weights<T> w;
   for_each_parameter(c, w, detail::random_filler<T>(rng));
-  if (c.use_rope) w.mixer.rope_inv_freq = rope::inv_freq(c.head_dim());
+  if (c.use_rope) w.mixer.rope_inv_freq = rope::inv_freq_table(c.head_dim());
   return w;
 }
 
-template <scalar T>
+template <storage_type T>
 decoder_weights<T> random_decoder_weights(const decoder_config& c, std::uint64_t seed) {
   c.check();
   random_stream rng(seed);
@@ -84,7 +84,7 @@ decoder_weights<T> random_decoder_weights(const decoder_config& c, std::uint64_t
   w.layers.resize(static_cast<std::size_t>(c.n_layers));
   for_each_parameter(c, w, detail::random_filler<T>(rng));
   if (c.layer.use_rope)
-    for (auto& l : w.layers) l.mixer.rope_inv_freq = rope::inv_freq(c.layer.head_dim());
+    for (auto& l : w.layers) l.mixer.rope_inv_freq = rope::inv_freq_table(c.layer.head_dim());
   return w;
 }
 

@@ -2,17 +2,20 @@
 //
 //   u = LayerNorm(x);  [a | z] = W_in u + b_in;  s = Mixer(GELU(a));  y = x + W_out (s * z) + b_out
 //
-// layer<T, Backend, Variant> owns its weights and its mixer. The core entry point works on matrix views
-// and a caller-owned cache and workspace (no allocation once the workspace has grown); the tensor
-// overloads are the convenient forms: forward() for a prefill or a chunk, decode_step() for one token.
+// layer<P, Backend, Variant> owns its weights (in the backend's memory space) and its mixer. The core entry
+// point works on matrix views and a caller-owned cache and workspace (no allocation once the workspace has
+// grown); the tensor overloads are the convenient forms: forward() for a prefill or a chunk, decode_step()
+// for one token. Tensors in and out are in the backend's memory space: a device backend's caller moves data
+// with to_device / to_host (core/tensor.hpp).
 #pragma once
 
 #include <algorithm>
-#include <cstring>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "../attention/variants.hpp"
+#include "../backend/kernel_set.hpp"
 #include "../backend/tags.hpp"
 #include "../concepts.hpp"
 #include "../core/hparams.hpp"
@@ -42,23 +45,27 @@ inline constexpr index_t prefill_block = 4096;
 namespace detail {
 
 /// One pass of the layer's math over n = x.rows / batch tokens per sequence (shapes already checked).
-template <backend_tag Backend, scalar T, attention_variant Variant>
-void layer_pass(const layer_config& cfg, const layer_params<T>& w, const Variant& variant, cmatrix<T> x,
-                index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> y) {
+template <backend_tag Backend, numeric P, attention_variant Variant>
+void layer_pass(const layer_config& cfg, const layer_params<weight_t<P>, space_of<Backend>>& w, const Variant& variant,
+                cmatrix<compute_t<P>, space_of<Backend>> x, index_t batch, layer_cache<P, Backend>& cache,
+                workspace<compute_t<P>, Backend>& ws, matrix<compute_t<P>, space_of<Backend>> y) {
   using kernels = backend::kernels<Backend>;
+  using T = compute_t<P>;
+  using W = weight_t<P>;
+  using S = space_of<Backend>;
+  auto& ctx = ws.context;
   const index_t D = cfg.d_model, rows = x.rows;
   ws.reserve(cfg, rows, cache.capacity());
-  matrix<T> u(ws.u.data(), rows, D);        // (rows, D)   LayerNorm(x), later s * z
-  matrix<T> az(ws.az.data(), rows, 2 * D);  // (rows, 2D)  [a | z]
-  matrix<T> s(ws.s.data(), rows, D);        // (rows, D)   mixer output
-  kernels::layer_norm(x, w.ln_w, w.ln_b, static_cast<T>(cfg.ln_eps), u);
-  kernels::linear(cmatrix<T>(u), cmatrix<T>(w.in_w, 2 * D, D), w.in_b, az);
-  kernels::gelu(az.col_block(0, D));
-  mixer_extend<Backend>(cfg, w.mixer, variant, cmatrix<T>(az.col_block(0, D)), batch, cache, ws, s);
-  kernels::multiply(cmatrix<T>(s), cmatrix<T>(az.col_block(D, D)), u);
-  if (y.data != x.data)
-    for (index_t r = 0; r < rows; ++r) std::memcpy(y.row(r), x.row(r), sizeof(T) * D);
-  kernels::linear(cmatrix<T>(u), cmatrix<T>(w.out_w, D, D), w.out_b, y, /*accumulate=*/true);
+  matrix<T, S> u(ws.u.data(), rows, D);        // (rows, D)   LayerNorm(x), later s * z
+  matrix<T, S> az(ws.az.data(), rows, 2 * D);  // (rows, 2D)  [a | z]
+  matrix<T, S> s(ws.s.data(), rows, D);        // (rows, D)   mixer output
+  kernels::layer_norm(ctx, x, w.ln_w, w.ln_b, static_cast<T>(cfg.ln_eps), u);
+  kernels::linear(ctx, cmatrix<T, S>(u), cmatrix<W, S>(w.in_w, 2 * D, D), w.in_b, az, false);
+  kernels::gelu(ctx, az.col_block(0, D));
+  mixer_extend<Backend, P>(cfg, w.mixer, variant, cmatrix<T, S>(az.col_block(0, D)), batch, cache, ws, s);
+  kernels::multiply(ctx, cmatrix<T, S>(s), cmatrix<T, S>(az.col_block(D, D)), u);
+  if (raw(y.data) != raw(x.data)) kernels::copy(ctx, x, y);
+  kernels::linear(ctx, cmatrix<T, S>(u), cmatrix<W, S>(w.out_w, D, D), w.out_b, y, /*accumulate=*/true);
 }
 
 }  // namespace detail
@@ -66,9 +73,13 @@ void layer_pass(const layer_config& cfg, const layer_params<T>& w, const Variant
 /// The layer's math on a parameter view. x (batch*n, D) batch-major -> y (batch*n, D); y may alias x.
 /// Checks shapes and cache room, then extends the cache by n, in blocks of at most prefill_block tokens.
 /// Shared by layer<> and model/embedded.hpp.
-template <backend_tag Backend, scalar T, attention_variant Variant>
-void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Variant& variant, cmatrix<T> x,
-                   index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> y) {
+template <backend_tag Backend, numeric P, attention_variant Variant>
+void layer_forward(const layer_config& cfg, const layer_params<weight_t<P>, space_of<Backend>>& w,
+                   const Variant& variant, cmatrix<compute_t<P>, space_of<Backend>> x, index_t batch,
+                   layer_cache<P, Backend>& cache, workspace<compute_t<P>, Backend>& ws,
+                   matrix<compute_t<P>, space_of<Backend>> y) {
+  using T = compute_t<P>;
+  using S = space_of<Backend>;
   const index_t D = cfg.d_model, rows = x.rows;
   if (batch <= 0 || rows % batch != 0 || x.cols != D || y.rows != rows || y.cols != D)
     throw shape_error("layer::forward: x is (" + std::to_string(rows) + ", " + std::to_string(x.cols) + "), y is (" +
@@ -77,7 +88,7 @@ void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Vari
   const index_t n = rows / batch;
   cache.require(batch, n);  // room for all n tokens, before any block changes the cache
   if (n <= prefill_block) {
-    detail::layer_pass<Backend>(cfg, w, variant, x, batch, cache, ws, y);
+    detail::layer_pass<Backend, P>(cfg, w, variant, x, batch, cache, ws, y);
     return;
   }
   if (batch > 1 && ws.stage.size() < batch * prefill_block * D && !ws.stage.owning())
@@ -92,20 +103,20 @@ void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Vari
     if (batch == 1) {  // a block of one sequence is a contiguous row block; y may alias x (block t reads only x_t)
       for (index_t t0 = 0; t0 < n; t0 += prefill_block) {
         const index_t c = std::min(prefill_block, n - t0);
-        detail::layer_pass<Backend>(cfg, w, variant, x.row_block(t0, c), 1, cache, ws, y.row_block(t0, c));
+        detail::layer_pass<Backend, P>(cfg, w, variant, x.row_block(t0, c), 1, cache, ws, y.row_block(t0, c));
       }
       return;
     }
     // Several sequences: gather block rows (b, t0 .. t0+c) of every sequence, run the pass in place, scatter.
+    using kernels = backend::kernels<Backend>;
     ws.stage.reserve(batch * prefill_block * D);
     for (index_t t0 = 0; t0 < n; t0 += prefill_block) {
       const index_t c = std::min(prefill_block, n - t0);
-      matrix<T> g(ws.stage.data(), batch * c, D);  // (batch*c, D)
+      matrix<T, S> g(ws.stage.data(), batch * c, D);  // (batch*c, D)
+      for (index_t b = 0; b < batch; ++b) kernels::copy(ws.context, x.row_block(b * n + t0, c), g.row_block(b * c, c));
+      detail::layer_pass<Backend, P>(cfg, w, variant, cmatrix<T, S>(g), batch, cache, ws, g);
       for (index_t b = 0; b < batch; ++b)
-        for (index_t i = 0; i < c; ++i) std::memcpy(g.row(b * c + i), x.row(b * n + t0 + i), sizeof(T) * D);
-      detail::layer_pass<Backend>(cfg, w, variant, cmatrix<T>(g), batch, cache, ws, g);
-      for (index_t b = 0; b < batch; ++b)
-        for (index_t i = 0; i < c; ++i) std::memcpy(y.row(b * n + t0 + i), g.row(b * c + i), sizeof(T) * D);
+        kernels::copy(ws.context, cmatrix<T, S>(g.row_block(b * c, c)), y.row_block(b * n + t0, c));
     }
   } catch (...) {
     cache.truncate(length0);
@@ -113,66 +124,84 @@ void layer_forward(const layer_config& cfg, const layer_params<T>& w, const Vari
   }
 }
 
-template <scalar T, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
+template <numeric P, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
 class layer {
+  static_assert(backend::verify_kernel_set<Backend, P>());
+
  public:
-  using scalar_type = T;
+  using precision_type = P;
+  using scalar_type = compute_t<P>;
   using backend_type = Backend;
   using variant_type = Variant;
-  using mixer_type = sessa::mixer<T, Backend, Variant>;
-  using cache_type = layer_cache<T>;
+  using space = space_of<Backend>;
+  using mixer_type = sessa::mixer<P, Backend, Variant>;
+  using cache_type = layer_cache<P, Backend>;
+  using workspace_type = workspace<scalar_type, Backend>;
+  using weights_type = layer_weights<weight_t<P>, space>;
+  using host_weights_type = layer_weights<weight_t<P>, memory::host>;
+  using tensor_type = tensor<scalar_type, space>;
 
-  layer(const layer_config& c, layer_weights<T> w, Variant variant = {})
+  /// Checks the configuration and the weights, then keeps them.
+  layer(const layer_config& c, weights_type w, Variant variant = {})
       : cfg_((c.check(), c)), w_(checked(c, std::move(w))), mixer_(c, std::move(w_.mixer), std::move(variant)) {}
+  /// A device backend's layer from weights on the host: checked there, then copied to the device.
+  template <class HW>
+    requires(std::is_same_v<HW, host_weights_type> && !std::is_same_v<HW, weights_type>)
+  layer(const layer_config& c, const HW& w, Variant variant = {})
+      : layer(c, to_space<space>(c, checked(c, HW(w))), std::move(variant)) {}
 
   const layer_config& config() const noexcept { return cfg_; }
   const mixer_type& get_mixer() const noexcept { return mixer_; }
   /// The layer's own parameters (its mixer's are in get_mixer().weights()).
-  const layer_weights<T>& weights() const noexcept { return w_; }
+  const weights_type& weights() const noexcept { return w_; }
 
   /// A cache for `batch` sequences of up to `capacity` tokens.
-  layer_cache<T> init_cache(index_t batch, index_t capacity) const { return layer_cache<T>(cfg_, batch, capacity); }
+  cache_type init_cache(index_t batch, index_t capacity) const { return cache_type(cfg_, batch, capacity); }
 
-  /// Core form. x (batch*n, D) batch-major -> y (batch*n, D); y may alias x. Extends the cache by n.
-  void forward(cmatrix<T> x, index_t batch, layer_cache<T>& cache, workspace<T>& ws, matrix<T> y) const {
-    layer_forward<Backend>(cfg_, params(w_, mixer_.weights()), mixer_.variant(), x, batch, cache, ws, y);
+  /// Core form. x (batch*n, D) batch-major -> y (batch*n, D); y may alias x. Extends the cache by n. Kernels run
+  /// on ws.context.
+  void forward(cmatrix<scalar_type, space> x, index_t batch, cache_type& cache, workspace_type& ws,
+               matrix<scalar_type, space> y) const {
+    layer_forward<Backend, P>(cfg_, params(w_, mixer_.weights()), mixer_.variant(), x, batch, cache, ws, y);
   }
 
   /// Prefill or chunk: x (batch, n, D) -> y (batch, n, D), extending the cache (its scratch is used).
-  tensor<T> forward(const tensor<T>& x, layer_cache<T>& cache) const {
+  tensor_type forward(const tensor_type& x, cache_type& cache) const {
     detail::check_activation_shape(x.shape(), cfg_.d_model, "layer input x");
-    tensor<T> y(x.shape());
-    forward(x.as_matrix(), x.dim(0), cache, cache_scratch(cache), y.as_matrix());
+    tensor_type y(x.shape());
+    forward(x.as_matrix(), x.dim(0), cache, cache.scratch, y.as_matrix());
     return y;
   }
 
   /// Stateless prefill: x (batch, T, D) -> y (batch, T, D) with a fresh cache of capacity T.
-  tensor<T> forward(const tensor<T>& x) const {
+  tensor_type forward(const tensor_type& x) const {
     detail::check_activation_shape(x.shape(), cfg_.d_model, "layer input x");
     auto cache = init_cache(x.dim(0), x.dim(1));
     return forward(x, cache);
   }
 
   /// One token per batch row: x_t (batch, D) -> y_t (batch, D).
-  tensor<T> decode_step(const tensor<T>& x_t, layer_cache<T>& cache) const {
+  tensor_type decode_step(const tensor_type& x_t, cache_type& cache) const {
     if (x_t.rank() != 2 || x_t.dim(0) <= 0 || x_t.dim(1) != cfg_.d_model)
       throw shape_error("decode_step input must have shape (batch, " + std::to_string(cfg_.d_model) + "); got " +
                         shape_string(x_t.shape()));
-    tensor<T> y(x_t.shape());
-    forward(x_t.as_matrix(), x_t.dim(0), cache, cache_scratch(cache), y.as_matrix());
+    tensor_type y(x_t.shape());
+    forward(x_t.as_matrix(), x_t.dim(0), cache, cache.scratch, y.as_matrix());
     return y;
   }
 
  private:
-  static layer_weights<T> checked(const layer_config& c, layer_weights<T> w) {
-    if (c.use_rope && w.mixer.rope_inv_freq.empty()) w.mixer.rope_inv_freq = rope::inv_freq(c.head_dim());
+  template <class LW>
+  static LW checked(const layer_config& c, LW w) {
+    c.check();
+    if (c.use_rope && w.mixer.rope_inv_freq.empty())
+      w.mixer.rope_inv_freq = to_space<typename LW::space>(rope::inv_freq_table(c.head_dim()));
     check_weights(c, w);
     return w;
   }
-  static workspace<T>& cache_scratch(layer_cache<T>& cache) { return cache.scratch; }
 
   layer_config cfg_;
-  layer_weights<T> w_;
+  weights_type w_;
   mixer_type mixer_;
 };
 

@@ -1,6 +1,8 @@
 // sessa/model/weights.hpp: the immutable parameters of a mixer, a layer and a decoder.
 //
-// Each parameter is a flat buffer<T> in PyTorch's layout ((out, in) row-major for Linear weights).
+// Each parameter is a flat buffer<W, S> in PyTorch's layout ((out, in) row-major for Linear weights): W is the
+// storage type (weight_t of the model's numeric policy, core/numeric.hpp), S the memory space of the backend
+// that runs them. Weights are loaded and made on the host; to_space<S>(w) copies a whole set to a device.
 // mixer_params / layer_params are the read-only views the math runs on: the runtime-shaped modules make
 // them from their buffers, compile-time-shaped models (model/embedded.hpp) from arrays in read-only data,
 // so both run the same code.
@@ -16,76 +18,92 @@
 
 #include "../concepts.hpp"
 #include "../core/hparams.hpp"
+#include "../core/numeric.hpp"
 #include "../core/tensor.hpp"
 
 namespace sessa {
 
-template <scalar T>
+template <storage_type T, class S = memory::host>
 struct mixer_weights {
-  buffer<T> q_w;         // (D, D)          mixer.q_proj.weight
-  buffer<T> q_b;         // (D)             mixer.q_proj.bias
-  buffer<T> k_w;         // (Hkv*d, D)      mixer.k_proj.weight
-  buffer<T> k_b;         // (Hkv*d)         mixer.k_proj.bias
-  buffer<T> v_w;         // (Hkv*d, D)      mixer.v_proj.weight
-  buffer<T> v_b;         // (Hkv*d)         mixer.v_proj.bias
-  buffer<T> out_w;       // (D, D)          mixer.out_proj.weight, only when H > 1 (empty otherwise)
-  buffer<T> fb_w;        // (2D, D)         mixer.proj_fb.weight: rows [0, D) -> q_b, [D, 2D) -> k_b
-  buffer<T> fb_b;        // (2D)            mixer.proj_fb.bias
-  buffer<T> gamma_bias;  // ()  one value   mixer.gamma_bias
-  buffer<T> gamma_ctx;   // (1, D)          mixer.gamma_ctx.weight
-  std::vector<float> rope_inv_freq;  // (d/2) float32 omega_i; filled by the loader or rope::inv_freq
+  using value_type = T;
+  using space = S;
+  buffer<T, S> q_w;         // (D, D)          mixer.q_proj.weight
+  buffer<T, S> q_b;         // (D)             mixer.q_proj.bias
+  buffer<T, S> k_w;         // (Hkv*d, D)      mixer.k_proj.weight
+  buffer<T, S> k_b;         // (Hkv*d)         mixer.k_proj.bias
+  buffer<T, S> v_w;         // (Hkv*d, D)      mixer.v_proj.weight
+  buffer<T, S> v_b;         // (Hkv*d)         mixer.v_proj.bias
+  buffer<T, S> out_w;       // (D, D)          mixer.out_proj.weight, only when H > 1 (empty otherwise)
+  buffer<T, S> fb_w;        // (2D, D)         mixer.proj_fb.weight: rows [0, D) -> q_b, [D, 2D) -> k_b
+  buffer<T, S> fb_b;        // (2D)            mixer.proj_fb.bias
+  buffer<T, S> gamma_bias;  // ()  one value   mixer.gamma_bias
+  buffer<T, S> gamma_ctx;   // (1, D)          mixer.gamma_ctx.weight
+  buffer<float, S> rope_inv_freq;  // (d/2) float32 omega_i; filled by the loader or rope::inv_freq
 };
 
-template <scalar T>
+template <storage_type T, class S = memory::host>
 struct layer_weights {
-  buffer<T> ln_w;   // (D)       ln.weight
-  buffer<T> ln_b;   // (D)       ln.bias
-  buffer<T> in_w;   // (2D, D)   W_in.weight: rows [0, D) -> a, [D, 2D) -> z
-  buffer<T> in_b;   // (2D)      W_in.bias
-  mixer_weights<T> mixer;
-  buffer<T> out_w;  // (D, D)    W_out.weight
-  buffer<T> out_b;  // (D)       W_out.bias
+  using value_type = T;
+  using space = S;
+  buffer<T, S> ln_w;   // (D)       ln.weight
+  buffer<T, S> ln_b;   // (D)       ln.bias
+  buffer<T, S> in_w;   // (2D, D)   W_in.weight: rows [0, D) -> a, [D, 2D) -> z
+  buffer<T, S> in_b;   // (2D)      W_in.bias
+  mixer_weights<T, S> mixer;
+  buffer<T, S> out_w;  // (D, D)    W_out.weight
+  buffer<T, S> out_b;  // (D)       W_out.bias
 };
 
-template <scalar T>
+template <storage_type T, class S = memory::host>
 struct decoder_weights {
-  buffer<T> embedding;  // (V, D)  embedding.weight
-  std::vector<layer_weights<T>> layers;
-  buffer<T> norm_w;     // (D)     norm_f.weight
-  buffer<T> norm_b;     // (D)     norm_f.bias
-  buffer<T> head;       // (V, D)  lm_head.weight; empty when the embeddings are tied
-  const buffer<T>& head_matrix() const noexcept { return head.empty() ? embedding : head; }
+  using value_type = T;
+  using space = S;
+  buffer<T, S> embedding;  // (V, D)  embedding.weight
+  std::vector<layer_weights<T, S>> layers;
+  buffer<T, S> norm_w;     // (D)     norm_f.weight
+  buffer<T, S> norm_b;     // (D)     norm_f.bias
+  buffer<T, S> head;       // (V, D)  lm_head.weight; empty when the embeddings are tied
+  const buffer<T, S>& head_matrix() const noexcept { return head.empty() ? embedding : head; }
 };
 
 /// Read-only view of a mixer's parameters (shapes as in mixer_weights; out_w null when H == 1,
 /// rope_inv_freq null when RoPE is off).
-template <scalar T>
+template <storage_type T, class S = memory::host>
 struct mixer_params {
-  const T *q_w = nullptr, *q_b = nullptr, *k_w = nullptr, *k_b = nullptr, *v_w = nullptr, *v_b = nullptr;
-  const T* out_w = nullptr;
-  const T *fb_w = nullptr, *fb_b = nullptr, *gamma_bias = nullptr, *gamma_ctx = nullptr;
-  const float* rope_inv_freq = nullptr;  // (d/2)
+  using ptr = pointer<const T, S>;
+  ptr q_w{}, q_b{}, k_w{}, k_b{}, v_w{}, v_b{};
+  ptr out_w{};
+  ptr fb_w{}, fb_b{}, gamma_bias{}, gamma_ctx{};
+  pointer<const float, S> rope_inv_freq{};  // (d/2)
 };
 
 /// Read-only view of a layer's parameters.
-template <scalar T>
+template <storage_type T, class S = memory::host>
 struct layer_params {
-  const T *ln_w = nullptr, *ln_b = nullptr, *in_w = nullptr, *in_b = nullptr;
-  mixer_params<T> mixer;
-  const T *out_w = nullptr, *out_b = nullptr;
+  using ptr = pointer<const T, S>;
+  ptr ln_w{}, ln_b{}, in_w{}, in_b{};
+  mixer_params<T, S> mixer;
+  ptr out_w{}, out_b{};
 };
 
-template <scalar T>
-mixer_params<T> params(const mixer_weights<T>& w) noexcept {
-  return {w.q_w.data(),  w.q_b.data(),  w.k_w.data(),        w.k_b.data(),       w.v_w.data(),
-          w.v_b.data(),  w.out_w.empty() ? nullptr : w.out_w.data(),              w.fb_w.data(),
-          w.fb_b.data(), w.gamma_bias.data(), w.gamma_ctx.data(),
-          w.rope_inv_freq.empty() ? nullptr : w.rope_inv_freq.data()};
+template <class T, class S>
+mixer_params<T, S> params(const mixer_weights<T, S>& w) noexcept {
+  mixer_params<T, S> p;
+  p.q_w = w.q_w.data(), p.q_b = w.q_b.data(), p.k_w = w.k_w.data(), p.k_b = w.k_b.data();
+  p.v_w = w.v_w.data(), p.v_b = w.v_b.data();
+  if (!w.out_w.empty()) p.out_w = w.out_w.data();
+  p.fb_w = w.fb_w.data(), p.fb_b = w.fb_b.data(), p.gamma_bias = w.gamma_bias.data(), p.gamma_ctx = w.gamma_ctx.data();
+  if (!w.rope_inv_freq.empty()) p.rope_inv_freq = w.rope_inv_freq.data();
+  return p;
 }
 
-template <scalar T>
-layer_params<T> params(const layer_weights<T>& w, const mixer_weights<T>& m) noexcept {
-  return {w.ln_w.data(), w.ln_b.data(), w.in_w.data(), w.in_b.data(), params(m), w.out_w.data(), w.out_b.data()};
+template <class T, class S>
+layer_params<T, S> params(const layer_weights<T, S>& w, const mixer_weights<T, S>& m) noexcept {
+  layer_params<T, S> p;
+  p.ln_w = w.ln_w.data(), p.ln_b = w.ln_b.data(), p.in_w = w.in_w.data(), p.in_b = w.in_b.data();
+  p.mixer = params(m);
+  p.out_w = w.out_w.data(), p.out_b = w.out_b.data();
+  return p;
 }
 
 /// Calls fn(name, shape, buffer) for every parameter of a mixer, in SPEC.md's order. `MW` is
@@ -150,9 +168,9 @@ index_t parameter_count(const Config& c) {
 }
 
 namespace detail {
-template <scalar T>
-void check_rope_table(const layer_config& c, const mixer_weights<T>& m, const std::string& prefix) {
-  if (c.use_rope && static_cast<index_t>(m.rope_inv_freq.size()) != c.head_dim() / 2)
+template <class T, class S>
+void check_rope_table(const layer_config& c, const mixer_weights<T, S>& m, const std::string& prefix) {
+  if (c.use_rope && m.rope_inv_freq.size() != c.head_dim() / 2)
     throw shape_error("parameter '" + prefix + "mixer.rope_inv_freq' has " + std::to_string(m.rope_inv_freq.size()) +
                       " values, expected " + std::to_string(c.head_dim() / 2));
 }
@@ -166,20 +184,20 @@ inline auto size_checker() {
 }  // namespace detail
 
 /// Checks that every buffer has the size its shape requires; throws shape_error naming the parameter.
-template <scalar T>
-void check_weights(const layer_config& c, const mixer_weights<T>& m, const std::string& prefix = "") {
+template <class T, class S>
+void check_weights(const layer_config& c, const mixer_weights<T, S>& m, const std::string& prefix = "") {
   for_each_mixer_parameter(c, m, detail::size_checker(), prefix + "mixer.");
   detail::check_rope_table(c, m, prefix);
 }
 
-template <scalar T>
-void check_weights(const layer_config& c, const layer_weights<T>& w, const std::string& prefix = "") {
+template <class T, class S>
+void check_weights(const layer_config& c, const layer_weights<T, S>& w, const std::string& prefix = "") {
   for_each_parameter(c, w, detail::size_checker(), prefix);
   detail::check_rope_table(c, w.mixer, prefix);
 }
 
-template <scalar T>
-void check_weights(const decoder_config& c, const decoder_weights<T>& w) {
+template <class T, class S>
+void check_weights(const decoder_config& c, const decoder_weights<T, S>& w) {
   if (static_cast<index_t>(w.layers.size()) != c.n_layers)
     throw shape_error("decoder weights hold " + std::to_string(w.layers.size()) + " layers, configuration says " +
                       std::to_string(c.n_layers));
@@ -189,6 +207,43 @@ void check_weights(const decoder_config& c, const decoder_weights<T>& w) {
                              "layers." + std::to_string(i) + ".");
   if (c.tie_embeddings && !w.head.empty())
     throw shape_error("decoder weights carry lm_head.weight but the configuration ties the embeddings");
+}
+
+namespace detail {
+/// out = a copy of w in space Dst, parameter by parameter through the parameter table (and the RoPE table).
+template <class Dst, class W, class DW, class Config>
+void copy_weights(const Config& c, const W& w, DW& out) {
+  // Walk both sets in step: the table visits parameters in one fixed order.
+  std::vector<const void*> src;
+  for_each_parameter(c, w, [&](const std::string&, const shape_t&, const auto& b) { src.push_back(&b); });
+  std::size_t i = 0;
+  for_each_parameter(c, out, [&](const std::string&, const shape_t&, auto& b) {
+    using B = std::remove_reference_t<decltype(b)>;
+    using T = typename B::value_type;
+    const auto& from = *static_cast<const buffer<T, typename W::space>*>(src[i++]);
+    b = to_space<Dst>(from);
+  });
+}
+}  // namespace detail
+
+/// A copy of a layer's weights in memory space Dst (the upload of weights loaded on the host).
+template <class Dst, class T, class Src>
+layer_weights<T, Dst> to_space(const layer_config& c, const layer_weights<T, Src>& w) {
+  layer_weights<T, Dst> out;
+  detail::copy_weights<Dst>(c, w, out);
+  out.mixer.rope_inv_freq = to_space<Dst>(w.mixer.rope_inv_freq);
+  return out;
+}
+
+/// A copy of a decoder's weights in memory space Dst.
+template <class Dst, class T, class Src>
+decoder_weights<T, Dst> to_space(const decoder_config& c, const decoder_weights<T, Src>& w) {
+  decoder_weights<T, Dst> out;
+  out.layers.resize(w.layers.size());
+  detail::copy_weights<Dst>(c, w, out);
+  for (std::size_t l = 0; l < w.layers.size(); ++l)
+    out.layers[l].mixer.rope_inv_freq = to_space<Dst>(w.layers[l].mixer.rope_inv_freq);
+  return out;
 }
 
 }  // namespace sessa

@@ -23,7 +23,7 @@
 //   * Threads (OpenMP): dynamic scheduling over the items, head by head (a head's K and V stay in the
 //     last-level cache), the latest (longest) query tiles first. When the items are few (decode: n = 1
 //     per batch row, and batch * Hkv does not divide evenly over the threads) the key range is split
-//     (split-K): each part leaves a partial state (m, l, acc) in the workspace and a second pass merges
+//     (split-K): each part leaves a partial state (m, l, acc) in the context's scratch arena and a second pass merges
 //     them, so every thread streams its share of the cache and each cached k, v value is read once.
 // flash_detail also holds the pieces the feedback solve (feedback.hpp) shares: the online-softmax state,
 // absorb_tile (one key tile into a state), merges of partial states and the thread team helper.
@@ -369,13 +369,14 @@ inline void run_team(int nt, F&& f) {
   f(team(false));
 }
 
-/// Threads for a call of `flops` FLOPs: one inside a parallel region or below flash_params.parallel_flops.
-inline int threads_for(double flops) {
+/// Threads for a call of `flops` FLOPs, at most max_threads: one inside a parallel region or below
+/// flash_params.parallel_flops.
+inline int threads_for(double flops, int max_threads) {
 #if SESSA_HAS_OPENMP
   if (omp_in_parallel() || flops < flash_params.parallel_flops) return 1;
-  return std::max(1, omp_get_max_threads());
+  return std::max(1, max_threads);
 #else
-  (void)flops;
+  (void)flops, (void)max_threads;
   return 1;
 #endif
 }
@@ -399,9 +400,10 @@ inline std::pair<index_t, index_t> part_range(index_t lo, index_t hi, index_t p,
 
 /// Forward branch, kernels<reference>::attention's contract: q (batch*n, H*d) -> out (batch*n, H*d); the
 /// query at position t = pos0 + i of head h reads keys [variant.first_key(t), t] of kv head h / g.
+/// Scratch: slot 3 of `scratch` holds the split-K partial states. Up to max_threads threads.
 template <scalar T, attention_variant A>
-void attention(const A& variant, const layer_config& c, cmatrix<T> q, const layer_cache<T>& cache, index_t pos0,
-               index_t n, matrix<T> out, workspace<T>& ws) {
+void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view<const T> cache, index_t pos0,
+               index_t n, matrix<T> out, scratch_arena<memory::host>& scratch, int max_threads = num_threads()) {
   using namespace flash_detail;
   const index_t Hkv = c.n_kv_heads, d = c.head_dim(), g = c.group_size(), batch = cache.batch();
   if (n <= 0 || batch <= 0) return;
@@ -417,7 +419,7 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, const laye
   const index_t t_last = pos0 + n - 1;
   const double keys_per_row =
       0.5 * static_cast<double>((pos0 + 1 - variant.first_key(pos0)) + (t_last + 1 - variant.first_key(t_last)));
-  const int nt = threads_for(4.0 * static_cast<double>(d * c.n_heads * batch * n) * keys_per_row);
+  const int nt = threads_for(4.0 * static_cast<double>(d * c.n_heads * batch * n) * keys_per_row, max_threads);
 
   // Split-K when all items share one query tile (so equal key ranges) and they spread badly over the threads.
   index_t ks = 1, k_lo0 = 0;
@@ -427,8 +429,7 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, const laye
     ks = key_splits(heads, nt, pos0 + n - k_lo0, tp.min_split_keys);
   }
   const index_t slot = rows_max * (d + 2);  // one partial state: acc (rows, d) | m | l
-  if (ks > 1) ws.partials.reserve(heads * ks * slot);
-  T* partials = ws.partials.data();
+  T* partials = ks > 1 ? scratch.get<T>(3, heads * ks * slot) : nullptr;
 
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();

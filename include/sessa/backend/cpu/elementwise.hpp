@@ -28,11 +28,11 @@ namespace sessa::backend::simd {
 
 namespace elementwise_detail {
 
-/// f(r0, r1) over [0, rows) split into one contiguous range per thread, or f(0, rows) on the calling
+/// f(r0, r1) over [0, rows) split into one contiguous range per thread (at most max_threads), or f(0, rows) on the calling
 /// thread when `work` (about one FLOP per element) is too small to share or a region is already running.
 template <class F>
-inline void for_rows(index_t rows, double work, F&& f) {
-  const int nt = flash_detail::threads_for(work);
+inline void for_rows(index_t rows, double work, int max_threads, F&& f) {
+  const int nt = flash_detail::threads_for(work, max_threads);
   if (nt == 1 || rows < 2) {
     f(index_t{0}, rows);
     return;
@@ -57,11 +57,11 @@ inline buffer<T>& rope_table() {
 
 /// y = (x - mean) / sqrt(var + eps) * g + b per row of x (rows, D); y may alias x.
 template <scalar T>
-void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y) {
+void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y, int max_threads = num_threads()) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   const index_t D = x.cols;
-  elementwise_detail::for_rows(x.rows, 8.0 * static_cast<double>(x.rows * D), [&](index_t r0, index_t r1) {
+  elementwise_detail::for_rows(x.rows, 8.0 * static_cast<double>(x.rows * D), max_threads, [&](index_t r0, index_t r1) {
     for (index_t i = r0; i < r1; ++i) {
       const T* xr = x.row(i);
       T* yr = y.row(i);
@@ -93,12 +93,12 @@ void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y) {
 
 /// x <- 0.5 x (1 + erf(x / sqrt 2)) in place (x may be a column block of a wider matrix).
 template <scalar T>
-void gelu(matrix<T> x) {
+void gelu(matrix<T> x, int max_threads = num_threads()) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   const T r = static_cast<T>(0.70710678118654752440);
   const index_t C = x.cols;
-  elementwise_detail::for_rows(x.rows, 30.0 * static_cast<double>(x.rows * C), [&](index_t r0, index_t r1) {
+  elementwise_detail::for_rows(x.rows, 30.0 * static_cast<double>(x.rows * C), max_threads, [&](index_t r0, index_t r1) {
     const B rv(r), half(T(0.5)), one(T(1));
     for (index_t i = r0; i < r1; ++i) {
       T* xr = x.row(i);
@@ -114,11 +114,11 @@ void gelu(matrix<T> x) {
 
 /// out = a * b elementwise (out may alias either).
 template <scalar T>
-void multiply(cmatrix<T> a, cmatrix<T> b, matrix<T> out) {
+void multiply(cmatrix<T> a, cmatrix<T> b, matrix<T> out, int max_threads = num_threads()) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   const index_t C = a.cols;
-  elementwise_detail::for_rows(a.rows, static_cast<double>(a.rows * C), [&](index_t r0, index_t r1) {
+  elementwise_detail::for_rows(a.rows, static_cast<double>(a.rows * C), max_threads, [&](index_t r0, index_t r1) {
     for (index_t i = r0; i < r1; ++i) {
       const T *ar = a.row(i), *br = b.row(i);
       T* orow = out.row(i);
@@ -131,13 +131,13 @@ void multiply(cmatrix<T> a, cmatrix<T> b, matrix<T> out) {
 
 /// Rotates every head (width d) of every row of x in place; row r is at position pos0 + r % n.
 template <scalar T>
-void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq) {
+void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq, int max_threads = num_threads()) {
   const index_t half = d / 2, heads = x.cols / d;
   // table (n, 2 * half): cos | sin of (pos0 + p) * omega_i, formed exactly as rope::rotate forms them.
   buffer<T>& table = elementwise_detail::rope_table<T>();
   table.reserve(n * 2 * half);
   T* tab = table.data();
-  elementwise_detail::for_rows(n, 40.0 * static_cast<double>(n * half), [&](index_t p0, index_t p1) {
+  elementwise_detail::for_rows(n, 40.0 * static_cast<double>(n * half), max_threads, [&](index_t p0, index_t p1) {
     for (index_t p = p0; p < p1; ++p) {
       const T t = static_cast<T>(pos0 + p);
       T* cs = tab + p * 2 * half;
@@ -148,7 +148,7 @@ void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq
       }
     }
   });
-  elementwise_detail::for_rows(x.rows, 4.0 * static_cast<double>(x.rows * x.cols), [&](index_t r0, index_t r1) {
+  elementwise_detail::for_rows(x.rows, 4.0 * static_cast<double>(x.rows * x.cols), max_threads, [&](index_t r0, index_t r1) {
     for (index_t r = r0; r < r1; ++r) {
       const T* cs = tab + (r % n) * 2 * half;
       const T* sn = cs + half;

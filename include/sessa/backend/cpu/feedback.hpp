@@ -154,9 +154,11 @@ inline void solve_columns(solve_slice<T> x, index_t nrows, index_t cols) {
 /// Feedback solve, kernels<reference>::feedback's contract: qb (batch*n, D), gamma (batch*n), f (batch*n, D)
 /// -> out (batch*n, D) and cache.s rows [pos0, pos0 + n); the strict past [0, t) is read from the cache
 /// (k_b of the chunk included).
+/// Scratch: slots 1 (row states), 2 (diagonal blocks) and 3 (split-K partial states) of `scratch`. Up to
+/// max_threads threads.
 template <scalar T>
-void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, layer_cache<T>& cache, index_t pos0,
-              index_t n, matrix<T> out, workspace<T>& ws) {
+void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, cache_view<T> cache, index_t pos0,
+              index_t n, matrix<T> out, scratch_arena<memory::host>& scratch, int max_threads = num_threads()) {
   using namespace flash_detail;
   using feedback_detail::solve_slice;
   constexpr index_t W = static_cast<index_t>(xsimd::batch<T>::size);
@@ -166,22 +168,19 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   const T scale = T(1) / std::sqrt(static_cast<T>(D));
   const index_t Bk = std::max<index_t>(1, tp.fb_block), Mt = std::max<index_t>(1, tp.fb_rows);
   const index_t nblocks = (n + Bk - 1) / Bk;
-  const int nt = threads_for(4.0 * static_cast<double>(D * batch * n) * (static_cast<double>(pos0) + 0.5 * static_cast<double>(n)));
-  const layer_cache<T>& cc = cache;
+  const int nt = threads_for(4.0 * static_cast<double>(D * batch * n) * (static_cast<double>(pos0) + 0.5 * static_cast<double>(n)), max_threads);
+  const cache_view<const T> cc = cache;
 
-  ws.fb_state.reserve(rows * (D + 2));
-  const softmax_state<T> state = state_in(ws.fb_state.data(), rows, D);  // row b * n + i
+  const softmax_state<T> state = state_in(scratch.get<T>(1, rows * (D + 2)), rows, D);  // row b * n + i
   const index_t bstride = Bk * (Bk + 2);
-  ws.fb_block.reserve(batch * bstride);
-  T* const blocks = ws.fb_block.data();  // per batch row: p (Bk, Bk) | alpha (Bk) | coef (Bk)
+  T* const blocks = scratch.get<T>(2, batch * bstride);  // per batch row: p (Bk, Bk) | alpha (Bk) | coef (Bk)
 
   // The pass over the past: row tiles of Mt rows, split over the keys when they are few.
   const index_t ptiles = (n + Mt - 1) / Mt, pitems = batch * ptiles, prows = std::min(n, Mt);
   const index_t Bp = pass_tile<T>(prows, D);  // keys per tile of the past pass
   const index_t ks = pos0 > 0 ? key_splits(pitems, nt, pos0, tp.min_split_keys) : 1;
   const index_t slot = prows * (D + 2);
-  if (ks > 1) ws.partials.reserve(pitems * ks * slot);
-  T* const partials = ws.partials.data();
+  T* const partials = ks > 1 ? scratch.get<T>(3, pitems * ks * slot) : nullptr;
 
   constexpr index_t CW = 4 * W;  // columns per slice of the in-block solve
   const index_t col_items = (D + CW - 1) / CW;

@@ -600,15 +600,15 @@ inline std::pair<index_t, index_t> share(index_t n, index_t unit, int parts, int
   return {std::min(n, b * unit), std::min(n, e * unit)};
 }
 
-/// Threads for a product of `flops` FLOPs that reads `bytes` of weights: 1 inside a parallel region or when
-/// a fork would not pay (under ~4 MFLOP and under 256 KiB; a decode step streams its weights, so the
-/// bytes alone justify both threads' share of the memory bandwidth).
-inline int threads_for(double flops, double bytes) {
+/// Threads for a product of `flops` FLOPs that reads `bytes` of weights, at most `max_threads`: 1 inside a
+/// parallel region or when a fork would not pay (under ~4 MFLOP and under 256 KiB; a decode step streams its
+/// weights, so the bytes alone justify both threads' share of the memory bandwidth).
+inline int threads_for(double flops, double bytes, int max_threads) {
 #if SESSA_HAS_OPENMP
   if (omp_in_parallel() || (flops < 4.0e6 && bytes < 262144.0)) return 1;
-  return std::max(1, omp_get_max_threads());
+  return std::max(1, max_threads);
 #else
-  (void)flops, (void)bytes;
+  (void)flops, (void)bytes, (void)max_threads;
   return 1;
 #endif
 }
@@ -653,16 +653,16 @@ void gemm_nn(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta) {
   gemm_detail::gemm_blocked<T, gemm_detail::b_layout::kn>(a, b, c, alpha, beta, nullptr);
 }
 
-/// y (M, N) = x (M, K) * w (N, K)^T + bias (N; may be null); with accumulate, y += instead. All threads
-/// (the calling thread alone inside a parallel region).
+/// y (M, N) = x (M, K) * w (N, K)^T + bias (N; may be null); with accumulate, y += instead. Up to
+/// max_threads threads (the calling thread alone inside a parallel region).
 template <scalar T>
-void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumulate) {
+void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumulate, int max_threads = num_threads()) {
   using namespace gemm_detail;
   const index_t M = x.rows, N = w.rows, K = x.cols;
   if (M == 0 || N == 0) return;
   const T beta = accumulate ? T(1) : T(0);
   const double weights = static_cast<double>(N) * static_cast<double>(K);
-  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * sizeof(T));
+  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * sizeof(T), max_threads);
 
   if (use_dot(M, K)) {
     // Decode: bandwidth-bound; threads split the rows of w.

@@ -1,8 +1,13 @@
 // sessa/backend/cpu/parallel.hpp: thread control for the CPU backend.
 //
 // The CPU backend runs its loops on OpenMP threads when the library is compiled with OpenMP, and on the
-// calling thread otherwise; set_num_threads() is the one knob (the CLI's --threads calls it).
+// calling thread otherwise. Every parallel region it opens names its thread count explicitly
+// (`num_threads(n)`), taken from the call's execution context (backend::context<cpu>::threads) or, when that
+// is 0, from the process-wide default that set_num_threads() sets. So the setting holds for calls made from
+// any thread, not only the thread that made it (omp_set_num_threads() would set it for the caller only).
 #pragma once
+
+#include <atomic>
 
 #include "../../config.hpp"
 
@@ -12,19 +17,23 @@
 
 namespace sessa {
 
-/// Sets the number of threads CPU kernels use (n >= 1). Without OpenMP this has no effect.
-inline void set_num_threads(int n) {
-#if SESSA_HAS_OPENMP
-  if (n >= 1) omp_set_num_threads(n);
-#else
-  (void)n;
-#endif
+namespace detail {
+/// The process-wide default thread count of CPU kernels; 0 = OpenMP's default (OMP_NUM_THREADS, the cores).
+inline std::atomic<int>& default_threads() {
+  static std::atomic<int> n{0};
+  return n;
 }
+}  // namespace detail
 
-/// The number of threads CPU kernels will use.
+/// Sets the number of threads CPU kernels use by default, in every thread of the process (n >= 1; 0 restores
+/// OpenMP's default). A context's own `threads` setting overrides it. Without OpenMP this has no effect.
+inline void set_num_threads(int n) { detail::default_threads().store(n >= 0 ? n : 0, std::memory_order_relaxed); }
+
+/// The number of threads CPU kernels use by default.
 inline int num_threads() {
 #if SESSA_HAS_OPENMP
-  return omp_get_max_threads();
+  const int n = detail::default_threads().load(std::memory_order_relaxed);
+  return n > 0 ? n : omp_get_max_threads();
 #else
   return 1;
 #endif

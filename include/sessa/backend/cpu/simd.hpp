@@ -1,11 +1,19 @@
-// sessa/backend/cpu/simd.hpp: the fast CPU backend, kernels<cpu>.
+// sessa/backend/cpu/simd.hpp: the fast CPU backend, kernels<cpu> and its context.
 //
-// kernels<cpu> derives from kernels<reference> and overrides the kernels that carry the work:
+// kernels<cpu> derives from kernels<reference> (same memory space, host) and overrides the kernels that carry
+// the work:
 //   linear      packed, cache-blocked GEMM on xsimd micro-kernels, OpenMP over output tiles (gemm.hpp)
 //   attention   flash-style forward branch: query tiles against key tiles, online softmax (attention.hpp)
 //   feedback    the blocked feedback solve with partial online-softmax states (feedback.hpp)
 //   layer_norm, gelu, multiply, rope   O(T D), vectorized and threaded over rows (elementwise.hpp)
-// The rest (gain: T values) is the reference's.
+// The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. The fast kernels take
+// weights and cache in the compute type (numeric policies float and double); a narrower storage type has no
+// cpu kernels yet, which verify_kernel_set reports at compile time.
+//
+// context<cpu> adds the thread count to the reference's context: `threads` (0 = the process-wide default,
+// set_num_threads()) caps every parallel region a kernel of this call opens, whichever thread makes the call.
+// Its scratch arena holds the feedback's row states (slot 1), diagonal blocks (slot 2) and the split-K partial
+// states of both attention passes (slot 3); the tile loops' per-thread buffers are thread_local.
 #pragma once
 
 #include "../../concepts.hpp"
@@ -16,46 +24,57 @@
 #include "elementwise.hpp"
 #include "feedback.hpp"
 #include "gemm.hpp"
+#include "parallel.hpp"
 #include "reference.hpp"
 
 namespace sessa::backend {
 
+/// The cpu backend's context: the reference's (its scratch arena) and the thread count.
+template <>
+struct context<cpu> : context<reference> {
+  int threads = 0;  // threads per kernel; 0 = sessa::num_threads(), the process-wide default
+
+  /// The thread count kernels of this context use.
+  int max_threads() const noexcept { return threads > 0 ? threads : num_threads(); }
+};
+
 template <>
 struct kernels<cpu> : kernels<reference> {
   template <scalar T>
-  static void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumulate = false) {
-    simd::linear(x, w, bias, y, accumulate);
+  static void linear(context<cpu>& ctx, cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y,
+                     bool accumulate = false) {
+    simd::linear(x, w, bias, y, accumulate, ctx.max_threads());
   }
 
   template <scalar T>
-  static void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y) {
-    simd::layer_norm(x, g, b, eps, y);
+  static void layer_norm(context<cpu>& ctx, cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y) {
+    simd::layer_norm(x, g, b, eps, y, ctx.max_threads());
   }
   template <scalar T>
-  static void gelu(matrix<T> x) {
-    simd::gelu(x);
+  static void gelu(context<cpu>& ctx, matrix<T> x) {
+    simd::gelu(x, ctx.max_threads());
   }
   template <scalar T>
-  static void multiply(cmatrix<T> a, cmatrix<T> b, matrix<T> out) {
-    simd::multiply(a, b, out);
+  static void multiply(context<cpu>& ctx, cmatrix<T> a, cmatrix<T> b, matrix<T> out) {
+    simd::multiply(a, b, out, ctx.max_threads());
   }
   template <scalar T>
-  static void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq) {
-    simd::rope(x, d, pos0, n, inv_freq);
+  static void rope(context<cpu>& ctx, matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq) {
+    simd::rope(x, d, pos0, n, inv_freq, ctx.max_threads());
   }
 
   /// Forward branch (flash style, attention.hpp); same contract as kernels<reference>::attention.
   template <scalar T, attention_variant A>
-  static void attention(const A& variant, const layer_config& c, cmatrix<T> q, const layer_cache<T>& cache,
-                        index_t pos0, index_t n, matrix<T> out, workspace<T>& ws) {
-    simd::attention(variant, c, q, cache, pos0, n, out, ws);
+  static void attention(context<cpu>& ctx, const A& variant, const layer_config& c, cmatrix<T> q,
+                        cache_view<const T> cache, index_t pos0, index_t n, matrix<T> out) {
+    simd::attention(variant, c, q, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 
   /// Feedback solve (blocked, feedback.hpp); same contract as kernels<reference>::feedback.
   template <scalar T>
-  static void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, layer_cache<T>& cache,
-                       index_t pos0, index_t n, matrix<T> out, workspace<T>& ws) {
-    simd::feedback(c, qb, gamma, f, cache, pos0, n, out, ws);
+  static void feedback(context<cpu>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f,
+                       cache_view<T> cache, index_t pos0, index_t n, matrix<T> out) {
+    simd::feedback(c, qb, gamma, f, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 };
 

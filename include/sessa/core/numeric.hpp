@@ -1,0 +1,160 @@
+// sessa/core/numeric.hpp: the numeric policy of a model: its compute type and its storage type.
+//
+//   compute type   what activations, accumulations and every tensor a caller sees are held in: float or double
+//   storage type   what the weights and the cache are stored in: the compute type itself (exact), or a narrower
+//                  format, bfloat16 or half, that kernels widen to the compute type on load
+//
+// A model's first template parameter is its numeric policy P: a scalar (`float`, `double`: weights and cache in
+// that type, exact) or `precision<Compute, Storage>` (`precision<float, bfloat16>`: bf16 weights and cache,
+// float arithmetic). compute_t<P>, weight_t<P> and cache_t<P> read it; the model code is written against those
+// three names only, so a new storage format (block-quantized int8 with scales, say) is a new storage type and
+// the kernels that read it, not a change to the model. A backend that has no kernel for a storage type fails
+// to compile with a message naming the kernel (backend/kernel_set.hpp).
+#pragma once
+
+#include <bit>
+#include <concepts>
+#include <cstdint>
+#include <string_view>
+#include <type_traits>
+
+#include "../config.hpp"
+
+namespace sessa {
+
+/// bfloat16: the top 16 bits of an IEEE float32. Conversion from float rounds to nearest even (NaN stays NaN).
+struct bfloat16 {
+  std::uint16_t bits = 0;
+
+  constexpr bfloat16() = default;
+  SESSA_HOST_DEVICE constexpr explicit bfloat16(float f) noexcept : bits(from_float(f)) {}
+  SESSA_HOST_DEVICE constexpr explicit bfloat16(double d) noexcept : bits(from_float(static_cast<float>(d))) {}
+  SESSA_HOST_DEVICE constexpr explicit operator float() const noexcept {
+    return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
+  }
+  SESSA_HOST_DEVICE constexpr explicit operator double() const noexcept { return static_cast<double>(float(*this)); }
+  static constexpr bfloat16 from_bits(std::uint16_t b) noexcept {
+    bfloat16 x;
+    x.bits = b;
+    return x;
+  }
+  friend constexpr bool operator==(bfloat16 a, bfloat16 b) noexcept = default;
+
+ private:
+  SESSA_HOST_DEVICE static constexpr std::uint16_t from_float(float f) noexcept {
+    const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+    if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu) != 0)
+      return static_cast<std::uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
+    const std::uint32_t rounding = 0x7FFFu + ((u >> 16) & 1u);
+    return static_cast<std::uint16_t>((u + rounding) >> 16);
+  }
+};
+
+/// IEEE 754 binary16. Conversion from float rounds to nearest even, with subnormals, infinities and NaN.
+struct half {
+  std::uint16_t bits = 0;
+
+  constexpr half() = default;
+  SESSA_HOST_DEVICE constexpr explicit half(float f) noexcept : bits(from_float(f)) {}
+  SESSA_HOST_DEVICE constexpr explicit half(double d) noexcept : bits(from_float(static_cast<float>(d))) {}
+  SESSA_HOST_DEVICE constexpr explicit operator float() const noexcept {
+    const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
+    const std::uint32_t exp = (bits >> 10) & 0x1Fu, man = bits & 0x3FFu;
+    if (exp == 0x1F) return std::bit_cast<float>(sign | 0x7F800000u | (man << 13));  // inf, NaN
+    if (exp != 0) return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (man << 13));
+    // zero or subnormal: man * 2^-24, exact in float
+    const float m = static_cast<float>(man) * 5.9604644775390625e-8f;
+    return sign ? -m : m;
+  }
+  SESSA_HOST_DEVICE constexpr explicit operator double() const noexcept { return static_cast<double>(float(*this)); }
+  static constexpr half from_bits(std::uint16_t b) noexcept {
+    half x;
+    x.bits = b;
+    return x;
+  }
+  friend constexpr bool operator==(half a, half b) noexcept = default;
+
+ private:
+  SESSA_HOST_DEVICE static constexpr std::uint16_t from_float(float f) noexcept {
+    const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+    const std::uint16_t sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
+    const std::uint32_t a = u & 0x7FFFFFFFu;
+    if (a >= 0x7F800000u) return static_cast<std::uint16_t>(sign | (a > 0x7F800000u ? 0x7E00u : 0x7C00u));
+    if (a >= 0x477FF000u) return static_cast<std::uint16_t>(sign | 0x7C00u);  // rounds to >= 65520: infinity
+    if (a < 0x38800000u) {  // below the smallest normal half (2^-14): a subnormal or zero
+      if (a < 0x33000000u) return sign;  // at most half the smallest subnormal (2^-25): rounds to zero
+      const std::uint32_t e = a >> 23, m = (a & 0x007FFFFFu) | 0x00800000u;
+      const std::uint32_t shift = 126u - e;  // value = m * 2^(e - 150); units of 2^-24: m >> (126 - e)
+      std::uint32_t q = m >> shift;
+      const std::uint32_t rem = m & ((1u << shift) - 1u), halfway = 1u << (shift - 1u);
+      if (rem > halfway || (rem == halfway && (q & 1u))) ++q;
+      return static_cast<std::uint16_t>(sign | q);
+    }
+    // normal: rebias the exponent (127 -> 15), round the mantissa from 23 to 10 bits
+    std::uint32_t h = ((a >> 13) - (112u << 10));
+    const std::uint32_t rem = a & 0x1FFFu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // may carry into the exponent: still correct
+    return static_cast<std::uint16_t>(sign | h);
+  }
+};
+
+/// A value of storage type S widened to compute type T (and back, rounded), in any kernel.
+template <class T, class S>
+SESSA_HOST_DEVICE constexpr T widen(S s) noexcept {
+  if constexpr (std::is_same_v<T, S>) return s;
+  else return static_cast<T>(static_cast<float>(s));
+}
+template <class S, class T>
+SESSA_HOST_DEVICE constexpr S narrow(T x) noexcept {
+  if constexpr (std::is_same_v<T, S>) return x;
+  else if constexpr (std::is_floating_point_v<S>) return static_cast<S>(x);
+  else return S(static_cast<float>(x));
+}
+
+/// A storage format a model can keep its weights and cache in.
+template <class S>
+concept storage_type = std::same_as<S, float> || std::same_as<S, double> || std::same_as<S, bfloat16> ||
+                       std::same_as<S, half>;
+
+/// Compute type Compute (float or double) with weights and cache stored as Storage.
+template <class Compute, class Storage>
+struct precision {
+  static_assert(std::same_as<Compute, float> || std::same_as<Compute, double>,
+                "sessa::precision<Compute, Storage>: Compute must be float or double");
+  static_assert(storage_type<Storage>, "sessa::precision<Compute, Storage>: Storage must be float, double, "
+                                       "sessa::bfloat16 or sessa::half");
+  using compute = Compute;
+  using weight = Storage;
+  using cache = Storage;
+};
+
+template <class P>
+struct precision_traits {  // a scalar: everything in that type
+  using compute = P;
+  using weight = P;
+  using cache = P;
+};
+template <class C, class S>
+struct precision_traits<precision<C, S>> {
+  using compute = typename precision<C, S>::compute;
+  using weight = typename precision<C, S>::weight;
+  using cache = typename precision<C, S>::cache;
+};
+
+template <class P>
+using compute_t = typename precision_traits<P>::compute;
+template <class P>
+using weight_t = typename precision_traits<P>::weight;
+template <class P>
+using cache_t = typename precision_traits<P>::cache;
+
+/// Name of a storage type, for messages and file metadata.
+template <class S>
+constexpr std::string_view storage_name() noexcept {
+  if constexpr (std::is_same_v<S, float>) return "f32";
+  else if constexpr (std::is_same_v<S, double>) return "f64";
+  else if constexpr (std::is_same_v<S, bfloat16>) return "bf16";
+  else return "f16";
+}
+
+}  // namespace sessa
