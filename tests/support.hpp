@@ -1,20 +1,66 @@
 // tests/support.hpp: small helpers shared by the test executables.
 #pragma once
 
+// The same test sources run on the host backends (default) and, built again with SESSA_TEST_THRUST_OMP or
+// SESSA_TEST_THRUST_CUDA, on a Thrust backend: `all_combinations` then names that backend, and the tests
+// reach the models through host_model (below), which moves inputs into the backend's memory space and
+// results back to the host.
+#if defined(SESSA_TEST_THRUST_CUDA)
+#include <sessa/cuda.cuh>
+#elif defined(SESSA_TEST_THRUST_OMP)
+#include <sessa/thrust_omp.hpp>
+#else
 #include <sessa/sessa.hpp>
+#endif
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace sessa::test {
 
 /// Scalar x backend combinations every model-level test runs over.
+#if defined(SESSA_TEST_THRUST_CUDA)
+#define SESSA_TEST_DEVICE_SUITE 1
+using all_combinations = std::tuple<std::pair<float, backend::thrust_cuda>, std::pair<double, backend::thrust_cuda>>;
+#elif defined(SESSA_TEST_THRUST_OMP)
+#define SESSA_TEST_DEVICE_SUITE 1
+using all_combinations = std::tuple<std::pair<float, backend::thrust_omp>, std::pair<double, backend::thrust_omp>>;
+#else
 using all_combinations = std::tuple<std::pair<float, backend::reference>, std::pair<double, backend::reference>,
                                     std::pair<float, backend::cpu>, std::pair<double, backend::cpu>>;
+#endif
+
+/// A layer or decoder whose tensor forms take and return host tensors, whatever its backend's memory space:
+/// inputs are copied into the space (to_space), outputs back (to_host). Tests are written once against it.
+/// On a host backend the copies are plain copies.
+template <class Model>
+class host_model : public Model {
+ public:
+  using Model::Model;
+  using T = typename Model::scalar_type;
+  using S = typename Model::space;
+  host_model(Model m) : Model(std::move(m)) {}
+
+  /// layer: x (B, n, D) host -> y host; decoder: tokens (host) -> logits host. Extra arguments (a cache,
+  /// logits_for) pass through.
+  template <class X, class... A>
+  tensor<T> forward(const X& x, A&&... a) const {
+    if constexpr (std::is_same_v<X, tensor<std::int64_t>>) return to_host(Model::forward(x, std::forward<A>(a)...));
+    else return to_host(Model::forward(to_space<S>(x), std::forward<A>(a)...));
+  }
+  template <class X, class Cache>
+  tensor<T> decode_step(const X& x, Cache& cache) const {
+    if constexpr (std::is_same_v<X, tensor<T>>) return to_host(Model::decode_step(to_space<S>(x), cache));
+    else return to_host(Model::decode_step(x, cache));
+  }
+};
+
 
 /// Tolerance relative to max|reference| for a path in working type T.
 template <class T>

@@ -1,6 +1,6 @@
 // Golden vectors: outputs of the float64 PyTorch reference (tools/reference) stored in tests/data, and the
 // vectors in ../shared/golden when that folder exists. Every case runs in float64 and float32, on every
-// CPU backend, in the three forms (prefill, token-by-token decode, chunked prefill), against the stored
+// backend of test::all_combinations (the host backends; rebuilt for a Thrust backend, that one), in the three forms (prefill, token-by-token decode, chunked prefill), against the stored
 // float64 results: float64 within 1e-9 and float32 within 1e-4 of max|out|.
 #include <catch2/catch.hpp>
 
@@ -44,7 +44,7 @@ tensor<T> run_case(const io::safetensors_file& mf, const io::model_info& info, c
                    index_t chunk) {
   const A variant = io::detail::variant_from(info, mf.source(), A{});
   if (info.arch == io::model_arch::decoder) {
-    const decoder<T, B, A> M(info.config, io::read_decoder_weights<T>(mf, info.config), variant);
+    const test::host_model<decoder<T, B, A>> M(info.config, io::read_decoder_weights<T>(mf, info.config), variant);
     const auto& e = in.at("tokens");
     const tensor<std::int64_t> tok(e.shape, std::span<const std::int64_t>(in.read_as<std::int64_t>("tokens")));
     const index_t Bn = tok.dim(0), Tn = tok.dim(1);
@@ -63,7 +63,7 @@ tensor<T> run_case(const io::safetensors_file& mf, const io::model_info& info, c
     }
     return out;
   }
-  const layer<T, B, A> L(info.config.layer, io::read_layer_weights<T>(mf, info.config.layer), variant);
+  const test::host_model<layer<T, B, A>> L(info.config.layer, io::read_layer_weights<T>(mf, info.config.layer), variant);
   const auto& e = in.at("x");
   const tensor<T> x(e.shape, std::span<const T>(in.read_as<T>("x")));
   const index_t Bn = x.dim(0), Tn = x.dim(1), D = x.dim(2);

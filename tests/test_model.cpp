@@ -24,8 +24,8 @@ const std::vector<layer_config> layer_shapes = {
     {32, 8, 1, true, 0.5, 1e-6},    // MQA, d = 4
 };
 
-template <class T, class B>
-tensor<T> run_chunked(const layer<T, B>& L, const tensor<T>& x, index_t chunk) {
+template <class Layer, class T>
+tensor<T> run_chunked(const Layer& L, const tensor<T>& x, index_t chunk) {
   auto cache = L.init_cache(x.dim(0), x.dim(1));
   tensor<T> y(x.shape());
   for (index_t t0 = 0; t0 < x.dim(1); t0 += chunk) {
@@ -42,7 +42,7 @@ TEMPLATE_LIST_TEST_CASE("layer: prefill, decode and chunked prefill agree", "[mo
   using B = typename TestType::second_type;
   for (const auto& cfg : layer_shapes) {
     CAPTURE(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.use_rope);
-    const layer<T, B> L(cfg, random_layer_weights<T>(cfg, 11));
+    const test::host_model<layer<T, B>> L(cfg, random_layer_weights<T>(cfg, 11));
     const tensor<T> x = test::random_tensor<T>({2, 37, cfg.d_model}, 5);
     const tensor<T> y = L.forward(x);
     for (index_t chunk : {1, 2, 3, 5, 16, 36, 37}) {
@@ -70,7 +70,7 @@ TEMPLATE_LIST_TEST_CASE("decoder: prefill, decode and chunked prefill agree", "[
   using B = typename TestType::second_type;
   for (bool tied : {true, false}) {
     const decoder_config cfg{{32, 4, 2, true, 0.999, 1e-5}, 41, 2, tied};
-    const decoder<T, B> M(cfg, random_decoder_weights<T>(cfg, 3));
+    const test::host_model<decoder<T, B>> M(cfg, random_decoder_weights<T>(cfg, 3));
     const tensor<std::int64_t> tok = test::random_tokens(2, 29, 41, 9);
     const tensor<T> logits = M.forward(tok);
     REQUIRE(logits.shape() == shape_t{2, 29, 41});
@@ -98,7 +98,7 @@ TEMPLATE_LIST_TEST_CASE("causality: a later token leaves earlier outputs bit-ide
   using T = typename TestType::first_type;
   using B = typename TestType::second_type;
   const layer_config cfg{32, 4, 2, true, 0.999, 1e-5};
-  const layer<T, B> L(cfg, random_layer_weights<T>(cfg, 21));
+  const test::host_model<layer<T, B>> L(cfg, random_layer_weights<T>(cfg, 21));
   const index_t Tn = 70;
   const tensor<T> x = test::random_tensor<T>({1, Tn, 32}, 8);
   const tensor<T> y = L.forward(x);
@@ -115,7 +115,7 @@ TEMPLATE_LIST_TEST_CASE("causality: a later token leaves earlier outputs bit-ide
   }
   // Decoder: changing token j.
   const decoder_config dc{cfg, 30, 2, true};
-  const decoder<T, B> M(dc, random_decoder_weights<T>(dc, 4));
+  const test::host_model<decoder<T, B>> M(dc, random_decoder_weights<T>(dc, 4));
   const tensor<std::int64_t> tok = test::random_tokens(1, 40, 30, 2);
   const tensor<T> lg = M.forward(tok);
   tensor<std::int64_t> tok2 = tok;
@@ -130,7 +130,7 @@ TEMPLATE_LIST_TEST_CASE("batch rows are independent", "[model]", test::all_combi
   using T = typename TestType::first_type;
   using B = typename TestType::second_type;
   const layer_config cfg{32, 4, 2, true, 0.999, 1e-5};
-  const layer<T, B> L(cfg, random_layer_weights<T>(cfg, 2));
+  const test::host_model<layer<T, B>> L(cfg, random_layer_weights<T>(cfg, 2));
   const tensor<T> x = test::random_tensor<T>({3, 25, 32}, 1);
   const tensor<T> y = L.forward(x);
   for (index_t b = 0; b < 3; ++b) {
@@ -141,6 +141,7 @@ TEMPLATE_LIST_TEST_CASE("batch rows are independent", "[model]", test::all_combi
   }
 }
 
+#ifndef SESSA_TEST_DEVICE_SUITE  // host backends only: the cpu backend's blocking and borrowed workspaces
 TEMPLATE_TEST_CASE("the cpu backend matches the reference backend", "[model][cpu]", float, double) {
   using T = TestType;
   for (const auto& cfg : layer_shapes) {
@@ -231,6 +232,8 @@ TEMPLATE_TEST_CASE("a decoder prefill longer than prefill_block: every row of lo
   CHECK(cache.scratch.u.size() <= 2 * prefill_block * 8);
 }
 
+#endif  // SESSA_TEST_DEVICE_SUITE
+
 TEMPLATE_LIST_TEST_CASE("feedback: uniform routing and a constant gain give the power-law kernel", "[model]",
                         test::all_combinations) {
   // With q_b = 0 every past token gets alpha = 1/t; with gain gamma and f = e_j (one channel), SPEC.md's
@@ -240,16 +243,22 @@ TEMPLATE_LIST_TEST_CASE("feedback: uniform routing and a constant gain give the 
   const layer_config cfg{8, 1, 1, false, 0.999, 1e-5};
   const index_t Tn = 300, D = 8, j = 7;
   const double gamma = 0.75;
+  using S = space_of<B>;
   layer_cache<T, B> cache(cfg, 1, Tn);
   backend::context<B> ctx;
-  random_stream rng(5);
-  for (index_t t = 0; t < Tn; ++t)
-    for (index_t k = 0; k < D; ++k) cache.kb(0)(t, k) = static_cast<T>(rng.normal());  // any keys: q_b = 0
-  tensor<T> qb({Tn, D}, T(0)), f({Tn, D}, T(0)), out({Tn, D});
-  std::vector<T> g(static_cast<std::size_t>(Tn), static_cast<T>(gamma));
+  // Any feedback keys (q_b = 0 makes every past key weigh 1/t), written through the backend's cache append.
+  const tensor<T> keys = test::random_tensor<T>({Tn, D}, 5);
+  const tensor<T> kv({Tn, 2 * cfg.kv_dim()}, T(0));
+  const tensor<T, S> keys_d = to_space<S>(keys), kv_d = to_space<S>(kv);
+  backend::kernels<B>::append_cache(ctx, cfg, kv_d.as_matrix(), keys_d.as_matrix(), cache.view(), 0, Tn);
+  tensor<T> qb({Tn, D}, T(0)), f({Tn, D}, T(0));
+  tensor<T> g({Tn}, static_cast<T>(gamma));
   for (index_t k = 0; k < D; ++k) f[j * D + k] = T(1);
-  backend::kernels<B>::feedback(ctx, cfg, cmatrix<T>(qb.as_matrix()), g.data(), cmatrix<T>(f.as_matrix()), cache.view(),
-                                0, Tn, out.as_matrix());
+  const tensor<T, S> qb_d = to_space<S>(qb), f_d = to_space<S>(f), g_d = to_space<S>(g);
+  tensor<T, S> out_d({Tn, D});
+  backend::kernels<B>::feedback(ctx, cfg, qb_d.as_matrix(), g_d.data(), f_d.as_matrix(), cache.view(), 0, Tn,
+                                out_d.as_matrix());
+  const tensor<T> out = to_host(out_d);
   double worst = 0, prod = 1;
   for (index_t t = 0; t < Tn; ++t) {
     double expect = t < j ? 0.0 : (t == j ? 1.0 : gamma / static_cast<double>(t) * prod);
@@ -269,9 +278,9 @@ TEMPLATE_LIST_TEST_CASE("sliding window: a window as long as the sequence is cau
   const layer_config cfg{32, 4, 2, true, 0.999, 1e-5};
   const auto w = random_layer_weights<T>(cfg, 31);
   const tensor<T> x = test::random_tensor<T>({2, 40, 32}, 6);
-  const layer<T, B> full(cfg, w);
-  const layer<T, B, attention::sliding_window> wide(cfg, w, attention::sliding_window{40});
-  const layer<T, B, attention::sliding_window> narrow(cfg, w, attention::sliding_window{4});
+  const test::host_model<layer<T, B>> full(cfg, w);
+  const test::host_model<layer<T, B, attention::sliding_window>> wide(cfg, w, attention::sliding_window{40});
+  const test::host_model<layer<T, B, attention::sliding_window>> narrow(cfg, w, attention::sliding_window{4});
   const tensor<T> y = full.forward(x);
   CHECK(max_rel_diff(wide.forward(x).span(), y.span()) <= tight<T>());
   // The first 4 tokens see the same keys under both; later tokens differ.
@@ -288,6 +297,7 @@ TEMPLATE_LIST_TEST_CASE("sliding window: a window as long as the sequence is cau
   CHECK(max_rel_diff(yc.span(), yn.span()) <= tight<T>());
 }
 
+#ifndef SESSA_TEST_DEVICE_SUITE  // error paths of the model API, on the reference backend
 TEST_CASE("cache: capacity, reset and truncate", "[model][errors]") {
   const layer_config cfg{16, 2, 2, true, 0.999, 1e-5};
   const layer<double, backend::reference> L(cfg, random_layer_weights<double>(cfg, 1));
@@ -385,3 +395,5 @@ TEST_CASE("inputs of the wrong shape and tokens out of range are rejected", "[mo
   decoder_cache<float, backend::reference> empty;
   CHECK_THROWS_WITH(M.forward(tensor<std::int64_t>({1, 2}, std::int64_t{0}), empty), Catch::Contains("init_cache"));
 }
+
+#endif  // SESSA_TEST_DEVICE_SUITE

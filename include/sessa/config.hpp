@@ -16,6 +16,10 @@
 #define SESSA_HOST_DEVICE
 #endif
 
+// SESSA_BIT_CAST(T, x): std::bit_cast that nvcc also accepts in device code (std::bit_cast is a host-only
+// constexpr function there).
+#define SESSA_BIT_CAST(T, x) __builtin_bit_cast(T, x)
+
 #if defined(_OPENMP)
 #define SESSA_HAS_OPENMP 1
 #else

@@ -54,6 +54,10 @@
 #define SESSA_HOST_DEVICE
 #endif
 
+// SESSA_BIT_CAST(T, x): std::bit_cast that nvcc also accepts in device code (std::bit_cast is a host-only
+// constexpr function there).
+#define SESSA_BIT_CAST(T, x) __builtin_bit_cast(T, x)
+
 #if defined(_OPENMP)
 #define SESSA_HAS_OPENMP 1
 #else
@@ -349,7 +353,7 @@ void copy_n(SrcPtr src, index_t n, DstPtr dst) {
 //
 //   compute type   what activations, accumulations and every tensor a caller sees are held in: float or double
 //   storage type   what the weights and the cache are stored in: the compute type itself (exact), or a narrower
-//                  format, bfloat16 or half, that kernels widen to the compute type on load
+//                  format, bfloat16 or float16 (IEEE binary16), that kernels widen to the compute type on load
 //
 // A model's first template parameter is its numeric policy P: a scalar (`float`, `double`: weights and cache in
 // that type, exact) or `precision<Compute, Storage>` (`precision<float, bfloat16>`: bf16 weights and cache,
@@ -358,7 +362,6 @@ void copy_n(SrcPtr src, index_t n, DstPtr dst) {
 // the kernels that read it, not a change to the model. A backend that has no kernel for a storage type fails
 // to compile with a message naming the kernel (backend/kernel_set.hpp).
 
-#include <bit>
 #include <concepts>
 #include <cstdint>
 #include <string_view>
@@ -375,7 +378,7 @@ struct bfloat16 {
   SESSA_HOST_DEVICE constexpr explicit bfloat16(float f) noexcept : bits(from_float(f)) {}
   SESSA_HOST_DEVICE constexpr explicit bfloat16(double d) noexcept : bits(from_float(static_cast<float>(d))) {}
   SESSA_HOST_DEVICE constexpr explicit operator float() const noexcept {
-    return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
+    return SESSA_BIT_CAST(float, static_cast<std::uint32_t>(bits) << 16);
   }
   SESSA_HOST_DEVICE constexpr explicit operator double() const noexcept { return static_cast<double>(float(*this)); }
   static constexpr bfloat16 from_bits(std::uint16_t b) noexcept {
@@ -387,7 +390,7 @@ struct bfloat16 {
 
  private:
   SESSA_HOST_DEVICE static constexpr std::uint16_t from_float(float f) noexcept {
-    const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+    const std::uint32_t u = SESSA_BIT_CAST(std::uint32_t, f);
     if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu) != 0)
       return static_cast<std::uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
     const std::uint32_t rounding = 0x7FFFu + ((u >> 16) & 1u);
@@ -395,33 +398,34 @@ struct bfloat16 {
   }
 };
 
-/// IEEE 754 binary16. Conversion from float rounds to nearest even, with subnormals, infinities and NaN.
-struct half {
+/// IEEE 754 binary16, named float16 (CUDA's headers own the name `half`). Conversion from float rounds to
+/// nearest even, with subnormals, infinities and NaN.
+struct float16 {
   std::uint16_t bits = 0;
 
-  constexpr half() = default;
-  SESSA_HOST_DEVICE constexpr explicit half(float f) noexcept : bits(from_float(f)) {}
-  SESSA_HOST_DEVICE constexpr explicit half(double d) noexcept : bits(from_float(static_cast<float>(d))) {}
+  constexpr float16() = default;
+  SESSA_HOST_DEVICE constexpr explicit float16(float f) noexcept : bits(from_float(f)) {}
+  SESSA_HOST_DEVICE constexpr explicit float16(double d) noexcept : bits(from_float(static_cast<float>(d))) {}
   SESSA_HOST_DEVICE constexpr explicit operator float() const noexcept {
     const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
     const std::uint32_t exp = (bits >> 10) & 0x1Fu, man = bits & 0x3FFu;
-    if (exp == 0x1F) return std::bit_cast<float>(sign | 0x7F800000u | (man << 13));  // inf, NaN
-    if (exp != 0) return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (man << 13));
+    if (exp == 0x1F) return SESSA_BIT_CAST(float, sign | 0x7F800000u | (man << 13));  // inf, NaN
+    if (exp != 0) return SESSA_BIT_CAST(float, sign | ((exp + 112u) << 23) | (man << 13));
     // zero or subnormal: man * 2^-24, exact in float
     const float m = static_cast<float>(man) * 5.9604644775390625e-8f;
     return sign ? -m : m;
   }
   SESSA_HOST_DEVICE constexpr explicit operator double() const noexcept { return static_cast<double>(float(*this)); }
-  static constexpr half from_bits(std::uint16_t b) noexcept {
-    half x;
+  static constexpr float16 from_bits(std::uint16_t b) noexcept {
+    float16 x;
     x.bits = b;
     return x;
   }
-  friend constexpr bool operator==(half a, half b) noexcept = default;
+  friend constexpr bool operator==(float16 a, float16 b) noexcept = default;
 
  private:
   SESSA_HOST_DEVICE static constexpr std::uint16_t from_float(float f) noexcept {
-    const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+    const std::uint32_t u = SESSA_BIT_CAST(std::uint32_t, f);
     const std::uint16_t sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
     const std::uint32_t a = u & 0x7FFFFFFFu;
     if (a >= 0x7F800000u) return static_cast<std::uint16_t>(sign | (a > 0x7F800000u ? 0x7E00u : 0x7C00u));
@@ -459,7 +463,7 @@ SESSA_HOST_DEVICE constexpr S narrow(T x) noexcept {
 /// A storage format a model can keep its weights and cache in.
 template <class S>
 concept storage_type = std::same_as<S, float> || std::same_as<S, double> || std::same_as<S, bfloat16> ||
-                       std::same_as<S, half>;
+                       std::same_as<S, float16>;
 
 /// Compute type Compute (float or double) with weights and cache stored as Storage.
 template <class Compute, class Storage>
@@ -467,7 +471,7 @@ struct precision {
   static_assert(std::same_as<Compute, float> || std::same_as<Compute, double>,
                 "sessa::precision<Compute, Storage>: Compute must be float or double");
   static_assert(storage_type<Storage>, "sessa::precision<Compute, Storage>: Storage must be float, double, "
-                                       "sessa::bfloat16 or sessa::half");
+                                       "sessa::bfloat16 or sessa::float16");
   using compute = Compute;
   using weight = Storage;
   using cache = Storage;
@@ -1094,7 +1098,8 @@ struct context {
 // A variant decides which keys a query reads: the query at absolute position t reads keys
 // [first_key(t), t]. `causal` is the paper's full causal softmax; `sliding_window` reads only the last
 // `window` positions. The feedback branch always reads the whole strict past (it is the recurrence).
-// A new variant is a small struct meeting sessa::attention_variant (concepts.hpp).
+// A new variant is a small struct meeting sessa::attention_variant (concepts.hpp); to run on a CUDA backend its
+// first_key must also be callable on the device (SESSA_HOST_DEVICE).
 
 #include <algorithm>
 #include <string>
@@ -1106,7 +1111,7 @@ namespace sessa::attention {
 /// Full causal softmax attention, diagonal included.
 struct causal {
   static constexpr std::string_view name = "causal";
-  constexpr index_t first_key(index_t /*t*/) const noexcept { return 0; }
+  SESSA_HOST_DEVICE constexpr index_t first_key(index_t /*t*/) const noexcept { return 0; }
   constexpr void check() const noexcept {}
   friend constexpr bool operator==(const causal&, const causal&) = default;
 };
@@ -1115,7 +1120,7 @@ struct causal {
 struct sliding_window {
   static constexpr std::string_view name = "sliding_window";
   index_t window = 0;
-  constexpr index_t first_key(index_t t) const noexcept { return std::max<index_t>(0, t - window + 1); }
+  SESSA_HOST_DEVICE constexpr index_t first_key(index_t t) const noexcept { return t >= window ? t - window + 1 : 0; }
   void check() const {
     if (window < 1)
       throw config_error("invalid attention variant: sliding_window.window must be >= 1, got " +
@@ -1477,7 +1482,7 @@ consteval bool verify_kernel_set() {
 //   attention   forward branch: causal softmax over the variant's keys, GQA by head index h / g
 //   feedback    s_t = f_t + gamma_t * sum_{j<t} softmax_j(q_b,t . k_b,j / sqrt(D)) s_j, row 0 empty
 //   copy, append_cache, embed   the row moves of the model glue
-// Every kernel reads any storage type (weights W, cache C: float, double, bfloat16, half), widening each value
+// Every kernel reads any storage type (weights W, cache C: float, double, bfloat16, float16), widening each value
 // to the compute type T as it loads it, so the reference runs every numeric policy (core/numeric.hpp).
 // Its execution context holds only the scratch arena: slot 0 is the row of attention scores.
 
@@ -5850,7 +5855,7 @@ mixer_weights<T>* mixer_for(const decoder_config& c, decoder_weights<T>& w, cons
 /// Matches the file's tensors against the parameter table of `cfg` and fills the weights; throws one
 /// format_error listing every missing, unexpected and mis-shaped name.
 /// The tensor `name` of f converted to storage type T: float and double read exactly (or rounded once from a
-/// wider file type), bfloat16 and half rounded once from the value the file holds.
+/// wider file type), bfloat16 and float16 rounded once from the value the file holds.
 template <storage_type T>
 buffer<T> read_storage(const safetensors_file& f, const std::string& name) {
   if constexpr (scalar<T>) {
@@ -5942,7 +5947,7 @@ inline std::string describe(const decoder_config& c) {
 
 }  // namespace detail
 
-/// Layer weights from an opened file, checked against `c`, in storage type T (float, double, bfloat16, half).
+/// Layer weights from an opened file, checked against `c`, in storage type T (float, double, bfloat16, float16).
 /// `c` is validated first.
 template <storage_type T>
 layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_config& c) {

@@ -3,7 +3,8 @@
 // A variant decides which keys a query reads: the query at absolute position t reads keys
 // [first_key(t), t]. `causal` is the paper's full causal softmax; `sliding_window` reads only the last
 // `window` positions. The feedback branch always reads the whole strict past (it is the recurrence).
-// A new variant is a small struct meeting sessa::attention_variant (concepts.hpp).
+// A new variant is a small struct meeting sessa::attention_variant (concepts.hpp); to run on a CUDA backend its
+// first_key must also be callable on the device (SESSA_HOST_DEVICE).
 #pragma once
 
 #include <algorithm>
@@ -18,7 +19,7 @@ namespace sessa::attention {
 /// Full causal softmax attention, diagonal included.
 struct causal {
   static constexpr std::string_view name = "causal";
-  constexpr index_t first_key(index_t /*t*/) const noexcept { return 0; }
+  SESSA_HOST_DEVICE constexpr index_t first_key(index_t /*t*/) const noexcept { return 0; }
   constexpr void check() const noexcept {}
   friend constexpr bool operator==(const causal&, const causal&) = default;
 };
@@ -27,7 +28,7 @@ struct causal {
 struct sliding_window {
   static constexpr std::string_view name = "sliding_window";
   index_t window = 0;
-  constexpr index_t first_key(index_t t) const noexcept { return std::max<index_t>(0, t - window + 1); }
+  SESSA_HOST_DEVICE constexpr index_t first_key(index_t t) const noexcept { return t >= window ? t - window + 1 : 0; }
   void check() const {
     if (window < 1)
       throw config_error("invalid attention variant: sliding_window.window must be >= 1, got " +

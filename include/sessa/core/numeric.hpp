@@ -2,7 +2,7 @@
 //
 //   compute type   what activations, accumulations and every tensor a caller sees are held in: float or double
 //   storage type   what the weights and the cache are stored in: the compute type itself (exact), or a narrower
-//                  format, bfloat16 or half, that kernels widen to the compute type on load
+//                  format, bfloat16 or float16 (IEEE binary16), that kernels widen to the compute type on load
 //
 // A model's first template parameter is its numeric policy P: a scalar (`float`, `double`: weights and cache in
 // that type, exact) or `precision<Compute, Storage>` (`precision<float, bfloat16>`: bf16 weights and cache,
@@ -12,7 +12,6 @@
 // to compile with a message naming the kernel (backend/kernel_set.hpp).
 #pragma once
 
-#include <bit>
 #include <concepts>
 #include <cstdint>
 #include <string_view>
@@ -30,7 +29,7 @@ struct bfloat16 {
   SESSA_HOST_DEVICE constexpr explicit bfloat16(float f) noexcept : bits(from_float(f)) {}
   SESSA_HOST_DEVICE constexpr explicit bfloat16(double d) noexcept : bits(from_float(static_cast<float>(d))) {}
   SESSA_HOST_DEVICE constexpr explicit operator float() const noexcept {
-    return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
+    return SESSA_BIT_CAST(float, static_cast<std::uint32_t>(bits) << 16);
   }
   SESSA_HOST_DEVICE constexpr explicit operator double() const noexcept { return static_cast<double>(float(*this)); }
   static constexpr bfloat16 from_bits(std::uint16_t b) noexcept {
@@ -42,7 +41,7 @@ struct bfloat16 {
 
  private:
   SESSA_HOST_DEVICE static constexpr std::uint16_t from_float(float f) noexcept {
-    const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+    const std::uint32_t u = SESSA_BIT_CAST(std::uint32_t, f);
     if ((u & 0x7F800000u) == 0x7F800000u && (u & 0x007FFFFFu) != 0)
       return static_cast<std::uint16_t>((u >> 16) | 0x0040u);  // quiet NaN
     const std::uint32_t rounding = 0x7FFFu + ((u >> 16) & 1u);
@@ -50,33 +49,34 @@ struct bfloat16 {
   }
 };
 
-/// IEEE 754 binary16. Conversion from float rounds to nearest even, with subnormals, infinities and NaN.
-struct half {
+/// IEEE 754 binary16, named float16 (CUDA's headers own the name `half`). Conversion from float rounds to
+/// nearest even, with subnormals, infinities and NaN.
+struct float16 {
   std::uint16_t bits = 0;
 
-  constexpr half() = default;
-  SESSA_HOST_DEVICE constexpr explicit half(float f) noexcept : bits(from_float(f)) {}
-  SESSA_HOST_DEVICE constexpr explicit half(double d) noexcept : bits(from_float(static_cast<float>(d))) {}
+  constexpr float16() = default;
+  SESSA_HOST_DEVICE constexpr explicit float16(float f) noexcept : bits(from_float(f)) {}
+  SESSA_HOST_DEVICE constexpr explicit float16(double d) noexcept : bits(from_float(static_cast<float>(d))) {}
   SESSA_HOST_DEVICE constexpr explicit operator float() const noexcept {
     const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x8000u) << 16;
     const std::uint32_t exp = (bits >> 10) & 0x1Fu, man = bits & 0x3FFu;
-    if (exp == 0x1F) return std::bit_cast<float>(sign | 0x7F800000u | (man << 13));  // inf, NaN
-    if (exp != 0) return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (man << 13));
+    if (exp == 0x1F) return SESSA_BIT_CAST(float, sign | 0x7F800000u | (man << 13));  // inf, NaN
+    if (exp != 0) return SESSA_BIT_CAST(float, sign | ((exp + 112u) << 23) | (man << 13));
     // zero or subnormal: man * 2^-24, exact in float
     const float m = static_cast<float>(man) * 5.9604644775390625e-8f;
     return sign ? -m : m;
   }
   SESSA_HOST_DEVICE constexpr explicit operator double() const noexcept { return static_cast<double>(float(*this)); }
-  static constexpr half from_bits(std::uint16_t b) noexcept {
-    half x;
+  static constexpr float16 from_bits(std::uint16_t b) noexcept {
+    float16 x;
     x.bits = b;
     return x;
   }
-  friend constexpr bool operator==(half a, half b) noexcept = default;
+  friend constexpr bool operator==(float16 a, float16 b) noexcept = default;
 
  private:
   SESSA_HOST_DEVICE static constexpr std::uint16_t from_float(float f) noexcept {
-    const std::uint32_t u = std::bit_cast<std::uint32_t>(f);
+    const std::uint32_t u = SESSA_BIT_CAST(std::uint32_t, f);
     const std::uint16_t sign = static_cast<std::uint16_t>((u >> 16) & 0x8000u);
     const std::uint32_t a = u & 0x7FFFFFFFu;
     if (a >= 0x7F800000u) return static_cast<std::uint16_t>(sign | (a > 0x7F800000u ? 0x7E00u : 0x7C00u));
@@ -114,7 +114,7 @@ SESSA_HOST_DEVICE constexpr S narrow(T x) noexcept {
 /// A storage format a model can keep its weights and cache in.
 template <class S>
 concept storage_type = std::same_as<S, float> || std::same_as<S, double> || std::same_as<S, bfloat16> ||
-                       std::same_as<S, half>;
+                       std::same_as<S, float16>;
 
 /// Compute type Compute (float or double) with weights and cache stored as Storage.
 template <class Compute, class Storage>
@@ -122,7 +122,7 @@ struct precision {
   static_assert(std::same_as<Compute, float> || std::same_as<Compute, double>,
                 "sessa::precision<Compute, Storage>: Compute must be float or double");
   static_assert(storage_type<Storage>, "sessa::precision<Compute, Storage>: Storage must be float, double, "
-                                       "sessa::bfloat16 or sessa::half");
+                                       "sessa::bfloat16 or sessa::float16");
   using compute = Compute;
   using weight = Storage;
   using cache = Storage;

@@ -294,7 +294,7 @@ mixer_weights<T>* mixer_for(const decoder_config& c, decoder_weights<T>& w, cons
 /// Matches the file's tensors against the parameter table of `cfg` and fills the weights; throws one
 /// format_error listing every missing, unexpected and mis-shaped name.
 /// The tensor `name` of f converted to storage type T: float and double read exactly (or rounded once from a
-/// wider file type), bfloat16 and half rounded once from the value the file holds.
+/// wider file type), bfloat16 and float16 rounded once from the value the file holds.
 template <storage_type T>
 buffer<T> read_storage(const safetensors_file& f, const std::string& name) {
   if constexpr (scalar<T>) {
@@ -386,7 +386,7 @@ inline std::string describe(const decoder_config& c) {
 
 }  // namespace detail
 
-/// Layer weights from an opened file, checked against `c`, in storage type T (float, double, bfloat16, half).
+/// Layer weights from an opened file, checked against `c`, in storage type T (float, double, bfloat16, float16).
 /// `c` is validated first.
 template <storage_type T>
 layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_config& c) {

@@ -10,7 +10,7 @@
 //   attention   forward branch: causal softmax over the variant's keys, GQA by head index h / g
 //   feedback    s_t = f_t + gamma_t * sum_{j<t} softmax_j(q_b,t . k_b,j / sqrt(D)) s_j, row 0 empty
 //   copy, append_cache, embed   the row moves of the model glue
-// Every kernel reads any storage type (weights W, cache C: float, double, bfloat16, half), widening each value
+// Every kernel reads any storage type (weights W, cache C: float, double, bfloat16, float16), widening each value
 // to the compute type T as it loads it, so the reference runs every numeric policy (core/numeric.hpp).
 // Its execution context holds only the scratch arena: slot 0 is the row of attention scores.
 #pragma once
