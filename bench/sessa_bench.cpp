@@ -23,7 +23,7 @@
 // (rss_baseline_bytes is the resident size just before the activations and cache were allocated).
 // model_bytes is what the work needs by construction: input, output, cache and workspace buffers.
 // Errors: one line on stderr; exit 1 (2 for usage errors).
-#include <sessa/sessa.hpp>
+#include "../tools/common/backends.hpp"  // sessa.hpp and the Thrust backends this build has
 
 #include <unistd.h>
 
@@ -64,7 +64,8 @@ constexpr const char* usage_text =
     "options (prefill, decode):\n"
     "  --D 512 --H 8 --Hkv 8       layer shape (d_model, heads, key/value heads)\n"
     "  --batch 1                   sequences per call\n"
-    "  --backend cpu|reference     kernels to time (validated against reference first)\n"
+    "  --backend NAME              kernels to time (validated against reference first): cpu, reference,\n"
+    "                              thrust_omp (when built), thrust_cuda (in sessa-bench-cuda)\n"
     "  --precision f32|f64\n"
     "  --threads N                 OpenMP threads for the layer, OpenBLAS threads for the yardstick\n"
     "  --repeat 3 --warmup 1       best of --repeat timed runs after --warmup untimed ones\n"
@@ -136,18 +137,14 @@ common parse_common(const options& o) {
   c.cfg.use_rope = o.word("rope", "true", {"true", "false"}) == "true";
   c.cfg.check();
   c.batch = o.integer("batch", 1, 1, 1 << 16);
-  c.backend = o.word("backend", "cpu", {"cpu", "reference"});
+  c.backend = o.get("backend").value_or("cpu");
+  sessa::tools::require_backend(c.backend);  // a name this build lacks fails here, before any work
   c.precision = o.word("precision", "f32", {"f32", "f64"});
   c.yardstick = o.word("yardstick", "quick", {"quick", "full", "off"});
   c.repeat = static_cast<int>(o.integer("repeat", 3, 1, 1000));
   c.warmup = static_cast<int>(o.integer("warmup", 1, 0, 1000));
   c.seed = static_cast<std::uint64_t>(o.integer("seed", 1, 0, std::numeric_limits<long long>::max()));
-  const long long threads = o.integer("threads", 0, 0, 1024);
-#if SESSA_HAS_OPENMP
-  if (threads > 0) set_num_threads(static_cast<int>(threads));
-#else
-  if (threads > 1) std::fprintf(stderr, "sessa-bench: note: built without OpenMP, --threads %lld runs on one thread\n", threads);
-#endif
+  sessa::tools::apply_threads(o.integer("threads", 0, 0, 1024), "sessa-bench");
   c.threads = num_threads();
   sessa_bench::set_blas_threads(c.threads);
   return c;
@@ -157,8 +154,7 @@ common parse_common(const options& o) {
 template <class F>
 void dispatch(const common& c, F&& f) {
   auto with_backend = [&]<class T>() {
-    if (c.backend == "cpu") f.template operator()<T, backend::cpu>();
-    else f.template operator()<T, backend::reference>();
+    sessa::tools::with_backend(c.backend, [&]<class B>() { f.template operator()<T, B>(); });
   };
   if (c.precision == "f32") with_backend.template operator()<float>();
   else with_backend.template operator()<double>();
@@ -169,6 +165,22 @@ template <scalar T>
 void fill_random(T* p, index_t n, std::uint64_t seed) {
   random_stream rng(seed * 0x9E3779B97F4A7C15ull + 17);
   for (index_t i = 0; i < n; ++i) p[i] = static_cast<T>(static_cast<float>((rng.uniform() * 2.0 - 1.0) * 1.7320508));
+}
+
+/// The same values at p[0, n) in memory space S (through a host copy when S is a device space).
+template <scalar T, class S>
+void fill_random(space_ptr<T, S> p, index_t n, std::uint64_t seed) {
+  buffer<T> h(n);
+  fill_random(h.data(), n, seed);
+  memory::copy_n(h.data(), n, p);
+}
+
+/// Element i of a buffer of any space, read on the host.
+template <scalar T, class S>
+T element(const buffer<T, S>& b, index_t i) {
+  T v{};
+  memory::copy_n(b.data() + i, 1, &v);
+  return v;
 }
 
 /// Refuses work whose buffers would not fit in physical memory (better than the OOM killer).
@@ -199,13 +211,16 @@ double decode_flops(const layer_config& c, double t, index_t batch) {
 
 /// Runs x -> y through `L` over [0, T) in chunks of `chunk` (0: all at once). Chunk [t0, t0 + n) of every batch
 /// row occupies rows [batch t0, batch (t0 + n)) of x and y, batch-major inside, as layer::forward expects.
-template <class Layer, scalar T>
-void run_prefill(const Layer& L, const T* x, T* y, index_t batch, index_t Tn, index_t chunk,
+template <class Layer, class XP, class YP>
+void run_prefill(const Layer& L, XP x, YP y, index_t batch, index_t Tn, index_t chunk,
                  typename Layer::cache_type& cache, typename Layer::workspace_type& ws) {
+  using T = typename Layer::scalar_type;
+  using S = typename Layer::space;
   const index_t D = L.config().d_model, c = chunk == 0 ? Tn : chunk;
   for (index_t t0 = 0; t0 < Tn; t0 += c) {
     const index_t n = std::min(c, Tn - t0);
-    L.forward(cmatrix<T>(x + batch * t0 * D, batch * n, D), batch, cache, ws, matrix<T>(y + batch * t0 * D, batch * n, D));
+    L.forward(cmatrix<T, S>(x + batch * t0 * D, batch * n, D), batch, cache, ws,
+              matrix<T, S>(y + batch * t0 * D, batch * n, D));
   }
 }
 
@@ -236,17 +251,21 @@ double validate(const common& c, index_t Tp, index_t chunk, index_t steps) {
   const layer<T, backend::reference> ref(cfg, random_layer_weights<T>(cfg, c.seed));
   buffer<T> x(B * total * D), y_fast(B * total * D), y_ref(B * total * D);  // (total chunks of (B, ., D))
   fill_random(x.data(), x.size(), c.seed + 1);
-  auto run = [&](const auto& L, T* y) {
+  auto run = [&](const auto& L, buffer<T>& y_host) {
+    using S = typename std::remove_cvref_t<decltype(L)>::space;
+    const buffer<T, S> xs = to_space<S>(x);
+    buffer<T, S> y(y_host.size());
     auto cache = L.init_cache(B, total);
     typename std::remove_cvref_t<decltype(L)>::workspace_type ws;
-    run_prefill(L, x.data(), y, B, Tp, chunk, cache, ws);
+    run_prefill(L, xs.data(), y.data(), B, Tp, chunk, cache, ws);
     for (index_t i = 0; i < steps; ++i) {
       const index_t r0 = B * (Tp + i);
-      L.forward(cmatrix<T>(x.data() + r0 * D, B, D), B, cache, ws, matrix<T>(y + r0 * D, B, D));
+      L.forward(cmatrix<T, S>(xs.data() + r0 * D, B, D), B, cache, ws, matrix<T, S>(y.data() + r0 * D, B, D));
     }
+    y_host = to_host(y);
   };
-  run(fast, y_fast.data());
-  run(ref, y_ref.data());
+  run(fast, y_fast);
+  run(ref, y_ref);
   const double rel = max_rel_diff(y_fast.data(), y_ref.data(), y_fast.size());
   if (!(rel < tolerance<T>())) {
     char b[256];
@@ -300,7 +319,8 @@ int cmd_prefill(const options& o) {
 
     const layer<T, B> L(cfg, random_layer_weights<T>(cfg, c.seed));
     const std::int64_t rss_base = sessa_bench::current_rss_bytes();
-    buffer<T> x(rows * D), y(rows * D);  // (rows, D) each, chunk-major then batch-major
+    using S = space_of<B>;
+    buffer<T, S> x(rows * D), y(rows * D);  // (rows, D) each, chunk-major then batch-major
     fill_random(x.data(), x.size(), c.seed + 2);
     auto cache = L.init_cache(c.batch, Tn);
     typename std::remove_cvref_t<decltype(L)>::workspace_type ws;
@@ -315,7 +335,7 @@ int cmd_prefill(const options& o) {
       once();
       best = std::min(best, seconds_since(t0));
     }
-    if (!std::isfinite(static_cast<double>(y[y.size() - 1])))
+    if (!std::isfinite(static_cast<double>(element(y, y.size() - 1))))
       throw value_error("the prefill produced a non-finite output");
     const std::int64_t rss_peak = sessa_bench::peak_rss_bytes();
     const index_t model_bytes = 2 * rows * D * static_cast<index_t>(sizeof(T)) + cache.bytes() + ws.bytes();
@@ -369,7 +389,7 @@ int cmd_decode(const options& o) {
     auto cache = L.init_cache(c.batch, capacity);
     typename std::remove_cvref_t<decltype(L)>::workspace_type ws;
     if (context > 0 && fill == "prefill") {
-      buffer<T> x(c.batch * context * D), y(c.batch * context * D);  // (batch * context, D), freed after
+      buffer<T, space_of<B>> x(c.batch * context * D), y(c.batch * context * D);  // (batch * context, D), freed after
       fill_random(x.data(), x.size(), c.seed + 2);
       run_prefill(L, x.data(), y.data(), c.batch, context, chunk, cache, ws);
     } else if (context > 0) {
@@ -385,12 +405,13 @@ int cmd_decode(const options& o) {
       }
       cache.advance(context);
     }
-    buffer<T> xt(c.batch * D), yt(c.batch * D);  // (batch, D) one token per batch row
+    buffer<T, space_of<B>> xt(c.batch * D), yt(c.batch * D);  // (batch, D) one token per batch row
     fill_random(xt.data(), xt.size(), c.seed + 4);
     auto run = [&](index_t n) {
       cache.truncate(context);
       for (index_t i = 0; i < n; ++i)
-        L.forward(cmatrix<T>(xt.data(), c.batch, D), c.batch, cache, ws, matrix<T>(yt.data(), c.batch, D));
+        L.forward(cmatrix<T, space_of<B>>(xt.data(), c.batch, D), c.batch, cache, ws,
+                  matrix<T, space_of<B>>(yt.data(), c.batch, D));
     };
     for (int i = 0; i < c.warmup; ++i) run(std::min<index_t>(steps, 4));
     double best = std::numeric_limits<double>::infinity();
@@ -399,7 +420,7 @@ int cmd_decode(const options& o) {
       run(steps);
       best = std::min(best, seconds_since(t0));
     }
-    if (!std::isfinite(static_cast<double>(yt[0]))) throw value_error("the decode step produced a non-finite output");
+    if (!std::isfinite(static_cast<double>(element(yt, 0)))) throw value_error("the decode step produced a non-finite output");
     const std::int64_t rss_peak = sessa_bench::peak_rss_bytes();
     const index_t model_bytes =
         2 * c.batch * D * static_cast<index_t>(sizeof(T)) + cache.bytes() + ws.bytes();

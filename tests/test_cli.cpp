@@ -80,8 +80,11 @@ void reproduce(const fs::path& dir) {
     const std::string key = dec ? "logits" : "y";
     for (const std::string mode : {"prefill", "decode", "chunked:3"})
       for (const std::string precision : {"f32", "f64"})
-        for (const std::string backend : {"cpu", "reference"}) {
+        for (const std::string backend : {"cpu", "reference", "thrust_omp"}) {
           if (backend == "reference" && mode == "chunked:3") continue;
+#if !defined(SESSA_CLI_HAS_THRUST_OMP)
+          if (backend == "thrust_omp") continue;
+#endif
           fs::remove(out);
           const result r = cli("run --model '" + model.string() + "' --input '" + io_file.string() + "' --output '" +
                                out.string() + "' --mode " + mode + " --precision " + precision + " --backend " +
@@ -152,6 +155,13 @@ TEST_CASE("CLI errors: one line, the right exit status, no output file", "[cli][
   expect_failure("run --model '" + layer + "' --input '" + layer_io + "'" + o + " --precision f16", 2, "unknown --precision 'f16'", out);
   expect_failure("run --model '" + layer + "' --input '" + layer_io + "'" + o + " --backend gpu", 2, "unknown --backend 'gpu'", out);
   expect_failure("run --model '" + layer + "' --input '" + layer_io + "'" + o + " --threads -1", 2, "--threads", out);
+  // A backend this build does not contain: a usage error that says which build has it.
+  expect_failure("run --model '" + layer + "' --input '" + layer_io + "'" + o + " --backend thrust_cuda", 2,
+                 "this build has no thrust_cuda backend", out);
+#if !defined(SESSA_CLI_HAS_THRUST_OMP)
+  expect_failure("run --model '" + layer + "' --input '" + layer_io + "'" + o + " --backend thrust_omp", 2,
+                 "this build has no thrust_omp backend", out);
+#endif
   expect_failure("info --model '" + layer + "' --colour blue", 2, "unknown option --colour");
   expect_failure("info --model a --model b", 2, "given twice");
   // Errors: exit 1, naming the problem.

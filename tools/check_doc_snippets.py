@@ -8,7 +8,9 @@ PATH is a Markdown file or a folder (its *.md files); the default is README.md a
 
 How a block becomes a translation unit (the rule authors need to know):
   1. Only blocks fenced as ```cpp are compiled. A block whose first line is `// not compiled` is skipped:
-     use it for fragments that cannot stand alone (a signature, a sketch with `...`).
+     use it for fragments that cannot stand alone (a signature, a sketch with `...`). A block whose first line
+     is `// needs thrust_omp` is compiled only with --with-thrust-omp (pass -fopenmp and the CCCL headers
+     with --flag / --isystem too), and skipped otherwise.
   2. `#include <sessa/sessa.hpp>` is put first; the block's own `#include` lines stay at file scope.
   3. A block has top-level declarations when one of its lines starts, in column 0, with `int main(`,
      `namespace`, `template`, `struct`, `class`, `enum` or `union`. Such a block is compiled as it is.
@@ -31,6 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SKIP_MARK = "// not compiled"
+THRUST_MARK = "// needs thrust_omp"
 TOP_LEVEL_RE = re.compile(r"^(?:int\s+main\s*\(|namespace\b|template\b|struct\b|class\b|enum\b|union\b)")
 INCLUDE_RE = re.compile(r"^\s*#\s*include\b")
 FENCE_RE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)")
@@ -61,9 +64,11 @@ def extract(doc: Path) -> list[Snippet]:
     return snippets
 
 
-def translation_unit(s: Snippet) -> str | None:
+def translation_unit(s: Snippet, with_thrust: bool = False) -> str | None:
     first = next((l for l in s.code if l.strip()), "")
     if first.strip().startswith(SKIP_MARK):
+        return None
+    if first.strip().startswith(THRUST_MARK) and not with_thrust:
         return None
     doc = s.doc.resolve().as_posix()
     out = ["#include <sessa/sessa.hpp>"]
@@ -97,6 +102,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--flag", action="append", default=[], help="an extra compiler flag (may be repeated)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-pch", action="store_true", help="do not precompile <sessa/sessa.hpp>")
+    ap.add_argument("--with-thrust-omp", action="store_true",
+                    help="also compile the blocks marked `// needs thrust_omp`")
     args = ap.parse_args(argv)
 
     paths = args.paths or [REPO / "README.md", REPO / "docs"]
@@ -109,7 +116,7 @@ def main(argv: list[str]) -> int:
     jobs, skipped = [], 0
     for doc in docs:
         for n, s in enumerate(extract(doc), 1):
-            tu = translation_unit(s)
+            tu = translation_unit(s, args.with_thrust_omp)
             if tu is None:
                 skipped += 1
                 continue

@@ -3,6 +3,8 @@
 //   sessa info     --model M.safetensors [--config C.json]
 //   sessa run      --model M.safetensors --input I.safetensors --output O.safetensors
 //                  [--mode prefill|decode|chunked:N] [--precision f32|f64] [--backend NAME] [--threads N]
+//                  (NAME: cpu, reference, and the Thrust backends of this build: thrust_omp; thrust_cuda in the
+//                  nvcc build, sessa-cuda)
 //                  [--config C.json]
 //   sessa embed    --model M.safetensors --name NAME --out NAME_model.hpp
 //   sessa generate --model M.safetensors --prompt TEXT [--tokens N] [--temperature X] [--seed S]
@@ -10,7 +12,8 @@
 //
 // Errors print one line on stderr and exit 1 (2 for usage errors); an output file is only ever written
 // whole (the writer renames a finished temporary file into place).
-#include <sessa/sessa.hpp>
+#include "../common/backends.hpp"  // sessa.hpp and the Thrust backends this build has
+
 #include <sessa/io/model_file.hpp>
 
 #include <charconv>
@@ -30,11 +33,17 @@
 #include <string_view>
 #include <vector>
 
-#if SESSA_HAS_OPENMP
-#include <omp.h>
-#endif
-
 #include "../common/options.hpp"
+
+#if defined(SESSA_WITH_THRUST_OMP) && defined(SESSA_WITH_THRUST_CUDA)
+#define SESSA_CLI_EXTRA_BACKENDS "thrust_omp, thrust_cuda"
+#elif defined(SESSA_WITH_THRUST_OMP)
+#define SESSA_CLI_EXTRA_BACKENDS "thrust_omp (thrust_cuda: in sessa-cuda)"
+#elif defined(SESSA_WITH_THRUST_CUDA)
+#define SESSA_CLI_EXTRA_BACKENDS "thrust_cuda"
+#else
+#define SESSA_CLI_EXTRA_BACKENDS "none (thrust_omp and thrust_cuda were not built)"
+#endif
 
 namespace {
 
@@ -49,15 +58,17 @@ constexpr const char* usage_text =
     "  info      --model M.safetensors [--config C.json]\n"
     "            print the configuration, parameter count and cache bytes per token\n"
     "  run       --model M.safetensors --input I.safetensors --output O.safetensors\n"
-    "            [--mode prefill|decode|chunked:N] [--precision f32|f64] [--backend cpu|reference]\n"
+    "            [--mode prefill|decode|chunked:N] [--precision f32|f64] [--backend NAME]\n"
     "            [--threads N] [--config C.json]\n"
     "            run a layer on x (B,T,D) -> y, or a decoder on tokens (B,T) -> logits\n"
     "  embed     --model M.safetensors --name NAME --out NAME_model.hpp [--config C.json]\n"
     "            write a header with a decoder's shapes as template arguments and its weights as\n"
     "            constexpr arrays, for sessa::embedded::static_decoder (no file I/O, no heap)\n"
     "  generate  --model M.safetensors --prompt TEXT [--tokens N] [--temperature X] [--seed S]\n"
-    "            [--precision f32|f64] [--backend cpu|reference] [--threads N]\n"
+    "            [--precision f32|f64] [--backend NAME] [--threads N]\n"
     "            generate text with a decoder whose file carries a character vocabulary (sessa.vocab)\n"
+    "\n"
+    "  --backend NAME: cpu (default), reference, and in this build also: " SESSA_CLI_EXTRA_BACKENDS "\n"
     "\n"
     "  --config C.json gives the configuration of a file without sessa.* metadata (a bare state dict):\n"
     "  {\"arch\": \"layer\"|\"decoder\", \"d_model\": .., \"n_heads\": .., \"n_kv_heads\": .., \"use_rope\": true,\n"
@@ -87,14 +98,7 @@ model_source open_model(const options& o) {
   return m;
 }
 
-void set_threads(const options& o) {
-  const long long n = o.integer("threads", 0, 0, 1024);
-#if SESSA_HAS_OPENMP
-  if (n > 0) omp_set_num_threads(static_cast<int>(n));
-#else
-  if (n > 1) std::cerr << "sessa: note: built without OpenMP, --threads " << n << " runs on one thread\n";
-#endif
-}
+void set_threads(const options& o) { sessa::tools::apply_threads(o.integer("threads", 0, 0, 1024), "sessa"); }
 
 /// Calls f.template operator()<T, Backend, Variant>() for the runtime choice of precision, backend and variant.
 template <class F>
@@ -105,9 +109,7 @@ void dispatch(const std::string& precision, const std::string& backend_name, con
     else f.template operator()<T, B, attention::causal>();
   };
   auto with_backend = [&]<class T>() {
-    if (backend_name == "cpu") with_variant.template operator()<T, backend::cpu>();
-    else if (backend_name == "reference") with_variant.template operator()<T, backend::reference>();
-    else throw usage_error("unknown --backend '" + backend_name + "' (choose cpu or reference)");
+    sessa::tools::with_backend(backend_name, [&]<class B>() { with_variant.template operator()<T, B>(); });
   };
   if (precision == "f32") with_backend.template operator()<float>();
   else if (precision == "f64") with_backend.template operator()<double>();
@@ -205,7 +207,7 @@ int cmd_run(const options& o) {
         for (index_t b = 0; b < Bn; ++b)
           for (index_t i = 0; i < n; ++i) part[static_cast<std::size_t>(b * n + i)] = tok[static_cast<std::size_t>(b * Tn + t0 + i)];
         tensor<std::int64_t> chunk_tokens({Bn, n}, std::span<const std::int64_t>(part));
-        step_out = model.forward(chunk_tokens, cache);
+        step_out = to_host(model.forward(chunk_tokens, cache));
         for (index_t b = 0; b < Bn; ++b)
           std::memcpy(logits.data() + (b * Tn + t0) * V, step_out.data() + b * n * V, sizeof(T) * n * V);
       });
@@ -223,7 +225,7 @@ int cmd_run(const options& o) {
         tensor<T> xc({Bn, n, D});
         for (index_t b = 0; b < Bn; ++b)
           std::memcpy(xc.data() + b * n * D, x.data() + (b * Tn + t0) * D, sizeof(T) * n * D);
-        const tensor<T> yc = model.forward(xc, cache);
+        const tensor<T> yc = to_host(model.forward(to_space<space_of<B>>(xc), cache));
         for (index_t b = 0; b < Bn; ++b)
           std::memcpy(y.data() + (b * Tn + t0) * D, yc.data() + b * n * D, sizeof(T) * n * D);
       });
@@ -287,15 +289,15 @@ int cmd_generate(const options& o) {
     auto cache = model.init_cache(1, P + std::max<index_t>(n_new, 1));
     using clock = std::chrono::steady_clock;
     const auto t0 = clock::now();
-    tensor<T> logits = model.forward(tensor<std::int64_t>({1, P}, std::span<const std::int64_t>(tokens)), cache,
-                                     logits_for::last);  // (1, V)
+    tensor<T> logits = to_host(model.forward(tensor<std::int64_t>({1, P}, std::span<const std::int64_t>(tokens)), cache,
+                                             logits_for::last));  // (1, V), on the host for sampling
     const auto t1 = clock::now();
     std::fputs(prompt.c_str(), stdout);
     for (index_t i = 0; i < n_new; ++i) {
       const std::int64_t next = pick_token(logits.data(), V, temperature, rng);
       std::fputc(vocab[static_cast<std::size_t>(next)], stdout);
       std::fflush(stdout);
-      if (i + 1 < n_new) logits = model.decode_step(std::span<const std::int64_t>(&next, 1), cache);
+      if (i + 1 < n_new) logits = to_host(model.decode_step(std::span<const std::int64_t>(&next, 1), cache));
     }
     std::fputc('\n', stdout);
     const auto t2 = clock::now();

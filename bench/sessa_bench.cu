@@ -1,0 +1,2 @@
+// sessa-bench compiled by nvcc: sessa-bench-cuda, with backend::thrust_cuda (tools/common/backends.hpp).
+#include "sessa_bench.cpp"
