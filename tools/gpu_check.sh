@@ -2,14 +2,14 @@
 # The project's GPU checks, for a machine with an NVIDIA GPU and the CUDA toolkit (nvcc): builds the CUDA
 # backends' tests and tools with nvcc (no CMake, no package registry needed; tools/gpu_prepare.sh puts xsimd,
 # Catch2 and the shared golden vectors in .gpu/ beforehand), runs the tests, and times the backends with
-# sessa-bench-cuda. Everything it prints also goes to $OUT/gpu_check.log (the device tool's output folder) or
-# to build/gpu/gpu_check.log.
+# sessa-bench-cuda. Everything it prints also goes to OUT_DIR/gpu_check.log, and the benchmark's JSON lines to
+# OUT_DIR/bench.jsonl; OUT_DIR is the first argument, else $OUT (the device tool's output folder), else build/gpu.
 #
-#   bash tools/gpu_check.sh            build and run
-#   GPU_CHECK_BUILD_ONLY=1 bash ...    build only (what CI's machine can do without a GPU)
+#   bash tools/gpu_check.sh [OUT_DIR]          build and run
+#   GPU_CHECK_BUILD_ONLY=1 bash tools/gpu_check.sh   build only (what a machine without a GPU can do)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-build/gpu}
+out=${1:-${OUT:-build/gpu}}
 mkdir -p "$out" build/gpu
 log="$out/gpu_check.log"
 exec > >(tee "$log") 2>&1
