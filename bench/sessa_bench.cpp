@@ -42,6 +42,9 @@
 #include <vector>
 
 #include "yardstick.hpp"
+#if defined(SESSA_WITH_THRUST_CUDA)
+#include "device_yardstick.hpp"
+#endif
 
 #include "../tools/common/options.hpp"
 
@@ -66,7 +69,8 @@ constexpr const char* usage_text =
     "  --batch 1                   sequences per call\n"
     "  --backend NAME              kernels to time (validated against reference first): cpu, reference,\n"
     "                              thrust_omp (when built), thrust_cuda (in sessa-bench-cuda)\n"
-    "  --precision f32|f64\n"
+    "  --precision f32|f64         compute type\n"
+    "  --storage same|bf16|f16     weights and cache stored as the compute type (same) or narrower\n"
     "  --threads N                 OpenMP threads for the layer, OpenBLAS threads for the yardstick\n"
     "  --repeat 3 --warmup 1       best of --repeat timed runs after --warmup untimed ones\n"
     "  --yardstick quick|full|off  in-run machine figure: quick = sgemm n=2048 / 1 GiB read, full adds n=4096\n"
@@ -120,14 +124,14 @@ constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
 struct common {
   layer_config cfg;
   index_t batch = 1;
-  std::string backend, precision, yardstick;
+  std::string backend, precision, storage, yardstick;
   int threads = 1;
   int repeat = 3, warmup = 1;
   std::uint64_t seed = 1;
 };
 
-const std::vector<std::string> common_names = {"D",      "H",      "Hkv",       "batch", "backend", "precision",
-                                               "threads", "repeat", "warmup",   "seed",  "yardstick", "rope"};
+const std::vector<std::string> common_names = {"D",      "H",      "Hkv",  "batch",     "backend", "precision", "storage",
+                                               "threads", "repeat", "warmup", "seed", "yardstick", "rope"};
 
 common parse_common(const options& o) {
   common c;
@@ -140,6 +144,7 @@ common parse_common(const options& o) {
   c.backend = o.get("backend").value_or("cpu");
   sessa::tools::require_backend(c.backend);  // a name this build lacks fails here, before any work
   c.precision = o.word("precision", "f32", {"f32", "f64"});
+  c.storage = o.word("storage", "same", {"same", "bf16", "f16"});
   c.yardstick = o.word("yardstick", "quick", {"quick", "full", "off"});
   c.repeat = static_cast<int>(o.integer("repeat", 3, 1, 1000));
   c.warmup = static_cast<int>(o.integer("warmup", 1, 0, 1000));
@@ -150,25 +155,79 @@ common parse_common(const options& o) {
   return c;
 }
 
-/// Calls f.template operator()<T, Backend>() for the runtime choice of precision and backend.
+/// Calls f.template operator()<P, Backend>() for the runtime choice of precision, storage and backend; P is
+/// the numeric policy (float, double, or precision<T, bfloat16 / float16>). A backend without kernels for the
+/// storage type is a usage error.
 template <class F>
 void dispatch(const common& c, F&& f) {
-  auto with_backend = [&]<class T>() {
-    sessa::tools::with_backend(c.backend, [&]<class B>() { f.template operator()<T, B>(); });
+  auto with_backend = [&]<class P>() {
+    sessa::tools::with_backend(c.backend, [&]<class B>() {
+      if constexpr (backend::kernel_set<B, P>) f.template operator()<P, B>();
+      else
+        throw usage_error("backend " + c.backend + " has no kernels for --storage " + c.storage +
+                          " (narrow storage runs on reference, the Thrust backends and cuda)");
+    });
   };
-  if (c.precision == "f32") with_backend.template operator()<float>();
-  else with_backend.template operator()<double>();
+  auto with_storage = [&]<class T>() {
+    if (c.storage == "bf16") with_backend.template operator()<sessa::precision<T, sessa::bfloat16>>();
+    else if (c.storage == "f16") with_backend.template operator()<sessa::precision<T, sessa::float16>>();
+    else with_backend.template operator()<T>();
+  };
+  if (c.precision == "f32") with_storage.template operator()<float>();
+  else with_storage.template operator()<double>();
+}
+
+/// True for the backends that run on a CUDA device (their yardsticks are the GPU's, bench/device_yardstick.hpp).
+template <class B>
+constexpr bool on_gpu() {
+#if defined(SESSA_WITH_THRUST_CUDA)
+  return std::is_same_v<B, backend::cuda> || std::is_same_v<B, backend::thrust_cuda>;
+#else
+  return false;
+#endif
+}
+
+/// Adds the GPU's in-run limits to a prefill (bf16 GEMM rate) or decode (copy bandwidth) line of a CUDA backend.
+template <class B>
+void add_gpu_yardstick(json_line& j, const common& c, double flops_per_s, double bytes_per_step, double per_step) {
+#if defined(SESSA_WITH_THRUST_CUDA)
+  if constexpr (on_gpu<B>()) {
+    j.str("gpu", sessa_bench::gpu::device_name());
+    if (c.yardstick == "off") return;
+    if (flops_per_s > 0) {
+      const double tf = sessa_bench::gpu::bf16_gemm_tflops(c.yardstick == "full" ? 16384 : 8192, 5);
+      j.num("tflops", flops_per_s * 1e-12, 5).num("gpu_bf16_gemm_tflops", tf, 5).num("fraction_of_gpu_gemm",
+                                                                                      flops_per_s * 1e-12 / tf, 4);
+    } else {
+      const double gbps = sessa_bench::gpu::copy_gbps(std::size_t{2} << 30, 5);  // 2 GiB each way
+      const double ideal = bytes_per_step / (gbps * 1e9);
+      j.num("gpu_copy_gbps", gbps, 5).str("gpu_copy_counts", "read+write")
+          .num("gpu_ideal_seconds_per_token", ideal).num("fraction_of_copy_bound", ideal / per_step, 4);
+    }
+  }
+#endif
+  (void)j, (void)c, (void)flops_per_s, (void)bytes_per_step, (void)per_step;
+}
+
+/// Waits for the work a backend's context has queued (device backends run asynchronously); nothing on the host.
+template <class B>
+void synchronize(backend::context<B>& ctx) {
+#if defined(SESSA_WITH_THRUST_CUDA)
+  if constexpr (std::is_same_v<B, backend::cuda> || std::is_same_v<B, backend::thrust_cuda>)
+    gpu::check(cudaStreamSynchronize(ctx.stream), "cudaStreamSynchronize");
+#endif
+  (void)ctx;
 }
 
 /// Fills p[0, n) with uniform values of unit variance (a fixed stream per seed).
-template <scalar T>
+template <storage_type T>
 void fill_random(T* p, index_t n, std::uint64_t seed) {
   random_stream rng(seed * 0x9E3779B97F4A7C15ull + 17);
-  for (index_t i = 0; i < n; ++i) p[i] = static_cast<T>(static_cast<float>((rng.uniform() * 2.0 - 1.0) * 1.7320508));
+  for (index_t i = 0; i < n; ++i) p[i] = narrow<T>(static_cast<float>((rng.uniform() * 2.0 - 1.0) * 1.7320508));
 }
 
 /// The same values at p[0, n) in memory space S (through a host copy when S is a device space).
-template <scalar T, class S>
+template <storage_type T, class S>
 void fill_random(space_ptr<T, S> p, index_t n, std::uint64_t seed) {
   buffer<T> h(n);
   fill_random(h.data(), n, seed);
@@ -236,19 +295,28 @@ double max_rel_diff(const T* a, const T* b, index_t n) {
   return scale > 0 ? diff / scale : diff;
 }
 
-template <scalar T>
+/// The validation bar of a backend against the reference running the same numeric policy: SPEC.md's bars for
+/// exact storage; with narrow storage on cuda, whose tensor cores also round the activations to the storage type,
+/// the bar of tests/test_thrust.cpp.
+template <class P, class B>
 constexpr double tolerance() {
+  using T = compute_t<P>;
+#if defined(SESSA_WITH_THRUST_CUDA)
+  if constexpr (std::is_same_v<B, backend::cuda> && std::is_same_v<T, float> && !std::is_same_v<weight_t<P>, float>)
+    return std::is_same_v<weight_t<P>, sessa::bfloat16> ? 3e-2 : 5e-3;
+#endif
   return std::is_same_v<T, float> ? 1e-4 : 1e-9;
 }
 
 /// Validation: `Tp` prefill tokens (in the chunk pattern to be timed), then `steps` decode steps, on Backend and on
 /// backend::reference with the same weights and inputs. Throws unless they agree within tolerance<T>().
-template <scalar T, backend_tag Backend>
+template <numeric P, backend_tag Backend>
 double validate(const common& c, index_t Tp, index_t chunk, index_t steps) {
+  using T = compute_t<P>;
   const layer_config& cfg = c.cfg;
   const index_t D = cfg.d_model, B = c.batch, total = Tp + steps;
-  const layer<T, Backend> fast(cfg, random_layer_weights<T>(cfg, c.seed));
-  const layer<T, backend::reference> ref(cfg, random_layer_weights<T>(cfg, c.seed));
+  const layer<P, Backend> fast(cfg, random_layer_weights<weight_t<P>>(cfg, c.seed));
+  const layer<P, backend::reference> ref(cfg, random_layer_weights<weight_t<P>>(cfg, c.seed));
   buffer<T> x(B * total * D), y_fast(B * total * D), y_ref(B * total * D);  // (total chunks of (B, ., D))
   fill_random(x.data(), x.size(), c.seed + 1);
   auto run = [&](const auto& L, buffer<T>& y_host) {
@@ -267,12 +335,12 @@ double validate(const common& c, index_t Tp, index_t chunk, index_t steps) {
   run(fast, y_fast);
   run(ref, y_ref);
   const double rel = max_rel_diff(y_fast.data(), y_ref.data(), y_fast.size());
-  if (!(rel < tolerance<T>())) {
+  if (!(rel < tolerance<P, Backend>())) {
     char b[256];
     std::snprintf(b, sizeof b,
                   "validation failed: backend %s differs from reference by %.3g relative to max|y| (bar %.0e) on "
                   "%lld prefill tokens + %lld decode steps",
-                  std::string(Backend::name).c_str(), rel, tolerance<T>(), static_cast<long long>(Tp),
+                  std::string(Backend::name).c_str(), rel, tolerance<P, Backend>(), static_cast<long long>(Tp),
                   static_cast<long long>(steps));
     throw value_error(b);
   }
@@ -286,7 +354,8 @@ void add_common(json_line& j, const common& c) {
       .integer("batch", c.batch)
       .str("backend", c.backend)
       .integer("threads", c.threads)
-      .str("precision", c.precision);
+      .str("precision", c.precision)
+      .str("storage", c.storage == "same" ? c.precision : c.storage);
 }
 
 /// In-run sgemm figure: n = 2048 (quick) or the best of n = 2048 and 4096 (full); NaN when off or no OpenBLAS.
@@ -303,21 +372,22 @@ int cmd_prefill(const options& o) {
   const common c = parse_common(o);
   const index_t Tn = o.integer("T", std::nullopt, 1, 1 << 24);
   const index_t chunk = o.integer("chunk", 0, 0, 1 << 24);
-  dispatch(c, [&]<class T, class B>() {
+  dispatch(c, [&]<class P, class B>() {
+    using T = compute_t<P>;
     const layer_config& cfg = c.cfg;
     const index_t D = cfg.d_model, rows = c.batch * Tn;
     const index_t tv = std::min<index_t>(Tn, 64);
     const double rel = std::is_same_v<B, backend::reference>
                            ? nan_v
-                           : validate<T, B>(c, tv, chunk == 0 ? 0 : std::min<index_t>(chunk, 24), 0);
+                           : validate<P, B>(c, tv, chunk == 0 ? 0 : std::min<index_t>(chunk, 24), 0);
     const index_t step_rows = c.batch * (chunk == 0 ? Tn : std::min(chunk, Tn));
     const double estimate =
         static_cast<double>(sizeof(T)) *
-        (2.0 * rows * D + layer_cache<T, B>::storage_size(cfg, c.batch, Tn) +
+        (2.0 * rows * D + layer_cache<P, B>::storage_size(cfg, c.batch, Tn) +
          workspace<T, B>::total(workspace<T, B>::sizes(cfg, step_rows, Tn)) + 2.0 * step_rows * (D + 2));
     check_fits(estimate, "this prefill");
 
-    const layer<T, B> L(cfg, random_layer_weights<T>(cfg, c.seed));
+    const layer<P, B> L(cfg, random_layer_weights<weight_t<P>>(cfg, c.seed));
     const std::int64_t rss_base = sessa_bench::current_rss_bytes();
     using S = space_of<B>;
     buffer<T, S> x(rows * D), y(rows * D);  // (rows, D) each, chunk-major then batch-major
@@ -327,6 +397,7 @@ int cmd_prefill(const options& o) {
     auto once = [&] {
       cache.reset();
       run_prefill(L, x.data(), y.data(), c.batch, Tn, chunk, cache, ws);
+      synchronize<B>(ws.context);
     };
     for (int i = 0; i < c.warmup; ++i) once();
     double best = std::numeric_limits<double>::infinity();
@@ -340,7 +411,7 @@ int cmd_prefill(const options& o) {
     const std::int64_t rss_peak = sessa_bench::peak_rss_bytes();
     const index_t model_bytes = 2 * rows * D * static_cast<index_t>(sizeof(T)) + cache.bytes() + ws.bytes();
     sessa_bench::settle();
-    const double sgemm = inrun_sgemm(c);
+    const double sgemm = on_gpu<B>() ? nan_v : inrun_sgemm(c);
     const double flops = prefill_flops(cfg, Tn, c.batch), gflops = flops / best * 1e-9;
 
     json_line j;
@@ -360,9 +431,9 @@ int cmd_prefill(const options& o) {
         .integer("rss_baseline_bytes", rss_base)
         .integer("model_bytes", model_bytes)
         .integer("cache_bytes", cache.bytes())
-        .integer("weight_bytes", parameter_count(cfg) * static_cast<index_t>(sizeof(T)))
-        .str("version", SESSA_VERSION_STRING)
-        .print();
+        .integer("weight_bytes", parameter_count(cfg) * static_cast<index_t>(sizeof(weight_t<P>)));
+    add_gpu_yardstick<B>(j, c, flops / best, 0, 0);
+    j.str("version", SESSA_VERSION_STRING).print();
   });
   return 0;
 }
@@ -373,18 +444,19 @@ int cmd_decode(const options& o) {
   const index_t steps = o.integer("steps", 64, 1, 1 << 20);
   const index_t chunk = o.integer("chunk", 0, 0, 1 << 24);
   const std::string fill = o.word("fill", "random", {"random", "prefill"});
-  dispatch(c, [&]<class T, class B>() {
+  dispatch(c, [&]<class P, class B>() {
+    using T = compute_t<P>;
     const layer_config& cfg = c.cfg;
     const index_t D = cfg.d_model, kv = cfg.kv_dim(), capacity = context + steps;
-    const double rel = std::is_same_v<B, backend::reference> ? nan_v : validate<T, B>(c, 24, 0, 8);
+    const double rel = std::is_same_v<B, backend::reference> ? nan_v : validate<P, B>(c, 24, 0, 8);
     const index_t fill_rows = fill == "prefill" ? c.batch * (chunk == 0 ? context : std::min(chunk, context)) : c.batch;
     const double estimate = static_cast<double>(sizeof(T)) *
-                            (layer_cache<T, B>::storage_size(cfg, c.batch, capacity) +
+                            (layer_cache<P, B>::storage_size(cfg, c.batch, capacity) +
                              (fill == "prefill" ? 2.0 * c.batch * context * D : 0.0) +
                              workspace<T, B>::total(workspace<T, B>::sizes(cfg, std::max<index_t>(fill_rows, 1), capacity)));
     check_fits(estimate, "this decode run");
 
-    const layer<T, B> L(cfg, random_layer_weights<T>(cfg, c.seed));
+    const layer<P, B> L(cfg, random_layer_weights<weight_t<P>>(cfg, c.seed));
     const std::int64_t rss_base = sessa_bench::current_rss_bytes();
     auto cache = L.init_cache(c.batch, capacity);
     typename std::remove_cvref_t<decltype(L)>::workspace_type ws;
@@ -412,6 +484,7 @@ int cmd_decode(const options& o) {
       for (index_t i = 0; i < n; ++i)
         L.forward(cmatrix<T, space_of<B>>(xt.data(), c.batch, D), c.batch, cache, ws,
                   matrix<T, space_of<B>>(yt.data(), c.batch, D));
+      synchronize<B>(ws.context);
     };
     for (int i = 0; i < c.warmup; ++i) run(std::min<index_t>(steps, 4));
     double best = std::numeric_limits<double>::infinity();
@@ -425,12 +498,13 @@ int cmd_decode(const options& o) {
     const index_t model_bytes =
         2 * c.batch * D * static_cast<index_t>(sizeof(T)) + cache.bytes() + ws.bytes();
     sessa_bench::settle();
-    const double stream = c.yardstick == "off" ? nan_v : sessa_bench::stream_read_gbps(stream_bytes, 5);
+    const double stream =
+        c.yardstick == "off" || on_gpu<B>() ? nan_v : sessa_bench::stream_read_gbps(stream_bytes, 5);
 
     // Bytes a step must read, averaged over the timed steps (cache length L = context + i before step i):
     // the weights once, then per batch row k and v of L + 1 tokens (the new one included), k_b and s of L.
-    const double elt = static_cast<double>(sizeof(T));
-    const double weights = static_cast<double>(parameter_count(cfg)) * elt;
+    const double elt = static_cast<double>(sizeof(cache_t<P>));  // bytes per cached value
+    const double weights = static_cast<double>(parameter_count(cfg)) * static_cast<double>(sizeof(weight_t<P>));
     const double t_mean = static_cast<double>(context) + 0.5 * static_cast<double>(steps - 1);
     const double bytes = weights + static_cast<double>(c.batch) * elt * (2.0 * kv * (t_mean + 1) + 2.0 * D * t_mean);
     const double per_step = best / static_cast<double>(steps);
@@ -457,9 +531,9 @@ int cmd_decode(const options& o) {
         .integer("rss_baseline_bytes", rss_base)
         .integer("model_bytes", model_bytes)
         .integer("cache_bytes", cache.bytes())
-        .integer("weight_bytes", parameter_count(cfg) * static_cast<index_t>(sizeof(T)))
-        .str("version", SESSA_VERSION_STRING)
-        .print();
+        .integer("weight_bytes", parameter_count(cfg) * static_cast<index_t>(sizeof(weight_t<P>)));
+    add_gpu_yardstick<B>(j, c, 0, bytes, per_step);
+    j.str("version", SESSA_VERSION_STRING).print();
   });
   return 0;
 }

@@ -1,11 +1,11 @@
 // tests/support.hpp: small helpers shared by the test executables.
 #pragma once
 
-// The same test sources run on the host backends (default) and, built again with SESSA_TEST_THRUST_OMP or
-// SESSA_TEST_THRUST_CUDA, on a Thrust backend: `all_combinations` then names that backend, and the tests
+// The same test sources run on the host backends (default) and, built again with SESSA_TEST_THRUST_OMP,
+// SESSA_TEST_THRUST_CUDA or SESSA_TEST_CUDA, on a device backend: `all_combinations` then names that backend, and the tests
 // reach the models through host_model (below), which moves inputs into the backend's memory space and
 // results back to the host.
-#if defined(SESSA_TEST_THRUST_CUDA)
+#if defined(SESSA_TEST_THRUST_CUDA) || defined(SESSA_TEST_CUDA)
 #include <sessa/cuda.cuh>
 #elif defined(SESSA_TEST_THRUST_OMP)
 #include <sessa/thrust_omp.hpp>
@@ -25,7 +25,10 @@
 namespace sessa::test {
 
 /// Scalar x backend combinations every model-level test runs over.
-#if defined(SESSA_TEST_THRUST_CUDA)
+#if defined(SESSA_TEST_CUDA)
+#define SESSA_TEST_DEVICE_SUITE 1
+using all_combinations = std::tuple<std::pair<float, backend::cuda>, std::pair<double, backend::cuda>>;
+#elif defined(SESSA_TEST_THRUST_CUDA)
 #define SESSA_TEST_DEVICE_SUITE 1
 using all_combinations = std::tuple<std::pair<float, backend::thrust_cuda>, std::pair<double, backend::thrust_cuda>>;
 #elif defined(SESSA_TEST_THRUST_OMP)

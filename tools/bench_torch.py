@@ -20,6 +20,7 @@ Before timing it checks its own prefill and decode forms against the golden file
   python3 tools/bench_torch.py prefill --T 4096 [--D 512 --H 8 --Hkv 8 --batch 1 --threads 2 --repeat 3]
   python3 tools/bench_torch.py decode --context 4096 --steps 64 [...]
   python3 tools/bench_torch.py check            # only the golden-file check
+  python3 tools/bench_torch.py prefill --T 16384 --D 1024 --H 16 --device cuda   # on a GPU (torch >= 2.0)
 
 Needs only torch (Debian python3-torch: run it with /usr/bin/python3). peak_rss_bytes (getrusage) includes the
 interpreter and torch itself (~0.2 GiB).
@@ -242,19 +243,33 @@ def emit(obj: dict) -> None:
     print(json.dumps(clean, separators=(",", ":")), flush=True)
 
 
+DEVICE = "cpu"  # --device; tensors are made on the CPU and moved, the golden check always runs on the CPU
+
+
+def sync() -> None:
+    """Waits for queued GPU work before a host clock is read (a no-op on the CPU)."""
+    if DEVICE != "cpu":
+        torch.cuda.synchronize()
+
+
 def best_of(fn, warmup: int, repeat: int) -> float:
     for _ in range(warmup):
         fn()
+    sync()
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best
 
 
 def available_bytes() -> int:
-    """Memory the kernel says can be had now without swapping (MemAvailable), else physical memory."""
+    """Memory the kernel says can be had now without swapping (MemAvailable), else physical memory; on a GPU,
+    its free memory."""
+    if DEVICE != "cpu":
+        return torch.cuda.mem_get_info()[0]
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -275,31 +290,37 @@ def cmd_prefill(args, c: Shape, rel: float) -> None:
         emit({**head, "seconds": None, "error": f"does not fit: needs ~{need / 2**30:.1f} GiB of T x T matrices, "
                                                 f"{available_bytes() / 2**30:.1f} GiB available"})
         return
-    p = random_params(c, args.seed)
-    x = torch.randn(B, T, c.D, generator=torch.Generator().manual_seed(args.seed + 1))
+    p = {k: v.to(DEVICE) for k, v in random_params(c, args.seed).items()}
+    x = torch.randn(B, T, c.D, generator=torch.Generator().manual_seed(args.seed + 1)).to(DEVICE)
     with torch.inference_mode():
         best = best_of(lambda: prefill(p, c, x), args.warmup, args.repeat)
     gflops = prefill_flops(c, T, B) / best * 1e-9
     emit({**head, "repeat": args.repeat, "seconds": best, "tokens_per_s": B * T / best,
           "gflop": prefill_flops(c, T, B) * 1e-9, "gflops": gflops, "validated_max_rel_diff": rel,
-          "peak_rss_bytes": peak_rss(), "torch": torch.__version__})
+          "peak_rss_bytes": peak_rss(), **device_fields(), "torch": torch.__version__})
+
+
+def device_fields() -> dict:
+    if DEVICE == "cpu":
+        return {}
+    return {"device": torch.cuda.get_device_name(), "peak_device_bytes": torch.cuda.max_memory_allocated()}
 
 
 def cmd_decode(args, c: Shape, rel: float) -> None:
     B, ctx, steps = args.batch, args.context, args.steps
-    p = random_params(c, args.seed)
-    gen = torch.Generator().manual_seed(args.seed + 2)
+    p = {k: v.to(DEVICE) for k, v in random_params(c, args.seed).items()}
+    gen = torch.Generator(device=DEVICE).manual_seed(args.seed + 2)
     cache = Cache(c, B, ctx + steps, torch.float32)
     with torch.inference_mode():
         if args.fill == "prefill" and ctx > 0:
-            xs = torch.randn(B, ctx, c.D, generator=gen)
+            xs = torch.randn(B, ctx, c.D, generator=gen, device=DEVICE)
             for i in range(ctx):
                 decode_step(p, c, xs[:, i], cache)
         else:  # what a prefill leaves behind, with random values
             for part in (cache.k[:, :, :ctx], cache.v[:, :, :ctx], cache.kb[:, :ctx], cache.s[:, :ctx]):
                 part.uniform_(-1.0, 1.0, generator=gen)
             cache.t = ctx
-        xt = torch.randn(B, c.D, generator=gen)
+        xt = torch.randn(B, c.D, generator=gen, device=DEVICE)
 
         def run(n):
             cache.t = ctx
@@ -308,16 +329,18 @@ def cmd_decode(args, c: Shape, rel: float) -> None:
 
         for _ in range(args.warmup):
             run(min(steps, 4))
+        sync()
         best = float("inf")
         for _ in range(args.repeat):
             t0 = time.perf_counter()
             run(steps)
+            sync()
             best = min(best, time.perf_counter() - t0)
     per = best / steps
     emit({"work": "decode", "context": ctx, "steps": steps, **common_fields(args, c), "fill": args.fill,
           "repeat": args.repeat, "seconds": best, "seconds_per_token": per, "ms_per_token": per * 1e3,
           "tokens_per_s": B / per, "validated_max_rel_diff": rel, "peak_rss_bytes": peak_rss(),
-          "cache_bytes": cache.nbytes(), "torch": torch.__version__})
+          "cache_bytes": cache.nbytes(), **device_fields(), "torch": torch.__version__})
 
 
 def main() -> None:
@@ -336,11 +359,21 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--no-rope", action="store_true")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = ap.parse_args()
+    global DEVICE
     try:
         torch.set_num_threads(args.threads)
         c = Shape(args.D, args.H, args.Hkv or args.H, not args.no_rope)
         rel = check_golden()
+        if args.device == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError("--device cuda: torch sees no CUDA device")
+            if not hasattr(torch, "set_default_device"):
+                raise RuntimeError(f"--device cuda needs torch >= 2.0 (this is {torch.__version__})")
+            torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32, as in the library
+            torch.set_default_device("cuda")
+            DEVICE = "cuda"
         if args.work == "check":
             emit({"work": "check", "validated_max_rel_diff": rel})
         elif args.work == "prefill":

@@ -7,7 +7,7 @@
 
 int main(int argc, char** argv) {
   if (sessa::gpu::device_count() == 0) {
-    std::printf("no CUDA device on this machine: the thrust_cuda tests were not run\n");
+    std::printf("no CUDA device on this machine: the CUDA tests were not run\n");
     return 77;
   }
   return Catch::Session().run(argc, argv);

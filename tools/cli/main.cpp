@@ -3,8 +3,8 @@
 //   sessa info     --model M.safetensors [--config C.json]
 //   sessa run      --model M.safetensors --input I.safetensors --output O.safetensors
 //                  [--mode prefill|decode|chunked:N] [--precision f32|f64] [--backend NAME] [--threads N]
-//                  (NAME: cpu, reference, and the Thrust backends of this build: thrust_omp; thrust_cuda in the
-//                  nvcc build, sessa-cuda)
+//                  (NAME: cpu, reference, and the device backends of this build: thrust_omp; cuda and
+//                  thrust_cuda in the nvcc build, sessa-cuda)
 //                  [--config C.json]
 //   sessa embed    --model M.safetensors --name NAME --out NAME_model.hpp
 //   sessa generate --model M.safetensors --prompt TEXT [--tokens N] [--temperature X] [--seed S]
@@ -36,13 +36,13 @@
 #include "../common/options.hpp"
 
 #if defined(SESSA_WITH_THRUST_OMP) && defined(SESSA_WITH_THRUST_CUDA)
-#define SESSA_CLI_EXTRA_BACKENDS "thrust_omp, thrust_cuda"
+#define SESSA_CLI_EXTRA_BACKENDS "thrust_omp, thrust_cuda, cuda"
 #elif defined(SESSA_WITH_THRUST_OMP)
-#define SESSA_CLI_EXTRA_BACKENDS "thrust_omp (thrust_cuda: in sessa-cuda)"
+#define SESSA_CLI_EXTRA_BACKENDS "thrust_omp (cuda, thrust_cuda: in sessa-cuda)"
 #elif defined(SESSA_WITH_THRUST_CUDA)
-#define SESSA_CLI_EXTRA_BACKENDS "thrust_cuda"
+#define SESSA_CLI_EXTRA_BACKENDS "cuda, thrust_cuda"
 #else
-#define SESSA_CLI_EXTRA_BACKENDS "none (thrust_omp and thrust_cuda were not built)"
+#define SESSA_CLI_EXTRA_BACKENDS "none (thrust_omp, cuda and thrust_cuda were not built)"
 #endif
 
 namespace {

@@ -3,7 +3,7 @@
 //
 //   reference, cpu     always
 //   thrust_omp         when built with SESSA_WITH_THRUST_OMP (CMake: backend::thrust_omp found; g++ builds)
-//   thrust_cuda        when built with SESSA_WITH_THRUST_CUDA (the nvcc builds, sessa-cuda and sessa-bench-cuda)
+//   thrust_cuda, cuda  when built with SESSA_WITH_THRUST_CUDA (the nvcc builds, sessa-cuda and sessa-bench-cuda)
 //
 // A name this build lacks is a usage error that says which build has it.
 #pragma once
@@ -34,7 +34,7 @@ inline std::string built_backends() {
   s += ", thrust_omp";
 #endif
 #if defined(SESSA_WITH_THRUST_CUDA)
-  s += ", thrust_cuda";
+  s += ", thrust_cuda, cuda";
 #endif
   return s;
 }
@@ -50,13 +50,14 @@ void with_backend(const std::string& name, F&& f) {
 #endif
 #if defined(SESSA_WITH_THRUST_CUDA)
   if (name == "thrust_cuda") return f.template operator()<backend::thrust_cuda>();
+  if (name == "cuda") return f.template operator()<backend::cuda>();
 #endif
   if (name == "thrust_omp")
     throw usage_error("this build has no thrust_omp backend (built: " + built_backends() +
                       "); it is built by g++ when CMake finds OpenMP and the CUDA toolkit's Thrust headers "
                       "(-DSESSA_THRUST_OMP=ON to require it)");
-  if (name == "thrust_cuda")
-    throw usage_error("this build has no thrust_cuda backend (built: " + built_backends() +
+  if (name == "thrust_cuda" || name == "cuda")
+    throw usage_error("this build has no " + name + " backend (built: " + built_backends() +
                       "); it is in the nvcc builds sessa-cuda and sessa-bench-cuda, made when CMake finds the CUDA "
                       "toolkit (-DSESSA_CUDA=ON to require it)");
   throw usage_error("unknown --backend '" + name + "' (this build has: " + built_backends() + ")");
