@@ -86,15 +86,18 @@ inline tensor<std::int64_t> random_tokens(index_t batch, index_t n, index_t voca
   return t;
 }
 
-/// max |a - b| / max(max |b|, tiny).
+/// max |a - b| / max(max |b|, tiny); infinity when the sizes differ, when either is empty, or when any
+/// difference is NaN (a NaN never passes a tolerance).
 template <class RA, class RB>
 double max_rel_diff(const RA& a, const RB& b) {
+  if (a.size() != b.size() || a.size() == 0) return INFINITY;
   double num = 0, den = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+    const double d = std::abs(static_cast<double>(a[i]) - static_cast<double>(b[i]));
+    if (std::isnan(d)) return INFINITY;
+    num = std::max(num, d);
     den = std::max(den, std::abs(static_cast<double>(b[i])));
   }
-  if (a.size() != b.size()) return INFINITY;
   return num / std::max(den, 1e-300);
 }
 

@@ -73,6 +73,11 @@ void reproduce(const fs::path& dir) {
   const auto names = case_names(dir);
   for (const auto& n : names) {
     const fs::path model = dir / (n + ".model.safetensors"), io_file = dir / (n + ".io.safetensors");
+    {  // cases longer than one pass (prefill_block) run in test_golden's [slow] case, not through the CLI
+      const io::safetensors_file in = io::safetensors_file::load(io_file);
+      const io::tensor_entry* e = in.find("x") ? in.find("x") : in.find("tokens");
+      if (e && e->shape.size() >= 2 && e->shape[1] > prefill_block) continue;
+    }
     const fs::path config = dir / (n + ".config.json"), out = scratch / (n + ".out.safetensors");
     const std::string config_arg = fs::exists(config) ? " --config '" + config.string() + "'" : "";
     const io::safetensors_file want = io::safetensors_file::load(io_file);

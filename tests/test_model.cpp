@@ -342,10 +342,10 @@ TEST_CASE("configuration checks name the bad value", "[model][errors]") {
   CHECK_THROWS_WITH(bad({16, 0, 1, true, 0.9, 1e-5})(), Catch::Contains("n_heads must be positive"));
   CHECK_THROWS_WITH(bad({16, 2, 0, true, 0.9, 1e-5})(), Catch::Contains("n_kv_heads must be positive"));
   decoder_config dc{{16, 2, 2, true, 0.9, 1e-5}, 0, 1, true};
-  CHECK_THROWS_WITH(dc.check(), Catch::Contains("vocab_size must be positive"));
+  CHECK_THROWS_WITH(dc.check(), Catch::Contains("vocab_size must lie in [1, 16777216], got 0"));
   dc.vocab_size = 10;
   dc.n_layers = 0;
-  CHECK_THROWS_WITH(dc.check(), Catch::Contains("n_layers must be positive"));
+  CHECK_THROWS_WITH(dc.check(), Catch::Contains("n_layers must lie in [1, 4096], got 0"));
   // The check runs before anything is allocated: constructing with a bad config throws config_error.
   layer_config c{30, 4, 4, true, 0.9, 1e-5};
   CHECK_THROWS_AS((layer<float, backend::reference>(c, layer_weights<float>{})), config_error);

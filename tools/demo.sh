@@ -3,9 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/deps.sh
-cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DSESSA_BUILD_TESTS=OFF >/dev/null
-cmake --build build/release --target sessa_cli -j"$(nproc)"
-cli=build/release/tools/cli/sessa
+# Its own build folder: the test script's (build/release) is configured with everything, this one with the CLI
+# only, and neither run may inherit the other's cached options.
+cmake -S . -B build/demo -DCMAKE_BUILD_TYPE=Release -DSESSA_BUILD_TESTS=OFF -DSESSA_BUILD_BENCH=OFF \
+      -DSESSA_BUILD_EXAMPLES=OFF -DSESSA_CUDA=OFF >/dev/null
+cmake --build build/demo --target sessa_cli -j"$(nproc)"
+cli=build/demo/tools/cli/sessa
 model=examples/models/tiny_decoder.safetensors
 echo
 echo "== sessa info --model $model"

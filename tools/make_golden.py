@@ -19,6 +19,8 @@ from x as stored (F32): `y` by the prefill form, `y_decode` token by token with 
 by chunked prefill with chunks of 3 tokens (decoders: chunks of 5).
 
 Special cases:
+  layer_d32_h4_kv1_t600, layer_d32_h2_kv1_t4300
+                          long sequences: across the cpu kernels' blocks and tiles, and past prefill_block
   layer_d32_h4_kv2_bare   no `__metadata__` (a bare state dict) and the public modules' buffers
                           mixer.rope_inv_freq F32 (d/2), mixer.causal_mask_f_full / _fb_full BOOL (64,64);
                           its configuration is in layer_d32_h4_kv2_bare.config.json
@@ -55,6 +57,11 @@ CASES = [
     ("layer_d32_h4_kv2_bf16", C(32, 4, 2), 2, 33, 1009, {"store": torch.bfloat16}),
     ("layer_d32_h4_kv2_f16", C(32, 4, 2), 2, 33, 1010, {"store": torch.float16}),
     ("layer_d32_h4_kv2_window8", C(32, 4, 2, window=8), 2, 33, 1011, {}),
+    # Long enough to cross the cpu kernels' feedback blocks (128), key tiles (128) and query tiles (256 rows).
+    ("layer_d32_h4_kv1_t600", C(32, 4, 1), 2, 600, 1012, {}),
+    # Longer than sessa::prefill_block (4096), and a decode long enough to cross the decode key tiles
+    # (attention: 4096 keys of d = 16; feedback: 2048 keys of D = 32). Tests tag it [slow].
+    ("layer_d32_h2_kv1_t4300", C(32, 2, 1), 1, 4300, 1013, {}),
 ]
 MASK_LEN = 64            # max_len of the public modules' causal-mask buffers in the bare case
 LAYER_CHUNK, DECODER_CHUNK = 3, 5
@@ -136,7 +143,7 @@ def make_case(out_dir, name, cfg, B, T, seed, opt):
     assert torch.equal(y_back, outs[0]), f"{name}: re-read model does not reproduce {keys[0]}"
 
     gam = [float(v) for k, v in p64.items() if k.endswith("gamma_bias")]
-    print(f"{name:28s} B={B} T={T:2d} max|{keys[0]}|={scale:7.3f}  "
+    print(f"{name:28s} B={B} T={T:4d} max|{keys[0]}|={scale:7.3f}  "
           f"feedback share={feedback_share(p64, cfg, inp64):.3f}  gamma_bias={gam[0]:.3f}")
 
 
@@ -144,11 +151,14 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=os.path.join(here, "..", "tests", "data"))
+    ap.add_argument("--only", default="", help="comma-separated case names (default: every case)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
+    only = set(args.only.split(",")) if args.only else None
     for case in CASES:
-        make_case(args.out, *case)
+        if only is None or case[0] in only:
+            make_case(args.out, *case)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,36 @@
 #define SESSA_UNROLL(n)
 #endif
 
+// SESSA_CPU_ABI: the name of an inline namespace around every function whose meaning depends on the target
+// instruction set or on OpenMP (the cpu backend's kernels, their blocking constants and per-thread buffers, the
+// thread helpers). Two translation units of one program built with different -m / -fopenmp flags then use
+// different symbols, each self-consistent, instead of the linker picking one definition for both (which could
+// pair an AVX2 packer with an AVX-512 kernel). Plain names, so the namespaces show in symbols and debuggers.
+#if defined(__AVX512F__)
+#define SESSA_ISA_ avx512
+#elif defined(__AVX2__) && defined(__FMA__)
+#define SESSA_ISA_ avx2_fma
+#elif defined(__AVX2__)
+#define SESSA_ISA_ avx2
+#elif defined(__AVX__)
+#define SESSA_ISA_ avx
+#elif defined(__SSE4_2__)
+#define SESSA_ISA_ sse4_2
+#elif defined(__aarch64__) || defined(__ARM_NEON)
+#define SESSA_ISA_ neon
+#else
+#define SESSA_ISA_ base
+#endif
+#define SESSA_CAT3_(a, b, c) a##b##c
+#define SESSA_CAT3(a, b, c) SESSA_CAT3_(a, b, c)
+#if !defined(SESSA_CPU_ABI)
+#if defined(_OPENMP)
+#define SESSA_CPU_ABI SESSA_CAT3(cpu_, SESSA_ISA_, _omp)
+#else
+#define SESSA_CPU_ABI SESSA_CAT3(cpu_, SESSA_ISA_, _seq)
+#endif
+#endif
+
 namespace sessa {
 
 /// Signed index type used for every extent and position (matches PyTorch's int64 shapes).

@@ -79,6 +79,36 @@
 #define SESSA_UNROLL(n)
 #endif
 
+// SESSA_CPU_ABI: the name of an inline namespace around every function whose meaning depends on the target
+// instruction set or on OpenMP (the cpu backend's kernels, their blocking constants and per-thread buffers, the
+// thread helpers). Two translation units of one program built with different -m / -fopenmp flags then use
+// different symbols, each self-consistent, instead of the linker picking one definition for both (which could
+// pair an AVX2 packer with an AVX-512 kernel). Plain names, so the namespaces show in symbols and debuggers.
+#if defined(__AVX512F__)
+#define SESSA_ISA_ avx512
+#elif defined(__AVX2__) && defined(__FMA__)
+#define SESSA_ISA_ avx2_fma
+#elif defined(__AVX2__)
+#define SESSA_ISA_ avx2
+#elif defined(__AVX__)
+#define SESSA_ISA_ avx
+#elif defined(__SSE4_2__)
+#define SESSA_ISA_ sse4_2
+#elif defined(__aarch64__) || defined(__ARM_NEON)
+#define SESSA_ISA_ neon
+#else
+#define SESSA_ISA_ base
+#endif
+#define SESSA_CAT3_(a, b, c) a##b##c
+#define SESSA_CAT3(a, b, c) SESSA_CAT3_(a, b, c)
+#if !defined(SESSA_CPU_ABI)
+#if defined(_OPENMP)
+#define SESSA_CPU_ABI SESSA_CAT3(cpu_, SESSA_ISA_, _omp)
+#else
+#define SESSA_CPU_ABI SESSA_CAT3(cpu_, SESSA_ISA_, _seq)
+#endif
+#endif
+
 namespace sessa {
 
 /// Signed index type used for every extent and position (matches PyTorch's int64 shapes).
@@ -193,6 +223,7 @@ class backend_error : public error {
 #include <concepts>
 #include <cstddef>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <new>
 #include <string_view>
@@ -205,6 +236,11 @@ namespace sessa {
 /// Alignment of every buffer: one cache line, which is also the widest SIMD register (AVX-512) and more than
 /// any GPU vector load needs.
 inline constexpr std::size_t buffer_alignment = 64;
+
+/// True when a * b, for non-negative a and b, fits in index_t.
+constexpr bool mul_fits(index_t a, index_t b) noexcept {
+  return a >= 0 && b >= 0 && (a == 0 || b <= std::numeric_limits<index_t>::max() / a);
+}
 
 namespace memory {
 
@@ -565,6 +601,7 @@ inline constexpr bool dependent_false = false;
 #include <cstddef>
 #include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -684,6 +721,10 @@ class buffer {
   void allocate(index_t n) {
     if (n < 0) throw shape_error("sessa::buffer: negative size " + std::to_string(n));
     if (n == 0) return;
+    if (!mul_fits(n, static_cast<index_t>(sizeof(T))) || n * static_cast<index_t>(sizeof(T)) >
+                                                          std::numeric_limits<index_t>::max() - 64)
+      throw shape_error("sessa::buffer: " + std::to_string(n) + " elements of " + std::to_string(sizeof(T)) +
+                        " bytes do not fit in memory's address range");
     const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(T);
     const std::size_t rounded = (bytes + buffer_alignment - 1) / buffer_alignment * buffer_alignment;
     data_ = static_cast<T*>(S::allocate(rounded));
@@ -762,9 +803,14 @@ inline std::string shape_string(const shape_t& s) {
   return out + ")";
 }
 
+/// The element count of a shape; shape_error when it does not fit in index_t (a negative extent counts as 0
+/// here; tensor rejects it by name).
 inline index_t shape_numel(const shape_t& s) {
   index_t n = 1;
-  for (index_t e : s) n *= e;
+  for (index_t e : s) {
+    if (!mul_fits(n, e < 0 ? 0 : e)) throw shape_error("shape " + shape_string(s) + " has too many elements");
+    n *= e < 0 ? 0 : e;
+  }
   return n;
 }
 
@@ -922,6 +968,13 @@ class scratch_arena {
 
 namespace sessa {
 
+/// Upper bounds of the configuration values, far above any model this library targets. They keep every size
+/// the library derives from a configuration (parameter counts, per-token cache sizes, row widths) inside
+/// index_t, so a hostile file cannot make an arithmetic overflow or a huge allocation out of a few bytes.
+inline constexpr index_t max_d_model = index_t{1} << 16;      // 65536
+inline constexpr index_t max_vocab_size = index_t{1} << 24;   // 16,777,216
+inline constexpr index_t max_n_layers = index_t{1} << 12;     // 4096
+
 /// Hyperparameters of one Sessa layer (and its mixer).
 struct layer_config {
   index_t d_model = 0;     // D
@@ -942,6 +995,8 @@ struct layer_config {
   void check() const {
     auto fail = [](const std::string& m) { throw config_error("invalid layer configuration: " + m); };
     if (d_model <= 0) fail("d_model must be positive, got " + std::to_string(d_model));
+    if (d_model > max_d_model)
+      fail("d_model " + std::to_string(d_model) + " exceeds the limit of " + std::to_string(max_d_model));
     if (n_heads <= 0) fail("n_heads must be positive, got " + std::to_string(n_heads));
     if (n_kv_heads <= 0) fail("n_kv_heads must be positive, got " + std::to_string(n_kv_heads));
     if (d_model % n_heads != 0)
@@ -973,12 +1028,12 @@ struct decoder_config {
 
   void check() const {
     layer.check();
-    if (vocab_size <= 0)
-      throw config_error("invalid decoder configuration: vocab_size must be positive, got " +
-                         std::to_string(vocab_size));
-    if (n_layers <= 0)
-      throw config_error("invalid decoder configuration: n_layers must be positive, got " +
-                         std::to_string(n_layers));
+    if (vocab_size <= 0 || vocab_size > max_vocab_size)
+      throw config_error("invalid decoder configuration: vocab_size must lie in [1, " +
+                         std::to_string(max_vocab_size) + "], got " + std::to_string(vocab_size));
+    if (n_layers <= 0 || n_layers > max_n_layers)
+      throw config_error("invalid decoder configuration: n_layers must lie in [1, " + std::to_string(max_n_layers) +
+                         "], got " + std::to_string(n_layers));
   }
 };
 
@@ -1298,6 +1353,10 @@ class layer_cache {
     c.check();
     if (batch <= 0) throw cache_error("cache batch size must be positive, got " + std::to_string(batch));
     if (capacity <= 0) throw cache_error("cache capacity must be positive, got " + std::to_string(capacity));
+    if (!mul_fits(batch, capacity) || !mul_fits(batch * capacity, c.cache_values_per_token()) ||
+        !mul_fits(batch * capacity * c.cache_values_per_token(), static_cast<index_t>(sizeof(value_type))))
+      throw cache_error("a cache of batch " + std::to_string(batch) + " and capacity " + std::to_string(capacity) +
+                        " tokens does not fit in memory's address range");
     k_.resize(batch * n_kv_ * capacity * d_);
     v_.resize(batch * n_kv_ * capacity * d_);
     kb_.resize(batch * capacity * D_);
@@ -1735,6 +1794,8 @@ inline std::atomic<int>& default_threads() {
 /// OpenMP's default). A context's own `threads` setting overrides it. Without OpenMP this has no effect.
 inline void set_num_threads(int n) { detail::default_threads().store(n >= 0 ? n : 0, std::memory_order_relaxed); }
 
+inline namespace SESSA_CPU_ABI {  // these two depend on OpenMP (config.hpp)
+
 /// The number of threads CPU kernels use by default.
 inline int num_threads() {
 #if SESSA_HAS_OPENMP
@@ -1753,6 +1814,8 @@ inline int thread_index() {
   return 0;
 #endif
 }
+
+}  // inline namespace SESSA_CPU_ABI
 
 }  // namespace sessa
 // ---- end sessa/backend/cpu/parallel.hpp ------------------------------------------------------------------------
@@ -1859,7 +1922,15 @@ inline int thread_index() {
 #endif
 
 
-namespace sessa::backend::simd {
+namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
+
+#define SESSA_STR2_(x) #x
+#define SESSA_STR_(x) SESSA_STR2_(x)
+/// The name of the inline namespace this translation unit's cpu kernels live in ("cpu_avx2_fma_omp", ...), from an
+/// out-of-line function: a program whose units were built with different flags reports each unit's own.
+[[gnu::noinline]] inline const char* cpu_abi() noexcept { return SESSA_STR_(SESSA_CPU_ABI); }
+#undef SESSA_STR_
+#undef SESSA_STR2_
 
 /// Sum of the lanes of a batch (xsimd::hadd trips GCC 12's -Wmaybe-uninitialized on AVX-512 doubles).
 template <class B>
@@ -2511,13 +2582,14 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
 #endif
 }
 
-}  // namespace sessa::backend::simd
+}  // namespace sessa::backend::simd::inline SESSA_CPU_ABI
 // ---- end sessa/backend/cpu/gemm.hpp ----------------------------------------------------------------------------
 
-namespace sessa::backend::simd {
+namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
-/// Tile sizes and thresholds of the flash attention and feedback kernels. Read at every call; tests and
-/// benchmarks may change flash_params between calls (never while a kernel runs).
+/// Tile sizes and thresholds of the flash attention and feedback kernels. Each call copies flash_params once at
+/// its start and reads only its copy; tests and benchmarks may change flash_params between calls, never while
+/// any thread is inside a cpu kernel (it is a plain global, not synchronized).
 struct flash_tuning {
   index_t query_rows = 256;       // stacked query rows (positions x heads of a group) per attention tile
   index_t key_tile = 128;         // keys per tile: forward attention and the feedback's pass over the past
@@ -2730,9 +2802,9 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, in
 /// of keys (256 KiB: 1024 keys of d = 64 floats, 128 of D = 512), so the pass streams the cache in long runs
 /// (its K and V tiles stay in L2 together; measured best between 16 KiB and 1 MiB).
 template <class T>
-inline index_t pass_tile(index_t rows, index_t dk) {
-  if (rows > 16) return std::max<index_t>(1, flash_params.key_tile);
-  return std::clamp<index_t>(flash_params.few_rows_tile / (dk * static_cast<index_t>(sizeof(T))), 4, 1024);
+inline index_t pass_tile(index_t rows, index_t dk, const flash_tuning& tp) {
+  if (rows > 16) return std::max<index_t>(1, tp.key_tile);
+  return std::clamp<index_t>(tp.few_rows_tile / (dk * static_cast<index_t>(sizeof(T))), 4, 1024);
 }
 
 /// Absorbs keys [k_lo, k_hi) in tiles of `tile` keys, from the last tile back (the diagonal first),
@@ -2881,7 +2953,7 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
   const index_t qtiles = (n + Bq - 1) / Bq;
   const index_t heads = batch * Hkv, items = heads * qtiles;
   const index_t rows_max = std::min(n, Bq) * g;  // stacked rows of the largest tile
-  const index_t Bk = pass_tile<T>(rows_max, d);  // keys per tile
+  const index_t Bk = pass_tile<T>(rows_max, d, tp);  // keys per tile
 
   // Keys read per query, on average (first and last row), for the thread decision.
   const index_t t_last = pos0 + n - 1;
@@ -2963,7 +3035,7 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
   });
 }
 
-}  // namespace sessa::backend::simd
+}  // namespace sessa::backend::simd::inline SESSA_CPU_ABI
 // ---- end sessa/backend/cpu/attention.hpp -----------------------------------------------------------------------
 // ---- begin sessa/backend/cpu/elementwise.hpp -------------------------------------------------------------------
 // sessa/backend/cpu/elementwise.hpp: the O(T·D) kernels of the CPU backend, vectorized and threaded.
@@ -2987,7 +3059,7 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
 #include <xsimd/xsimd.hpp>
 
 
-namespace sessa::backend::simd {
+namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
 namespace elementwise_detail {
 
@@ -3127,7 +3199,7 @@ void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq
   });
 }
 
-}  // namespace sessa::backend::simd
+}  // namespace sessa::backend::simd::inline SESSA_CPU_ABI
 // ---- end sessa/backend/cpu/elementwise.hpp ---------------------------------------------------------------------
 // ---- begin sessa/backend/cpu/feedback.hpp ----------------------------------------------------------------------
 // sessa/backend/cpu/feedback.hpp: the feedback solve of the CPU backend, blocked, without a T x T matrix.
@@ -3160,7 +3232,7 @@ void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq
 #include <xsimd/xsimd.hpp>
 
 
-namespace sessa::backend::simd {
+namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
 namespace feedback_detail {
 
@@ -3301,7 +3373,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 
   // The pass over the past: row tiles of Mt rows, split over the keys when they are few.
   const index_t ptiles = (n + Mt - 1) / Mt, pitems = batch * ptiles, prows = std::min(n, Mt);
-  const index_t Bp = pass_tile<T>(prows, D);  // keys per tile of the past pass
+  const index_t Bp = pass_tile<T>(prows, D, tp);  // keys per tile of the past pass
   const index_t ks = pos0 > 0 ? key_splits(pitems, nt, pos0, tp.min_split_keys) : 1;
   const index_t slot = prows * (D + 2);
   T* const partials = ks > 1 ? scratch.get<T>(3, pitems * ks * slot) : nullptr;
@@ -3401,7 +3473,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   });
 }
 
-}  // namespace sessa::backend::simd
+}  // namespace sessa::backend::simd::inline SESSA_CPU_ABI
 // ---- end sessa/backend/cpu/feedback.hpp ------------------------------------------------------------------------
 
 namespace sessa::backend {
@@ -4170,25 +4242,34 @@ class decoder {
     check_tokens(tokens, n, V);
     for (auto& l : cache.layers) l.require(batch, n);
 
-    auto& ctx = cache.scratch.context;
-    cache.h.reserve(rows * D);
-    matrix<T, space> h(cache.h.data(), rows, D);  // (rows, D) residual stream
-    backend::kernels<Backend>::embed(ctx, cmatrix<W, space>(w_.embedding.data(), V, D), token_ids(tokens, cache), h);
-    for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].forward(h, batch, cache.layers[l], cache.scratch, h);
-    // The head in row blocks of at most prefill_block rows, so its scratch stays bounded like the layers'.
-    const T eps = static_cast<T>(cfg_.layer.ln_eps);
-    const index_t block = std::min(out_rows, prefill_block);
-    cache.scratch.u.reserve(block * D);
-    if (which == logits_for::last) {
-      decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
-                               cmatrix<T, space>(h), batch, which, cache.scratch.u.data(), logits);
-      return;
-    }
-    for (index_t r0 = 0; r0 < rows; r0 += block) {
-      const index_t c = std::min(block, rows - r0);
-      decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
-                               cmatrix<T, space>(h.row_block(r0, c)), 1, which, cache.scratch.u.data(),
-                               logits.row_block(r0, c));
+    // A failure anywhere below (an allocation, a device error) rolls every layer's cache back to the length
+    // the call found, so the next call starts from consistent state; `logits` is then unspecified.
+    const index_t length0 = cache.length();
+    try {
+      auto& ctx = cache.scratch.context;
+      cache.h.reserve(rows * D);
+      matrix<T, space> h(cache.h.data(), rows, D);  // (rows, D) residual stream
+      backend::kernels<Backend>::embed(ctx, cmatrix<W, space>(w_.embedding.data(), V, D), token_ids(tokens, cache), h);
+      for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].forward(h, batch, cache.layers[l], cache.scratch, h);
+      // The head in row blocks of at most prefill_block rows, so its scratch stays bounded like the layers'.
+      const T eps = static_cast<T>(cfg_.layer.ln_eps);
+      const index_t block = std::min(out_rows, prefill_block);
+      cache.scratch.u.reserve(block * D);
+      if (which == logits_for::last) {
+        decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
+                                 cmatrix<T, space>(h), batch, which, cache.scratch.u.data(), logits);
+        return;
+      }
+      for (index_t r0 = 0; r0 < rows; r0 += block) {
+        const index_t c = std::min(block, rows - r0);
+        decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
+                                 cmatrix<T, space>(h.row_block(r0, c)), 1, which, cache.scratch.u.data(),
+                                 logits.row_block(r0, c));
+      }
+    } catch (...) {
+      for (auto& l : cache.layers)
+        if (l.length() > length0) l.truncate(length0);
+      throw;
     }
   }
 
@@ -5579,6 +5660,7 @@ void safetensors_writer::add(std::string name, shape_t shape, std::span<const T>
 // public modules' buffers are accepted: mixer.rope_inv_freq (checked against our own to 2 ulp, then its
 // exact bits are used) and the boolean causal masks.
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -5962,6 +6044,21 @@ layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_confi
 template <storage_type T>
 decoder_weights<T> read_decoder_weights(const safetensors_file& f, const decoder_config& c) {
   c.check();
+  // The layers the file holds, counted from its tensor names before anything is sized by the configuration: a
+  // few bytes of metadata must not be able to allocate thousands of layers.
+  index_t present = 0;
+  for (const tensor_entry& e : f.entries()) {
+    if (e.name.rfind("layers.", 0) != 0) continue;
+    index_t i = 0;
+    const char* b = e.name.data() + 7;
+    const auto [p, ec] = std::from_chars(b, e.name.data() + e.name.size(), i);
+    if (ec == std::errc{} && p != b && *p == '.' && i >= 0 && i < c.n_layers) present = std::max(present, i + 1);
+  }
+  if (present < c.n_layers)
+    throw format_error(f.source() + ": the configuration has n_layers = " + std::to_string(c.n_layers) +
+                       " but the file holds tensors of " + std::to_string(present) + " layer" +
+                       (present == 1 ? "" : "s") + " (layers.0 .. layers." + std::to_string(c.n_layers - 1) +
+                       " are needed)");
   decoder_weights<T> w;
   w.layers.resize(static_cast<std::size_t>(c.n_layers));
   detail::fill_weights<T>(f, c, w, detail::describe(c));
@@ -6220,11 +6317,13 @@ class static_state {
   layer_cache<T, Backend>& cache(std::size_t l) noexcept { return caches_[l]; }
   workspace<T, Backend>& scratch() noexcept { return ws_; }
   matrix<T> residual(index_t rows) noexcept { return {h_store_.data(), rows, Spec::d_model}; }
+  std::int64_t* token_scratch() noexcept { return token_store_.data(); }
 
  private:
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(total_cache())> cache_store_{};
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(workspace<T, Backend>::total(layout()))> ws_store_{};
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(h_elems)> h_store_{};
+  std::array<std::int64_t, static_cast<std::size_t>(Batch * MaxChunk)> token_store_{};
   std::array<layer_cache<T, Backend>, Spec::n_layers> caches_;
   workspace<T, Backend> ws_;
 };
@@ -6260,16 +6359,46 @@ class static_decoder {
                         std::to_string(logits.cols) + "), expected (" + std::to_string(out_rows) + ", " +
                         std::to_string(V) + ")");
     check_tokens(tokens, n, V);
+    check_variants(std::make_index_sequence<Spec::n_layers>{});
     if (n > st.remaining())
       throw cache_error("cache full: capacity " + std::to_string(C) + " tokens, " + std::to_string(st.length()) +
                         " held, " + std::to_string(n) + " more requested");
-    std::array<std::int64_t, static_cast<std::size_t>(B * M)> part{};
+    const index_t length0 = st.length();
+    try {
+      run_chunks(tokens, st, logits, which, n);
+    } catch (...) {  // every cache back to where the call found it (as the runtime decoder does)
+      st.truncate(length0);
+      throw;
+    }
+  }
+
+  /// One token per batch row: tokens (Batch) -> logits (Batch, V).
+  template <index_t C, index_t B, index_t M>
+  void decode_step(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st,
+                   matrix<T> logits) const {
+    forward(tokens, st, logits, logits_for::all);
+  }
+
+  const decoder_params<T, Spec>& params() const noexcept { return p_; }
+
+ private:
+  /// Each layer's attention variant checked (throws config_error: sliding_window{0} is not a variant).
+  template <std::size_t... L>
+  static void check_variants(std::index_sequence<L...>) {
+    (std::tuple_element_t<L, typename Spec::layers>::variant.check(), ...);
+  }
+
+  template <index_t C, index_t B, index_t M>
+  void run_chunks(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st, matrix<T> logits,
+                  logits_for which, index_t n) const {
+    const index_t V = Spec::vocab_size;
+    std::int64_t* part = st.token_scratch();  // (B * M) ids of one chunk, inside the state (not the stack)
     for (index_t t0 = 0; t0 < n; t0 += M) {
       const index_t c = std::min(M, n - t0);
       for (index_t b = 0; b < B; ++b)
         for (index_t i = 0; i < c; ++i)
-          part[static_cast<std::size_t>(b * c + i)] = tokens[static_cast<std::size_t>(b * n + t0 + i)];
-      const std::span<const std::int64_t> chunk(part.data(), static_cast<std::size_t>(B * c));
+          part[b * c + i] = tokens[static_cast<std::size_t>(b * n + t0 + i)];
+      const std::span<const std::int64_t> chunk(part, static_cast<std::size_t>(B * c));
       matrix<T> h = st.residual(B * c);  // (B*c, D)
       backend::kernels<Backend>::embed(st.scratch().context, cmatrix<T>(p_.embedding, V, Spec::d_model), chunk.data(), h);
       run_layers(h, st, std::make_index_sequence<Spec::n_layers>{});
@@ -6287,15 +6416,6 @@ class static_decoder {
     }
   }
 
-  /// One token per batch row: tokens (Batch) -> logits (Batch, V).
-  template <index_t C, index_t B, index_t M>
-  void decode_step(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st, matrix<T> logits) const {
-    forward(tokens, st, logits, logits_for::all);
-  }
-
-  const decoder_params<T, Spec>& params() const noexcept { return p_; }
-
- private:
   template <class State, std::size_t... L>
   void run_layers(matrix<T> h, State& st, std::index_sequence<L...>) const {
     (layer_forward<Backend, T>(std::tuple_element_t<L, typename Spec::layers>::config, p_.layers[L],

@@ -14,6 +14,13 @@
 
 namespace sessa {
 
+/// Upper bounds of the configuration values, far above any model this library targets. They keep every size
+/// the library derives from a configuration (parameter counts, per-token cache sizes, row widths) inside
+/// index_t, so a hostile file cannot make an arithmetic overflow or a huge allocation out of a few bytes.
+inline constexpr index_t max_d_model = index_t{1} << 16;      // 65536
+inline constexpr index_t max_vocab_size = index_t{1} << 24;   // 16,777,216
+inline constexpr index_t max_n_layers = index_t{1} << 12;     // 4096
+
 /// Hyperparameters of one Sessa layer (and its mixer).
 struct layer_config {
   index_t d_model = 0;     // D
@@ -34,6 +41,8 @@ struct layer_config {
   void check() const {
     auto fail = [](const std::string& m) { throw config_error("invalid layer configuration: " + m); };
     if (d_model <= 0) fail("d_model must be positive, got " + std::to_string(d_model));
+    if (d_model > max_d_model)
+      fail("d_model " + std::to_string(d_model) + " exceeds the limit of " + std::to_string(max_d_model));
     if (n_heads <= 0) fail("n_heads must be positive, got " + std::to_string(n_heads));
     if (n_kv_heads <= 0) fail("n_kv_heads must be positive, got " + std::to_string(n_kv_heads));
     if (d_model % n_heads != 0)
@@ -65,12 +74,12 @@ struct decoder_config {
 
   void check() const {
     layer.check();
-    if (vocab_size <= 0)
-      throw config_error("invalid decoder configuration: vocab_size must be positive, got " +
-                         std::to_string(vocab_size));
-    if (n_layers <= 0)
-      throw config_error("invalid decoder configuration: n_layers must be positive, got " +
-                         std::to_string(n_layers));
+    if (vocab_size <= 0 || vocab_size > max_vocab_size)
+      throw config_error("invalid decoder configuration: vocab_size must lie in [1, " +
+                         std::to_string(max_vocab_size) + "], got " + std::to_string(vocab_size));
+    if (n_layers <= 0 || n_layers > max_n_layers)
+      throw config_error("invalid decoder configuration: n_layers must lie in [1, " + std::to_string(max_n_layers) +
+                         "], got " + std::to_string(n_layers));
   }
 };
 

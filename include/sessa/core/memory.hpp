@@ -23,6 +23,7 @@
 #include <concepts>
 #include <cstddef>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <new>
 #include <string_view>
@@ -36,6 +37,11 @@ namespace sessa {
 /// Alignment of every buffer: one cache line, which is also the widest SIMD register (AVX-512) and more than
 /// any GPU vector load needs.
 inline constexpr std::size_t buffer_alignment = 64;
+
+/// True when a * b, for non-negative a and b, fits in index_t.
+constexpr bool mul_fits(index_t a, index_t b) noexcept {
+  return a >= 0 && b >= 0 && (a == 0 || b <= std::numeric_limits<index_t>::max() / a);
+}
 
 namespace memory {
 

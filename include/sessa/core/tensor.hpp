@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <span>
 #include <string>
 #include <type_traits>
@@ -143,6 +144,10 @@ class buffer {
   void allocate(index_t n) {
     if (n < 0) throw shape_error("sessa::buffer: negative size " + std::to_string(n));
     if (n == 0) return;
+    if (!mul_fits(n, static_cast<index_t>(sizeof(T))) || n * static_cast<index_t>(sizeof(T)) >
+                                                          std::numeric_limits<index_t>::max() - 64)
+      throw shape_error("sessa::buffer: " + std::to_string(n) + " elements of " + std::to_string(sizeof(T)) +
+                        " bytes do not fit in memory's address range");
     const std::size_t bytes = static_cast<std::size_t>(n) * sizeof(T);
     const std::size_t rounded = (bytes + buffer_alignment - 1) / buffer_alignment * buffer_alignment;
     data_ = static_cast<T*>(S::allocate(rounded));
@@ -221,9 +226,14 @@ inline std::string shape_string(const shape_t& s) {
   return out + ")";
 }
 
+/// The element count of a shape; shape_error when it does not fit in index_t (a negative extent counts as 0
+/// here; tensor rejects it by name).
 inline index_t shape_numel(const shape_t& s) {
   index_t n = 1;
-  for (index_t e : s) n *= e;
+  for (index_t e : s) {
+    if (!mul_fits(n, e < 0 ? 0 : e)) throw shape_error("shape " + shape_string(s) + " has too many elements");
+    n *= e < 0 ? 0 : e;
+  }
   return n;
 }
 

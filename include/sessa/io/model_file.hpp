@@ -8,6 +8,7 @@
 // exact bits are used) and the boolean causal masks.
 #pragma once
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <cstring>
@@ -401,6 +402,21 @@ layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_confi
 template <storage_type T>
 decoder_weights<T> read_decoder_weights(const safetensors_file& f, const decoder_config& c) {
   c.check();
+  // The layers the file holds, counted from its tensor names before anything is sized by the configuration: a
+  // few bytes of metadata must not be able to allocate thousands of layers.
+  index_t present = 0;
+  for (const tensor_entry& e : f.entries()) {
+    if (e.name.rfind("layers.", 0) != 0) continue;
+    index_t i = 0;
+    const char* b = e.name.data() + 7;
+    const auto [p, ec] = std::from_chars(b, e.name.data() + e.name.size(), i);
+    if (ec == std::errc{} && p != b && *p == '.' && i >= 0 && i < c.n_layers) present = std::max(present, i + 1);
+  }
+  if (present < c.n_layers)
+    throw format_error(f.source() + ": the configuration has n_layers = " + std::to_string(c.n_layers) +
+                       " but the file holds tensors of " + std::to_string(present) + " layer" +
+                       (present == 1 ? "" : "s") + " (layers.0 .. layers." + std::to_string(c.n_layers - 1) +
+                       " are needed)");
   decoder_weights<T> w;
   w.layers.resize(static_cast<std::size_t>(c.n_layers));
   detail::fill_weights<T>(f, c, w, detail::describe(c));

@@ -170,6 +170,10 @@ class layer_cache {
     c.check();
     if (batch <= 0) throw cache_error("cache batch size must be positive, got " + std::to_string(batch));
     if (capacity <= 0) throw cache_error("cache capacity must be positive, got " + std::to_string(capacity));
+    if (!mul_fits(batch, capacity) || !mul_fits(batch * capacity, c.cache_values_per_token()) ||
+        !mul_fits(batch * capacity * c.cache_values_per_token(), static_cast<index_t>(sizeof(value_type))))
+      throw cache_error("a cache of batch " + std::to_string(batch) + " and capacity " + std::to_string(capacity) +
+                        " tokens does not fit in memory's address range");
     k_.resize(batch * n_kv_ * capacity * d_);
     v_.resize(batch * n_kv_ * capacity * d_);
     kb_.resize(batch * capacity * D_);

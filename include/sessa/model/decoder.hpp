@@ -165,25 +165,34 @@ class decoder {
     check_tokens(tokens, n, V);
     for (auto& l : cache.layers) l.require(batch, n);
 
-    auto& ctx = cache.scratch.context;
-    cache.h.reserve(rows * D);
-    matrix<T, space> h(cache.h.data(), rows, D);  // (rows, D) residual stream
-    backend::kernels<Backend>::embed(ctx, cmatrix<W, space>(w_.embedding.data(), V, D), token_ids(tokens, cache), h);
-    for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].forward(h, batch, cache.layers[l], cache.scratch, h);
-    // The head in row blocks of at most prefill_block rows, so its scratch stays bounded like the layers'.
-    const T eps = static_cast<T>(cfg_.layer.ln_eps);
-    const index_t block = std::min(out_rows, prefill_block);
-    cache.scratch.u.reserve(block * D);
-    if (which == logits_for::last) {
-      decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
-                               cmatrix<T, space>(h), batch, which, cache.scratch.u.data(), logits);
-      return;
-    }
-    for (index_t r0 = 0; r0 < rows; r0 += block) {
-      const index_t c = std::min(block, rows - r0);
-      decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
-                               cmatrix<T, space>(h.row_block(r0, c)), 1, which, cache.scratch.u.data(),
-                               logits.row_block(r0, c));
+    // A failure anywhere below (an allocation, a device error) rolls every layer's cache back to the length
+    // the call found, so the next call starts from consistent state; `logits` is then unspecified.
+    const index_t length0 = cache.length();
+    try {
+      auto& ctx = cache.scratch.context;
+      cache.h.reserve(rows * D);
+      matrix<T, space> h(cache.h.data(), rows, D);  // (rows, D) residual stream
+      backend::kernels<Backend>::embed(ctx, cmatrix<W, space>(w_.embedding.data(), V, D), token_ids(tokens, cache), h);
+      for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].forward(h, batch, cache.layers[l], cache.scratch, h);
+      // The head in row blocks of at most prefill_block rows, so its scratch stays bounded like the layers'.
+      const T eps = static_cast<T>(cfg_.layer.ln_eps);
+      const index_t block = std::min(out_rows, prefill_block);
+      cache.scratch.u.reserve(block * D);
+      if (which == logits_for::last) {
+        decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
+                                 cmatrix<T, space>(h), batch, which, cache.scratch.u.data(), logits);
+        return;
+      }
+      for (index_t r0 = 0; r0 < rows; r0 += block) {
+        const index_t c = std::min(block, rows - r0);
+        decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
+                                 cmatrix<T, space>(h.row_block(r0, c)), 1, which, cache.scratch.u.data(),
+                                 logits.row_block(r0, c));
+      }
+    } catch (...) {
+      for (auto& l : cache.layers)
+        if (l.length() > length0) l.truncate(length0);
+      throw;
     }
   }
 

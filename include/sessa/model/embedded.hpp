@@ -156,11 +156,13 @@ class static_state {
   layer_cache<T, Backend>& cache(std::size_t l) noexcept { return caches_[l]; }
   workspace<T, Backend>& scratch() noexcept { return ws_; }
   matrix<T> residual(index_t rows) noexcept { return {h_store_.data(), rows, Spec::d_model}; }
+  std::int64_t* token_scratch() noexcept { return token_store_.data(); }
 
  private:
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(total_cache())> cache_store_{};
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(workspace<T, Backend>::total(layout()))> ws_store_{};
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(h_elems)> h_store_{};
+  std::array<std::int64_t, static_cast<std::size_t>(Batch * MaxChunk)> token_store_{};
   std::array<layer_cache<T, Backend>, Spec::n_layers> caches_;
   workspace<T, Backend> ws_;
 };
@@ -196,16 +198,46 @@ class static_decoder {
                         std::to_string(logits.cols) + "), expected (" + std::to_string(out_rows) + ", " +
                         std::to_string(V) + ")");
     check_tokens(tokens, n, V);
+    check_variants(std::make_index_sequence<Spec::n_layers>{});
     if (n > st.remaining())
       throw cache_error("cache full: capacity " + std::to_string(C) + " tokens, " + std::to_string(st.length()) +
                         " held, " + std::to_string(n) + " more requested");
-    std::array<std::int64_t, static_cast<std::size_t>(B * M)> part{};
+    const index_t length0 = st.length();
+    try {
+      run_chunks(tokens, st, logits, which, n);
+    } catch (...) {  // every cache back to where the call found it (as the runtime decoder does)
+      st.truncate(length0);
+      throw;
+    }
+  }
+
+  /// One token per batch row: tokens (Batch) -> logits (Batch, V).
+  template <index_t C, index_t B, index_t M>
+  void decode_step(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st,
+                   matrix<T> logits) const {
+    forward(tokens, st, logits, logits_for::all);
+  }
+
+  const decoder_params<T, Spec>& params() const noexcept { return p_; }
+
+ private:
+  /// Each layer's attention variant checked (throws config_error: sliding_window{0} is not a variant).
+  template <std::size_t... L>
+  static void check_variants(std::index_sequence<L...>) {
+    (std::tuple_element_t<L, typename Spec::layers>::variant.check(), ...);
+  }
+
+  template <index_t C, index_t B, index_t M>
+  void run_chunks(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st, matrix<T> logits,
+                  logits_for which, index_t n) const {
+    const index_t V = Spec::vocab_size;
+    std::int64_t* part = st.token_scratch();  // (B * M) ids of one chunk, inside the state (not the stack)
     for (index_t t0 = 0; t0 < n; t0 += M) {
       const index_t c = std::min(M, n - t0);
       for (index_t b = 0; b < B; ++b)
         for (index_t i = 0; i < c; ++i)
-          part[static_cast<std::size_t>(b * c + i)] = tokens[static_cast<std::size_t>(b * n + t0 + i)];
-      const std::span<const std::int64_t> chunk(part.data(), static_cast<std::size_t>(B * c));
+          part[b * c + i] = tokens[static_cast<std::size_t>(b * n + t0 + i)];
+      const std::span<const std::int64_t> chunk(part, static_cast<std::size_t>(B * c));
       matrix<T> h = st.residual(B * c);  // (B*c, D)
       backend::kernels<Backend>::embed(st.scratch().context, cmatrix<T>(p_.embedding, V, Spec::d_model), chunk.data(), h);
       run_layers(h, st, std::make_index_sequence<Spec::n_layers>{});
@@ -223,15 +255,6 @@ class static_decoder {
     }
   }
 
-  /// One token per batch row: tokens (Batch) -> logits (Batch, V).
-  template <index_t C, index_t B, index_t M>
-  void decode_step(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st, matrix<T> logits) const {
-    forward(tokens, st, logits, logits_for::all);
-  }
-
-  const decoder_params<T, Spec>& params() const noexcept { return p_; }
-
- private:
   template <class State, std::size_t... L>
   void run_layers(matrix<T> h, State& st, std::index_sequence<L...>) const {
     (layer_forward<Backend, T>(std::tuple_element_t<L, typename Spec::layers>::config, p_.layers[L],

@@ -46,10 +46,11 @@
 #include "gemm.hpp"
 #include "parallel.hpp"
 
-namespace sessa::backend::simd {
+namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
-/// Tile sizes and thresholds of the flash attention and feedback kernels. Read at every call; tests and
-/// benchmarks may change flash_params between calls (never while a kernel runs).
+/// Tile sizes and thresholds of the flash attention and feedback kernels. Each call copies flash_params once at
+/// its start and reads only its copy; tests and benchmarks may change flash_params between calls, never while
+/// any thread is inside a cpu kernel (it is a plain global, not synchronized).
 struct flash_tuning {
   index_t query_rows = 256;       // stacked query rows (positions x heads of a group) per attention tile
   index_t key_tile = 128;         // keys per tile: forward attention and the feedback's pass over the past
@@ -262,9 +263,9 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, in
 /// of keys (256 KiB: 1024 keys of d = 64 floats, 128 of D = 512), so the pass streams the cache in long runs
 /// (its K and V tiles stay in L2 together; measured best between 16 KiB and 1 MiB).
 template <class T>
-inline index_t pass_tile(index_t rows, index_t dk) {
-  if (rows > 16) return std::max<index_t>(1, flash_params.key_tile);
-  return std::clamp<index_t>(flash_params.few_rows_tile / (dk * static_cast<index_t>(sizeof(T))), 4, 1024);
+inline index_t pass_tile(index_t rows, index_t dk, const flash_tuning& tp) {
+  if (rows > 16) return std::max<index_t>(1, tp.key_tile);
+  return std::clamp<index_t>(tp.few_rows_tile / (dk * static_cast<index_t>(sizeof(T))), 4, 1024);
 }
 
 /// Absorbs keys [k_lo, k_hi) in tiles of `tile` keys, from the last tile back (the diagonal first),
@@ -413,7 +414,7 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
   const index_t qtiles = (n + Bq - 1) / Bq;
   const index_t heads = batch * Hkv, items = heads * qtiles;
   const index_t rows_max = std::min(n, Bq) * g;  // stacked rows of the largest tile
-  const index_t Bk = pass_tile<T>(rows_max, d);  // keys per tile
+  const index_t Bk = pass_tile<T>(rows_max, d, tp);  // keys per tile
 
   // Keys read per query, on average (first and last row), for the thread decision.
   const index_t t_last = pos0 + n - 1;
@@ -495,4 +496,4 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
   });
 }
 
-}  // namespace sessa::backend::simd
+}  // namespace sessa::backend::simd::inline SESSA_CPU_ABI

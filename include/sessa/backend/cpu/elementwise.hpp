@@ -24,7 +24,7 @@
 #include "../../core/tensor.hpp"
 #include "attention.hpp"
 
-namespace sessa::backend::simd {
+namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
 namespace elementwise_detail {
 
@@ -164,4 +164,4 @@ void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq
   });
 }
 
-}  // namespace sessa::backend::simd
+}  // namespace sessa::backend::simd::inline SESSA_CPU_ABI

@@ -36,7 +36,7 @@
 #include "gemm.hpp"
 #include "parallel.hpp"
 
-namespace sessa::backend::simd {
+namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
 namespace feedback_detail {
 
@@ -177,7 +177,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 
   // The pass over the past: row tiles of Mt rows, split over the keys when they are few.
   const index_t ptiles = (n + Mt - 1) / Mt, pitems = batch * ptiles, prows = std::min(n, Mt);
-  const index_t Bp = pass_tile<T>(prows, D);  // keys per tile of the past pass
+  const index_t Bp = pass_tile<T>(prows, D, tp);  // keys per tile of the past pass
   const index_t ks = pos0 > 0 ? key_splits(pitems, nt, pos0, tp.min_split_keys) : 1;
   const index_t slot = prows * (D + 2);
   T* const partials = ks > 1 ? scratch.get<T>(3, pitems * ks * slot) : nullptr;
@@ -277,4 +277,4 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   });
 }
 
-}  // namespace sessa::backend::simd
+}  // namespace sessa::backend::simd::inline SESSA_CPU_ABI

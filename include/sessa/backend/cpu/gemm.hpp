@@ -45,7 +45,15 @@
 #include "../../core/tensor.hpp"
 #include "parallel.hpp"
 
-namespace sessa::backend::simd {
+namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
+
+#define SESSA_STR2_(x) #x
+#define SESSA_STR_(x) SESSA_STR2_(x)
+/// The name of the inline namespace this translation unit's cpu kernels live in ("cpu_avx2_fma_omp", ...), from an
+/// out-of-line function: a program whose units were built with different flags reports each unit's own.
+[[gnu::noinline]] inline const char* cpu_abi() noexcept { return SESSA_STR_(SESSA_CPU_ABI); }
+#undef SESSA_STR_
+#undef SESSA_STR2_
 
 /// Sum of the lanes of a batch (xsimd::hadd trips GCC 12's -Wmaybe-uninitialized on AVX-512 doubles).
 template <class B>
@@ -697,4 +705,4 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
 #endif
 }
 
-}  // namespace sessa::backend::simd
+}  // namespace sessa::backend::simd::inline SESSA_CPU_ABI

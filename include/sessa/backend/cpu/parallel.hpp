@@ -29,6 +29,8 @@ inline std::atomic<int>& default_threads() {
 /// OpenMP's default). A context's own `threads` setting overrides it. Without OpenMP this has no effect.
 inline void set_num_threads(int n) { detail::default_threads().store(n >= 0 ? n : 0, std::memory_order_relaxed); }
 
+inline namespace SESSA_CPU_ABI {  // these two depend on OpenMP (config.hpp)
+
 /// The number of threads CPU kernels use by default.
 inline int num_threads() {
 #if SESSA_HAS_OPENMP
@@ -47,5 +49,7 @@ inline int thread_index() {
   return 0;
 #endif
 }
+
+}  // inline namespace SESSA_CPU_ABI
 
 }  // namespace sessa
