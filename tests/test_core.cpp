@@ -167,7 +167,8 @@ TEST_CASE("a BF16 weight file loads into bfloat16 storage without rounding", "[c
   const auto L = io::load_layer<P, backend::reference>(path);
   const io::safetensors_file f = io::safetensors_file::load(path);
   const std::vector<float> want = f.read_as<float>("W_in.weight");
-  const auto& got = L.weights().in_w;
+  const auto lw = L.weights();
+  const auto& got = lw.in_w;
   REQUIRE(got.size() == static_cast<index_t>(want.size()));
   for (index_t k = 0; k < got.size(); ++k) REQUIRE(static_cast<float>(got[k]) == want[static_cast<std::size_t>(k)]);
   // And it runs: against the float64 golden output (exact weights, exact cache) within the cache's rounding.

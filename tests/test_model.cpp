@@ -159,7 +159,8 @@ TEMPLATE_TEST_CASE("a prefill longer than prefill_block runs in blocks: exact, w
   using T = TestType;
   const layer_config cfg{16, 2, 1, true, 0.99, 1e-5};
   const layer<T, backend::cpu> L(cfg, random_layer_weights<T>(cfg, 21));
-  const auto P = params(L.weights(), L.get_mixer().weights());
+  const auto own = L.weights();
+  const auto P = params(own, L.get_mixer().weights());
   const index_t D = cfg.d_model;
   // (batch, tokens already cached, tokens of the long call, in place): the in-place row-block path of one
   // sequence, the staged path of two, a call that is an exact multiple of prefill_block after a cached prefix.

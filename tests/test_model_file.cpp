@@ -232,6 +232,12 @@ TEST_CASE("the public modules' buffers are accepted and rope_inv_freq is checked
 }
 
 TEST_CASE("JSON configurations for bare state dicts", "[io][errors]") {
+  // A configuration is small: a huge text is refused before a JSON tree (about 100 bytes per value) is built.
+  std::string huge = R"({"d_model": 32, "n_heads": 4, "pad": [0)";
+  while (huge.size() < io::max_config_json_bytes) huge += ",0";
+  huge += "]}";
+  CHECK_THROWS_WITH(io::parse_config_json(huge, "big.json"),
+                    Catch::Contains("big.json: the configuration is") && Catch::Contains("over the limit of 65536 bytes"));
   const io::model_info ok = io::parse_config_json(R"({"d_model": 32, "n_heads": 4, "n_kv_heads": 2})", "c.json");
   CHECK(ok.arch == io::model_arch::layer);
   CHECK(ok.config.layer.gamma_max == 0.999);
@@ -252,4 +258,34 @@ TEST_CASE("JSON configurations for bare state dicts", "[io][errors]") {
   CHECK_THROWS_WITH(io::parse_config_json(R"({"d_model": 32,)", "c.json"), Catch::Contains("c.json"));
   CHECK_THROWS_WITH(io::parse_config_json("[1]", "c.json"), Catch::Contains("must be a JSON object"));
   CHECK_THROWS_AS(io::read_config_json(temp_path("does_not_exist.json")), io_error);
+}
+
+TEST_CASE("weights that are not finite are refused at load, by name and index", "[io][errors]") {
+  const auto clean = random_layer_weights<float>(cfg, 21);
+  for (const float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+    auto w = clean;
+    w.mixer.v_w[7] = bad;
+    const fs::path p = write_layer("nonfinite.safetensors", w);
+    CHECK_THROWS_WITH(load_ref(p), Catch::Contains("mixer.v_proj.weight[7] is") &&
+                                       Catch::Contains("(weights must be finite)"));
+  }
+  // A finite value of the file that the storage type cannot hold: a double beyond float's range, a float
+  // beyond float16's.
+  io::safetensors_writer out;
+  for (const auto& [k, v] : io::config_metadata(cfg)) out.set_metadata(k, v);
+  for_each_parameter(cfg, clean, [&](const std::string& name, const shape_t& s, const buffer<float>& b) {
+    std::vector<double> v(b.span().begin(), b.span().end());
+    if (name == "W_in.weight") v[3] = 1e300;
+    out.add_converted(name, dtype::F64, s, v);
+  });
+  const fs::path p = temp_path("overflow.safetensors");
+  out.write(p);
+  CHECK_THROWS_WITH(load_ref(p), Catch::Contains("W_in.weight[3] = 1e+300 overflows the storage type f32"));
+  CHECK_NOTHROW(io::load_layer<double, backend::reference>(p));
+  auto w = clean;
+  w.in_w[5] = 70000.0f;
+  const fs::path p16 = write_layer("overflow16.safetensors", w);
+  CHECK_NOTHROW(load_ref(p16));
+  CHECK_THROWS_WITH((io::load_layer<precision<float, float16>, backend::reference>(p16)),
+                    Catch::Contains("W_in.weight[5] = 70000 overflows the storage type f16"));
 }

@@ -4,6 +4,8 @@
 // one hand-made bad file whose error message must name the problem.
 #include <catch2/catch.hpp>
 
+#include <sys/resource.h>
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -482,7 +484,7 @@ TEST_CASE("parse rejects one hand-made bad file per rule", "[safetensors][valida
   SECTION("data_offsets not two non-negative integers") {
     CHECK_THROWS_WITH(parse_header(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,8,16]}})", 8),
                       Catch::Contains("'data_offsets' must be an array of two non-negative integers [begin, end], "
-                                      "got an array of 3"));
+                                      "got an array of more than 2"));
     CHECK_THROWS_WITH(parse_header(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[8]}})", 8),
                       Catch::Contains("got an array of 1"));
     CHECK_THROWS_WITH(parse_header(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[-8,0]}})", 8),
@@ -785,4 +787,37 @@ TEST_CASE("golden files from the Python reference", "[safetensors][golden]") {
     for (std::int64_t t : tok) CHECK((t >= 0 && t < 50));
     CHECK(d.read_as<std::int32_t>("tokens") == std::vector<std::int32_t>(tok.begin(), tok.end()));
   }
+}
+
+TEST_CASE("a header is read against the schema as it streams: memory stays a small multiple of its size",
+          "[safetensors][errors]") {
+  // Three million shape extents (6 MB of header) for one empty tensor: a JSON tree of it would take hundreds of
+  // megabytes; the entry takes 8 bytes per extent.
+  std::string h = R"({"t":{"dtype":"F32","data_offsets":[0,0],"shape":[0)";
+  h.reserve(6'000'100);
+  for (int i = 1; i < 3'000'000; ++i) h += ",0";
+  h += "]}}";
+  const auto peak_kib = [] {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return static_cast<long>(u.ru_maxrss);
+  };
+  const long before = peak_kib();
+  const io::safetensors_file f = parse_header(h);
+  CHECK(f.at("t").shape.size() == 3'000'000);
+  // The file's bytes (6 MB) and the extents (24 MB) plus slack; a value tree would add over 300 MB.
+  CHECK(peak_kib() - before < 160 * 1024);
+  // Tiny metadata entries cost a map node each: their number is capped.
+  std::string m = R"({"__metadata__":{)";
+  for (std::size_t i = 0; i <= io::safetensors_max_metadata_entries; ++i)
+    m += (i ? ",\"" : "\"") + std::to_string(i) + "\":\"\"";
+  m += "}}";
+  CHECK_THROWS_WITH(parse_header(m),
+                    Catch::Contains("__metadata__ has more than 65536 entries"));
+  // The reader keeps the parser's grammar: trailing commas, missing values, garbage after the header.
+  for (const char* bad : {R"({"t":{"dtype":"F32","shape":[],"data_offsets":[0,0],}})",
+                          R"({"t":{"dtype":"F32","shape":[,],"data_offsets":[0,0]}})",
+                          R"({"t":{"dtype":"F32","shape":[0 0],"data_offsets":[0,0]}})",
+                          R"({"__metadata__":{"a":"b"}} x)", R"({"__metadata__":{"a":"b","a":"c"}})"})
+    CHECK_THROWS_AS(parse_header(bad), format_error);
 }

@@ -59,4 +59,11 @@ class backend_error : public error {
   using error::error;
 };
 
+/// A request would allocate more than the memory limit the caller set (sessa::set_memory_limit); the message
+/// names the request, each allocation it needs with its size, the total and the limit. Nothing was allocated.
+class memory_error : public error {
+ public:
+  using error::error;
+};
+
 }  // namespace sessa

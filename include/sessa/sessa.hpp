@@ -19,6 +19,7 @@
 #include "error.hpp"
 #include "concepts.hpp"
 #include "core/memory.hpp"
+#include "core/budget.hpp"
 #include "core/numeric.hpp"
 #include "core/tensor.hpp"
 #include "core/hparams.hpp"

@@ -177,6 +177,13 @@ class backend_error : public error {
   using error::error;
 };
 
+/// A request would allocate more than the memory limit the caller set (sessa::set_memory_limit); the message
+/// names the request, each allocation it needs with its size, the total and the limit. Nothing was allocated.
+class memory_error : public error {
+ public:
+  using error::error;
+};
+
 }  // namespace sessa
 // ---- end sessa/error.hpp ---------------------------------------------------------------------------------------
 // ---- begin sessa/concepts.hpp ----------------------------------------------------------------------------------
@@ -578,6 +585,96 @@ inline constexpr bool dependent_false = false;
 
 }  // namespace sessa
 // ---- end sessa/concepts.hpp ------------------------------------------------------------------------------------
+// ---- begin sessa/core/budget.hpp -------------------------------------------------------------------------------
+// sessa/core/budget.hpp: a limit on what one request may allocate, checked before anything is allocated.
+//
+// A request is one call that allocates in proportion to its arguments: loading a weight file (the file's bytes,
+// then the weights), making a cache (batch x capacity tokens of every layer), one forward call (its outputs and
+// the workspace for its rows). Each such call first writes down every allocation it will make (a memory_plan),
+// and when the total exceeds the limit it throws memory_error naming each item, the total and the limit, so a
+// server can refuse a request whose prompt or batch is too large instead of being killed for it.
+//
+// Not counted: the per-thread buffers of the cpu kernels (GEMM packing, attention and feedback tiles, RoPE
+// tables: at most a few MiB per thread, whatever the request; grown once, then reused) and the backends'
+// split-K partial states (a few tiles per thread). docs/API.md ("Memory limits") states the figures.
+
+#include <atomic>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+
+namespace sessa {
+
+namespace detail {
+inline std::atomic<std::uint64_t>& memory_limit_bytes() {
+  static std::atomic<std::uint64_t> limit{0};
+  return limit;
+}
+}  // namespace detail
+
+/// Sets the most bytes one request may allocate, for every thread of the process; 0 (the default) removes the
+/// limit.
+inline void set_memory_limit(std::uint64_t bytes) noexcept {
+  detail::memory_limit_bytes().store(bytes, std::memory_order_relaxed);
+}
+/// The limit set_memory_limit() set; 0 when there is none.
+inline std::uint64_t memory_limit() noexcept { return detail::memory_limit_bytes().load(std::memory_order_relaxed); }
+
+/// "1536 bytes (1.5 KiB)": exact bytes, and a readable size from KiB up.
+inline std::string format_bytes(std::uint64_t n) {
+  std::string s = std::to_string(n) + (n == 1 ? " byte" : " bytes");
+  if (n < 1024) return s;
+  const char* units[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double v = static_cast<double>(n);
+  int u = -1;
+  while (v >= 1024.0 && u < 5) {
+    v /= 1024.0;
+    ++u;
+  }
+  const long tenths = static_cast<long>(v * 10.0 + 0.5);
+  return s + " (" + std::to_string(tenths / 10) + "." + std::to_string(tenths % 10) + " " + units[u] + ")";
+}
+
+/// The allocations one request will make, written down before any is made.
+class memory_plan {
+ public:
+  explicit memory_plan(std::string request) : request_(std::move(request)) {}
+
+  /// `count` elements of `element_bytes` bytes each, for `what`. Sizes saturate instead of overflowing: an
+  /// impossible size is simply over any limit (and the allocation itself reports it when there is none).
+  memory_plan& add(std::string_view what, std::uint64_t count, std::uint64_t element_bytes) {
+    const std::uint64_t max = std::numeric_limits<std::uint64_t>::max();
+    const std::uint64_t bytes = element_bytes != 0 && count > max / element_bytes ? max : count * element_bytes;
+    items_.emplace_back(std::string(what), bytes);
+    total_ = bytes > max - total_ ? max : total_ + bytes;
+    return *this;
+  }
+  std::uint64_t total() const noexcept { return total_; }
+  const std::vector<std::pair<std::string, std::uint64_t>>& items() const noexcept { return items_; }
+
+  /// memory_error when the total exceeds the limit (no limit: nothing to check).
+  void check() const {
+    const std::uint64_t limit = memory_limit();
+    if (limit == 0 || total_ <= limit) return;
+    std::string msg = request_ + " needs " + format_bytes(total_) + ", over the memory limit of " + format_bytes(limit) +
+                      " (sessa::set_memory_limit):";
+    for (std::size_t i = 0; i < items_.size(); ++i)
+      msg += (i ? ", " : " ") + items_[i].first + " " + format_bytes(items_[i].second);
+    throw memory_error(msg);
+  }
+
+ private:
+  std::string request_;
+  std::vector<std::pair<std::string, std::uint64_t>> items_;
+  std::uint64_t total_ = 0;
+};
+
+}  // namespace sessa
+// ---- end sessa/core/budget.hpp ---------------------------------------------------------------------------------
 // ---- begin sessa/core/tensor.hpp -------------------------------------------------------------------------------
 // sessa/core/tensor.hpp: the memory types every other file speaks in, each in a memory space S
 // (core/memory.hpp; memory::host unless a device backend says otherwise).
@@ -1244,6 +1341,12 @@ struct workspace {
     return {rows * D, rows * 2 * D, rows * D, rows * 2 * c.kv_dim(), rows * D,
             rows * D, rows * 2 * D, rows,     rows * D,              capacity};
   }
+  /// Bytes of the buffers sizes() lists: what a pass of `rows` rows grows the workspace to.
+  static std::uint64_t bytes(const layer_config& c, index_t rows, index_t capacity) noexcept {
+    std::uint64_t n = 0;
+    for (index_t e : sizes(c, rows, capacity)) n += static_cast<std::uint64_t>(e);
+    return n * sizeof(T);
+  }
   /// Elementwise maximum (a workspace shared by layers of different shapes).
   static constexpr sizes_t max(const sizes_t& a, const sizes_t& b) noexcept {
     sizes_t m{};
@@ -1357,6 +1460,11 @@ class layer_cache {
         !mul_fits(batch * capacity * c.cache_values_per_token(), static_cast<index_t>(sizeof(value_type))))
       throw cache_error("a cache of batch " + std::to_string(batch) + " and capacity " + std::to_string(capacity) +
                         " tokens does not fit in memory's address range");
+    memory_plan("a layer cache of batch " + std::to_string(batch) + " and capacity " + std::to_string(capacity) +
+                " tokens")
+        .add("keys, values, feedback keys and states", static_cast<std::uint64_t>(storage_size(c, batch, capacity)),
+             sizeof(value_type))
+        .check();
     k_.resize(batch * n_kv_ * capacity * d_);
     v_.resize(batch * n_kv_ * capacity * d_);
     kb_.resize(batch * capacity * D_);
@@ -1774,6 +1882,8 @@ struct kernels<reference> {
 // any thread, not only the thread that made it (omp_set_num_threads() would set it for the caller only).
 
 #include <atomic>
+#include <exception>
+#include <utility>
 
 
 #if SESSA_HAS_OPENMP
@@ -1816,6 +1926,46 @@ inline int thread_index() {
 }
 
 }  // inline namespace SESSA_CPU_ABI
+
+namespace detail {
+
+/// The first exception thrown on any thread of one parallel region, kept until the region has ended.
+///
+/// An exception must not leave an OpenMP region (the runtime calls std::terminate), and every thread of a
+/// team must reach the same work-sharing loops. So code inside a region runs each piece that can throw
+/// (growing a per-thread buffer, one work item) through run(): the first exception is recorded, every later
+/// piece on every thread is skipped, the loops are still reached by all threads, and the caller rethrows
+/// after the region. Outputs are then incomplete, which the caller's error makes visible.
+class region_errors {
+ public:
+  region_errors() = default;
+  region_errors(const region_errors&) = delete;
+  region_errors& operator=(const region_errors&) = delete;
+
+  /// f(), unless a piece of the region has failed already; false when skipped or when f() threw.
+  template <class F>
+  bool run(F&& f) noexcept {
+    if (failed()) return false;
+    try {
+      std::forward<F>(f)();
+      return true;
+    } catch (...) {
+      if (!failed_.exchange(true, std::memory_order_acq_rel)) error_ = std::current_exception();
+      return false;
+    }
+  }
+  bool failed() const noexcept { return failed_.load(std::memory_order_acquire); }
+  /// Rethrows the recorded exception; call after the region (its closing barrier orders the write).
+  void rethrow_if_failed() const {
+    if (failed()) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::atomic<bool> failed_{false};
+  std::exception_ptr error_;
+};
+
+}  // namespace detail
 
 }  // namespace sessa
 // ---- end sessa/backend/cpu/parallel.hpp ------------------------------------------------------------------------
@@ -2554,22 +2704,25 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
     const epilogue<T> ep{T(1), beta, bias};
     if (nt == 1) return gemm_dot(x, w, y, ep);
 #if SESSA_HAS_OPENMP
+    detail::region_errors errors;  // nothing thrown may leave the region (parallel.hpp)
 #pragma omp parallel num_threads(nt)
-    {
+    errors.run([&] {
       const index_t rows = M == 1 ? blocking<T>::R1 : blocking<T>::R;
       const auto [j0, j1] = share(N, rows, omp_get_num_threads(), omp_get_thread_num());
       if (j1 > j0)
         gemm_dot(x, w.row_block(j0, j1 - j0), y.col_block(j0, j1 - j0),
                  epilogue<T>{T(1), beta, bias ? bias + j0 : nullptr});
-    }
+    });
+    errors.rethrow_if_failed();
 #endif
     return;
   }
 
   if (nt == 1) return gemm_blocked<T, b_layout::nk>(x, w, y, T(1), beta, bias);
 #if SESSA_HAS_OPENMP
+  detail::region_errors errors;  // a pack buffer grows inside the region: see parallel.hpp
 #pragma omp parallel num_threads(nt)
-  {
+  errors.run([&] {
     const int n = omp_get_num_threads(), t = omp_get_thread_num();
     const int tm = grid_rows(M, N, K, blocking<T>::MR, blocking<T>::NR, blocking<T>::W, n), tn = n / tm;
     const auto [m0, m1] = share(M, blocking<T>::MR, tm, t / tn);
@@ -2578,7 +2731,8 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
       gemm_blocked<T, b_layout::nk>(x.row_block(m0, m1 - m0), w.row_block(n0, n1 - n0),
                                     y.row_block(m0, m1 - m0).col_block(n0, n1 - n0), T(1), beta,
                                     bias ? bias + n0 : nullptr);
-  }
+  });
+  errors.rethrow_if_failed();
 #endif
 }
 
@@ -2587,9 +2741,11 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
 
 namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
-/// Tile sizes and thresholds of the flash attention and feedback kernels. Each call copies flash_params once at
-/// its start and reads only its copy; tests and benchmarks may change flash_params between calls, never while
-/// any thread is inside a cpu kernel (it is a plain global, not synchronized).
+/// Tile sizes and thresholds of the flash attention and feedback kernels. Those two copy flash_params once at
+/// their start and take their tiles from the copy; they and the kernels of elementwise.hpp read
+/// flash_params.parallel_flops when they pick their thread count (threads_for). Tests and benchmarks may change
+/// flash_params between calls, never while any thread is inside a cpu kernel: it is a plain global, not
+/// synchronized, so a change during a call is a data race.
 struct flash_tuning {
   index_t query_rows = 256;       // stacked query rows (positions x heads of a group) per attention tile
   index_t key_tile = 128;         // keys per tile: forward attention and the feedback's pass over the past
@@ -2657,6 +2813,17 @@ struct key_mask {
   index_t group = 1;
   index_t lo_max = 0, hi_min = 0;
 };
+
+/// True when every value of m is finite (x * 0 is 0 for finite x, NaN for an infinity or a NaN).
+template <class T>
+inline bool all_finite(cmatrix<T> m) {
+  T z = 0;
+  for (index_t r = 0; r < m.rows; ++r) {
+    const T* p = m.row(r);
+    for (index_t c = 0; c < m.cols; ++c) z += p[c] * T(0);
+  }
+  return z == T(0);
+}
 
 /// max of x[0, n), n >= 1.
 template <class T>
@@ -2791,10 +2958,23 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, in
     }
     st.l[r] += exp_shifted(sr + a, b - a, m);
   }
-  if (rows <= 4)
-    accumulate_few(cmatrix<T>(s), v.row_block(j0, nk), st.acc.row_block(r0, rows));
-  else
-    gemm_nn(cmatrix<T>(s), v.row_block(j0, nk), st.acc.row_block(r0, rows), T(1), T(1));
+  const cmatrix<T> vt = v.row_block(j0, nk);
+  if (!full && !all_finite(vt)) {
+    // A key a row may not see has probability 0, but 0 * inf and 0 * NaN are NaN: a non-finite value at a later
+    // position of the same chunk must not reach earlier rows (causality holds for every input). Only inputs or
+    // weights that made a NaN or an infinity take this path: each row adds its own keys alone.
+    for (index_t i = 0; i < rows; ++i) {
+      const index_t r = r0 + i;
+      const index_t a = std::clamp<index_t>(mask.lo[r / mask.group] - j0, 0, nk);
+      const index_t b = std::clamp<index_t>(mask.hi[r / mask.group] - j0, 0, nk);
+      if (a < b)
+        accumulate_few(cmatrix<T>(s.row(i) + a, 1, b - a, s.ld), vt.row_block(a, b - a), st.acc.row_block(r, 1));
+    }
+  } else if (rows <= 4) {
+    accumulate_few(cmatrix<T>(s), vt, st.acc.row_block(r0, rows));
+  } else {
+    gemm_nn(cmatrix<T>(s), vt, st.acc.row_block(r0, rows), T(1), T(1));
+  }
 }
 
 /// Keys per tile of a pass of at most `rows` query rows over keys `dk` wide: flash_params.key_tile, except
@@ -2854,15 +3034,22 @@ inline void merge_states(const softmax_state<T>* parts, index_t count, const sof
 }
 
 /// The threads of one parallel region. Work-sharing loops end with a barrier; without OpenMP (or with one
-/// thread) they are plain loops.
+/// thread) they are plain loops. Nothing thrown inside leaves the region: per-thread set-up runs through
+/// guard(), loop bodies through the region's error collector, and run_team() rethrows after the region.
 class team {
  public:
-  explicit team(bool omp) : omp_(omp) {}
+  team(bool omp, detail::region_errors& errors) : omp_(omp), errors_(&errors) {}
   int size() const {
 #if SESSA_HAS_OPENMP
     if (omp_) return omp_get_num_threads();
 #endif
     return 1;
+  }
+  /// Runs f() (per-thread set-up that may throw, such as growing a buffer); false when it or an earlier
+  /// piece of the region failed. The loops below skip their bodies from then on, on every thread.
+  template <class F>
+  bool guard(F&& f) const {
+    return errors_->run(std::forward<F>(f));
   }
   /// f(i) for i in [0, n), contiguous near-equal shares per thread.
   template <class F>
@@ -2870,11 +3057,11 @@ class team {
 #if SESSA_HAS_OPENMP
     if (omp_) {
 #pragma omp for schedule(static)
-      for (index_t i = 0; i < n; ++i) f(i);
+      for (index_t i = 0; i < n; ++i) errors_->run([&] { f(i); });
       return;
     }
 #endif
-    for (index_t i = 0; i < n; ++i) f(i);
+    for (index_t i = 0; i < n; ++i) errors_->run([&] { f(i); });
   }
   /// f(i) for i in [0, n), handed out one at a time in order.
   template <class F>
@@ -2882,31 +3069,36 @@ class team {
 #if SESSA_HAS_OPENMP
     if (omp_) {
 #pragma omp for schedule(dynamic, 1)
-      for (index_t i = 0; i < n; ++i) f(i);
+      for (index_t i = 0; i < n; ++i) errors_->run([&] { f(i); });
       return;
     }
 #endif
-    for (index_t i = 0; i < n; ++i) f(i);
+    for (index_t i = 0; i < n; ++i) errors_->run([&] { f(i); });
   }
 
  private:
   bool omp_;
+  detail::region_errors* errors_;
 };
 
 /// Runs f(team) on nt threads (a parallel region of its own, so the loops bind to it even when the caller
-/// is inside another region), or on the calling thread when nt == 1.
+/// is inside another region), or on the calling thread when nt == 1; then rethrows the first exception any
+/// piece of f threw.
 template <class F>
 inline void run_team(int nt, F&& f) {
+  detail::region_errors errors;
 #if SESSA_HAS_OPENMP
   if (nt > 1) {
 #pragma omp parallel num_threads(nt)
-    f(team(true));
+    errors.run([&] { f(team(true, errors)); });
+    errors.rethrow_if_failed();
     return;
   }
 #else
   (void)nt;
 #endif
-  f(team(false));
+  errors.run([&] { f(team(false, errors)); });
+  errors.rethrow_if_failed();
 }
 
 /// Threads for a call of `flops` FLOPs, at most max_threads: one inside a parallel region or below
@@ -2973,10 +3165,12 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
 
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
-    tb.q.reserve(rows_max * d);
-    tb.s.reserve(rows_max * Bk);
-    tb.state.reserve(slot);
-    tb.range.reserve(2 * std::min(n, Bq));
+    tm.guard([&] {
+      tb.q.reserve(rows_max * d);
+      tb.s.reserve(rows_max * Bk);
+      tb.state.reserve(slot);
+      tb.range.reserve(2 * std::min(n, Bq));
+    });
 
     tm.for_dynamic(items * ks, [&](index_t u) {
       const index_t part = u % ks, item = u / ks;
@@ -3383,7 +3577,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
-    tb.s.reserve(std::max(prows * Bp, prows * Bk));
+    tm.guard([&] { tb.s.reserve(std::max(prows * Bp, prows * Bk)); });
     const index_t P = tm.size();
 
     // (0) every row's state over the cached past [0, pos0).
@@ -4029,8 +4223,13 @@ class layer {
 
   const layer_config& config() const noexcept { return cfg_; }
   const mixer_type& get_mixer() const noexcept { return mixer_; }
-  /// The layer's own parameters (its mixer's are in get_mixer().weights()).
-  const weights_type& weights() const noexcept { return w_; }
+  /// A copy of every parameter of the layer, its mixer's included (to save the model, or to build it on another
+  /// backend). The mixer's alone are in get_mixer().weights(), without a copy.
+  weights_type weights() const {
+    weights_type w = w_;  // the layer's own parameters; its mixer owns the rest
+    w.mixer = mixer_.weights();
+    return w;
+  }
 
   /// A cache for `batch` sequences of up to `capacity` tokens.
   cache_type init_cache(index_t batch, index_t capacity) const { return cache_type(cfg_, batch, capacity); }
@@ -4042,9 +4241,24 @@ class layer {
     layer_forward<Backend, P>(cfg_, params(w_, mixer_.weights()), mixer_.variant(), x, batch, cache, ws, y);
   }
 
+  /// Everything a call of `batch` x `n` tokens allocates, against a cache of `capacity` tokens (with a fresh cache
+  /// of n tokens when `stateless`): checked against the memory limit before anything is allocated.
+  memory_plan forward_plan(index_t batch, index_t n, index_t capacity, bool stateless = false) const {
+    const index_t D = cfg_.d_model, rows = batch * std::min(n, prefill_block);
+    const auto u = [](index_t v) { return static_cast<std::uint64_t>(v); };
+    memory_plan p("layer forward of batch " + std::to_string(batch) + " x " + std::to_string(n) + " tokens");
+    p.add("output", u(batch) * u(n) * u(D), sizeof(scalar_type));
+    if (stateless) p.add("cache", u(cache_type::storage_size(cfg_, batch, n)), sizeof(typename cache_type::value_type));
+    p.add("workspace", workspace_type::bytes(cfg_, rows, capacity), 1);
+    if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(scalar_type));
+    p.add("kernel row states", u(rows) * u(D + 2), sizeof(scalar_type));
+    return p;
+  }
+
   /// Prefill or chunk: x (batch, n, D) -> y (batch, n, D), extending the cache (its scratch is used).
   tensor_type forward(const tensor_type& x, cache_type& cache) const {
     detail::check_activation_shape(x.shape(), cfg_.d_model, "layer input x");
+    forward_plan(x.dim(0), x.dim(1), cache.capacity()).check();
     tensor_type y(x.shape());
     forward(x.as_matrix(), x.dim(0), cache, cache.scratch, y.as_matrix());
     return y;
@@ -4053,6 +4267,7 @@ class layer {
   /// Stateless prefill: x (batch, T, D) -> y (batch, T, D) with a fresh cache of capacity T.
   tensor_type forward(const tensor_type& x) const {
     detail::check_activation_shape(x.shape(), cfg_.d_model, "layer input x");
+    forward_plan(x.dim(0), x.dim(1), x.dim(1), true).check();
     auto cache = init_cache(x.dim(0), x.dim(1));
     return forward(x, cache);
   }
@@ -4062,6 +4277,7 @@ class layer {
     if (x_t.rank() != 2 || x_t.dim(0) <= 0 || x_t.dim(1) != cfg_.d_model)
       throw shape_error("decode_step input must have shape (batch, " + std::to_string(cfg_.d_model) + "); got " +
                         shape_string(x_t.shape()));
+    forward_plan(x_t.dim(0), 1, cache.capacity()).check();
     tensor_type y(x_t.shape());
     forward(x_t.as_matrix(), x_t.dim(0), cache, cache.scratch, y.as_matrix());
     return y;
@@ -4209,14 +4425,53 @@ class decoder {
 
   const decoder_config& config() const noexcept { return cfg_; }
   const std::vector<layer_type>& layers() const noexcept { return layers_; }
-  /// Embedding, final norm and head (the layers' parameters live in layers()).
-  const weights_type& weights() const noexcept { return w_; }
+  /// A copy of every parameter of the decoder, its layers' included (to save the model, or to build it on
+  /// another backend). Each layer's are also in layers()[i].weights().
+  weights_type weights() const {
+    weights_type w = w_;  // embedding, final norm and head; the layers own the rest
+    w.layers.reserve(layers_.size());
+    for (const layer_type& l : layers_) w.layers.push_back(l.weights());
+    return w;
+  }
 
   cache_type init_cache(index_t batch, index_t capacity) const {
+    cache_plan(batch, capacity).check();  // every layer's, before the first is made
     cache_type c;
     c.layers.reserve(static_cast<std::size_t>(cfg_.n_layers));
     for (const auto& l : layers_) c.layers.push_back(l.init_cache(batch, capacity));
     return c;
+  }
+
+  /// What a cache of `batch` x `capacity` tokens allocates (every layer's).
+  memory_plan cache_plan(index_t batch, index_t capacity) const {
+    memory_plan p("a decoder cache of " + std::to_string(cfg_.n_layers) + " layers, batch " + std::to_string(batch) +
+                  " and capacity " + std::to_string(capacity) + " tokens");
+    const auto per_layer = static_cast<std::uint64_t>(layer_cache<P, Backend>::storage_size(cfg_.layer, batch, capacity));
+    p.add("keys, values, feedback keys and states of every layer", per_layer * static_cast<std::uint64_t>(cfg_.n_layers),
+          sizeof(cache_t<P>));
+    return p;
+  }
+
+  /// Everything a call of `batch` x `n` tokens allocates against a cache of `capacity` tokens: the logits when the
+  /// call returns them (`with_logits`), a fresh cache of n tokens when `stateless`, the residual stream, the
+  /// layers' workspace for one pass and the head's rows. Checked against the memory limit before any allocation.
+  memory_plan forward_plan(index_t batch, index_t n, index_t capacity, logits_for which, bool with_logits,
+                           bool stateless = false) const {
+    const index_t D = cfg_.layer.d_model, V = cfg_.vocab_size, rows = batch * n;
+    const index_t pass_rows = batch * std::min(n, prefill_block);
+    const index_t out_rows = which == logits_for::all ? rows : batch;
+    const auto u = [](index_t v) { return static_cast<std::uint64_t>(v); };
+    using T = scalar_type;
+    memory_plan p("decoder forward of batch " + std::to_string(batch) + " x " + std::to_string(n) + " tokens");
+    if (with_logits) p.add("logits", u(out_rows) * u(V), sizeof(T));
+    if (stateless) p.add("cache", cache_plan(batch, n).total(), 1);
+    p.add("residual stream", u(rows) * u(D), sizeof(T));
+    p.add("layer workspace", workspace<T, Backend>::bytes(cfg_.layer, pass_rows, capacity), 1);
+    if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(T));
+    p.add("kernel row states", u(pass_rows) * u(D + 2), sizeof(T));
+    p.add("head rows", u(std::min(out_rows, prefill_block)) * u(D), sizeof(T));
+    if constexpr (!std::is_same_v<space, memory::host>) p.add("token ids on the device", u(rows), sizeof(std::int64_t));
+    return p;
   }
 
   /// Core form. tokens (batch, n) row-major, on the host -> logits (batch*n, V), or (batch, V) with
@@ -4241,6 +4496,7 @@ class decoder {
                         std::to_string(cfg_.n_layers) + "; make it with init_cache");
     check_tokens(tokens, n, V);
     for (auto& l : cache.layers) l.require(batch, n);
+    forward_plan(batch, n, cache.layers.front().capacity(), which, false).check();
 
     // A failure anywhere below (an allocation, a device error) rolls every layer's cache back to the length
     // the call found, so the next call starts from consistent state; `logits` is then unspecified.
@@ -4278,6 +4534,7 @@ class decoder {
     if (tokens.rank() != 2 || tokens.dim(0) <= 0 || tokens.dim(1) <= 0)
       throw shape_error("tokens must have shape (batch, tokens) with both >= 1; got " + shape_string(tokens.shape()));
     const index_t B = tokens.dim(0), n = tokens.dim(1), V = cfg_.vocab_size;
+    if (!cache.layers.empty()) forward_plan(B, n, cache.layers.front().capacity(), which, true).check();
     tensor_type out(which == logits_for::all ? shape_t{B, n, V} : shape_t{B, V});
     forward(tokens.span(), B, cache, out.as_matrix(), which);
     return out;
@@ -4287,6 +4544,7 @@ class decoder {
   tensor_type forward(const tensor<std::int64_t>& tokens) const {
     if (tokens.rank() != 2 || tokens.dim(0) <= 0 || tokens.dim(1) <= 0)
       throw shape_error("tokens must have shape (batch, tokens) with both >= 1; got " + shape_string(tokens.shape()));
+    forward_plan(tokens.dim(0), tokens.dim(1), tokens.dim(1), logits_for::all, true, true).check();
     auto cache = init_cache(tokens.dim(0), tokens.dim(1));
     return forward(tokens, cache);
   }
@@ -4294,6 +4552,7 @@ class decoder {
   /// One token per batch row: tokens (batch) -> logits (batch, V).
   tensor_type decode_step(std::span<const std::int64_t> tokens, cache_type& cache) const {
     const index_t B = static_cast<index_t>(tokens.size());
+    if (B > 0 && !cache.layers.empty()) forward_plan(B, 1, cache.layers.front().capacity(), logits_for::all, true).check();
     tensor_type out(shape_t{B, cfg_.vocab_size});
     forward(tokens, B, cache, out.as_matrix(), logits_for::all);
     return out;
@@ -4531,6 +4790,7 @@ class value {
 
  private:
   friend class parser;
+  friend class reader;
 
   void expect(kind k) const {
     if (kind_ != k)
@@ -4655,7 +4915,7 @@ class parser {
     return v;
   }
 
- private:
+ protected:
   [[noreturn]] void fail_at(std::size_t at, const std::string& msg) const {
     throw format_error(std::string(opt_.context) + ": at byte " + std::to_string(opt_.base_offset + at) + ": " +
                        msg);
@@ -4895,6 +5155,128 @@ class parser {
 /// Parses one JSON document; throws format_error "<context>: at byte N: <what was expected>, got <what was there>".
 inline value parse(std::string_view text, const parse_options& opt = {}) { return parser(text, opt).parse_document(); }
 
+/// A pull reader over one JSON document, for callers that know the structure they expect (a schema) and keep
+/// only what they need: nothing is built but the strings and numbers asked for, so memory does not grow with
+/// the size of the input the way a value tree does (a tree costs about 100 bytes per value, so a few bytes of
+/// hostile input per value could cost 50 times the input). The grammar, the UTF-8 check, the depth limit and
+/// the error messages are the parser's; duplicate keys are for the caller to detect (it knows which it keeps).
+///
+///   json::reader r(text, opt);
+///   r.enter_object();
+///   for (std::string key; r.next_member(key);) { if (r.next_kind() != json::kind::string) r.fail_here("..."); ... }
+///   r.finish();
+class reader : private parser {
+ public:
+  /// Checks the whole input is valid UTF-8 and moves to the document's value.
+  reader(std::string_view text, const parse_options& opt) : parser(text, opt) {
+    if (auto bad = check_utf8(s_)) fail_at(bad->offset, "input is not valid UTF-8: " + bad->what);
+    skip_ws();
+  }
+
+  /// The kind of the value at the cursor, which is not consumed; format_error when no value starts there.
+  kind next_kind() const {
+    switch (peek()) {
+      case '{': return kind::object;
+      case '[': return kind::array;
+      case '"': return kind::string;
+      case 't':
+      case 'f': return kind::boolean;
+      case 'n': return kind::null;
+      default:
+        if (at_end()) fail("expected a JSON value");
+        if (peek() != '-' && !is_digit(peek()))
+          fail("expected a JSON value (object, array, string, number, true, false or null)");
+        return kind::number;
+    }
+  }
+  /// Byte offset of the cursor (plus parse_options::base_offset), as error messages report it.
+  std::size_t offset() const noexcept { return opt_.base_offset + pos_; }
+  /// format_error "<context>: at byte N: <msg>" at the cursor.
+  [[noreturn]] void fail_here(const std::string& msg) const { fail_at(pos_, msg); }
+
+  /// Consumes '{'; then next_member() walks the members.
+  void enter_object() { enter('{', "expected '{'"); }
+  /// Reads the next member's key and the ':' after it and returns true, or consumes the closing '}' and
+  /// returns false. The member's value must then be read (or entered) before the next call.
+  bool next_member(std::string& key) {
+    if (!next('}', "expected ',' or '}' after object member")) return false;
+    if (peek() != '"') fail(first_at_ ? "expected '\"' to start an object key or '}'"
+                                      : "expected '\"' to start an object key after ','");
+    key = parse_string();
+    skip_ws();
+    if (peek() != ':') fail("expected ':' after object key '" + key + "'");
+    ++pos_;
+    skip_ws();
+    return true;
+  }
+  /// Consumes '['; then next_element() walks the elements.
+  void enter_array() { enter('[', "expected '['"); }
+  /// True when another element follows (the cursor is on it), false after consuming the closing ']'.
+  bool next_element() {
+    if (!next(']', "expected ',' or ']' after array element")) return false;
+    if (peek() == ']') fail("expected a JSON value after ','");
+    return true;
+  }
+
+  std::string read_string() {
+    if (peek() != '"') fail("expected a string");
+    std::string v = parse_string();
+    skip_ws();
+    return v;
+  }
+  /// A number, with its source text (value::number_text, is_integer, as_int64).
+  value read_number() {
+    const std::size_t start = pos_;
+    if (next_kind() != kind::number) fail("expected a number");
+    value v = parse_number();
+    v.offset_ = opt_.base_offset + start;
+    skip_ws();
+    return v;
+  }
+  /// Any value as a tree (for parts of a document that are small by the schema).
+  value read_value() {
+    value v = parse_value(static_cast<int>(open_.size()));
+    skip_ws();
+    return v;
+  }
+  /// Only whitespace may follow the document's value.
+  void finish() const {
+    if (!open_.empty() || pos_ != s_.size())
+      fail("expected end of input after the JSON value (only whitespace may follow)");
+  }
+
+ private:
+  void enter(char open, const char* expected) {
+    if (peek() != open) fail(expected);
+    parser::enter(static_cast<int>(open_.size()) + 1);
+    ++pos_;
+    skip_ws();
+    open_.push_back(true);
+  }
+  /// Before an element or member: false (consuming `close`) at the end of the container; consumes the ','
+  /// between elements.
+  bool next(char close, const char* expected_after) {
+    if (open_.empty()) fail("expected end of input (no object or array is open)");
+    first_at_ = open_.back();
+    if (peek() == close) {
+      ++pos_;
+      skip_ws();
+      open_.pop_back();
+      return false;
+    }
+    if (!first_at_) {
+      if (peek() != ',') fail(expected_after);
+      ++pos_;
+      skip_ws();
+    }
+    open_.back() = false;
+    return true;
+  }
+
+  std::vector<bool> open_;  // one entry per open container: true until its first element has been read
+  bool first_at_ = true;    // the last next() call was before a container's first element
+};
+
 // ---------------------------------------------------------------------------------------------- writing
 
 /// Appends `s` as a JSON string literal. Escapes '"', '\\' and control characters; with ascii_only every
@@ -5083,6 +5465,8 @@ inline std::optional<dtype> dtype_from_name(std::string_view name) noexcept {
 
 /// Largest header the reader accepts (the reference implementation's limit).
 inline constexpr std::uint64_t safetensors_max_header_bytes = std::uint64_t{100} << 20;  // 100 MiB
+/// Most __metadata__ entries accepted (each costs a map node, far more than its few bytes of text).
+inline constexpr std::size_t safetensors_max_metadata_entries = std::size_t{1} << 16;
 /// Largest shape entry accepted: 2^53, the largest integer every JSON reader represents exactly.
 inline constexpr std::uint64_t safetensors_max_extent = std::uint64_t{1} << 53;
 
@@ -5221,10 +5605,10 @@ class safetensors_file {
  private:
   [[noreturn]] void fail(const std::string& msg) const { throw format_error(source_ + ": " + msg); }
   void parse_header();
-  void parse_metadata(const json::value& v);
-  void parse_entry(const std::string& name, const json::value& v, std::size_t data_size);
+  void parse_metadata(json::reader& r);
+  void parse_entry(const std::string& name, json::reader& r, std::size_t data_size);
   void check_layout(std::size_t data_size) const;
-  std::uint64_t non_negative_integer(const json::value& v, std::uint64_t max, const std::string& what) const;
+  std::uint64_t non_negative_integer(json::reader& r, std::uint64_t max, const std::string& what) const;
 
   std::string source_;
   std::vector<std::byte> bytes_;  // the whole file
@@ -5240,6 +5624,7 @@ inline safetensors_file safetensors_file::load(const std::filesystem::path& path
   if (!f) throw io_error(where + ": cannot open for reading: " + std::generic_category().message(errno));
   std::error_code size_ec;
   const auto hint = std::filesystem::file_size(path, size_ec);  // a hint only: the file may change
+  if (!size_ec) memory_plan("reading " + where).add("the file's bytes", hint, 1).check();
   std::vector<std::byte> bytes(size_ec ? std::size_t{1} << 16 : static_cast<std::size_t>(hint) + 1);
   std::size_t used = 0;
   for (;;) {
@@ -5280,30 +5665,42 @@ inline void safetensors_file::parse_header() {
 
   const std::string_view text(reinterpret_cast<const char*>(bytes_.data() + 8), static_cast<std::size_t>(n));
   const std::string context = source_ + ": header";
-  const json::value root = json::parse(text, {.context = context, .base_offset = 8, .max_depth = 64});
-  if (!root.is_object())
-    fail("header is not a JSON object (it is " + std::string(json::kind_name(root.type())) + ")");
-
-  for (const auto& [name, v] : root.as_object()) {  // JSON keys are unique: the parser rejects duplicates
-    if (name == "__metadata__") parse_metadata(v);
-    else parse_entry(name, v, data_size);
+  // Read against the schema as it streams by: only the entries are built, so memory stays a small multiple of
+  // the header's size whatever it holds (a generic JSON tree of millions of shape extents would not).
+  json::reader r(text, {.context = context, .base_offset = 8, .max_depth = 64});
+  if (r.next_kind() != json::kind::object)
+    fail("header is not a JSON object (it is " + std::string(json::kind_name(r.next_kind())) + ")");
+  r.enter_object();
+  bool seen_metadata = false;
+  for (std::string name; r.next_member(name);) {
+    if (name == "__metadata__" ? std::exchange(seen_metadata, true) : index_.count(name) > 0)
+      r.fail_here("duplicate key '" + name + "' in object");
+    if (name == "__metadata__") parse_metadata(r);
+    else parse_entry(name, r, data_size);
   }
+  r.finish();
   check_layout(data_size);
 }
 
-inline void safetensors_file::parse_metadata(const json::value& v) {
-  if (!v.is_object())
-    fail("__metadata__ must be an object of strings, got " + std::string(json::kind_name(v.type())));
-  for (const auto& [k, s] : v.as_object()) {
-    if (!s.is_string())
-      fail("__metadata__ value of '" + k + "' must be a string, got " + std::string(json::kind_name(s.type())));
-    metadata_.emplace(k, s.as_string());
+inline void safetensors_file::parse_metadata(json::reader& r) {
+  if (r.next_kind() != json::kind::object)
+    fail("__metadata__ must be an object of strings, got " + std::string(json::kind_name(r.next_kind())));
+  r.enter_object();
+  for (std::string k; r.next_member(k);) {
+    if (r.next_kind() != json::kind::string)
+      fail("__metadata__ value of '" + k + "' must be a string, got " + std::string(json::kind_name(r.next_kind())));
+    if (metadata_.size() >= safetensors_max_metadata_entries)
+      fail("__metadata__ has more than " + std::to_string(safetensors_max_metadata_entries) + " entries");
+    if (metadata_.count(k)) r.fail_here("duplicate key '" + k + "' in object");
+    metadata_.emplace(std::move(k), r.read_string());
   }
 }
 
-inline std::uint64_t safetensors_file::non_negative_integer(const json::value& v, std::uint64_t max,
+inline std::uint64_t safetensors_file::non_negative_integer(json::reader& r, std::uint64_t max,
                                                             const std::string& what) const {
-  if (!v.is_number()) fail(what + " must be a non-negative integer, got " + std::string(json::kind_name(v.type())));
+  if (r.next_kind() != json::kind::number)
+    fail(what + " must be a non-negative integer, got " + std::string(json::kind_name(r.next_kind())));
+  const json::value v = r.read_number();
   const std::string text(v.number_text());
   if (!v.is_integer()) fail(what + " = " + text + " is not an integer");
   const std::optional<std::int64_t> i = v.as_int64();
@@ -5314,37 +5711,56 @@ inline std::uint64_t safetensors_file::non_negative_integer(const json::value& v
   return static_cast<std::uint64_t>(*i);
 }
 
-inline void safetensors_file::parse_entry(const std::string& name, const json::value& v, std::size_t data_size) {
+inline void safetensors_file::parse_entry(const std::string& name, json::reader& r, std::size_t data_size) {
   if (name.empty()) fail("a tensor has an empty name");
   const std::string t = "tensor '" + name + "'";
-  if (!v.is_object()) fail(t + ": entry must be an object, got " + std::string(json::kind_name(v.type())));
-  const json::value *jd = nullptr, *js = nullptr, *jo = nullptr;
-  for (const auto& [k, field] : v.as_object()) {
-    if (k == "dtype") jd = &field;
-    else if (k == "shape") js = &field;
-    else if (k == "data_offsets") jo = &field;
-    else fail(t + ": unexpected field '" + k + "' (a tensor has exactly dtype, shape and data_offsets)");
-  }
-  for (auto [p, key] : {std::pair{jd, "dtype"}, std::pair{js, "shape"}, std::pair{jo, "data_offsets"}})
-    if (!p) fail(t + ": missing field '" + key + "'");
-
-  if (!jd->is_string()) fail(t + ": 'dtype' must be a string, got " + std::string(json::kind_name(jd->type())));
-  const std::optional<dtype> type = dtype_from_name(jd->as_string());
-  if (!type) fail(t + ": unknown dtype '" + jd->as_string() + "'");
-
-  if (!js->is_array())
-    fail(t + ": 'shape' must be an array of non-negative integers, got " + std::string(json::kind_name(js->type())));
-  shape_t shape;
-  for (std::size_t i = 0; i < js->as_array().size(); ++i)
-    shape.push_back(static_cast<index_t>(non_negative_integer(js->as_array()[i], safetensors_max_extent,
-                                                              t + ": shape[" + std::to_string(i) + "]")));
-
-  if (!jo->is_array() || jo->as_array().size() != 2)
-    fail(t + ": 'data_offsets' must be an array of two non-negative integers [begin, end], got " +
-         (jo->is_array() ? "an array of " + std::to_string(jo->as_array().size()) : std::string(json::kind_name(jo->type()))));
+  if (r.next_kind() != json::kind::object)
+    fail(t + ": entry must be an object, got " + std::string(json::kind_name(r.next_kind())));
+  r.enter_object();
+  std::optional<dtype> type;
+  std::optional<shape_t> shape;
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> range;
   const std::uint64_t limit = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
-  const std::uint64_t begin = non_negative_integer(jo->as_array()[0], limit, t + ": data_offsets[0]");
-  const std::uint64_t end = non_negative_integer(jo->as_array()[1], limit, t + ": data_offsets[1]");
+  for (std::string k; r.next_member(k);) {
+    if ((k == "dtype" && type) || (k == "shape" && shape) || (k == "data_offsets" && range))
+      r.fail_here("duplicate key '" + k + "' in object");
+    if (k == "dtype") {
+      if (r.next_kind() != json::kind::string)
+        fail(t + ": 'dtype' must be a string, got " + std::string(json::kind_name(r.next_kind())));
+      const std::string d = r.read_string();
+      type = dtype_from_name(d);
+      if (!type) fail(t + ": unknown dtype '" + d + "'");
+    } else if (k == "shape") {
+      if (r.next_kind() != json::kind::array)
+        fail(t + ": 'shape' must be an array of non-negative integers, got " +
+             std::string(json::kind_name(r.next_kind())));
+      r.enter_array();
+      shape.emplace();
+      while (r.next_element())
+        shape->push_back(static_cast<index_t>(non_negative_integer(
+            r, safetensors_max_extent, t + ": shape[" + std::to_string(shape->size()) + "]")));
+    } else if (k == "data_offsets") {
+      const auto two = [&](const std::string& got) {
+        fail(t + ": 'data_offsets' must be an array of two non-negative integers [begin, end], got " + got);
+      };
+      if (r.next_kind() != json::kind::array) two(std::string(json::kind_name(r.next_kind())));
+      r.enter_array();
+      std::uint64_t v[2] = {0, 0};
+      std::size_t count = 0;
+      for (; r.next_element(); ++count) {
+        if (count == 2) two("an array of more than 2");
+        v[count] = non_negative_integer(r, limit, t + ": data_offsets[" + std::to_string(count) + "]");
+      }
+      if (count != 2) two("an array of " + std::to_string(count));
+      range.emplace(v[0], v[1]);
+    } else {
+      fail(t + ": unexpected field '" + k + "' (a tensor has exactly dtype, shape and data_offsets)");
+    }
+  }
+  if (!type) fail(t + ": missing field 'dtype'");
+  if (!shape) fail(t + ": missing field 'shape'");
+  if (!range) fail(t + ": missing field 'data_offsets'");
+  const auto [begin, end] = *range;
   const std::string offsets = "data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "]";
   if (begin > end) fail(t + ": " + offsets + " has begin > end");
 
@@ -5352,23 +5768,23 @@ inline void safetensors_file::parse_entry(const std::string& name, const json::v
   // a later extent is 0, so shape_numel() on the result can never overflow either)
   const std::uint64_t max_numel = static_cast<std::uint64_t>(std::numeric_limits<index_t>::max());
   std::uint64_t numel = 1;
-  for (index_t e : shape) {
+  for (index_t e : *shape) {
     const auto ue = static_cast<std::uint64_t>(e);
-    if (ue != 0 && numel > max_numel / ue) fail(t + ": shape " + shape_string(shape) + " has too many elements (overflow)");
+    if (ue != 0 && numel > max_numel / ue) fail(t + ": shape " + shape_string(*shape) + " has too many elements (overflow)");
     numel *= ue;
   }
   const std::uint64_t esize = dtype_size(*type);
   if (numel > std::numeric_limits<std::uint64_t>::max() / esize)
-    fail(t + ": byte size of " + std::string(dtype_name(*type)) + " " + shape_string(shape) + " overflows");
+    fail(t + ": byte size of " + std::string(dtype_name(*type)) + " " + shape_string(*shape) + " overflows");
   const std::uint64_t nbytes = numel * esize;
   if (nbytes != end - begin)
-    fail(t + ": " + std::string(dtype_name(*type)) + " " + shape_string(shape) + " needs " + std::to_string(nbytes) +
+    fail(t + ": " + std::string(dtype_name(*type)) + " " + shape_string(*shape) + " needs " + std::to_string(nbytes) +
          " bytes but " + offsets + " span " + std::to_string(end - begin));
   if (end > data_size)
     fail(t + ": " + offsets + " run past the end of the data section (" + std::to_string(data_size) + " bytes)");
 
   index_.emplace(name, entries_.size());
-  entries_.push_back({name, *type, std::move(shape), static_cast<std::size_t>(begin), static_cast<std::size_t>(nbytes)});
+  entries_.push_back({name, *type, std::move(*shape), static_cast<std::size_t>(begin), static_cast<std::size_t>(nbytes)});
 }
 
 /// The tensors, sorted by their first byte, must tile the data section: the first starts at 0, each starts
@@ -5768,12 +6184,12 @@ inline model_info read_model_info(const safetensors_file& f) {
     info.attention = *a;
     if (*a == "sliding_window") {
       info.window = detail::meta_int(detail::need_meta(m, "sessa.window", src), "sessa.window", src);
-      attention::sliding_window{info.window}.check();
     } else if (*a != "causal") {
       throw format_error(src + ": metadata 'sessa.attention' = '" + *a + "' is not 'causal' or 'sliding_window'");
     }
   }
   try {
+    if (info.attention == "sliding_window") attention::sliding_window{info.window}.check();
     if (info.arch == model_arch::decoder) info.config.check();
     else info.config.layer.check();
   } catch (const config_error& e) {
@@ -5810,7 +6226,15 @@ inline std::string describe(const model_info& m) {
 ///    "attention": "causal"|"sliding_window", "window": 8}
 /// d_model and n_heads are required (plus vocab_size and n_layers for a decoder); the rest default to the
 /// public modules' defaults (n_kv_heads = n_heads). Unknown keys are errors.
+/// Largest configuration text accepted: a configuration is a dozen keys, and a JSON tree costs about 100 bytes
+/// per value, so an unbounded text could take far more memory than its size.
+inline constexpr std::size_t max_config_json_bytes = std::size_t{1} << 16;
+
 inline model_info parse_config_json(std::string_view text, const std::string& src) {
+  if (text.size() > max_config_json_bytes)
+    throw format_error(src + ": the configuration is " + std::to_string(text.size()) +
+                       " bytes, over the limit of " + std::to_string(max_config_json_bytes) +
+                       " bytes for a JSON configuration");
   json::value doc;
   try {
     doc = json::parse(text);
@@ -5871,11 +6295,11 @@ inline model_info parse_config_json(std::string_view text, const std::string& sr
   info.attention = text_of("attention", "causal");
   if (info.attention == "sliding_window") {
     info.window = integer("window", std::nullopt);
-    attention::sliding_window{info.window}.check();
   } else if (info.attention != "causal") {
     fail("configuration 'attention' = '" + info.attention + "' is not 'causal' or 'sliding_window'");
   }
   try {
+    if (info.attention == "sliding_window") attention::sliding_window{info.window}.check();
     if (info.arch == model_arch::decoder) info.config.check();
     else L.check();
   } catch (const config_error& e) {
@@ -5951,6 +6375,25 @@ buffer<T> read_storage(const safetensors_file& f, const std::string& name) {
   }
 }
 
+/// The index of the first NaN or infinity in a weight buffer, or -1.
+template <storage_type T>
+index_t first_non_finite(const buffer<T>& b) {
+  for (index_t i = 0; i < b.size(); ++i)
+    if (!std::isfinite(static_cast<double>(b[i]))) return i;
+  return -1;
+}
+
+/// Why weight `name`[i] is not finite: a NaN or infinity in the file, or a finite value of the file that
+/// storage type T cannot hold (a double beyond float's range, a value beyond float16's 65504).
+template <storage_type T>
+std::string non_finite_weight(const safetensors_file& f, const std::string& name, index_t i) {
+  const double v = f.template read_as<double>(name)[static_cast<std::size_t>(i)];
+  const std::string at = name + "[" + std::to_string(i) + "]";
+  if (std::isfinite(v))
+    return at + " = " + shortest(v) + " overflows the storage type " + std::string(storage_name<T>()) + " (weights must be finite)";
+  return at + " is " + (std::isnan(v) ? "NaN" : v > 0 ? "+infinity" : "-infinity") + " (weights must be finite)";
+}
+
 template <storage_type T, class Config, class Weights>
 void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, const std::string& describe) {
   std::vector<std::string> missing, misshaped, unexpected, other;
@@ -5964,8 +6407,10 @@ void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, cons
     try {
       b = read_storage<T>(f, name);
     } catch (const format_error& err) {
-      other.push_back(err.what());
+      return other.push_back(err.what());
     }
+    // A weight that is not finite poisons every output it touches: refused at load, by name and index.
+    if (const index_t i = first_non_finite(b); i >= 0) other.push_back(non_finite_weight<T>(f, name, i));
   });
   // The public modules' buffers: rope_inv_freq (used when present) and the causal masks.
   const index_t half = (cfg_layer(cfg).d_model / cfg_layer(cfg).n_heads) / 2;
@@ -6012,7 +6457,7 @@ void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, cons
   list("missing", missing);
   list("unexpected", unexpected);
   list("mis-shaped", misshaped);
-  list("unreadable", other);
+  list("invalid", other);
   throw format_error(msg);
 }
 
@@ -6029,11 +6474,27 @@ inline std::string describe(const decoder_config& c) {
 
 }  // namespace detail
 
+namespace detail {
+/// What reading the weights of `c` in storage type T allocates: the parameters, and the largest tensor once more
+/// as read from the file (as double, the widest conversion).
+template <storage_type T, class Config>
+memory_plan weights_plan(const Config& c) {
+  const auto D = static_cast<std::uint64_t>(cfg_layer(c).d_model);
+  std::uint64_t largest = 2 * D * D;  // W_in, proj_fb
+  if constexpr (std::is_same_v<Config, decoder_config>) largest = std::max(largest, static_cast<std::uint64_t>(c.vocab_size) * D);
+  memory_plan p("the weights of " + describe(c));
+  p.add("parameters", static_cast<std::uint64_t>(parameter_count(c)), sizeof(T));
+  p.add("the largest tensor as read", largest, sizeof(double));
+  return p;
+}
+}  // namespace detail
+
 /// Layer weights from an opened file, checked against `c`, in storage type T (float, double, bfloat16, float16).
 /// `c` is validated first.
 template <storage_type T>
 layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_config& c) {
   c.check();
+  detail::weights_plan<T>(c).check();
   layer_weights<T> w;
   detail::fill_weights<T>(f, c, w, detail::describe(c));
   if (c.use_rope && w.mixer.rope_inv_freq.empty()) w.mixer.rope_inv_freq = rope::inv_freq_table(c.head_dim());
@@ -6059,6 +6520,7 @@ decoder_weights<T> read_decoder_weights(const safetensors_file& f, const decoder
                        " but the file holds tensors of " + std::to_string(present) + " layer" +
                        (present == 1 ? "" : "s") + " (layers.0 .. layers." + std::to_string(c.n_layers - 1) +
                        " are needed)");
+  detail::weights_plan<T>(c).check();
   decoder_weights<T> w;
   w.layers.resize(static_cast<std::size_t>(c.n_layers));
   detail::fill_weights<T>(f, c, w, detail::describe(c));

@@ -118,6 +118,7 @@ class value {
 
  private:
   friend class parser;
+  friend class reader;
 
   void expect(kind k) const {
     if (kind_ != k)
@@ -242,7 +243,7 @@ class parser {
     return v;
   }
 
- private:
+ protected:
   [[noreturn]] void fail_at(std::size_t at, const std::string& msg) const {
     throw format_error(std::string(opt_.context) + ": at byte " + std::to_string(opt_.base_offset + at) + ": " +
                        msg);
@@ -481,6 +482,128 @@ class parser {
 
 /// Parses one JSON document; throws format_error "<context>: at byte N: <what was expected>, got <what was there>".
 inline value parse(std::string_view text, const parse_options& opt = {}) { return parser(text, opt).parse_document(); }
+
+/// A pull reader over one JSON document, for callers that know the structure they expect (a schema) and keep
+/// only what they need: nothing is built but the strings and numbers asked for, so memory does not grow with
+/// the size of the input the way a value tree does (a tree costs about 100 bytes per value, so a few bytes of
+/// hostile input per value could cost 50 times the input). The grammar, the UTF-8 check, the depth limit and
+/// the error messages are the parser's; duplicate keys are for the caller to detect (it knows which it keeps).
+///
+///   json::reader r(text, opt);
+///   r.enter_object();
+///   for (std::string key; r.next_member(key);) { if (r.next_kind() != json::kind::string) r.fail_here("..."); ... }
+///   r.finish();
+class reader : private parser {
+ public:
+  /// Checks the whole input is valid UTF-8 and moves to the document's value.
+  reader(std::string_view text, const parse_options& opt) : parser(text, opt) {
+    if (auto bad = check_utf8(s_)) fail_at(bad->offset, "input is not valid UTF-8: " + bad->what);
+    skip_ws();
+  }
+
+  /// The kind of the value at the cursor, which is not consumed; format_error when no value starts there.
+  kind next_kind() const {
+    switch (peek()) {
+      case '{': return kind::object;
+      case '[': return kind::array;
+      case '"': return kind::string;
+      case 't':
+      case 'f': return kind::boolean;
+      case 'n': return kind::null;
+      default:
+        if (at_end()) fail("expected a JSON value");
+        if (peek() != '-' && !is_digit(peek()))
+          fail("expected a JSON value (object, array, string, number, true, false or null)");
+        return kind::number;
+    }
+  }
+  /// Byte offset of the cursor (plus parse_options::base_offset), as error messages report it.
+  std::size_t offset() const noexcept { return opt_.base_offset + pos_; }
+  /// format_error "<context>: at byte N: <msg>" at the cursor.
+  [[noreturn]] void fail_here(const std::string& msg) const { fail_at(pos_, msg); }
+
+  /// Consumes '{'; then next_member() walks the members.
+  void enter_object() { enter('{', "expected '{'"); }
+  /// Reads the next member's key and the ':' after it and returns true, or consumes the closing '}' and
+  /// returns false. The member's value must then be read (or entered) before the next call.
+  bool next_member(std::string& key) {
+    if (!next('}', "expected ',' or '}' after object member")) return false;
+    if (peek() != '"') fail(first_at_ ? "expected '\"' to start an object key or '}'"
+                                      : "expected '\"' to start an object key after ','");
+    key = parse_string();
+    skip_ws();
+    if (peek() != ':') fail("expected ':' after object key '" + key + "'");
+    ++pos_;
+    skip_ws();
+    return true;
+  }
+  /// Consumes '['; then next_element() walks the elements.
+  void enter_array() { enter('[', "expected '['"); }
+  /// True when another element follows (the cursor is on it), false after consuming the closing ']'.
+  bool next_element() {
+    if (!next(']', "expected ',' or ']' after array element")) return false;
+    if (peek() == ']') fail("expected a JSON value after ','");
+    return true;
+  }
+
+  std::string read_string() {
+    if (peek() != '"') fail("expected a string");
+    std::string v = parse_string();
+    skip_ws();
+    return v;
+  }
+  /// A number, with its source text (value::number_text, is_integer, as_int64).
+  value read_number() {
+    const std::size_t start = pos_;
+    if (next_kind() != kind::number) fail("expected a number");
+    value v = parse_number();
+    v.offset_ = opt_.base_offset + start;
+    skip_ws();
+    return v;
+  }
+  /// Any value as a tree (for parts of a document that are small by the schema).
+  value read_value() {
+    value v = parse_value(static_cast<int>(open_.size()));
+    skip_ws();
+    return v;
+  }
+  /// Only whitespace may follow the document's value.
+  void finish() const {
+    if (!open_.empty() || pos_ != s_.size())
+      fail("expected end of input after the JSON value (only whitespace may follow)");
+  }
+
+ private:
+  void enter(char open, const char* expected) {
+    if (peek() != open) fail(expected);
+    parser::enter(static_cast<int>(open_.size()) + 1);
+    ++pos_;
+    skip_ws();
+    open_.push_back(true);
+  }
+  /// Before an element or member: false (consuming `close`) at the end of the container; consumes the ','
+  /// between elements.
+  bool next(char close, const char* expected_after) {
+    if (open_.empty()) fail("expected end of input (no object or array is open)");
+    first_at_ = open_.back();
+    if (peek() == close) {
+      ++pos_;
+      skip_ws();
+      open_.pop_back();
+      return false;
+    }
+    if (!first_at_) {
+      if (peek() != ',') fail(expected_after);
+      ++pos_;
+      skip_ws();
+    }
+    open_.back() = false;
+    return true;
+  }
+
+  std::vector<bool> open_;  // one entry per open container: true until its first element has been read
+  bool first_at_ = true;    // the last next() call was before a container's first element
+};
 
 // ---------------------------------------------------------------------------------------------- writing
 

@@ -126,12 +126,12 @@ inline model_info read_model_info(const safetensors_file& f) {
     info.attention = *a;
     if (*a == "sliding_window") {
       info.window = detail::meta_int(detail::need_meta(m, "sessa.window", src), "sessa.window", src);
-      attention::sliding_window{info.window}.check();
     } else if (*a != "causal") {
       throw format_error(src + ": metadata 'sessa.attention' = '" + *a + "' is not 'causal' or 'sliding_window'");
     }
   }
   try {
+    if (info.attention == "sliding_window") attention::sliding_window{info.window}.check();
     if (info.arch == model_arch::decoder) info.config.check();
     else info.config.layer.check();
   } catch (const config_error& e) {
@@ -168,7 +168,15 @@ inline std::string describe(const model_info& m) {
 ///    "attention": "causal"|"sliding_window", "window": 8}
 /// d_model and n_heads are required (plus vocab_size and n_layers for a decoder); the rest default to the
 /// public modules' defaults (n_kv_heads = n_heads). Unknown keys are errors.
+/// Largest configuration text accepted: a configuration is a dozen keys, and a JSON tree costs about 100 bytes
+/// per value, so an unbounded text could take far more memory than its size.
+inline constexpr std::size_t max_config_json_bytes = std::size_t{1} << 16;
+
 inline model_info parse_config_json(std::string_view text, const std::string& src) {
+  if (text.size() > max_config_json_bytes)
+    throw format_error(src + ": the configuration is " + std::to_string(text.size()) +
+                       " bytes, over the limit of " + std::to_string(max_config_json_bytes) +
+                       " bytes for a JSON configuration");
   json::value doc;
   try {
     doc = json::parse(text);
@@ -229,11 +237,11 @@ inline model_info parse_config_json(std::string_view text, const std::string& sr
   info.attention = text_of("attention", "causal");
   if (info.attention == "sliding_window") {
     info.window = integer("window", std::nullopt);
-    attention::sliding_window{info.window}.check();
   } else if (info.attention != "causal") {
     fail("configuration 'attention' = '" + info.attention + "' is not 'causal' or 'sliding_window'");
   }
   try {
+    if (info.attention == "sliding_window") attention::sliding_window{info.window}.check();
     if (info.arch == model_arch::decoder) info.config.check();
     else L.check();
   } catch (const config_error& e) {
@@ -309,6 +317,25 @@ buffer<T> read_storage(const safetensors_file& f, const std::string& name) {
   }
 }
 
+/// The index of the first NaN or infinity in a weight buffer, or -1.
+template <storage_type T>
+index_t first_non_finite(const buffer<T>& b) {
+  for (index_t i = 0; i < b.size(); ++i)
+    if (!std::isfinite(static_cast<double>(b[i]))) return i;
+  return -1;
+}
+
+/// Why weight `name`[i] is not finite: a NaN or infinity in the file, or a finite value of the file that
+/// storage type T cannot hold (a double beyond float's range, a value beyond float16's 65504).
+template <storage_type T>
+std::string non_finite_weight(const safetensors_file& f, const std::string& name, index_t i) {
+  const double v = f.template read_as<double>(name)[static_cast<std::size_t>(i)];
+  const std::string at = name + "[" + std::to_string(i) + "]";
+  if (std::isfinite(v))
+    return at + " = " + shortest(v) + " overflows the storage type " + std::string(storage_name<T>()) + " (weights must be finite)";
+  return at + " is " + (std::isnan(v) ? "NaN" : v > 0 ? "+infinity" : "-infinity") + " (weights must be finite)";
+}
+
 template <storage_type T, class Config, class Weights>
 void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, const std::string& describe) {
   std::vector<std::string> missing, misshaped, unexpected, other;
@@ -322,8 +349,10 @@ void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, cons
     try {
       b = read_storage<T>(f, name);
     } catch (const format_error& err) {
-      other.push_back(err.what());
+      return other.push_back(err.what());
     }
+    // A weight that is not finite poisons every output it touches: refused at load, by name and index.
+    if (const index_t i = first_non_finite(b); i >= 0) other.push_back(non_finite_weight<T>(f, name, i));
   });
   // The public modules' buffers: rope_inv_freq (used when present) and the causal masks.
   const index_t half = (cfg_layer(cfg).d_model / cfg_layer(cfg).n_heads) / 2;
@@ -370,7 +399,7 @@ void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, cons
   list("missing", missing);
   list("unexpected", unexpected);
   list("mis-shaped", misshaped);
-  list("unreadable", other);
+  list("invalid", other);
   throw format_error(msg);
 }
 
@@ -387,11 +416,27 @@ inline std::string describe(const decoder_config& c) {
 
 }  // namespace detail
 
+namespace detail {
+/// What reading the weights of `c` in storage type T allocates: the parameters, and the largest tensor once more
+/// as read from the file (as double, the widest conversion).
+template <storage_type T, class Config>
+memory_plan weights_plan(const Config& c) {
+  const auto D = static_cast<std::uint64_t>(cfg_layer(c).d_model);
+  std::uint64_t largest = 2 * D * D;  // W_in, proj_fb
+  if constexpr (std::is_same_v<Config, decoder_config>) largest = std::max(largest, static_cast<std::uint64_t>(c.vocab_size) * D);
+  memory_plan p("the weights of " + describe(c));
+  p.add("parameters", static_cast<std::uint64_t>(parameter_count(c)), sizeof(T));
+  p.add("the largest tensor as read", largest, sizeof(double));
+  return p;
+}
+}  // namespace detail
+
 /// Layer weights from an opened file, checked against `c`, in storage type T (float, double, bfloat16, float16).
 /// `c` is validated first.
 template <storage_type T>
 layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_config& c) {
   c.check();
+  detail::weights_plan<T>(c).check();
   layer_weights<T> w;
   detail::fill_weights<T>(f, c, w, detail::describe(c));
   if (c.use_rope && w.mixer.rope_inv_freq.empty()) w.mixer.rope_inv_freq = rope::inv_freq_table(c.head_dim());
@@ -417,6 +462,7 @@ decoder_weights<T> read_decoder_weights(const safetensors_file& f, const decoder
                        " but the file holds tensors of " + std::to_string(present) + " layer" +
                        (present == 1 ? "" : "s") + " (layers.0 .. layers." + std::to_string(c.n_layers - 1) +
                        " are needed)");
+  detail::weights_plan<T>(c).check();
   decoder_weights<T> w;
   w.layers.resize(static_cast<std::size_t>(c.n_layers));
   detail::fill_weights<T>(f, c, w, detail::describe(c));

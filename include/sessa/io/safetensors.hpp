@@ -48,6 +48,7 @@
 #include "../config.hpp"
 #include "../core/tensor.hpp"
 #include "../error.hpp"
+#include "../core/budget.hpp"
 #include "json.hpp"
 
 namespace sessa::io {
@@ -91,6 +92,8 @@ inline std::optional<dtype> dtype_from_name(std::string_view name) noexcept {
 
 /// Largest header the reader accepts (the reference implementation's limit).
 inline constexpr std::uint64_t safetensors_max_header_bytes = std::uint64_t{100} << 20;  // 100 MiB
+/// Most __metadata__ entries accepted (each costs a map node, far more than its few bytes of text).
+inline constexpr std::size_t safetensors_max_metadata_entries = std::size_t{1} << 16;
 /// Largest shape entry accepted: 2^53, the largest integer every JSON reader represents exactly.
 inline constexpr std::uint64_t safetensors_max_extent = std::uint64_t{1} << 53;
 
@@ -229,10 +232,10 @@ class safetensors_file {
  private:
   [[noreturn]] void fail(const std::string& msg) const { throw format_error(source_ + ": " + msg); }
   void parse_header();
-  void parse_metadata(const json::value& v);
-  void parse_entry(const std::string& name, const json::value& v, std::size_t data_size);
+  void parse_metadata(json::reader& r);
+  void parse_entry(const std::string& name, json::reader& r, std::size_t data_size);
   void check_layout(std::size_t data_size) const;
-  std::uint64_t non_negative_integer(const json::value& v, std::uint64_t max, const std::string& what) const;
+  std::uint64_t non_negative_integer(json::reader& r, std::uint64_t max, const std::string& what) const;
 
   std::string source_;
   std::vector<std::byte> bytes_;  // the whole file
@@ -248,6 +251,7 @@ inline safetensors_file safetensors_file::load(const std::filesystem::path& path
   if (!f) throw io_error(where + ": cannot open for reading: " + std::generic_category().message(errno));
   std::error_code size_ec;
   const auto hint = std::filesystem::file_size(path, size_ec);  // a hint only: the file may change
+  if (!size_ec) memory_plan("reading " + where).add("the file's bytes", hint, 1).check();
   std::vector<std::byte> bytes(size_ec ? std::size_t{1} << 16 : static_cast<std::size_t>(hint) + 1);
   std::size_t used = 0;
   for (;;) {
@@ -288,30 +292,42 @@ inline void safetensors_file::parse_header() {
 
   const std::string_view text(reinterpret_cast<const char*>(bytes_.data() + 8), static_cast<std::size_t>(n));
   const std::string context = source_ + ": header";
-  const json::value root = json::parse(text, {.context = context, .base_offset = 8, .max_depth = 64});
-  if (!root.is_object())
-    fail("header is not a JSON object (it is " + std::string(json::kind_name(root.type())) + ")");
-
-  for (const auto& [name, v] : root.as_object()) {  // JSON keys are unique: the parser rejects duplicates
-    if (name == "__metadata__") parse_metadata(v);
-    else parse_entry(name, v, data_size);
+  // Read against the schema as it streams by: only the entries are built, so memory stays a small multiple of
+  // the header's size whatever it holds (a generic JSON tree of millions of shape extents would not).
+  json::reader r(text, {.context = context, .base_offset = 8, .max_depth = 64});
+  if (r.next_kind() != json::kind::object)
+    fail("header is not a JSON object (it is " + std::string(json::kind_name(r.next_kind())) + ")");
+  r.enter_object();
+  bool seen_metadata = false;
+  for (std::string name; r.next_member(name);) {
+    if (name == "__metadata__" ? std::exchange(seen_metadata, true) : index_.count(name) > 0)
+      r.fail_here("duplicate key '" + name + "' in object");
+    if (name == "__metadata__") parse_metadata(r);
+    else parse_entry(name, r, data_size);
   }
+  r.finish();
   check_layout(data_size);
 }
 
-inline void safetensors_file::parse_metadata(const json::value& v) {
-  if (!v.is_object())
-    fail("__metadata__ must be an object of strings, got " + std::string(json::kind_name(v.type())));
-  for (const auto& [k, s] : v.as_object()) {
-    if (!s.is_string())
-      fail("__metadata__ value of '" + k + "' must be a string, got " + std::string(json::kind_name(s.type())));
-    metadata_.emplace(k, s.as_string());
+inline void safetensors_file::parse_metadata(json::reader& r) {
+  if (r.next_kind() != json::kind::object)
+    fail("__metadata__ must be an object of strings, got " + std::string(json::kind_name(r.next_kind())));
+  r.enter_object();
+  for (std::string k; r.next_member(k);) {
+    if (r.next_kind() != json::kind::string)
+      fail("__metadata__ value of '" + k + "' must be a string, got " + std::string(json::kind_name(r.next_kind())));
+    if (metadata_.size() >= safetensors_max_metadata_entries)
+      fail("__metadata__ has more than " + std::to_string(safetensors_max_metadata_entries) + " entries");
+    if (metadata_.count(k)) r.fail_here("duplicate key '" + k + "' in object");
+    metadata_.emplace(std::move(k), r.read_string());
   }
 }
 
-inline std::uint64_t safetensors_file::non_negative_integer(const json::value& v, std::uint64_t max,
+inline std::uint64_t safetensors_file::non_negative_integer(json::reader& r, std::uint64_t max,
                                                             const std::string& what) const {
-  if (!v.is_number()) fail(what + " must be a non-negative integer, got " + std::string(json::kind_name(v.type())));
+  if (r.next_kind() != json::kind::number)
+    fail(what + " must be a non-negative integer, got " + std::string(json::kind_name(r.next_kind())));
+  const json::value v = r.read_number();
   const std::string text(v.number_text());
   if (!v.is_integer()) fail(what + " = " + text + " is not an integer");
   const std::optional<std::int64_t> i = v.as_int64();
@@ -322,37 +338,56 @@ inline std::uint64_t safetensors_file::non_negative_integer(const json::value& v
   return static_cast<std::uint64_t>(*i);
 }
 
-inline void safetensors_file::parse_entry(const std::string& name, const json::value& v, std::size_t data_size) {
+inline void safetensors_file::parse_entry(const std::string& name, json::reader& r, std::size_t data_size) {
   if (name.empty()) fail("a tensor has an empty name");
   const std::string t = "tensor '" + name + "'";
-  if (!v.is_object()) fail(t + ": entry must be an object, got " + std::string(json::kind_name(v.type())));
-  const json::value *jd = nullptr, *js = nullptr, *jo = nullptr;
-  for (const auto& [k, field] : v.as_object()) {
-    if (k == "dtype") jd = &field;
-    else if (k == "shape") js = &field;
-    else if (k == "data_offsets") jo = &field;
-    else fail(t + ": unexpected field '" + k + "' (a tensor has exactly dtype, shape and data_offsets)");
-  }
-  for (auto [p, key] : {std::pair{jd, "dtype"}, std::pair{js, "shape"}, std::pair{jo, "data_offsets"}})
-    if (!p) fail(t + ": missing field '" + key + "'");
-
-  if (!jd->is_string()) fail(t + ": 'dtype' must be a string, got " + std::string(json::kind_name(jd->type())));
-  const std::optional<dtype> type = dtype_from_name(jd->as_string());
-  if (!type) fail(t + ": unknown dtype '" + jd->as_string() + "'");
-
-  if (!js->is_array())
-    fail(t + ": 'shape' must be an array of non-negative integers, got " + std::string(json::kind_name(js->type())));
-  shape_t shape;
-  for (std::size_t i = 0; i < js->as_array().size(); ++i)
-    shape.push_back(static_cast<index_t>(non_negative_integer(js->as_array()[i], safetensors_max_extent,
-                                                              t + ": shape[" + std::to_string(i) + "]")));
-
-  if (!jo->is_array() || jo->as_array().size() != 2)
-    fail(t + ": 'data_offsets' must be an array of two non-negative integers [begin, end], got " +
-         (jo->is_array() ? "an array of " + std::to_string(jo->as_array().size()) : std::string(json::kind_name(jo->type()))));
+  if (r.next_kind() != json::kind::object)
+    fail(t + ": entry must be an object, got " + std::string(json::kind_name(r.next_kind())));
+  r.enter_object();
+  std::optional<dtype> type;
+  std::optional<shape_t> shape;
+  std::optional<std::pair<std::uint64_t, std::uint64_t>> range;
   const std::uint64_t limit = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
-  const std::uint64_t begin = non_negative_integer(jo->as_array()[0], limit, t + ": data_offsets[0]");
-  const std::uint64_t end = non_negative_integer(jo->as_array()[1], limit, t + ": data_offsets[1]");
+  for (std::string k; r.next_member(k);) {
+    if ((k == "dtype" && type) || (k == "shape" && shape) || (k == "data_offsets" && range))
+      r.fail_here("duplicate key '" + k + "' in object");
+    if (k == "dtype") {
+      if (r.next_kind() != json::kind::string)
+        fail(t + ": 'dtype' must be a string, got " + std::string(json::kind_name(r.next_kind())));
+      const std::string d = r.read_string();
+      type = dtype_from_name(d);
+      if (!type) fail(t + ": unknown dtype '" + d + "'");
+    } else if (k == "shape") {
+      if (r.next_kind() != json::kind::array)
+        fail(t + ": 'shape' must be an array of non-negative integers, got " +
+             std::string(json::kind_name(r.next_kind())));
+      r.enter_array();
+      shape.emplace();
+      while (r.next_element())
+        shape->push_back(static_cast<index_t>(non_negative_integer(
+            r, safetensors_max_extent, t + ": shape[" + std::to_string(shape->size()) + "]")));
+    } else if (k == "data_offsets") {
+      const auto two = [&](const std::string& got) {
+        fail(t + ": 'data_offsets' must be an array of two non-negative integers [begin, end], got " + got);
+      };
+      if (r.next_kind() != json::kind::array) two(std::string(json::kind_name(r.next_kind())));
+      r.enter_array();
+      std::uint64_t v[2] = {0, 0};
+      std::size_t count = 0;
+      for (; r.next_element(); ++count) {
+        if (count == 2) two("an array of more than 2");
+        v[count] = non_negative_integer(r, limit, t + ": data_offsets[" + std::to_string(count) + "]");
+      }
+      if (count != 2) two("an array of " + std::to_string(count));
+      range.emplace(v[0], v[1]);
+    } else {
+      fail(t + ": unexpected field '" + k + "' (a tensor has exactly dtype, shape and data_offsets)");
+    }
+  }
+  if (!type) fail(t + ": missing field 'dtype'");
+  if (!shape) fail(t + ": missing field 'shape'");
+  if (!range) fail(t + ": missing field 'data_offsets'");
+  const auto [begin, end] = *range;
   const std::string offsets = "data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) + "]";
   if (begin > end) fail(t + ": " + offsets + " has begin > end");
 
@@ -360,23 +395,23 @@ inline void safetensors_file::parse_entry(const std::string& name, const json::v
   // a later extent is 0, so shape_numel() on the result can never overflow either)
   const std::uint64_t max_numel = static_cast<std::uint64_t>(std::numeric_limits<index_t>::max());
   std::uint64_t numel = 1;
-  for (index_t e : shape) {
+  for (index_t e : *shape) {
     const auto ue = static_cast<std::uint64_t>(e);
-    if (ue != 0 && numel > max_numel / ue) fail(t + ": shape " + shape_string(shape) + " has too many elements (overflow)");
+    if (ue != 0 && numel > max_numel / ue) fail(t + ": shape " + shape_string(*shape) + " has too many elements (overflow)");
     numel *= ue;
   }
   const std::uint64_t esize = dtype_size(*type);
   if (numel > std::numeric_limits<std::uint64_t>::max() / esize)
-    fail(t + ": byte size of " + std::string(dtype_name(*type)) + " " + shape_string(shape) + " overflows");
+    fail(t + ": byte size of " + std::string(dtype_name(*type)) + " " + shape_string(*shape) + " overflows");
   const std::uint64_t nbytes = numel * esize;
   if (nbytes != end - begin)
-    fail(t + ": " + std::string(dtype_name(*type)) + " " + shape_string(shape) + " needs " + std::to_string(nbytes) +
+    fail(t + ": " + std::string(dtype_name(*type)) + " " + shape_string(*shape) + " needs " + std::to_string(nbytes) +
          " bytes but " + offsets + " span " + std::to_string(end - begin));
   if (end > data_size)
     fail(t + ": " + offsets + " run past the end of the data section (" + std::to_string(data_size) + " bytes)");
 
   index_.emplace(name, entries_.size());
-  entries_.push_back({name, *type, std::move(shape), static_cast<std::size_t>(begin), static_cast<std::size_t>(nbytes)});
+  entries_.push_back({name, *type, std::move(*shape), static_cast<std::size_t>(begin), static_cast<std::size_t>(nbytes)});
 }
 
 /// The tensors, sorted by their first byte, must tile the data section: the first starts at 0, each starts

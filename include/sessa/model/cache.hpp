@@ -23,6 +23,7 @@
 #include "../backend/kernels.hpp"
 #include "../backend/tags.hpp"
 #include "../concepts.hpp"
+#include "../core/budget.hpp"
 #include "../core/hparams.hpp"
 #include "../core/tensor.hpp"
 
@@ -60,6 +61,12 @@ struct workspace {
     const index_t D = c.d_model;
     return {rows * D, rows * 2 * D, rows * D, rows * 2 * c.kv_dim(), rows * D,
             rows * D, rows * 2 * D, rows,     rows * D,              capacity};
+  }
+  /// Bytes of the buffers sizes() lists: what a pass of `rows` rows grows the workspace to.
+  static std::uint64_t bytes(const layer_config& c, index_t rows, index_t capacity) noexcept {
+    std::uint64_t n = 0;
+    for (index_t e : sizes(c, rows, capacity)) n += static_cast<std::uint64_t>(e);
+    return n * sizeof(T);
   }
   /// Elementwise maximum (a workspace shared by layers of different shapes).
   static constexpr sizes_t max(const sizes_t& a, const sizes_t& b) noexcept {
@@ -174,6 +181,11 @@ class layer_cache {
         !mul_fits(batch * capacity * c.cache_values_per_token(), static_cast<index_t>(sizeof(value_type))))
       throw cache_error("a cache of batch " + std::to_string(batch) + " and capacity " + std::to_string(capacity) +
                         " tokens does not fit in memory's address range");
+    memory_plan("a layer cache of batch " + std::to_string(batch) + " and capacity " + std::to_string(capacity) +
+                " tokens")
+        .add("keys, values, feedback keys and states", static_cast<std::uint64_t>(storage_size(c, batch, capacity)),
+             sizeof(value_type))
+        .check();
     k_.resize(batch * n_kv_ * capacity * d_);
     v_.resize(batch * n_kv_ * capacity * d_);
     kb_.resize(batch * capacity * D_);

@@ -132,14 +132,53 @@ class decoder {
 
   const decoder_config& config() const noexcept { return cfg_; }
   const std::vector<layer_type>& layers() const noexcept { return layers_; }
-  /// Embedding, final norm and head (the layers' parameters live in layers()).
-  const weights_type& weights() const noexcept { return w_; }
+  /// A copy of every parameter of the decoder, its layers' included (to save the model, or to build it on
+  /// another backend). Each layer's are also in layers()[i].weights().
+  weights_type weights() const {
+    weights_type w = w_;  // embedding, final norm and head; the layers own the rest
+    w.layers.reserve(layers_.size());
+    for (const layer_type& l : layers_) w.layers.push_back(l.weights());
+    return w;
+  }
 
   cache_type init_cache(index_t batch, index_t capacity) const {
+    cache_plan(batch, capacity).check();  // every layer's, before the first is made
     cache_type c;
     c.layers.reserve(static_cast<std::size_t>(cfg_.n_layers));
     for (const auto& l : layers_) c.layers.push_back(l.init_cache(batch, capacity));
     return c;
+  }
+
+  /// What a cache of `batch` x `capacity` tokens allocates (every layer's).
+  memory_plan cache_plan(index_t batch, index_t capacity) const {
+    memory_plan p("a decoder cache of " + std::to_string(cfg_.n_layers) + " layers, batch " + std::to_string(batch) +
+                  " and capacity " + std::to_string(capacity) + " tokens");
+    const auto per_layer = static_cast<std::uint64_t>(layer_cache<P, Backend>::storage_size(cfg_.layer, batch, capacity));
+    p.add("keys, values, feedback keys and states of every layer", per_layer * static_cast<std::uint64_t>(cfg_.n_layers),
+          sizeof(cache_t<P>));
+    return p;
+  }
+
+  /// Everything a call of `batch` x `n` tokens allocates against a cache of `capacity` tokens: the logits when the
+  /// call returns them (`with_logits`), a fresh cache of n tokens when `stateless`, the residual stream, the
+  /// layers' workspace for one pass and the head's rows. Checked against the memory limit before any allocation.
+  memory_plan forward_plan(index_t batch, index_t n, index_t capacity, logits_for which, bool with_logits,
+                           bool stateless = false) const {
+    const index_t D = cfg_.layer.d_model, V = cfg_.vocab_size, rows = batch * n;
+    const index_t pass_rows = batch * std::min(n, prefill_block);
+    const index_t out_rows = which == logits_for::all ? rows : batch;
+    const auto u = [](index_t v) { return static_cast<std::uint64_t>(v); };
+    using T = scalar_type;
+    memory_plan p("decoder forward of batch " + std::to_string(batch) + " x " + std::to_string(n) + " tokens");
+    if (with_logits) p.add("logits", u(out_rows) * u(V), sizeof(T));
+    if (stateless) p.add("cache", cache_plan(batch, n).total(), 1);
+    p.add("residual stream", u(rows) * u(D), sizeof(T));
+    p.add("layer workspace", workspace<T, Backend>::bytes(cfg_.layer, pass_rows, capacity), 1);
+    if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(T));
+    p.add("kernel row states", u(pass_rows) * u(D + 2), sizeof(T));
+    p.add("head rows", u(std::min(out_rows, prefill_block)) * u(D), sizeof(T));
+    if constexpr (!std::is_same_v<space, memory::host>) p.add("token ids on the device", u(rows), sizeof(std::int64_t));
+    return p;
   }
 
   /// Core form. tokens (batch, n) row-major, on the host -> logits (batch*n, V), or (batch, V) with
@@ -164,6 +203,7 @@ class decoder {
                         std::to_string(cfg_.n_layers) + "; make it with init_cache");
     check_tokens(tokens, n, V);
     for (auto& l : cache.layers) l.require(batch, n);
+    forward_plan(batch, n, cache.layers.front().capacity(), which, false).check();
 
     // A failure anywhere below (an allocation, a device error) rolls every layer's cache back to the length
     // the call found, so the next call starts from consistent state; `logits` is then unspecified.
@@ -201,6 +241,7 @@ class decoder {
     if (tokens.rank() != 2 || tokens.dim(0) <= 0 || tokens.dim(1) <= 0)
       throw shape_error("tokens must have shape (batch, tokens) with both >= 1; got " + shape_string(tokens.shape()));
     const index_t B = tokens.dim(0), n = tokens.dim(1), V = cfg_.vocab_size;
+    if (!cache.layers.empty()) forward_plan(B, n, cache.layers.front().capacity(), which, true).check();
     tensor_type out(which == logits_for::all ? shape_t{B, n, V} : shape_t{B, V});
     forward(tokens.span(), B, cache, out.as_matrix(), which);
     return out;
@@ -210,6 +251,7 @@ class decoder {
   tensor_type forward(const tensor<std::int64_t>& tokens) const {
     if (tokens.rank() != 2 || tokens.dim(0) <= 0 || tokens.dim(1) <= 0)
       throw shape_error("tokens must have shape (batch, tokens) with both >= 1; got " + shape_string(tokens.shape()));
+    forward_plan(tokens.dim(0), tokens.dim(1), tokens.dim(1), logits_for::all, true, true).check();
     auto cache = init_cache(tokens.dim(0), tokens.dim(1));
     return forward(tokens, cache);
   }
@@ -217,6 +259,7 @@ class decoder {
   /// One token per batch row: tokens (batch) -> logits (batch, V).
   tensor_type decode_step(std::span<const std::int64_t> tokens, cache_type& cache) const {
     const index_t B = static_cast<index_t>(tokens.size());
+    if (B > 0 && !cache.layers.empty()) forward_plan(B, 1, cache.layers.front().capacity(), logits_for::all, true).check();
     tensor_type out(shape_t{B, cfg_.vocab_size});
     forward(tokens, B, cache, out.as_matrix(), logits_for::all);
     return out;

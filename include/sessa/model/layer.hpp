@@ -152,8 +152,13 @@ class layer {
 
   const layer_config& config() const noexcept { return cfg_; }
   const mixer_type& get_mixer() const noexcept { return mixer_; }
-  /// The layer's own parameters (its mixer's are in get_mixer().weights()).
-  const weights_type& weights() const noexcept { return w_; }
+  /// A copy of every parameter of the layer, its mixer's included (to save the model, or to build it on another
+  /// backend). The mixer's alone are in get_mixer().weights(), without a copy.
+  weights_type weights() const {
+    weights_type w = w_;  // the layer's own parameters; its mixer owns the rest
+    w.mixer = mixer_.weights();
+    return w;
+  }
 
   /// A cache for `batch` sequences of up to `capacity` tokens.
   cache_type init_cache(index_t batch, index_t capacity) const { return cache_type(cfg_, batch, capacity); }
@@ -165,9 +170,24 @@ class layer {
     layer_forward<Backend, P>(cfg_, params(w_, mixer_.weights()), mixer_.variant(), x, batch, cache, ws, y);
   }
 
+  /// Everything a call of `batch` x `n` tokens allocates, against a cache of `capacity` tokens (with a fresh cache
+  /// of n tokens when `stateless`): checked against the memory limit before anything is allocated.
+  memory_plan forward_plan(index_t batch, index_t n, index_t capacity, bool stateless = false) const {
+    const index_t D = cfg_.d_model, rows = batch * std::min(n, prefill_block);
+    const auto u = [](index_t v) { return static_cast<std::uint64_t>(v); };
+    memory_plan p("layer forward of batch " + std::to_string(batch) + " x " + std::to_string(n) + " tokens");
+    p.add("output", u(batch) * u(n) * u(D), sizeof(scalar_type));
+    if (stateless) p.add("cache", u(cache_type::storage_size(cfg_, batch, n)), sizeof(typename cache_type::value_type));
+    p.add("workspace", workspace_type::bytes(cfg_, rows, capacity), 1);
+    if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(scalar_type));
+    p.add("kernel row states", u(rows) * u(D + 2), sizeof(scalar_type));
+    return p;
+  }
+
   /// Prefill or chunk: x (batch, n, D) -> y (batch, n, D), extending the cache (its scratch is used).
   tensor_type forward(const tensor_type& x, cache_type& cache) const {
     detail::check_activation_shape(x.shape(), cfg_.d_model, "layer input x");
+    forward_plan(x.dim(0), x.dim(1), cache.capacity()).check();
     tensor_type y(x.shape());
     forward(x.as_matrix(), x.dim(0), cache, cache.scratch, y.as_matrix());
     return y;
@@ -176,6 +196,7 @@ class layer {
   /// Stateless prefill: x (batch, T, D) -> y (batch, T, D) with a fresh cache of capacity T.
   tensor_type forward(const tensor_type& x) const {
     detail::check_activation_shape(x.shape(), cfg_.d_model, "layer input x");
+    forward_plan(x.dim(0), x.dim(1), x.dim(1), true).check();
     auto cache = init_cache(x.dim(0), x.dim(1));
     return forward(x, cache);
   }
@@ -185,6 +206,7 @@ class layer {
     if (x_t.rank() != 2 || x_t.dim(0) <= 0 || x_t.dim(1) != cfg_.d_model)
       throw shape_error("decode_step input must have shape (batch, " + std::to_string(cfg_.d_model) + "); got " +
                         shape_string(x_t.shape()));
+    forward_plan(x_t.dim(0), 1, cache.capacity()).check();
     tensor_type y(x_t.shape());
     forward(x_t.as_matrix(), x_t.dim(0), cache, cache.scratch, y.as_matrix());
     return y;

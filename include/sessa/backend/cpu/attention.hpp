@@ -48,9 +48,11 @@
 
 namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
-/// Tile sizes and thresholds of the flash attention and feedback kernels. Each call copies flash_params once at
-/// its start and reads only its copy; tests and benchmarks may change flash_params between calls, never while
-/// any thread is inside a cpu kernel (it is a plain global, not synchronized).
+/// Tile sizes and thresholds of the flash attention and feedback kernels. Those two copy flash_params once at
+/// their start and take their tiles from the copy; they and the kernels of elementwise.hpp read
+/// flash_params.parallel_flops when they pick their thread count (threads_for). Tests and benchmarks may change
+/// flash_params between calls, never while any thread is inside a cpu kernel: it is a plain global, not
+/// synchronized, so a change during a call is a data race.
 struct flash_tuning {
   index_t query_rows = 256;       // stacked query rows (positions x heads of a group) per attention tile
   index_t key_tile = 128;         // keys per tile: forward attention and the feedback's pass over the past
@@ -118,6 +120,17 @@ struct key_mask {
   index_t group = 1;
   index_t lo_max = 0, hi_min = 0;
 };
+
+/// True when every value of m is finite (x * 0 is 0 for finite x, NaN for an infinity or a NaN).
+template <class T>
+inline bool all_finite(cmatrix<T> m) {
+  T z = 0;
+  for (index_t r = 0; r < m.rows; ++r) {
+    const T* p = m.row(r);
+    for (index_t c = 0; c < m.cols; ++c) z += p[c] * T(0);
+  }
+  return z == T(0);
+}
 
 /// max of x[0, n), n >= 1.
 template <class T>
@@ -252,10 +265,23 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, in
     }
     st.l[r] += exp_shifted(sr + a, b - a, m);
   }
-  if (rows <= 4)
-    accumulate_few(cmatrix<T>(s), v.row_block(j0, nk), st.acc.row_block(r0, rows));
-  else
-    gemm_nn(cmatrix<T>(s), v.row_block(j0, nk), st.acc.row_block(r0, rows), T(1), T(1));
+  const cmatrix<T> vt = v.row_block(j0, nk);
+  if (!full && !all_finite(vt)) {
+    // A key a row may not see has probability 0, but 0 * inf and 0 * NaN are NaN: a non-finite value at a later
+    // position of the same chunk must not reach earlier rows (causality holds for every input). Only inputs or
+    // weights that made a NaN or an infinity take this path: each row adds its own keys alone.
+    for (index_t i = 0; i < rows; ++i) {
+      const index_t r = r0 + i;
+      const index_t a = std::clamp<index_t>(mask.lo[r / mask.group] - j0, 0, nk);
+      const index_t b = std::clamp<index_t>(mask.hi[r / mask.group] - j0, 0, nk);
+      if (a < b)
+        accumulate_few(cmatrix<T>(s.row(i) + a, 1, b - a, s.ld), vt.row_block(a, b - a), st.acc.row_block(r, 1));
+    }
+  } else if (rows <= 4) {
+    accumulate_few(cmatrix<T>(s), vt, st.acc.row_block(r0, rows));
+  } else {
+    gemm_nn(cmatrix<T>(s), vt, st.acc.row_block(r0, rows), T(1), T(1));
+  }
 }
 
 /// Keys per tile of a pass of at most `rows` query rows over keys `dk` wide: flash_params.key_tile, except
@@ -315,15 +341,22 @@ inline void merge_states(const softmax_state<T>* parts, index_t count, const sof
 }
 
 /// The threads of one parallel region. Work-sharing loops end with a barrier; without OpenMP (or with one
-/// thread) they are plain loops.
+/// thread) they are plain loops. Nothing thrown inside leaves the region: per-thread set-up runs through
+/// guard(), loop bodies through the region's error collector, and run_team() rethrows after the region.
 class team {
  public:
-  explicit team(bool omp) : omp_(omp) {}
+  team(bool omp, detail::region_errors& errors) : omp_(omp), errors_(&errors) {}
   int size() const {
 #if SESSA_HAS_OPENMP
     if (omp_) return omp_get_num_threads();
 #endif
     return 1;
+  }
+  /// Runs f() (per-thread set-up that may throw, such as growing a buffer); false when it or an earlier
+  /// piece of the region failed. The loops below skip their bodies from then on, on every thread.
+  template <class F>
+  bool guard(F&& f) const {
+    return errors_->run(std::forward<F>(f));
   }
   /// f(i) for i in [0, n), contiguous near-equal shares per thread.
   template <class F>
@@ -331,11 +364,11 @@ class team {
 #if SESSA_HAS_OPENMP
     if (omp_) {
 #pragma omp for schedule(static)
-      for (index_t i = 0; i < n; ++i) f(i);
+      for (index_t i = 0; i < n; ++i) errors_->run([&] { f(i); });
       return;
     }
 #endif
-    for (index_t i = 0; i < n; ++i) f(i);
+    for (index_t i = 0; i < n; ++i) errors_->run([&] { f(i); });
   }
   /// f(i) for i in [0, n), handed out one at a time in order.
   template <class F>
@@ -343,31 +376,36 @@ class team {
 #if SESSA_HAS_OPENMP
     if (omp_) {
 #pragma omp for schedule(dynamic, 1)
-      for (index_t i = 0; i < n; ++i) f(i);
+      for (index_t i = 0; i < n; ++i) errors_->run([&] { f(i); });
       return;
     }
 #endif
-    for (index_t i = 0; i < n; ++i) f(i);
+    for (index_t i = 0; i < n; ++i) errors_->run([&] { f(i); });
   }
 
  private:
   bool omp_;
+  detail::region_errors* errors_;
 };
 
 /// Runs f(team) on nt threads (a parallel region of its own, so the loops bind to it even when the caller
-/// is inside another region), or on the calling thread when nt == 1.
+/// is inside another region), or on the calling thread when nt == 1; then rethrows the first exception any
+/// piece of f threw.
 template <class F>
 inline void run_team(int nt, F&& f) {
+  detail::region_errors errors;
 #if SESSA_HAS_OPENMP
   if (nt > 1) {
 #pragma omp parallel num_threads(nt)
-    f(team(true));
+    errors.run([&] { f(team(true, errors)); });
+    errors.rethrow_if_failed();
     return;
   }
 #else
   (void)nt;
 #endif
-  f(team(false));
+  errors.run([&] { f(team(false, errors)); });
+  errors.rethrow_if_failed();
 }
 
 /// Threads for a call of `flops` FLOPs, at most max_threads: one inside a parallel region or below
@@ -434,10 +472,12 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
 
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
-    tb.q.reserve(rows_max * d);
-    tb.s.reserve(rows_max * Bk);
-    tb.state.reserve(slot);
-    tb.range.reserve(2 * std::min(n, Bq));
+    tm.guard([&] {
+      tb.q.reserve(rows_max * d);
+      tb.s.reserve(rows_max * Bk);
+      tb.state.reserve(slot);
+      tb.range.reserve(2 * std::min(n, Bq));
+    });
 
     tm.for_dynamic(items * ks, [&](index_t u) {
       const index_t part = u % ks, item = u / ks;

@@ -187,7 +187,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
-    tb.s.reserve(std::max(prows * Bp, prows * Bk));
+    tm.guard([&] { tb.s.reserve(std::max(prows * Bp, prows * Bk)); });
     const index_t P = tm.size();
 
     // (0) every row's state over the cached past [0, pos0).

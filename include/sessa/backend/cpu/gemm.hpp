@@ -677,22 +677,25 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
     const epilogue<T> ep{T(1), beta, bias};
     if (nt == 1) return gemm_dot(x, w, y, ep);
 #if SESSA_HAS_OPENMP
+    detail::region_errors errors;  // nothing thrown may leave the region (parallel.hpp)
 #pragma omp parallel num_threads(nt)
-    {
+    errors.run([&] {
       const index_t rows = M == 1 ? blocking<T>::R1 : blocking<T>::R;
       const auto [j0, j1] = share(N, rows, omp_get_num_threads(), omp_get_thread_num());
       if (j1 > j0)
         gemm_dot(x, w.row_block(j0, j1 - j0), y.col_block(j0, j1 - j0),
                  epilogue<T>{T(1), beta, bias ? bias + j0 : nullptr});
-    }
+    });
+    errors.rethrow_if_failed();
 #endif
     return;
   }
 
   if (nt == 1) return gemm_blocked<T, b_layout::nk>(x, w, y, T(1), beta, bias);
 #if SESSA_HAS_OPENMP
+  detail::region_errors errors;  // a pack buffer grows inside the region: see parallel.hpp
 #pragma omp parallel num_threads(nt)
-  {
+  errors.run([&] {
     const int n = omp_get_num_threads(), t = omp_get_thread_num();
     const int tm = grid_rows(M, N, K, blocking<T>::MR, blocking<T>::NR, blocking<T>::W, n), tn = n / tm;
     const auto [m0, m1] = share(M, blocking<T>::MR, tm, t / tn);
@@ -701,7 +704,8 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
       gemm_blocked<T, b_layout::nk>(x.row_block(m0, m1 - m0), w.row_block(n0, n1 - n0),
                                     y.row_block(m0, m1 - m0).col_block(n0, n1 - n0), T(1), beta,
                                     bias ? bias + n0 : nullptr);
-  }
+  });
+  errors.rethrow_if_failed();
 #endif
 }
 

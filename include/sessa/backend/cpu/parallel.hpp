@@ -8,6 +8,8 @@
 #pragma once
 
 #include <atomic>
+#include <exception>
+#include <utility>
 
 #include "../../config.hpp"
 
@@ -51,5 +53,45 @@ inline int thread_index() {
 }
 
 }  // inline namespace SESSA_CPU_ABI
+
+namespace detail {
+
+/// The first exception thrown on any thread of one parallel region, kept until the region has ended.
+///
+/// An exception must not leave an OpenMP region (the runtime calls std::terminate), and every thread of a
+/// team must reach the same work-sharing loops. So code inside a region runs each piece that can throw
+/// (growing a per-thread buffer, one work item) through run(): the first exception is recorded, every later
+/// piece on every thread is skipped, the loops are still reached by all threads, and the caller rethrows
+/// after the region. Outputs are then incomplete, which the caller's error makes visible.
+class region_errors {
+ public:
+  region_errors() = default;
+  region_errors(const region_errors&) = delete;
+  region_errors& operator=(const region_errors&) = delete;
+
+  /// f(), unless a piece of the region has failed already; false when skipped or when f() threw.
+  template <class F>
+  bool run(F&& f) noexcept {
+    if (failed()) return false;
+    try {
+      std::forward<F>(f)();
+      return true;
+    } catch (...) {
+      if (!failed_.exchange(true, std::memory_order_acq_rel)) error_ = std::current_exception();
+      return false;
+    }
+  }
+  bool failed() const noexcept { return failed_.load(std::memory_order_acquire); }
+  /// Rethrows the recorded exception; call after the region (its closing barrier orders the write).
+  void rethrow_if_failed() const {
+    if (failed()) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::atomic<bool> failed_{false};
+  std::exception_ptr error_;
+};
+
+}  // namespace detail
 
 }  // namespace sessa

@@ -201,7 +201,11 @@ __global__ void __launch_bounds__(attn_warps * 32)
       m[rr] = mn;
 #pragma unroll
       for (int u = 0; u < DC; ++u) acc[rr][u] *= alpha;
-      for (int jj = 0; jj < nk; ++jj) {
+      // Only the row's own keys: a masked key's p is 0, but 0 * inf and 0 * NaN are NaN, and a non-finite value
+      // at a later position of the chunk must not reach this row. The bounds are warp-uniform (one row).
+      const int ja = lo[rr] > j0 ? static_cast<int>(lo[rr] - j0) : 0;
+      const int jb = hi[rr] - j0 < nk ? static_cast<int>(hi[rr] - j0) : static_cast<int>(nk);
+      for (int jj = ja; jj < jb; ++jj) {
         const T pj = __shfl_sync(0xffffffffu, p, jj);
 #pragma unroll
         for (int u = 0; u < DC; ++u) {
