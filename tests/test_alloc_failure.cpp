@@ -25,6 +25,11 @@ std::atomic<bool> fail_in_regions{false};
 std::atomic<int> injected{0};
 }  // namespace
 
+// A replacement allocator pairs the global operator new with std::free on purpose: once GCC inlines a replaced
+// operator delete into a caller, it would report free() on memory from operator new.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 void* operator new(std::size_t n, std::align_val_t al) {
   if (fail_in_regions.load() && omp_in_parallel()) {
     injected.fetch_add(1);

@@ -25,6 +25,11 @@ void* counted(std::size_t n, std::size_t align) {
 }
 }  // namespace
 
+// A replacement allocator pairs the global operator new with std::free on purpose: once GCC inlines a replaced
+// operator delete into a caller, it would report free() on memory from operator new.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 void* operator new(std::size_t n) { return counted(n, 0); }
 void* operator new[](std::size_t n) { return counted(n, 0); }
 void* operator new(std::size_t n, std::align_val_t a) { return counted(n, static_cast<std::size_t>(a)); }

@@ -51,6 +51,11 @@ std::int64_t peak_growth(F&& f) {
 constexpr std::int64_t thread_allowance = std::int64_t{16} << 20;
 }  // namespace
 
+// A replacement allocator pairs the global operator new with std::free on purpose: once GCC inlines a replaced
+// operator delete into a caller, it would report free() on memory from operator new.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
 void* operator new(std::size_t n) { return counted(n, alignof(std::max_align_t)); }
 void* operator new[](std::size_t n) { return counted(n, alignof(std::max_align_t)); }
 void* operator new(std::size_t n, std::align_val_t a) { return counted(n, static_cast<std::size_t>(a)); }
