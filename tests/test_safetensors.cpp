@@ -805,8 +805,13 @@ TEST_CASE("a header is read against the schema as it streams: memory stays a sma
   const long before = peak_kib();
   const io::safetensors_file f = parse_header(h);
   CHECK(f.at("t").shape.size() == 3'000'000);
-  // The file's bytes (6 MB) and the extents (24 MB) plus slack; a value tree would add over 300 MB.
+  // The file's bytes (6 MB) and the extents (24 MB) plus slack; a value tree would add over 300 MB. Not under
+  // AddressSanitizer, whose quarantine keeps freed blocks resident (the fuzz target bounds the heap there).
+#if !defined(__SANITIZE_ADDRESS__)
   CHECK(peak_kib() - before < 160 * 1024);
+#else
+  (void)before;
+#endif
   // Tiny metadata entries cost a map node each: their number is capped.
   std::string m = R"({"__metadata__":{)";
   for (std::size_t i = 0; i <= io::safetensors_max_metadata_entries; ++i)
