@@ -195,3 +195,96 @@ TEST_CASE("CLI errors: one line, the right exit status, no output file", "[cli][
   expect_failure("run --model '" + layer + "' --input '" + layer_io + "' --output '" + (scratch / "no/such/dir/o.safetensors").string() + "'",
                  1, "no/such/dir");
 }
+
+TEST_CASE("sessa generate: sampling options, stop strings, the --tokens alias and its errors", "[cli]") {
+  const std::string model = std::string(SESSA_SOURCE_DIR) + "/examples/models/tiny_decoder.safetensors";
+  const std::string base = "generate --model '" + model + "' --prompt 'THE SEA '";
+  // Greedy by default; --tokens is --max-tokens' older name.
+  const result a = cli(base + " --max-tokens 60"), b = cli(base + " --tokens 60 --temperature 0");
+  INFO(a.err);
+  REQUIRE(a.status == 0);
+  REQUIRE(b.status == 0);
+  CHECK(a.out == b.out);
+  CHECK(a.out.size() == 8 + 60 + 1);
+  CHECK(a.out.rfind("THE SEA ", 0) == 0);
+  CHECK(a.err.find("60 tokens generated") != std::string::npos);
+  CHECK(a.err.find("stop: max_tokens") != std::string::npos);
+  // Sampling: the same seed gives the same text; another seed another text.
+  const std::string sampled = base + " --max-tokens 80 --temperature 0.9 --top-k 30 --top-p 0.95 --min-p 0.01 --repeat-penalty 1.1";
+  const result s1 = cli(sampled + " --seed 5"), s2 = cli(sampled + " --seed 5"), s3 = cli(sampled + " --seed 6");
+  REQUIRE(s1.status == 0);
+  CHECK(s1.out == s2.out);
+  CHECK(s1.out != s3.out);
+  CHECK(s1.out != a.out.substr(0, s1.out.size()));
+  // Stop strings, repeatable: generation ends before the first one that appears.
+  const std::string greedy_text = a.out.substr(8, 60);
+  const std::string stop1 = greedy_text.substr(20, 4), stop2 = greedy_text.substr(30, 3);
+  const result st = cli(base + " --max-tokens 60 --stop '" + stop2 + "' --stop '" + stop1 + "'");
+  REQUIRE(st.status == 0);
+  const std::size_t cut = std::min(greedy_text.find(stop1), greedy_text.find(stop2));
+  CHECK(st.out == "THE SEA " + greedy_text.substr(0, cut) + "\n");
+  CHECK(st.err.find("stop: stop_string") != std::string::npos);
+  // Errors.
+  expect_failure(base + " --tokens 5 --max-tokens 5", 2, "options --max-tokens and --tokens are the same");
+  expect_failure(base + " --top-p 0", 2, "--top-p must be in (0, 1]");
+  expect_failure(base + " --min-p 2", 2, "--min-p must be in [0, 1]");
+  expect_failure(base + " --top-k -1", 2, "--top-k must be an integer");
+  expect_failure(base + " --repeat-penalty 0", 2, "--repeat-penalty must be > 0");
+  expect_failure(base + " --temperature -1", 2, "--temperature must be >= 0");
+  expect_failure(base + " --stop ''", 2, "--stop must not be empty");
+  expect_failure("generate --model '" + model + "' --prompt 'the sea'", 1, "the character 't' at byte 0 is not in the model's vocabulary");
+  expect_failure("generate --model '" + std::string(SESSA_TEST_DATA_DIR) + "/decoder_v40_d32_l2_tied.model.safetensors' --prompt 'A'",
+                 1, "no tokenizer");
+}
+
+namespace {
+/// The number after "key": in a one-line JSON object.
+double json_number(const std::string& line, const std::string& key) {
+  const auto at = line.find("\"" + key + "\": ");
+  if (at == std::string::npos) return std::nan("");
+  return std::strtod(line.c_str() + at + key.size() + 4, nullptr);
+}
+}  // namespace
+
+TEST_CASE("sessa eval matches the float64 PyTorch reference (tools/eval_reference.py)", "[cli]") {
+  const std::string data = SESSA_TEST_DATA_DIR;
+  const std::string want = slurp(data + "/eval_tiny.json");  // window 64, stride 48
+  const std::string base = "eval --model '" + std::string(SESSA_SOURCE_DIR) + "/examples/models/tiny_decoder.safetensors' --text '" +
+                           data + "/eval_text.txt'";
+  for (const std::string precision : {"f32", "f64"})
+    for (const std::string backend : {"cpu", "reference"}) {
+      const result r = cli(base + " --window 64 --stride 48 --json --precision " + precision + " --backend " + backend);
+      INFO(precision << " " << backend << ": " << r.err << r.out);
+      REQUIRE(r.status == 0);
+      CHECK(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+      const double got = json_number(r.out, "nats_per_token"), ref = json_number(want, "nats_per_token");
+      CHECK(std::abs(got - ref) <= (precision == "f32" ? 2e-6 : 1e-12) * ref);
+      CHECK(std::abs(json_number(r.out, "bits_per_byte") - json_number(want, "bits_per_byte")) <=
+            (precision == "f32" ? 2e-6 : 1e-12) * json_number(want, "bits_per_byte"));
+      CHECK(json_number(r.out, "tokens") == json_number(want, "tokens"));
+      CHECK(json_number(r.out, "windows") == 5);
+      CHECK(json_number(r.out, "tokens_per_s") > 0);
+    }
+  const result plain = cli(base);  // the whole text in one window
+  REQUIRE(plain.status == 0);
+  CHECK(plain.out.find("tokens scored   218 in 1 windows of 219, stride 219") != std::string::npos);
+  // tools/eval_reference.py ... eval_text.txt 512 512 (one window of the whole text): 3.5278750759664113 nats
+  CHECK(plain.out.find("nats per token  3.52787") != std::string::npos);
+  // Errors.
+  expect_failure(base + " --window 10 --stride 11", 1, "a stride of 11 tokens skips tokens between windows of 10");
+  expect_failure(base + " --window 1", 2, "--window must be an integer in [2,");
+  expect_failure(base + " --json 1", 2, "unexpected argument '1'");
+  {
+    std::ofstream(scratch / "lower.txt") << "THE sea";
+    expect_failure("eval --model '" + std::string(SESSA_SOURCE_DIR) + "/examples/models/tiny_decoder.safetensors' --text '" +
+                       (scratch / "lower.txt").string() + "'",
+                   1, "lower.txt: tokenizer: the character 's' at byte 4 is not in the model's vocabulary");
+    std::ofstream(scratch / "newline.txt") << "THE SEA\n";
+    expect_failure("eval --model '" + std::string(SESSA_SOURCE_DIR) + "/examples/models/tiny_decoder.safetensors' --text '" +
+                       (scratch / "newline.txt").string() + "'",
+                   1, "the character '\\n' at byte 7");
+  }
+  expect_failure("eval --model '" + std::string(SESSA_SOURCE_DIR) + "/examples/models/tiny_decoder.safetensors' --text '" +
+                     (scratch / "none.txt").string() + "'",
+                 1, "none.txt: cannot open the text file");
+}

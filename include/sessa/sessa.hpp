@@ -7,6 +7,7 @@
 //   attention/   attention variants of the forward branch, RoPE
 //   model/       weights, caches, the mixer, the layer, the decoder
 //   io/          JSON, safetensors files, model loading and saving (load_layer, load_decoder, save_model)
+//   generate/    text generation: tokenizers, samplers, stop conditions, sessions (prefill, then decode)
 // The device backends have their own umbrellas, sessa/thrust_omp.hpp (Thrust on OpenMP) and sessa/cuda.cuh
 // (CUDA); this header never includes Thrust or CUDA.
 //
@@ -41,3 +42,9 @@
 #include "io/safetensors.hpp"
 #include "io/model_file.hpp"
 #include "model/embedded.hpp"
+#include "generate/rng.hpp"
+#include "generate/sampler.hpp"
+#include "generate/tokenizer.hpp"
+#include "generate/stop.hpp"
+#include "generate/session.hpp"
+#include "generate/evaluate.hpp"

@@ -15,6 +15,7 @@
 //   attention/   attention variants of the forward branch, RoPE
 //   model/       weights, caches, the mixer, the layer, the decoder
 //   io/          JSON, safetensors files, model loading and saving (load_layer, load_decoder, save_model)
+//   generate/    text generation: tokenizers, samplers, stop conditions, sessions (prefill, then decode)
 // The device backends have their own umbrellas, sessa/thrust_omp.hpp (Thrust on OpenMP) and sessa/cuda.cuh
 // (CUDA); this header never includes Thrust or CUDA.
 //
@@ -6891,3 +6892,1048 @@ class static_decoder {
 
 }  // namespace sessa::embedded
 // ---- end sessa/model/embedded.hpp ------------------------------------------------------------------------------
+// ---- begin sessa/generate/rng.hpp ------------------------------------------------------------------------------
+// sessa/generate/rng.hpp: the random number generator of sampling.
+//
+// xoshiro256** (Blackman and Vigna) seeded through splitmix64: the same seed gives the same stream on every
+// platform and compiler (no std:: distribution is involved), and the whole state is four 64-bit words that a
+// saved generation state stores and restores exactly.
+
+#include <array>
+#include <cstdint>
+
+namespace sessa {
+
+class sampling_rng {
+ public:
+  using state_type = std::array<std::uint64_t, 4>;
+
+  explicit sampling_rng(std::uint64_t seed = 0) noexcept { reseed(seed); }
+
+  void reseed(std::uint64_t seed) noexcept {
+    std::uint64_t x = seed;
+    for (auto& w : s_) {  // splitmix64: never all zero
+      std::uint64_t z = (x += 0x9E3779B97F4A7C15ull);
+      z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+      z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+      w = z ^ (z >> 31);
+    }
+  }
+
+  std::uint64_t next() noexcept {
+    const std::uint64_t result = rotl(s_[1] * 5, 7) * 9;
+    const std::uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return result;
+  }
+
+  /// Uniform in [0, 1), 53 random bits.
+  double uniform() noexcept { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }
+
+  /// The whole state, to save; set_state restores it (an all-zero state, which xoshiro never reaches from a
+  /// seed, is refused by the loaders that call it).
+  const state_type& state() const noexcept { return s_; }
+  void set_state(const state_type& s) noexcept { s_ = s; }
+
+  friend bool operator==(const sampling_rng&, const sampling_rng&) = default;
+
+ private:
+  static constexpr std::uint64_t rotl(std::uint64_t x, int k) noexcept { return (x << k) | (x >> (64 - k)); }
+  state_type s_{};
+};
+
+}  // namespace sessa
+// ---- end sessa/generate/rng.hpp --------------------------------------------------------------------------------
+// ---- begin sessa/generate/sampler.hpp --------------------------------------------------------------------------
+// sessa/generate/sampler.hpp: choosing the next token from a row of logits.
+//
+// A sampler is a chain of small steps over a list of candidates (token id, logit, probability), then a draw.
+// Each step is a policy with `void apply(candidates&, const sampling_context&) const`: the library's
+// (logit_bias, penalties, top_k, top_p, min_p, temperature) and any of the caller's. Steps compose two ways:
+//   - at compile time, `sampling_chain<Steps...>` (itself a step);
+//   - at run time, `sampler::add(step)`, where a step is one of the library's or a `custom_step` function.
+// `sampler::from(sampling_params)` builds the usual chain in the usual order: penalties, logit bias, top-k,
+// top-p, min-p (these see probabilities at temperature 1), then temperature, then the draw.
+//
+// Reproducibility: the draw uses `sampling_rng` (xoshiro256**) and walks the candidates in an order fixed by
+// the logits and the steps alone (token order, or logit descending with ids ascending on ties once a step has
+// sorted them), so the same logits, seed and steps give the same token on every platform. Logits from different backends or thread counts agree within rounding, so only near-ties can differ.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <span>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <variant>
+#include <vector>
+
+
+namespace sessa {
+
+/// One token still in the running: its id, its (adjusted) logit and, after softmax(), its probability.
+struct token_candidate {
+  std::int64_t id;
+  double logit;
+  double p;
+};
+
+/// The candidates of one draw. Steps remove entries and change logits; `sorted()` says whether the entries are
+/// in the canonical order (logit descending, id ascending on ties).
+class candidates {
+ public:
+  candidates() = default;
+
+  /// Every token of a row of logits. Throws value_error on a NaN or +inf logit (naming the token); -inf is a
+  /// banned token.
+  template <class T>
+  void assign(std::span<const T> logits) {
+    items_.resize(logits.size());
+    for (std::size_t i = 0; i < logits.size(); ++i) {
+      const double l = static_cast<double>(logits[i]);
+      if (std::isnan(l) || l == std::numeric_limits<double>::infinity())
+        throw value_error("sampling: the logit of token " + std::to_string(i) + " is " + (std::isnan(l) ? "NaN" : "+inf") +
+                          " (the model's output is not finite)");
+      items_[i] = {static_cast<std::int64_t>(i), l, 0.0};
+    }
+    sorted_ = false;
+  }
+
+  std::vector<token_candidate>& items() noexcept { return items_; }
+  const std::vector<token_candidate>& items() const noexcept { return items_; }
+  std::size_t size() const noexcept { return items_.size(); }
+  bool empty() const noexcept { return items_.empty(); }
+  bool sorted() const noexcept { return sorted_; }
+  /// Steps that change logits or remove entries without keeping the order call this.
+  void mark_unsorted() noexcept { sorted_ = false; }
+
+  /// The canonical order: logit descending, id ascending on ties.
+  static bool before(const token_candidate& a, const token_candidate& b) noexcept {
+    return a.logit != b.logit ? a.logit > b.logit : a.id < b.id;
+  }
+
+  void sort() {
+    if (sorted_) return;
+    std::sort(items_.begin(), items_.end(), before);
+    sorted_ = true;
+  }
+
+  /// Keeps the first n entries of the canonical order, sorted (a partial sort: O(size log n)).
+  void keep_best(std::size_t n) {
+    if (n >= items_.size()) {
+      sort();
+      return;
+    }
+    if (!sorted_) std::partial_sort(items_.begin(), items_.begin() + static_cast<std::ptrdiff_t>(n), items_.end(), before);
+    items_.resize(n);
+    sorted_ = true;
+  }
+
+  /// Sets p = softmax(logit) over the entries, in their current order (banned, -inf, entries get 0).
+  void softmax() {
+    if (items_.empty()) return;
+    double top = -std::numeric_limits<double>::infinity();
+    for (const auto& c : items_) top = std::max(top, c.logit);
+    double sum = 0;
+    for (auto& c : items_) sum += c.p = top == -std::numeric_limits<double>::infinity() ? 0.0 : std::exp(c.logit - top);
+    if (sum > 0)
+      for (auto& c : items_) c.p /= sum;
+  }
+
+  /// Keeps the first n entries (of the current order).
+  void keep_first(std::size_t n) {
+    if (n < items_.size()) items_.resize(n);
+  }
+
+  /// Removes the entries with a -inf logit.
+  void drop_banned() {
+    std::erase_if(items_, [](const token_candidate& c) { return c.logit == -std::numeric_limits<double>::infinity(); });
+  }
+
+ private:
+  std::vector<token_candidate> items_;
+  bool sorted_ = false;
+};
+
+/// What a step may read besides the candidates: the recent tokens (oldest first) and the generator.
+struct sampling_context {
+  std::span<const std::int64_t> recent;
+  sampling_rng* rng = nullptr;
+  std::int64_t vocab = 0;  // the size of the row of logits
+};
+
+template <class S>
+concept sampling_step = requires(const S& s, candidates& c, const sampling_context& ctx) { s.apply(c, ctx); };
+
+// ---------------------------------------------------------------- steps
+
+/// Adds a bias to chosen tokens' logits; -inf bans a token. Ids outside the vocabulary are an error at apply.
+struct logit_bias {
+  std::vector<std::pair<std::int64_t, double>> bias{};
+
+  void check() const {
+    for (const auto& [id, b] : bias) {
+      if (id < 0) throw value_error("logit_bias: token id " + std::to_string(id) + " is negative");
+      if (std::isnan(b) || b == std::numeric_limits<double>::infinity())
+        throw value_error("logit_bias: the bias of token " + std::to_string(id) + " must be finite or -inf");
+    }
+  }
+  void apply(candidates& c, const sampling_context& ctx) const {
+    if (bias.empty()) return;
+    for (const auto& [id, b] : bias) {
+      if (id >= ctx.vocab)
+        throw value_error("logit_bias: token id " + std::to_string(id) + " is outside the vocabulary (" +
+                          std::to_string(ctx.vocab) + " tokens)");
+      auto it = std::find_if(c.items().begin(), c.items().end(), [id = id](const token_candidate& t) { return t.id == id; });
+      if (it == c.items().end()) continue;  // removed by an earlier step
+      it->logit += b;
+    }
+    c.mark_unsorted();
+  }
+};
+
+/// Repetition penalties over the last `last_n` tokens (0: none; at most the history the sampler keeps): a
+/// repeated token's logit is divided by `repeat` when positive and multiplied by it when negative (the CTRL
+/// rule), then lowered by `frequency` times its count and by `presence` once.
+struct penalties {
+  index_t last_n = 64;
+  double repeat = 1.0;
+  double frequency = 0.0;
+  double presence = 0.0;
+
+  void check() const {
+    if (!(repeat > 0) || !std::isfinite(repeat)) throw value_error("penalties: repeat must be a positive number");
+    if (!std::isfinite(frequency) || !std::isfinite(presence))
+      throw value_error("penalties: frequency and presence must be finite");
+    if (last_n < 0) throw value_error("penalties: last_n must be >= 0");
+  }
+  bool active() const noexcept { return last_n != 0 && (repeat != 1.0 || frequency != 0.0 || presence != 0.0); }
+
+  void apply(candidates& c, const sampling_context& ctx) const {
+    if (!active() || ctx.recent.empty()) return;
+    const std::size_t n = std::min(ctx.recent.size(), static_cast<std::size_t>(last_n));
+    std::vector<std::pair<std::int64_t, index_t>> counts;  // (id, count), ids sorted
+    counts.reserve(n);
+    for (std::size_t i = ctx.recent.size() - n; i < ctx.recent.size(); ++i) counts.emplace_back(ctx.recent[i], 1);
+    std::sort(counts.begin(), counts.end());
+    std::vector<std::pair<std::int64_t, index_t>> merged;
+    for (const auto& e : counts) {
+      if (!merged.empty() && merged.back().first == e.first) ++merged.back().second;
+      else merged.push_back(e);
+    }
+    for (auto& t : c.items()) {
+      auto it = std::lower_bound(merged.begin(), merged.end(), std::pair<std::int64_t, index_t>{t.id, 0});
+      if (it == merged.end() || it->first != t.id) continue;
+      if (t.logit == -std::numeric_limits<double>::infinity()) continue;
+      t.logit = t.logit > 0 ? t.logit / repeat : t.logit * repeat;
+      t.logit -= static_cast<double>(it->second) * frequency + presence;
+    }
+    c.mark_unsorted();
+  }
+};
+
+/// Keeps the k most likely tokens (k = 0: all).
+struct top_k {
+  index_t k = 0;
+  void check() const {
+    if (k < 0) throw value_error("top_k: k must be >= 0");
+  }
+  void apply(candidates& c, const sampling_context&) const {
+    if (k <= 0 || static_cast<std::size_t>(k) >= c.size()) return;
+    c.keep_best(static_cast<std::size_t>(k));
+  }
+};
+
+/// Nucleus sampling: keeps the smallest set of most likely tokens whose probabilities sum to at least p
+/// (p = 1: all), and at least min_keep of them.
+struct top_p {
+  double p = 1.0;
+  std::size_t min_keep = 1;
+  void check() const {
+    if (!(p > 0 && p <= 1)) throw value_error("top_p: p must be in (0, 1]");
+  }
+  void apply(candidates& c, const sampling_context&) const {
+    if (p >= 1.0 || c.size() <= 1) return;
+    c.sort();
+    c.softmax();
+    double cum = 0;
+    std::size_t keep = c.size();
+    for (std::size_t i = 0; i < c.size(); ++i) {
+      cum += c.items()[i].p;
+      if (cum >= p && i + 1 >= min_keep) {
+        keep = i + 1;
+        break;
+      }
+    }
+    c.keep_first(keep);
+  }
+};
+
+/// Keeps the tokens whose probability is at least p times the most likely token's (p = 0: all).
+struct min_p {
+  double p = 0.0;
+  std::size_t min_keep = 1;
+  void check() const {
+    if (!(p >= 0 && p <= 1)) throw value_error("min_p: p must be in [0, 1]");
+  }
+  void apply(candidates& c, const sampling_context&) const {
+    if (p <= 0.0 || c.size() <= 1) return;
+    c.sort();
+    c.softmax();
+    const double floor = p * c.items().front().p;
+    std::size_t keep = 0;
+    while (keep < c.size() && (c.items()[keep].p >= floor || keep < min_keep)) ++keep;
+    c.keep_first(keep);
+  }
+};
+
+/// Divides the logits by t; t = 0 keeps only the most likely token (greedy).
+struct temperature {
+  double t = 1.0;
+  void check() const {
+    if (!(t >= 0) || !std::isfinite(t)) throw value_error("temperature: must be a finite number >= 0");
+  }
+  void apply(candidates& c, const sampling_context&) const {
+    if (t == 1.0 || c.empty()) return;
+    if (t <= 0.0) {
+      c.keep_best(1);
+      return;
+    }
+    for (auto& x : c.items()) x.logit /= t;  // order unchanged
+  }
+};
+
+/// A step given as a function.
+using custom_step = std::function<void(candidates&, const sampling_context&)>;
+
+/// Steps composed at compile time; a chain is itself a step.
+template <sampling_step... Steps>
+struct sampling_chain {
+  std::tuple<Steps...> steps;
+  void apply(candidates& c, const sampling_context& ctx) const {
+    std::apply([&](const auto&... s) { (s.apply(c, ctx), ...); }, steps);
+  }
+};
+
+namespace detail {
+/// The draw: the single candidate left, or one drawn from the softmax of those left, walking them in their
+/// current order (a deterministic one: the vocabulary's, or the canonical order after a step sorted them), so
+/// no sort is needed here.
+inline std::int64_t draw(candidates& c, sampling_rng& rng) {
+  c.drop_banned();
+  if (c.empty()) throw value_error("sampling: no token left to choose (every token is banned or filtered out)");
+  if (c.size() == 1) return c.items().front().id;
+  c.softmax();
+  const double u = rng.uniform();
+  double cum = 0;
+  for (const auto& t : c.items()) {
+    cum += t.p;
+    if (u < cum) return t.id;
+  }
+  return c.items().back().id;  // rounding: u is above the last partial sum
+}
+}  // namespace detail
+
+/// The usual sampling settings (the CLI's options). temperature = 0 is greedy.
+struct sampling_params {
+  std::uint64_t seed = 1;
+  double temperature = 0.8;
+  index_t top_k = 0;
+  double top_p = 1.0;
+  double min_p = 0.0;
+  double repeat_penalty = 1.0;
+  double frequency_penalty = 0.0;
+  double presence_penalty = 0.0;
+  index_t penalty_last_n = 64;
+  std::vector<std::pair<std::int64_t, double>> logit_bias{};
+};
+
+/// A run-time chain of steps, the token history the penalties read and the generator of the draw.
+class sampler {
+ public:
+  using step = std::variant<logit_bias, penalties, top_k, top_p, min_p, temperature, custom_step>;
+
+  /// An empty chain (plain sampling at temperature 1) keeping `history` recent tokens.
+  explicit sampler(std::uint64_t seed = 1, index_t history = 64) : rng_(seed), history_(history) {
+    if (history < 0) throw value_error("sampler: history must be >= 0");
+  }
+
+  /// The usual chain for `p`: penalties, logit bias, top-k, top-p, min-p, temperature, draw.
+  static sampler from(const sampling_params& p) {
+    sampler s(p.seed, std::max<index_t>(p.penalty_last_n, 0));
+    s.add(penalties{p.penalty_last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty});
+    s.add(logit_bias{p.logit_bias});
+    s.add(top_k{p.top_k});
+    s.add(top_p{p.top_p});
+    s.add(min_p{p.min_p});
+    s.add(temperature{p.temperature});
+    return s;
+  }
+
+  /// Appends a step (checked now: a bad setting is a value_error naming it).
+  sampler& add(step s) {
+    std::visit([](const auto& x) {
+      if constexpr (requires { x.check(); }) x.check();
+      else if (!x) throw value_error("sampler: an empty custom step");
+    }, s);
+    steps_.push_back(std::move(s));
+    return *this;
+  }
+
+  /// The next token for a row of logits (the vocabulary is its size). Does not record it: call accept().
+  template <class T>
+  std::int64_t sample(std::span<const T> logits) {
+    cand_.assign(logits);
+    const sampling_context ctx{std::span<const std::int64_t>(recent_), &rng_, static_cast<std::int64_t>(logits.size())};
+    for (const auto& s : steps_) {
+      std::visit([&](const auto& x) {
+        if constexpr (requires { x.apply(cand_, ctx); }) x.apply(cand_, ctx);
+        else x(cand_, ctx);
+      }, s);
+    }
+    return detail::draw(cand_, rng_);
+  }
+
+  /// Records a token the sequence now holds (sampled or from the prompt) for the penalties.
+  void accept(std::int64_t token) {
+    if (history_ == 0) return;
+    if (static_cast<index_t>(recent_.size()) == history_) recent_.erase(recent_.begin());
+    recent_.push_back(token);
+  }
+
+  /// Forgets the history (the generator keeps its state).
+  void reset_history() noexcept { recent_.clear(); }
+
+  const std::vector<std::int64_t>& recent() const noexcept { return recent_; }
+  /// Restores a saved history (oldest first; the last `history()` entries are kept).
+  void set_recent(std::span<const std::int64_t> r) {
+    const std::size_t keep = std::min(r.size(), static_cast<std::size_t>(history_));
+    recent_.assign(r.end() - static_cast<std::ptrdiff_t>(keep), r.end());
+  }
+  index_t history() const noexcept { return history_; }
+  sampling_rng& rng() noexcept { return rng_; }
+  const sampling_rng& rng() const noexcept { return rng_; }
+  const std::vector<step>& steps() const noexcept { return steps_; }
+  /// The candidates of the last draw, after the steps (what a caller may show as alternatives).
+  const candidates& last_candidates() const noexcept { return cand_; }
+
+ private:
+  std::vector<step> steps_;
+  sampling_rng rng_;
+  index_t history_;
+  std::vector<std::int64_t> recent_;
+  candidates cand_;
+};
+
+/// The most likely token (lowest id on ties): what temperature 0 gives.
+template <class T>
+std::int64_t argmax_token(std::span<const T> logits) {
+  if (logits.empty()) throw value_error("sampling: an empty row of logits");
+  std::size_t best = 0;
+  for (std::size_t i = 1; i < logits.size(); ++i)
+    if (logits[i] > logits[best]) best = i;
+  return static_cast<std::int64_t>(best);
+}
+
+}  // namespace sessa
+// ---- end sessa/generate/sampler.hpp ----------------------------------------------------------------------------
+// ---- begin sessa/generate/tokenizer.hpp ------------------------------------------------------------------------
+// sessa/generate/tokenizer.hpp: text to token ids and back.
+//
+// Two vocabularies, both without merges:
+//   - characters: the vocabulary of a `sessa.vocab` file entry, one token per Unicode character (UTF-8 code
+//     point) in token order;
+//   - bytes: 256 tokens, token i is the byte i; any text (any UTF-8, any bytes) goes in and comes back out.
+// Text a vocabulary cannot encode, and ids outside it, are value_errors naming the offset or the id.
+
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+
+namespace sessa {
+
+namespace detail {
+/// The length of the UTF-8 sequence starting at s[i] (1 to 4), or 0 when the bytes there are not valid UTF-8
+/// (bad lead byte, truncated, bad continuation, overlong, surrogate or above U+10FFFF).
+inline std::size_t utf8_sequence(std::string_view s, std::size_t i) noexcept {
+  const auto b = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = b(i);
+  std::size_t n;
+  std::uint32_t cp;
+  if (c < 0x80) return 1;
+  if ((c & 0xE0) == 0xC0) n = 2, cp = c & 0x1Fu;
+  else if ((c & 0xF0) == 0xE0) n = 3, cp = c & 0x0Fu;
+  else if ((c & 0xF8) == 0xF0) n = 4, cp = c & 0x07u;
+  else return 0;
+  if (i + n > s.size()) return 0;
+  for (std::size_t k = 1; k < n; ++k) {
+    if ((b(i + k) & 0xC0) != 0x80) return 0;
+    cp = (cp << 6) | (b(i + k) & 0x3Fu);
+  }
+  const std::uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+  if (cp < min[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
+  return n;
+}
+
+/// How many bytes at the end of s are the start of a UTF-8 sequence that is still incomplete (0 to 3).
+inline std::size_t utf8_incomplete_tail(std::string_view s) noexcept {
+  for (std::size_t back = 1; back <= 3 && back <= s.size(); ++back) {
+    const unsigned char c = static_cast<unsigned char>(s[s.size() - back]);
+    if ((c & 0xC0) == 0x80) continue;  // a continuation byte: look further back
+    std::size_t need = c >= 0xF0 && c < 0xF8 ? 4 : c >= 0xE0 && c < 0xF0 ? 3 : c >= 0xC0 && c < 0xE0 ? 2 : 1;
+    return need > back ? back : 0;
+  }
+  return 0;
+}
+}  // namespace detail
+
+class tokenizer {
+ public:
+  enum class kind { characters, bytes };
+
+  /// 256 byte tokens.
+  static tokenizer bytes() {
+    tokenizer t;
+    t.kind_ = kind::bytes;
+    t.pieces_.reserve(256);
+    for (int i = 0; i < 256; ++i) t.pieces_.emplace_back(1, static_cast<char>(i));
+    return t;
+  }
+
+  /// One token per character of `vocab` (UTF-8), in order. Throws value_error on invalid UTF-8, an empty
+  /// vocabulary or a character listed twice.
+  static tokenizer characters(std::string_view vocab) {
+    tokenizer t;
+    t.kind_ = kind::characters;
+    if (vocab.empty()) throw value_error("tokenizer: an empty character vocabulary");
+    for (std::size_t i = 0; i < vocab.size();) {
+      const std::size_t n = detail::utf8_sequence(vocab, i);
+      if (n == 0) throw value_error("tokenizer: the character vocabulary is not valid UTF-8 at byte " + std::to_string(i));
+      std::string piece(vocab.substr(i, n));
+      if (!t.ids_.emplace(piece, static_cast<std::int64_t>(t.pieces_.size())).second)
+        throw value_error("tokenizer: the character vocabulary lists '" + piece + "' twice");
+      t.pieces_.push_back(std::move(piece));
+      i += n;
+    }
+    return t;
+  }
+
+  /// The tokenizer a model file declares: `sessa.vocab` (characters) or `sessa.tokenizer` = "bytes"; its
+  /// size must be the model's vocab_size. Throws format_error naming `source` otherwise.
+  static tokenizer from_metadata(const std::map<std::string, std::string>& meta, std::int64_t vocab_size,
+                                 const std::string& source) {
+    const auto chars = meta.find("sessa.vocab");
+    const auto kind_it = meta.find("sessa.tokenizer");
+    tokenizer t;
+    if (kind_it != meta.end() && kind_it->second != "characters") {
+      if (kind_it->second != "bytes")
+        throw format_error(source + ": metadata 'sessa.tokenizer' is '" + kind_it->second +
+                           "' (this library knows 'characters' and 'bytes')");
+      t = bytes();
+    } else if (chars != meta.end()) {
+      try {
+        t = characters(chars->second);
+      } catch (const value_error& e) {
+        throw format_error(source + ": metadata 'sessa.vocab': " + e.what());
+      }
+    } else {
+      throw format_error(source + ": no tokenizer (metadata 'sessa.vocab' with the characters, or 'sessa.tokenizer' = "
+                         "\"bytes\")");
+    }
+    if (t.size() != vocab_size)
+      throw format_error(source + ": the tokenizer has " + std::to_string(t.size()) + " tokens but vocab_size is " +
+                         std::to_string(vocab_size));
+    return t;
+  }
+
+  kind type() const noexcept { return kind_; }
+  std::int64_t size() const noexcept { return static_cast<std::int64_t>(pieces_.size()); }
+
+  /// Token ids of `text`. Characters: throws value_error naming the first character (and its byte offset) the
+  /// vocabulary lacks, or invalid UTF-8.
+  std::vector<std::int64_t> encode(std::string_view text) const {
+    std::vector<std::int64_t> out;
+    out.reserve(text.size());
+    if (kind_ == kind::bytes) {
+      for (char c : text) out.push_back(static_cast<unsigned char>(c));
+      return out;
+    }
+    for (std::size_t i = 0; i < text.size();) {
+      const std::size_t n = detail::utf8_sequence(text, i);
+      if (n == 0) throw value_error("tokenizer: the text is not valid UTF-8 at byte " + std::to_string(i));
+      const std::string piece(text.substr(i, n));
+      const auto it = ids_.find(piece);
+      if (it == ids_.end())
+        throw value_error("tokenizer: the character '" + printable(piece) + "' at byte " + std::to_string(i) +
+                          " is not in the model's vocabulary");
+      out.push_back(it->second);
+      i += n;
+    }
+    return out;
+  }
+
+  /// The text of one token; throws value_error for an id outside the vocabulary.
+  const std::string& piece(std::int64_t id) const {
+    if (id < 0 || id >= size())
+      throw value_error("tokenizer: token id " + std::to_string(id) + " is outside the vocabulary (" +
+                        std::to_string(size()) + " tokens)");
+    return pieces_[static_cast<std::size_t>(id)];
+  }
+
+  /// The text of a sequence of tokens (bytes: the bytes as they are, which may end inside a UTF-8 character).
+  std::string decode(std::span<const std::int64_t> ids) const {
+    std::string out;
+    for (auto id : ids) out += piece(id);
+    return out;
+  }
+
+  /// The vocabulary as one string in token order (characters: what `sessa.vocab` holds).
+  std::string vocabulary() const {
+    std::string out;
+    for (const auto& p : pieces_) out += p;
+    return out;
+  }
+
+ private:
+  tokenizer() = default;
+  /// A character as an error message shows it: control characters escaped (\n, \t, \xNN).
+  static std::string printable(const std::string& c) {
+    if (c.size() != 1) return c;
+    const unsigned char b = static_cast<unsigned char>(c[0]);
+    if (b == '\n') return "\\n";
+    if (b == '\t') return "\\t";
+    if (b == '\r') return "\\r";
+    if (b >= 0x20 && b != 0x7F) return c;
+    const char* hex = "0123456789abcdef";
+    return std::string("\\x") + hex[b >> 4] + hex[b & 15];
+  }
+  kind kind_ = kind::bytes;
+  std::vector<std::string> pieces_;
+  std::unordered_map<std::string, std::int64_t> ids_;
+};
+
+}  // namespace sessa
+// ---- end sessa/generate/tokenizer.hpp --------------------------------------------------------------------------
+// ---- begin sessa/generate/stop.hpp -----------------------------------------------------------------------------
+// sessa/generate/stop.hpp: when generation stops, and the streamed text that stop strings cut.
+//
+// Stop strings are matched in the text, not in tokens, so a stop string split across several tokens stops
+// generation all the same. `stop_text` streams text piece by piece: it releases only text that can no longer
+// become part of a stop string (a suffix that is a prefix of one is held back) and never half a UTF-8
+// character; when a stop string completes, the text before it is released and the rest dropped.
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+namespace sessa {
+
+/// When a generate call stops (whichever comes first).
+struct stop_criteria {
+  index_t max_tokens = 256;                // tokens sampled by this call, stop tokens included
+  std::vector<std::int64_t> stop_tokens{};  // sampled, they end the call; their text is not streamed
+  std::vector<std::string> stop_strings{};  // matched in the text across token boundaries; not streamed
+
+  void check() const {
+    if (max_tokens < 0) throw value_error("stop_criteria: max_tokens must be >= 0");
+    for (const auto& s : stop_strings)
+      if (s.empty()) throw value_error("stop_criteria: an empty stop string");
+  }
+};
+
+enum class stop_reason {
+  max_tokens,   // max_tokens sampled
+  stop_token,   // one of stop_tokens sampled
+  stop_string,  // one of stop_strings completed in the text
+  cancelled,    // the token callback returned false
+  cache_full    // no room left in the cache for the next token
+};
+
+inline const char* to_string(stop_reason r) noexcept {
+  switch (r) {
+    case stop_reason::max_tokens: return "max_tokens";
+    case stop_reason::stop_token: return "stop_token";
+    case stop_reason::stop_string: return "stop_string";
+    case stop_reason::cancelled: return "cancelled";
+    case stop_reason::cache_full: return "cache_full";
+  }
+  return "unknown";
+}
+
+class stop_text {
+ public:
+  explicit stop_text(std::vector<std::string> stops = {}) : stops_(std::move(stops)) {
+    for (const auto& s : stops_)
+      if (s.empty()) throw value_error("stop_text: an empty stop string");
+  }
+
+  /// Appends `piece`; returns the text now safe to release. After a stop string completes, matched() is true,
+  /// the text before it has been released and further pieces are ignored.
+  std::string push(std::string_view piece) {
+    if (matched_) return {};
+    held_ += piece;
+    std::size_t first = std::string::npos;
+    for (std::size_t k = 0; k < stops_.size(); ++k) {
+      const std::size_t at = held_.find(stops_[k]);
+      if (at < first) first = at, which_ = k;
+    }
+    if (first != std::string::npos) {
+      matched_ = true;
+      std::string out = held_.substr(0, first);
+      held_.clear();
+      return out;
+    }
+    std::size_t hold = detail::utf8_incomplete_tail(held_);
+    for (const auto& s : stops_)  // the longest suffix of held_ that begins some stop string
+      for (std::size_t n = std::min(s.size() - 1, held_.size()); n > hold; --n)
+        if (held_.compare(held_.size() - n, n, s, 0, n) == 0) {
+          hold = n;
+          break;
+        }
+    std::string out = held_.substr(0, held_.size() - hold);
+    held_.erase(0, held_.size() - hold);
+    return out;
+  }
+
+  /// Releases whatever is held back (the end of the text: no stop string can complete any more).
+  std::string flush() {
+    std::string out;
+    out.swap(held_);
+    return out;
+  }
+
+  bool matched() const noexcept { return matched_; }
+  /// The stop string that completed (empty if none).
+  std::string_view matched_string() const noexcept { return matched_ ? std::string_view(stops_[which_]) : std::string_view(); }
+  const std::string& held() const noexcept { return held_; }
+
+ private:
+  std::vector<std::string> stops_;
+  std::string held_;
+  bool matched_ = false;
+  std::size_t which_ = 0;
+};
+
+}  // namespace sessa
+// ---- end sessa/generate/stop.hpp -------------------------------------------------------------------------------
+// ---- begin sessa/generate/session.hpp --------------------------------------------------------------------------
+// sessa/generate/session.hpp: one sequence being generated: a decoder's cache, the sampler, the tokens so far.
+//
+//   sessa::session s(model, 4096, sessa::sampler::from(params));   // capacity: prompt + generation
+//   s.feed(tok.encode("THE SEA "));                                 // prefill, in chunks
+//   auto r = s.generate({.max_tokens = 200, .stop_strings = {"\n\n"}}, &tok,
+//                       [](const sessa::token_event& e) { std::fputs(std::string(e.text).c_str(), stdout); return true; });
+//
+// The prompt goes through the prefill path (chunks of `feed_options::chunk` tokens, a progress callback after
+// each); each sampled token goes through the decode path. A sampled token enters the cache when the next one
+// is needed (the next generate or feed call), so a call that stops does no wasted step; `tokens()` always
+// lists every token of the sequence, the last possibly still pending.
+//
+// Works with any backend: logits come back to the host for sampling, one row per step.
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+
+namespace sessa {
+
+/// One streamed step: the token sampled (its index in this call) and the text it releases (possibly empty:
+/// held back for a stop string or an incomplete UTF-8 character). After the last token, text still held back
+/// comes in one more event with id = -1.
+struct token_event {
+  std::int64_t id;
+  std::string_view text;
+  index_t index;
+};
+
+/// Return false to stop generating (stop_reason::cancelled).
+using token_callback = std::function<bool(const token_event&)>;
+/// (tokens fed so far, tokens of this feed call); return false to stop feeding (the tokens fed so far stay).
+using progress_callback = std::function<bool(index_t, index_t)>;
+
+struct feed_options {
+  index_t chunk = 512;  // tokens per prefill pass
+  progress_callback progress{};
+};
+
+struct generation_result {
+  std::vector<std::int64_t> tokens{};  // sampled by this call, a stop token included
+  std::string text{};                // streamed text (without stop strings or stop tokens)
+  stop_reason reason = stop_reason::max_tokens;
+  std::string stop_string{};  // which one, for stop_reason::stop_string
+  double seconds = 0;       // wall time of the call
+  double tokens_per_second() const noexcept { return seconds > 0 ? static_cast<double>(tokens.size()) / seconds : 0.0; }
+};
+
+template <class Model>
+class session {
+ public:
+  using model_type = Model;
+  using scalar_type = typename Model::scalar_type;
+  using cache_type = typename Model::cache_type;
+
+  /// A session of at most `capacity` tokens (prompt and generation) on `model`, which must outlive it.
+  session(const Model& model, index_t capacity, sampler s = sampler{})
+      : model_(&model), cache_(model.init_cache(1, capacity)), sampler_(std::move(s)) {}
+
+  /// Feeds tokens through the prefill path (a pending sampled token first). Checks every id and the room
+  /// before anything changes; a progress callback returning false stops after the current chunk.
+  /// Returns the number of tokens fed.
+  index_t feed(std::span<const std::int64_t> tokens, const feed_options& opt = {}) {
+    if (opt.chunk < 1) throw value_error("feed: chunk must be >= 1 token");
+    const index_t V = model_->config().vocab_size;
+    for (std::size_t i = 0; i < tokens.size(); ++i)
+      if (tokens[i] < 0 || tokens[i] >= V)
+        throw value_error("feed: token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
+                          " is outside the vocabulary [0, " + std::to_string(V) + ")");
+    const index_t need = static_cast<index_t>(tokens.size()) + (pending_ ? 1 : 0);
+    if (need > cache_.remaining())
+      throw cache_error("feed: " + std::to_string(tokens.size()) + " tokens do not fit: the cache holds " +
+                        std::to_string(cache_.length()) + " of its " + std::to_string(capacity()) + " tokens" +
+                        (pending_ ? " and the last sampled token waits to enter it" : ""));
+    if (tokens.empty()) return 0;
+    std::vector<std::int64_t> all;
+    all.reserve(static_cast<std::size_t>(need));
+    if (pending_) all.push_back(*pending_);
+    all.insert(all.end(), tokens.begin(), tokens.end());
+    const index_t n = static_cast<index_t>(all.size()), first = pending_ ? 1 : 0;
+    index_t done = 0;
+    while (done < n) {
+      const index_t c = std::min(opt.chunk, n - done);
+      run(std::span<const std::int64_t>(all.data() + done, static_cast<std::size_t>(c)));
+      if (done == 0 && pending_) pending_.reset();
+      for (index_t i = std::max(done, first); i < done + c; ++i) {
+        sampler_.accept(all[static_cast<std::size_t>(i)]);
+        tokens_.push_back(all[static_cast<std::size_t>(i)]);
+      }
+      done += c;
+      if (opt.progress && !opt.progress(done - first, n - first)) break;
+    }
+    return done - first;
+  }
+
+  /// Samples up to stop.max_tokens tokens, streaming each through `on_token` (and `tok` for the text, when
+  /// given). Needs at least one token in the session (feed a prompt first).
+  generation_result generate(const stop_criteria& stop, const tokenizer* tok = nullptr,
+                             const token_callback& on_token = {}) {
+    stop.check();
+    if (tokens_.empty()) throw value_error("generate: the session holds no tokens; feed a prompt first");
+    if (tok && tok->size() != model_->config().vocab_size)
+      throw value_error("generate: the tokenizer has " + std::to_string(tok->size()) + " tokens, the model " +
+                        std::to_string(model_->config().vocab_size));
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    generation_result r;
+    stop_text text(stop.stop_strings);
+    auto emit = [&](std::int64_t id, const std::string& piece, index_t index) {
+      r.text += piece;
+      return !on_token || on_token(token_event{id, piece, index});
+    };
+    bool ended = false;
+    for (index_t i = 0;; ++i) {
+      if (i == stop.max_tokens) {
+        r.reason = stop_reason::max_tokens;
+        break;
+      }
+      if (pending_) {
+        if (cache_.remaining() == 0) {
+          r.reason = stop_reason::cache_full;
+          break;
+        }
+        const std::int64_t p = *pending_;
+        run(std::span<const std::int64_t>(&p, 1));
+        pending_.reset();
+      }
+      const std::int64_t id = sampler_.sample(std::span<const scalar_type>(logits_));
+      sampler_.accept(id);
+      tokens_.push_back(id);
+      pending_ = id;
+      r.tokens.push_back(id);
+      if (std::find(stop.stop_tokens.begin(), stop.stop_tokens.end(), id) != stop.stop_tokens.end()) {
+        r.reason = stop_reason::stop_token;
+        break;
+      }
+      const bool go = emit(id, text.push(tok ? std::string_view(tok->piece(id)) : std::string_view()), i);
+      if (text.matched()) {
+        r.reason = stop_reason::stop_string;
+        r.stop_string = std::string(text.matched_string());
+        ended = true;
+        break;
+      }
+      if (!go) {
+        r.reason = stop_reason::cancelled;
+        break;
+      }
+    }
+    if (!ended) {
+      const std::string rest = text.flush();
+      if (!rest.empty()) emit(-1, rest, static_cast<index_t>(r.tokens.size()));
+    }
+    r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
+    return r;
+  }
+
+  /// Goes back to the first n tokens of the sequence (n >= 1): the cache is truncated exactly and the logits
+  /// of position n - 1 recomputed (through the decode path: within rounding of what prefill gave).
+  void rollback(index_t n) {
+    if (n < 1 || n > position())
+      throw value_error("rollback: the session holds " + std::to_string(position()) + " tokens; cannot go back to " +
+                        std::to_string(n) + " (at least 1)");
+    if (n == position()) return;
+    pending_.reset();
+    cache_.truncate(n - 1);
+    const std::int64_t last = tokens_[static_cast<std::size_t>(n - 1)];
+    tokens_.resize(static_cast<std::size_t>(n));
+    run(std::span<const std::int64_t>(&last, 1));
+    // The penalties' history is the tail of the sequence.
+    sampler_.set_recent(std::span<const std::int64_t>(tokens_));
+  }
+
+  /// Tokens in the sequence (fed, sampled; the last sampled one possibly still pending).
+  index_t position() const noexcept { return static_cast<index_t>(tokens_.size()); }
+  index_t capacity() const noexcept { return cache_.capacity(); }
+  const std::vector<std::int64_t>& tokens() const noexcept { return tokens_; }
+  /// The next-token logits after the last token in the cache (empty before the first feed).
+  std::span<const scalar_type> logits() const noexcept { return logits_; }
+  std::optional<std::int64_t> pending() const noexcept { return pending_; }
+  sampler& get_sampler() noexcept { return sampler_; }
+  const sampler& get_sampler() const noexcept { return sampler_; }
+  cache_type& cache() noexcept { return cache_; }
+  const cache_type& cache() const noexcept { return cache_; }
+  const Model& model() const noexcept { return *model_; }
+
+ private:
+  void run(std::span<const std::int64_t> ids) {
+    const tensor<std::int64_t> t({1, static_cast<index_t>(ids.size())}, ids);
+    const tensor<scalar_type> l = to_host(model_->forward(t, cache_, logits_for::last));  // (1, V)
+    logits_.assign(l.data(), l.data() + l.size());
+  }
+
+  const Model* model_;
+  cache_type cache_;
+  sampler sampler_;
+  std::vector<std::int64_t> tokens_;
+  std::optional<std::int64_t> pending_;
+  std::vector<scalar_type> logits_;
+};
+
+}  // namespace sessa
+// ---- end sessa/generate/session.hpp ----------------------------------------------------------------------------
+// ---- begin sessa/generate/evaluate.hpp -------------------------------------------------------------------------
+// sessa/generate/evaluate.hpp: how well a decoder predicts a text (mean cross-entropy).
+//
+// The tokens are cut into windows of `window` tokens starting every `stride` tokens: window k covers
+// [k·stride, min(k·stride + window, n)), and the windows stop with the first one that reaches the end, so every
+// token after the first is scored at least once. Each window is one stateless prefill, and scores every token
+// after its first given the tokens before it in that window: -log softmax(logits_{t-1})[token_t], summed in
+// double. With stride < window, tokens in the overlap are scored once per window that holds them (with different
+// contexts), and `tokens` counts every score.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <span>
+#include <string>
+#include <vector>
+
+
+namespace sessa {
+
+struct evaluation {
+  double nats = 0;      // the sum of -log p over every scored token
+  index_t tokens = 0;   // scores summed
+  index_t bytes = 0;    // the text's bytes of the scored tokens (with a tokenizer)
+  index_t windows = 0;
+  double seconds = 0;
+
+  double nats_per_token() const noexcept { return tokens > 0 ? nats / static_cast<double>(tokens) : 0.0; }
+  /// Bits per byte of the scored text (0 without a tokenizer's byte counts).
+  double bits_per_byte() const noexcept { return bytes > 0 ? nats / std::log(2.0) / static_cast<double>(bytes) : 0.0; }
+  double tokens_per_second() const noexcept { return seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0; }
+};
+
+/// The windows [begin, end) of n tokens (see the header's comment).
+inline std::vector<std::pair<index_t, index_t>> evaluation_windows(index_t n, index_t window, index_t stride) {
+  if (window < 2) throw value_error("evaluate: the window must hold at least 2 tokens, got " + std::to_string(window));
+  if (stride < 1) throw value_error("evaluate: the stride must be >= 1, got " + std::to_string(stride));
+  if (stride > window)
+    throw value_error("evaluate: a stride of " + std::to_string(stride) + " tokens skips tokens between windows of " +
+                      std::to_string(window));
+  if (n < 2) throw value_error("evaluate: the text has " + std::to_string(n) + " tokens; scoring needs at least 2");
+  std::vector<std::pair<index_t, index_t>> out;
+  for (index_t b = 0;; b += stride) {
+    const index_t e = std::min(b + window, n);
+    out.emplace_back(b, e);
+    if (e == n) break;
+  }
+  return out;
+}
+
+/// Scores `tokens` under `model` (a decoder on any backend). `progress(windows done, windows)` after each.
+template <class Model>
+evaluation evaluate(const Model& model, std::span<const std::int64_t> tokens, index_t window, index_t stride,
+                    const tokenizer* tok = nullptr, const std::function<void(index_t, index_t)>& progress = {}) {
+  using T = typename Model::scalar_type;
+  const index_t V = model.config().vocab_size;
+  for (std::size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= V)
+      throw value_error("evaluate: token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
+                        " is outside the vocabulary [0, " + std::to_string(V) + ")");
+  if (tok && tok->size() != V)
+    throw value_error("evaluate: the tokenizer has " + std::to_string(tok->size()) + " tokens, the model " +
+                      std::to_string(V));
+  const auto wins = evaluation_windows(static_cast<index_t>(tokens.size()), window, stride);
+  const auto t0 = std::chrono::steady_clock::now();
+  evaluation r;
+  for (const auto& [b, e] : wins) {
+    const index_t n = e - b;
+    const tensor<std::int64_t> ids({1, n}, tokens.subspan(static_cast<std::size_t>(b), static_cast<std::size_t>(n)));
+    const tensor<T> logits = to_host(model.forward(ids));  // (1, n, V)
+    for (index_t t = 1; t < n; ++t) {
+      const T* row = logits.data() + (t - 1) * V;
+      double m = -std::numeric_limits<double>::infinity();
+      for (index_t v = 0; v < V; ++v) m = std::max(m, static_cast<double>(row[v]));
+      double z = 0;
+      for (index_t v = 0; v < V; ++v) z += std::exp(static_cast<double>(row[v]) - m);
+      const std::int64_t next = tokens[static_cast<std::size_t>(b + t)];
+      const double nll = m + std::log(z) - static_cast<double>(row[next]);
+      if (!std::isfinite(nll))
+        throw value_error("evaluate: the score of token " + std::to_string(b + t) + " is not finite (the logits are not)");
+      r.nats += nll;
+      ++r.tokens;
+      if (tok) r.bytes += static_cast<index_t>(tok->piece(next).size());
+    }
+    ++r.windows;
+    if (progress) progress(r.windows, static_cast<index_t>(wins.size()));
+  }
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+}  // namespace sessa
+// ---- end sessa/generate/evaluate.hpp ---------------------------------------------------------------------------

@@ -6,8 +6,11 @@
 //                  (NAME: cpu, reference, and the device backends of this build: thrust_omp; cuda and
 //                  thrust_cuda in the nvcc build, sessa-cuda)
 //                  [--config C.json]
+//   sessa eval     --model M.safetensors --text FILE [--window N] [--stride S] [--json]
+//                  [--precision f32|f64] [--backend NAME] [--threads N]
 //   sessa embed    --model M.safetensors --name NAME --out NAME_model.hpp
-//   sessa generate --model M.safetensors --prompt TEXT [--tokens N] [--temperature X] [--seed S]
+//   sessa generate --model M.safetensors --prompt TEXT [--max-tokens N] [--temperature X] [--seed S]
+//                  [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty X] [--repeat-last-n N] [--stop STR]...
 //                  [--precision f32|f64] [--backend NAME] [--threads N]
 //
 // Errors print one line on stderr and exit 1 (2 for usage errors); an output file is only ever written
@@ -61,12 +64,19 @@ constexpr const char* usage_text =
     "            [--mode prefill|decode|chunked:N] [--precision f32|f64] [--backend NAME]\n"
     "            [--threads N] [--config C.json]\n"
     "            run a layer on x (B,T,D) -> y, or a decoder on tokens (B,T) -> logits\n"
+    "  eval      --model M.safetensors --text FILE [--window N] [--stride S] [--json]\n"
+    "            [--precision f32|f64] [--backend NAME] [--threads N]\n"
+    "            mean cross-entropy of a text (nats per token, bits per byte) in windows of N tokens\n"
+    "            (default: the text, at most 512) every S tokens (default N), with tokens/s\n"
     "  embed     --model M.safetensors --name NAME --out NAME_model.hpp [--config C.json]\n"
     "            write a header with a decoder's shapes as template arguments and its weights as\n"
     "            constexpr arrays, for sessa::embedded::static_decoder (no file I/O, no heap)\n"
-    "  generate  --model M.safetensors --prompt TEXT [--tokens N] [--temperature X] [--seed S]\n"
-    "            [--precision f32|f64] [--backend NAME] [--threads N]\n"
-    "            generate text with a decoder whose file carries a character vocabulary (sessa.vocab)\n"
+    "  generate  --model M.safetensors --prompt TEXT [--max-tokens N] [--temperature X] [--seed S]\n"
+    "            [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty X] [--repeat-last-n N]\n"
+    "            [--stop STR]... [--precision f32|f64] [--backend NAME] [--threads N]\n"
+    "            generate text with a decoder whose file carries a tokenizer (sessa.vocab characters or\n"
+    "            sessa.tokenizer = bytes), streaming it; --temperature 0 (the default) is greedy,\n"
+    "            --tokens is --max-tokens' older name; --stop may be given several times\n"
     "\n"
     "  --backend NAME: cpu (default), reference, and in this build also: " SESSA_CLI_EXTRA_BACKENDS "\n"
     "\n"
@@ -237,76 +247,114 @@ int cmd_run(const options& o) {
 }
 
 
-/// Greedy (temperature 0) or sampled next token from one row of logits (V values).
-template <class T>
-std::int64_t pick_token(const T* logits, index_t V, double temperature, random_stream& rng) {
-  index_t best = 0;
-  for (index_t v = 1; v < V; ++v)
-    if (logits[v] > logits[best]) best = v;
-  if (temperature <= 0) return best;
-  std::vector<double> p(static_cast<std::size_t>(V));
-  double sum = 0;
-  for (index_t v = 0; v < V; ++v)
-    sum += p[static_cast<std::size_t>(v)] = std::exp((static_cast<double>(logits[v]) - static_cast<double>(logits[best])) / temperature);
-  double u = rng.uniform() * sum;
-  for (index_t v = 0; v < V; ++v)
-    if ((u -= p[static_cast<std::size_t>(v)]) <= 0) return v;
-  return V - 1;
+/// The sampling settings of the generate command (each checked by the sampler's steps).
+sampling_params sampling_options(const options& o) {
+  sampling_params p;
+  p.seed = static_cast<std::uint64_t>(o.integer("seed", 1, 0, std::numeric_limits<long long>::max()));
+  p.temperature = o.real("temperature", 0.0);
+  if (p.temperature < 0) throw usage_error("--temperature must be >= 0 (0: greedy)");
+  p.top_k = o.integer("top-k", 0, 0, 1 << 24);
+  p.top_p = o.real("top-p", 1.0);
+  if (!(p.top_p > 0 && p.top_p <= 1)) throw usage_error("--top-p must be in (0, 1]");
+  p.min_p = o.real("min-p", 0.0);
+  if (!(p.min_p >= 0 && p.min_p <= 1)) throw usage_error("--min-p must be in [0, 1]");
+  p.repeat_penalty = o.real("repeat-penalty", 1.0);
+  if (!(p.repeat_penalty > 0)) throw usage_error("--repeat-penalty must be > 0 (1: none)");
+  p.penalty_last_n = o.integer("repeat-last-n", 64, 0, 1 << 20);
+  return p;
 }
 
 int cmd_generate(const options& o) {
   const model_source m = open_model(o);
   if (m.info.arch != io::model_arch::decoder)
     throw format_error(m.file.source() + ": generate needs a decoder, the file holds a layer");
-  const auto vocab_it = m.file.metadata().find("sessa.vocab");
-  if (vocab_it == m.file.metadata().end())
-    throw format_error(m.file.source() + ": no character vocabulary (metadata 'sessa.vocab'); generate needs one");
-  const std::string& vocab = vocab_it->second;
-  const index_t V = m.info.config.vocab_size;
-  if (static_cast<index_t>(vocab.size()) != V)
-    throw format_error(m.file.source() + ": metadata 'sessa.vocab' has " + std::to_string(vocab.size()) +
-                       " characters but vocab_size is " + std::to_string(V));
+  const tokenizer tok = tokenizer::from_metadata(m.file.metadata(), m.info.config.vocab_size, m.file.source());
   const std::string prompt = o.need("prompt");
   if (prompt.empty()) throw usage_error("--prompt must not be empty");
-  const index_t n_new = o.integer("tokens", 200, 0, 1 << 20);
-  const double temperature = o.real("temperature", 0.0);
-  if (temperature < 0) throw usage_error("--temperature must be >= 0");
-  random_stream rng(static_cast<std::uint64_t>(o.integer("seed", 1, 0, std::numeric_limits<long long>::max())));
-  std::vector<std::int64_t> tokens;
-  for (std::size_t i = 0; i < prompt.size(); ++i) {
-    const auto pos = vocab.find(prompt[i]);
-    if (pos == std::string::npos)
-      throw value_error("prompt character '" + std::string(1, prompt[i]) + "' at offset " + std::to_string(i) +
-                        " is not in the model's vocabulary \"" + vocab + "\"");
-    tokens.push_back(static_cast<std::int64_t>(pos));
+  o.get_either("max-tokens", "tokens");
+  const index_t n_new = o.integer(o.get("max-tokens") ? "max-tokens" : "tokens", 200, 0, 1 << 20);
+  const sampling_params params = sampling_options(o);
+  stop_criteria stop;
+  stop.max_tokens = n_new;
+  for (const std::string& s : o.all("stop")) {
+    if (s.empty()) throw usage_error("--stop must not be empty");
+    stop.stop_strings.push_back(s);
   }
+  const std::vector<std::int64_t> tokens = tok.encode(prompt);
   set_threads(o);
   dispatch(o.get("precision").value_or("f32"), o.get("backend").value_or("cpu"), m.info.attention,
            [&]<class T, class B, class A>() {
     const A variant = io::detail::variant_from(m.info, m.file.source(), A{});
     const decoder<T, B, A> model(m.info.config, io::read_decoder_weights<T>(m.file, m.info.config), variant);
     const index_t P = static_cast<index_t>(tokens.size());
-    auto cache = model.init_cache(1, P + std::max<index_t>(n_new, 1));
+    session<decoder<T, B, A>> s(model, P + std::max<index_t>(n_new, 1), sampler::from(params));
     using clock = std::chrono::steady_clock;
     const auto t0 = clock::now();
-    tensor<T> logits = to_host(model.forward(tensor<std::int64_t>({1, P}, std::span<const std::int64_t>(tokens)), cache,
-                                             logits_for::last));  // (1, V), on the host for sampling
-    const auto t1 = clock::now();
+    s.feed(tokens);
+    const double pre = std::chrono::duration<double>(clock::now() - t0).count();
     std::fputs(prompt.c_str(), stdout);
-    for (index_t i = 0; i < n_new; ++i) {
-      const std::int64_t next = pick_token(logits.data(), V, temperature, rng);
-      std::fputc(vocab[static_cast<std::size_t>(next)], stdout);
+    std::fflush(stdout);
+    const generation_result r = s.generate(stop, &tok, [](const token_event& e) {
+      std::fwrite(e.text.data(), 1, e.text.size(), stdout);
       std::fflush(stdout);
-      if (i + 1 < n_new) logits = to_host(model.decode_step(std::span<const std::int64_t>(&next, 1), cache));
-    }
+      return true;
+    });
     std::fputc('\n', stdout);
-    const auto t2 = clock::now();
-    const double pre = std::chrono::duration<double>(t1 - t0).count();
-    const double dec = std::chrono::duration<double>(t2 - t1).count();
-    std::fprintf(stderr, "[prefill %lld tokens in %.2f ms; %lld tokens generated at %.0f tokens/s]\n",
-                 static_cast<long long>(P), pre * 1e3, static_cast<long long>(n_new),
-                 dec > 0 ? static_cast<double>(n_new) / dec : 0.0);
+    std::fprintf(stderr, "[prompt %lld tokens in %.2f ms (%.0f tokens/s); %zu tokens generated at %.0f tokens/s; stop: %s]\n",
+                 static_cast<long long>(P), pre * 1e3, pre > 0 ? static_cast<double>(P) / pre : 0.0, r.tokens.size(),
+                 r.tokens_per_second(), to_string(r.reason));
   });
+  return 0;
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw io_error(path + ": cannot open the text file");
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  if (f.bad()) throw io_error(path + ": cannot read the text file");
+  return ss.str();
+}
+
+int cmd_eval(const options& o) {
+  const model_source m = open_model(o);
+  if (m.info.arch != io::model_arch::decoder)
+    throw format_error(m.file.source() + ": eval needs a decoder, the file holds a layer");
+  const tokenizer tok = tokenizer::from_metadata(m.file.metadata(), m.info.config.vocab_size, m.file.source());
+  const std::string path = o.need("text");
+  std::vector<std::int64_t> tokens;
+  try {
+    tokens = tok.encode(read_text_file(path));
+  } catch (const value_error& e) {
+    throw value_error(path + ": " + e.what());
+  }
+  const index_t n = static_cast<index_t>(tokens.size());
+  const index_t window = o.integer("window", std::min<index_t>(std::max<index_t>(n, 2), 512), 2, prefill_block);
+  const index_t stride = o.integer("stride", window, 1, prefill_block);
+  set_threads(o);
+  evaluation r;
+  dispatch(o.get("precision").value_or("f32"), o.get("backend").value_or("cpu"), m.info.attention,
+           [&]<class T, class B, class A>() {
+    const A variant = io::detail::variant_from(m.info, m.file.source(), A{});
+    const decoder<T, B, A> model(m.info.config, io::read_decoder_weights<T>(m.file, m.info.config), variant);
+    try {
+      r = evaluate(model, tokens, window, stride, &tok);
+    } catch (const value_error& e) {
+      throw value_error(path + ": " + e.what());
+    }
+  });
+  if (o.flag("json")) {
+    std::printf("{\"nats_per_token\": %.17g, \"bits_per_byte\": %.17g, \"tokens\": %lld, \"bytes\": %lld, "
+                "\"windows\": %lld, \"window\": %lld, \"stride\": %lld, \"tokens_per_s\": %.6g, \"seconds\": %.6g}\n",
+                r.nats_per_token(), r.bits_per_byte(), static_cast<long long>(r.tokens), static_cast<long long>(r.bytes),
+                static_cast<long long>(r.windows), static_cast<long long>(window), static_cast<long long>(stride),
+                r.tokens_per_second(), r.seconds);
+  } else {
+    std::printf("nats per token  %.6f\nbits per byte   %.6f\ntokens scored   %lld in %lld windows of %lld, stride %lld\n"
+                "throughput      %.0f tokens/s\n",
+                r.nats_per_token(), r.bits_per_byte(), static_cast<long long>(r.tokens), static_cast<long long>(r.windows),
+                static_cast<long long>(window), static_cast<long long>(stride), r.tokens_per_second());
+  }
   return 0;
 }
 
@@ -452,8 +500,13 @@ int main(int argc, char** argv) {
                              {"model", "input", "output", "mode", "precision", "backend", "threads", "config"}));
     if (cmd == "generate")
       return cmd_generate(options(argc, argv, 2,
-                                  {"model", "prompt", "tokens", "temperature", "seed", "precision", "backend",
-                                   "threads", "config"}));
+                                  {"model", "prompt", "tokens", "max-tokens", "temperature", "seed", "top-k", "top-p",
+                                   "min-p", "repeat-penalty", "repeat-last-n", "precision", "backend", "threads",
+                                   "config"},
+                                  {"stop"}));
+    if (cmd == "eval")
+      return cmd_eval(options(argc, argv, 2, {"model", "text", "window", "stride", "precision", "backend", "threads", "config"},
+                              {}, {"json"}));
     if (cmd == "embed") return cmd_embed(options(argc, argv, 2, {"model", "name", "out", "config"}));
     throw usage_error("unknown command '" + cmd + "'");
   } catch (const usage_error& e) {

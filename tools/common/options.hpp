@@ -1,5 +1,6 @@
 // tools/common/options.hpp: the command-line options of the project's executables (the `sessa` CLI and
-// `sessa-bench`): "--name value" or "--name=value" after the command word, each allowed name at most once.
+// `sessa-bench`): "--name value" or "--name=value" after the command word, each allowed name at most once
+// unless it is declared repeatable (all() then lists every value in order).
 // Every problem is a usage_error (the executables exit with status 2 on it) whose message names the option.
 #pragma once
 
@@ -8,6 +9,7 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -22,11 +24,17 @@ struct usage_error : std::runtime_error {
 class options {
  public:
   /// Parses argv[first..argc) against the allowed option names (without the leading "--").
-  options(int argc, char** argv, int first, const std::vector<std::string>& allowed) {
+  /// `flags` take no value (flag() says whether one was given).
+  options(int argc, char** argv, int first, const std::vector<std::string>& allowed,
+          const std::vector<std::string>& repeatable = {}, const std::vector<std::string>& flags = {}) {
     for (int i = first; i < argc; ++i) {
       std::string a = argv[i];
       if (a.rfind("--", 0) != 0) throw usage_error("unexpected argument '" + a + "'");
       std::string name = a.substr(2), value;
+      if (std::find(flags.begin(), flags.end(), name) != flags.end()) {
+        if (!flags_.insert(name).second) throw usage_error("option --" + name + " given twice");
+        continue;
+      }
       if (auto eq = name.find('='); eq != std::string::npos) {
         value = name.substr(eq + 1);
         name = name.substr(0, eq);
@@ -34,11 +42,28 @@ class options {
         if (i + 1 >= argc) throw usage_error("option --" + name + " needs a value");
         value = argv[++i];
       }
-      if (std::find(allowed.begin(), allowed.end(), name) == allowed.end())
+      const bool many = std::find(repeatable.begin(), repeatable.end(), name) != repeatable.end();
+      if (!many && std::find(allowed.begin(), allowed.end(), name) == allowed.end())
         throw usage_error("unknown option --" + name);
+      if (many) {
+        repeated_[name].push_back(value);
+        continue;
+      }
       if (values_.count(name)) throw usage_error("option --" + name + " given twice");
       values_[name] = value;
     }
+  }
+
+  bool flag(const std::string& k) const { return flags_.count(k) != 0; }
+  /// Every value of a repeatable option, in the order given (empty when absent).
+  std::vector<std::string> all(const std::string& k) const {
+    auto it = repeated_.find(k);
+    return it == repeated_.end() ? std::vector<std::string>{} : it->second;
+  }
+  /// The value of `k`, or of its older spelling `alias`; both given is a usage error.
+  std::optional<std::string> get_either(const std::string& k, const std::string& alias) const {
+    if (get(k) && get(alias)) throw usage_error("options --" + k + " and --" + alias + " are the same; give one");
+    return get(k) ? get(k) : get(alias);
   }
 
   std::optional<std::string> get(const std::string& k) const {
@@ -85,6 +110,8 @@ class options {
 
  private:
   std::map<std::string, std::string> values_;
+  std::map<std::string, std::vector<std::string>> repeated_;
+  std::set<std::string> flags_;
 };
 
 }  // namespace sessa::tools

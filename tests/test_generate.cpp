@@ -1,0 +1,528 @@
+// The generation API: the generator, every sampling step (distributions checked statistically on fixed
+// logits), stop strings across token boundaries, tokenizers, and sessions against hand-written decode loops.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace sessa;
+
+namespace {
+
+/// Frequencies of n draws of `s` on `logits`, by token id.
+std::vector<double> frequencies(sampler& s, const std::vector<double>& logits, int n) {
+  std::vector<double> f(logits.size(), 0.0);
+  for (int i = 0; i < n; ++i) f[static_cast<std::size_t>(s.sample(std::span<const double>(logits)))] += 1.0 / n;
+  return f;
+}
+
+std::vector<double> softmax(const std::vector<double>& l, double t = 1.0) {
+  double m = -std::numeric_limits<double>::infinity(), z = 0;
+  for (double x : l) m = std::max(m, x / t);
+  std::vector<double> p;
+  for (double x : l) p.push_back(std::exp(x / t - m)), z += p.back();
+  for (double& x : p) x /= z;
+  return p;
+}
+
+/// Pearson's chi-square statistic of n draws with frequencies f against probabilities p (cells with p = 0 must
+/// have f = 0, checked separately).
+double chi_square(const std::vector<double>& f, const std::vector<double>& p, int n) {
+  double c = 0;
+  for (std::size_t i = 0; i < p.size(); ++i)
+    if (p[i] > 0) c += n * (f[i] - p[i]) * (f[i] - p[i]) / p[i];
+  return c;
+}
+
+/// The candidates a chain leaves (ids and logits), through a final step that records them.
+std::vector<token_candidate> after(sampler s, const std::vector<double>& logits) {
+  std::vector<token_candidate> seen;
+  s.add(custom_step([&](candidates& c, const sampling_context&) { seen = c.items(); }));
+  s.sample(std::span<const double>(logits));
+  return seen;
+}
+
+const std::vector<double> five = {1.0, 2.0, 0.5, -1.0, 3.0};
+
+}  // namespace
+
+TEST_CASE("sampling_rng is xoshiro256** seeded by splitmix64, and its state restores exactly", "[generate]") {
+  sampling_rng r(42);
+  // Reference values computed independently from the published algorithm.
+  CHECK(r.next() == 0x15780b2e0c2ec716ull);
+  CHECK(r.next() == 0x6104d9866d113a7eull);
+  CHECK(r.next() == 0xae17533239e499a1ull);
+  const auto saved = r.state();
+  const double a = r.uniform(), b = r.uniform();
+  CHECK((a >= 0 && a < 1 && b >= 0 && b < 1 && a != b));
+  sampling_rng q(7);
+  q.set_state(saved);
+  CHECK(q.uniform() == a);
+  CHECK(q.uniform() == b);
+  CHECK(q == r);
+}
+
+TEST_CASE("plain sampling and temperature follow the softmax (chi-square on 200000 draws)", "[generate]") {
+  const int n = 200000;
+  // 4 degrees of freedom: P(chi2 > 30) < 5e-6. The seed is fixed, so the test is deterministic.
+  for (const double t : {1.0, 0.7, 2.5}) {
+    sampler s(11);
+    s.add(temperature{t});
+    const auto f = frequencies(s, five, n);
+    INFO("temperature " << t);
+    CHECK(chi_square(f, softmax(five, t), n) < 30.0);
+  }
+  // And the statistic does detect a wrong distribution: temperature 0.7's draws against temperature 1.
+  sampler s(11);
+  s.add(temperature{0.7});
+  CHECK(chi_square(frequencies(s, five, n), softmax(five, 1.0), n) > 1000.0);
+}
+
+TEST_CASE("temperature 0 is greedy; ties go to the lowest id", "[generate]") {
+  sampler s(3);
+  s.add(temperature{0.0});
+  for (int i = 0; i < 50; ++i) CHECK(s.sample(std::span<const double>(five)) == 4);
+  const std::vector<float> tie = {0.5f, 2.0f, -1.0f, 2.0f};
+  CHECK(s.sample(std::span<const float>(tie)) == 1);
+  CHECK(argmax_token(std::span<const float>(tie)) == 1);
+  CHECK(sampler::from({.temperature = 0.0}).sample(std::span<const double>(five)) == 4);
+}
+
+TEST_CASE("top-k, top-p and min-p keep the right tokens, and sampling among them is renormalized", "[generate]") {
+  const int n = 100000;
+  {  // top-k 2: tokens 4 and 1 only, in proportion e^3 : e^2
+    sampler s(5);
+    s.add(top_k{2});
+    const auto f = frequencies(s, five, n);
+    CHECK(f[0] == 0);
+    CHECK(f[2] == 0);
+    CHECK(f[3] == 0);
+    const double p4 = std::exp(3.0) / (std::exp(3.0) + std::exp(2.0));
+    CHECK(std::abs(f[4] - p4) < 0.01);
+  }
+  const std::vector<double> l = {std::log(0.15), std::log(0.5), std::log(0.05), std::log(0.3)};
+  {  // top-p 0.75: 0.5 + 0.3 reaches it; tokens 1 and 3
+    const auto kept = after([] { sampler s(1); s.add(top_p{0.75}); return s; }(), l);
+    REQUIRE(kept.size() == 2);
+    CHECK(kept[0].id == 1);
+    CHECK(kept[1].id == 3);
+    sampler s(9);
+    s.add(top_p{0.75});
+    const auto f = frequencies(s, l, n);
+    CHECK(chi_square(f, {0.0, 0.5 / 0.8, 0.0, 0.3 / 0.8}, n) < 20.0);
+    CHECK(f[0] == 0);
+    CHECK(f[2] == 0);
+  }
+  {  // top-p 0.9 needs 0.15 too; top-p 1 keeps everything
+    CHECK(after([] { sampler s(1); s.add(top_p{0.9}); return s; }(), l).size() == 3);
+    CHECK(after([] { sampler s(1); s.add(top_p{1.0}); return s; }(), l).size() == 4);
+  }
+  {  // min-p 0.25: p >= 0.125 keeps 0.5, 0.3, 0.15; min-p 0.5 keeps 0.5, 0.3
+    CHECK(after([] { sampler s(1); s.add(min_p{0.25}); return s; }(), l).size() == 3);
+    const auto kept = after([] { sampler s(1); s.add(min_p{0.5}); return s; }(), l);
+    REQUIRE(kept.size() == 2);
+    CHECK(kept[1].id == 3);
+  }
+  {  // top-k 0 is off
+    CHECK(after([] { sampler s(1); s.add(top_k{0}); return s; }(), l).size() == 4);
+  }
+}
+
+TEST_CASE("repetition, frequency and presence penalties change the logits of recent tokens only", "[generate]") {
+  const std::vector<double> l = {2.0, -1.0, 0.5, 1.0};
+  sampler s(1, 3);  // history of 3 tokens
+  s.add(penalties{3, 2.0, 0.5, 0.25});
+  for (std::int64_t t : {3, 0, 1, 1}) s.accept(t);  // token 3 falls out of the history
+  REQUIRE(s.recent() == std::vector<std::int64_t>{0, 1, 1});
+  std::map<std::int64_t, double> got;
+  for (const auto& c : after(s, l)) got[c.id] = c.logit;
+  CHECK(got[0] == Approx(2.0 / 2.0 - 0.5 * 1 - 0.25));
+  CHECK(got[1] == Approx(-1.0 * 2.0 - 0.5 * 2 - 0.25));
+  CHECK(got[2] == 0.5);
+  CHECK(got[3] == 1.0);
+  // last_n narrower than the history: only the last token counts.
+  sampler t(1, 3);
+  t.add(penalties{1, 2.0, 0.0, 0.0});
+  for (std::int64_t x : {0, 1}) t.accept(x);
+  std::map<std::int64_t, double> g2;
+  for (const auto& c : after(t, l)) g2[c.id] = c.logit;
+  CHECK(g2[0] == 2.0);
+  CHECK(g2[1] == -2.0);
+}
+
+TEST_CASE("logit bias shifts and bans tokens", "[generate]") {
+  sampler s(1);
+  s.add(logit_bias{{{4, -std::numeric_limits<double>::infinity()}, {0, 0.75}}});
+  s.add(temperature{0.0});
+  CHECK(s.sample(std::span<const double>(five)) == 1);  // 4 banned; 2.0 > 1.75
+  sampler u(1);
+  u.add(logit_bias{{{4, -std::numeric_limits<double>::infinity()}, {0, 1.5}}});
+  u.add(temperature{0.0});
+  CHECK(u.sample(std::span<const double>(five)) == 0);  // 2.5 > 2.0
+  // Banned tokens are never drawn, at any temperature.
+  sampler w(2);
+  w.add(logit_bias{{{4, -std::numeric_limits<double>::infinity()}}});
+  CHECK(frequencies(w, five, 20000)[4] == 0);
+}
+
+TEST_CASE("a compile-time chain equals the same steps added at run time", "[generate]") {
+  const sampling_chain<top_k, temperature> chain{{top_k{3}, temperature{0.5}}};
+  sampler a(21), b(21);
+  a.add(custom_step([&](candidates& c, const sampling_context& ctx) { chain.apply(c, ctx); }));
+  b.add(top_k{3}).add(temperature{0.5});
+  for (int i = 0; i < 1000; ++i) CHECK(a.sample(std::span<const double>(five)) == b.sample(std::span<const double>(five)));
+  static_assert(sampling_step<sampling_chain<top_k, temperature>>);
+  static_assert(sampling_step<penalties>);
+}
+
+TEST_CASE("the same seed gives the same draws; sampler::from builds the usual chain", "[generate]") {
+  sampling_params p;
+  p.seed = 1234;
+  p.temperature = 0.9;
+  p.top_k = 4;
+  p.top_p = 0.95;
+  p.min_p = 0.02;
+  p.repeat_penalty = 1.1;
+  sampler a = sampler::from(p), b = sampler::from(p);
+  CHECK(a.steps().size() == 6);
+  std::vector<std::int64_t> da, db;
+  for (int i = 0; i < 500; ++i) {
+    da.push_back(a.sample(std::span<const double>(five)));
+    a.accept(da.back());
+    db.push_back(b.sample(std::span<const double>(five)));
+    b.accept(db.back());
+  }
+  CHECK(da == db);
+  p.seed = 1235;
+  sampler c = sampler::from(p);
+  std::vector<std::int64_t> dc;
+  for (int i = 0; i < 500; ++i) {
+    dc.push_back(c.sample(std::span<const double>(five)));
+    c.accept(dc.back());
+  }
+  CHECK(dc != da);
+}
+
+TEST_CASE("sampling errors name the problem", "[generate][errors]") {
+  sampler s(1);
+  const std::vector<double> nan = {0.0, std::nan(""), 1.0};
+  CHECK_THROWS_WITH(s.sample(std::span<const double>(nan)), Catch::Contains("logit of token 1 is NaN"));
+  const std::vector<double> inf = {0.0, std::numeric_limits<double>::infinity()};
+  CHECK_THROWS_WITH(s.sample(std::span<const double>(inf)), Catch::Contains("logit of token 1 is +inf"));
+  const std::vector<double> banned(3, -std::numeric_limits<double>::infinity());
+  CHECK_THROWS_WITH(s.sample(std::span<const double>(banned)), Catch::Contains("no token left"));
+  CHECK_THROWS_WITH(s.sample(std::span<const double>()), Catch::Contains("no token left"));
+  CHECK_THROWS_WITH(sampler(1).add(top_p{0.0}), Catch::Contains("top_p: p must be in (0, 1]"));
+  CHECK_THROWS_WITH(sampler(1).add(top_p{1.5}), Catch::Contains("top_p"));
+  CHECK_THROWS_WITH(sampler(1).add(min_p{-0.1}), Catch::Contains("min_p"));
+  CHECK_THROWS_WITH(sampler(1).add(top_k{-1}), Catch::Contains("top_k: k must be >= 0"));
+  CHECK_THROWS_WITH(sampler(1).add(temperature{-1}), Catch::Contains("temperature"));
+  CHECK_THROWS_WITH(sampler(1).add(temperature{std::nan("")}), Catch::Contains("temperature"));
+  CHECK_THROWS_WITH(sampler(1).add(penalties{64, 0.0}), Catch::Contains("repeat must be a positive number"));
+  CHECK_THROWS_WITH(sampler(1).add(penalties{-2}), Catch::Contains("last_n"));
+  CHECK_THROWS_WITH(sampler(1).add(custom_step{}), Catch::Contains("empty custom step"));
+  CHECK_THROWS_WITH(sampler(1).add(logit_bias{{{-1, 1.0}}}), Catch::Contains("token id -1 is negative"));
+  CHECK_THROWS_WITH(sampler(1).add(logit_bias{{{0, std::nan("")}}}), Catch::Contains("finite or -inf"));
+  sampler b(1);
+  b.add(logit_bias{{{7, 1.0}}});
+  CHECK_THROWS_WITH(b.sample(std::span<const double>(five)), Catch::Contains("token id 7 is outside the vocabulary (5 tokens)"));
+  CHECK_THROWS_WITH(sampler(1, -1), Catch::Contains("history"));
+  CHECK_THROWS_WITH(argmax_token(std::span<const double>()), Catch::Contains("empty row"));
+}
+
+TEST_CASE("stop strings match across token boundaries; held-back text is released when it cannot match", "[generate]") {
+  {
+    stop_text s({"o w"});
+    CHECK(s.push("he") == "he");
+    CHECK(s.push("llo") == "ll");  // "o" may start "o w"
+    CHECK(s.push(" wo") == "");
+    CHECK(s.matched());
+    CHECK(s.matched_string() == "o w");
+    CHECK(s.push("rld") == "");  // ignored after the match
+  }
+  {
+    stop_text s({"END", "ENOUGH"});
+    CHECK(s.push("xE") == "x");
+    CHECK(s.push("N") == "");
+    CHECK(s.push("O") == "");  // "ENO" may still be "ENOUGH"
+    CHECK(s.push("x") == "ENOx");  // no longer
+    CHECK_FALSE(s.matched());
+    CHECK(s.push("E") == "");
+    CHECK(s.flush() == "E");
+  }
+  {  // the earliest stop string wins; text before it is released in the same push
+    stop_text s({"cd", "bc"});
+    CHECK(s.push("abcd") == "a");
+    CHECK(s.matched_string() == "bc");
+  }
+  {  // half a UTF-8 character is held back until complete
+    stop_text s;
+    const std::string e = "\xC3\xA9";  // é
+    CHECK(s.push(std::string("a") + e[0]) == "a");
+    CHECK(s.push(std::string(1, e[1])) == e);
+    const std::string euro = "\xE2\x82\xAC";  // €
+    CHECK(s.push(euro.substr(0, 1)) == "");
+    CHECK(s.push(euro.substr(1, 1)) == "");
+    CHECK(s.push(euro.substr(2, 1)) == euro);
+    CHECK(s.push("\xE2") == "");
+    CHECK(s.flush() == "\xE2");  // an incomplete character at the end comes out as it is
+  }
+  CHECK_THROWS_WITH(stop_text({""}), Catch::Contains("empty stop string"));
+  CHECK_THROWS_WITH((stop_criteria{.max_tokens = -1}.check()), Catch::Contains("max_tokens"));
+  CHECK_THROWS_WITH((stop_criteria{.stop_strings = {""}}.check()), Catch::Contains("empty stop string"));
+  CHECK(std::string(to_string(stop_reason::stop_string)) == "stop_string");
+}
+
+TEST_CASE("tokenizers: characters (UTF-8) and bytes, with errors that name the offset or id", "[generate]") {
+  const tokenizer c = tokenizer::characters("ab \xC3\xA9\xE2\x82\xAC");  // a b space é €
+  CHECK(c.size() == 5);
+  CHECK(c.type() == tokenizer::kind::characters);
+  const auto ids = c.encode("b\xE2\x82\xAC a\xC3\xA9");
+  CHECK(ids == std::vector<std::int64_t>{1, 4, 2, 0, 3});
+  CHECK(c.decode(ids) == "b\xE2\x82\xAC a\xC3\xA9");
+  CHECK(c.vocabulary() == "ab \xC3\xA9\xE2\x82\xAC");
+  CHECK_THROWS_WITH(c.encode("abz"), Catch::Contains("the character 'z' at byte 2 is not in the model's vocabulary"));
+  CHECK_THROWS_WITH(c.encode("a\xC3"), Catch::Contains("not valid UTF-8 at byte 1"));
+  CHECK_THROWS_WITH(c.encode("\xC0\x80"), Catch::Contains("not valid UTF-8 at byte 0"));  // overlong
+  CHECK_THROWS_WITH(c.encode("\xED\xA0\x80"), Catch::Contains("not valid UTF-8"));       // a surrogate
+  CHECK_THROWS_WITH(c.piece(5), Catch::Contains("token id 5 is outside the vocabulary (5 tokens)"));
+  CHECK_THROWS_WITH(c.piece(-1), Catch::Contains("token id -1"));
+  CHECK_THROWS_WITH(tokenizer::characters("abca"), Catch::Contains("lists 'a' twice"));
+  CHECK_THROWS_WITH(tokenizer::characters(""), Catch::Contains("empty"));
+  CHECK_THROWS_WITH(tokenizer::characters("a\xFF"), Catch::Contains("not valid UTF-8 at byte 1"));
+
+  const tokenizer b = tokenizer::bytes();
+  CHECK(b.size() == 256);
+  std::string all;
+  for (int i = 0; i < 256; ++i) all += static_cast<char>(i);
+  const auto bid = b.encode(all);
+  REQUIRE(bid.size() == 256);
+  CHECK(bid[200] == 200);
+  CHECK(b.decode(bid) == all);
+  CHECK_THROWS_WITH(b.piece(256), Catch::Contains("token id 256 is outside the vocabulary (256 tokens)"));
+
+  const std::map<std::string, std::string> chars = {{"sessa.vocab", "xyz"}}, bytes = {{"sessa.tokenizer", "bytes"}};
+  CHECK(tokenizer::from_metadata(chars, 3, "m.safetensors").encode("zx") == std::vector<std::int64_t>{2, 0});
+  CHECK(tokenizer::from_metadata(bytes, 256, "m.safetensors").type() == tokenizer::kind::bytes);
+  CHECK_THROWS_WITH(tokenizer::from_metadata(chars, 4, "m.safetensors"),
+                    Catch::Contains("m.safetensors: the tokenizer has 3 tokens but vocab_size is 4"));
+  CHECK_THROWS_WITH(tokenizer::from_metadata({}, 4, "m.safetensors"), Catch::Contains("m.safetensors: no tokenizer"));
+  CHECK_THROWS_WITH(tokenizer::from_metadata({{"sessa.tokenizer", "bpe"}}, 4, "m.safetensors"),
+                    Catch::Contains("'sessa.tokenizer' is 'bpe'"));
+  CHECK_THROWS_WITH(tokenizer::from_metadata({{"sessa.vocab", "aa"}}, 2, "m.safetensors"),
+                    Catch::Contains("m.safetensors: metadata 'sessa.vocab'") && Catch::Contains("twice"));
+}
+
+namespace {
+const decoder_config small{{32, 4, 2, true, 0.99, 1e-5}, 40, 2, true};
+}
+
+TEST_CASE("a greedy session equals a hand-written prefill + decode loop", "[generate]") {
+  const decoder<float, backend::cpu> model(small, random_decoder_weights<float>(small, 17));
+  const auto prompt = test::random_tokens(1, 9, small.vocab_size, 5);
+  const std::vector<std::int64_t> p(prompt.data(), prompt.data() + prompt.size());
+  // By hand.
+  auto cache = model.init_cache(1, 40);
+  tensor<float> logits = model.forward(prompt, cache, logits_for::last);
+  std::vector<std::int64_t> want;
+  for (int i = 0; i < 25; ++i) {
+    want.push_back(argmax_token(std::span<const float>(logits.data(), logits.size())));
+    if (i + 1 < 25) logits = model.decode_step(std::span<const std::int64_t>(&want.back(), 1), cache);
+  }
+  // A prefill in chunks of 4, with progress: the same logits within rounding.
+  session<decoder<float, backend::cpu>> chunked(model, 40);
+  std::vector<std::pair<index_t, index_t>> progress;
+  CHECK(chunked.feed(p, {.chunk = 4, .progress = [&](index_t done, index_t total) {
+                           progress.emplace_back(done, total);
+                           return true;
+                         }}) == 9);
+  CHECK(progress == std::vector<std::pair<index_t, index_t>>{{4, 9}, {8, 9}, {9, 9}});
+  CHECK(chunked.cache().length() == 9);
+  // The session, in one prefill pass like the loop above: the same tokens.
+  session<decoder<float, backend::cpu>> s(model, 40, sampler::from({.temperature = 0.0}));
+  CHECK(s.feed(p) == 9);
+  CHECK(test::max_rel_diff(std::vector<float>(chunked.logits().begin(), chunked.logits().end()),
+                           std::vector<float>(s.logits().begin(), s.logits().end())) < 1e-5);
+  std::vector<std::int64_t> streamed;
+  const auto r = s.generate({.max_tokens = 25}, nullptr, [&](const token_event& e) {
+    CHECK(e.index == static_cast<index_t>(streamed.size()));
+    streamed.push_back(e.id);
+    return true;
+  });
+  CHECK(r.tokens == want);
+  CHECK(streamed == want);
+  CHECK(r.reason == stop_reason::max_tokens);
+  CHECK(s.position() == 9 + 25);
+  CHECK(s.cache().length() == 9 + 24);  // the last token is pending
+  CHECK(s.pending() == want.back());
+}
+
+TEST_CASE("a session generates the same tokens in one call or several, and after a rollback", "[generate]") {
+  const decoder<double, backend::cpu> model(small, random_decoder_weights<double>(small, 23));
+  const std::vector<std::int64_t> p = {1, 5, 9, 2, 7};
+  sampling_params sp;
+  sp.seed = 99;
+  sp.temperature = 1.3;
+  sp.top_k = 20;
+  sp.repeat_penalty = 1.2;
+  session<decoder<double, backend::cpu>> one(model, 64, sampler::from(sp)), two(model, 64, sampler::from(sp));
+  one.feed(p);
+  two.feed(p);
+  const auto all = one.generate({.max_tokens = 30}).tokens;
+  auto part = two.generate({.max_tokens = 12}).tokens;
+  const auto rest = two.generate({.max_tokens = 18}).tokens;
+  part.insert(part.end(), rest.begin(), rest.end());
+  CHECK(part == all);
+  CHECK(one.tokens() == two.tokens());
+  // The drawn text is really random: not all one token.
+  CHECK(std::count(all.begin(), all.end(), all.front()) < 30);
+
+  // Greedy: a rollback to the prompt plus 6 tokens generates the same continuation again.
+  session<decoder<double, backend::cpu>> g(model, 64, sampler::from({.temperature = 0.0}));
+  g.feed(p);
+  const auto first = g.generate({.max_tokens = 20}).tokens;
+  g.rollback(5 + 6);
+  CHECK(g.position() == 11);
+  CHECK(g.cache().length() == 11);
+  const auto again = g.generate({.max_tokens = 14}).tokens;
+  CHECK(std::vector<std::int64_t>(first.begin() + 6, first.end()) == again);
+  CHECK_THROWS_WITH(g.rollback(0), Catch::Contains("cannot go back to 0"));
+  CHECK_THROWS_WITH(g.rollback(100), Catch::Contains("holds 25 tokens"));
+}
+
+TEST_CASE("stop tokens, stop strings, cancellation and a full cache end a generate call", "[generate]") {
+  const decoder<float, backend::cpu> model(small, random_decoder_weights<float>(small, 31));
+  const std::string vocab = "abcdefghijklmnopqrstuvwxyz0123456789 .,!";
+  const tokenizer tok = tokenizer::characters(vocab);
+  const auto greedy = [&](index_t cap) { return session<decoder<float, backend::cpu>>(model, cap, sampler::from({.temperature = 0.0})); };
+  auto s0 = greedy(64);
+  s0.feed(tok.encode("hello"));
+  const auto free_run = s0.generate({.max_tokens = 20}, &tok);
+  REQUIRE(free_run.text.size() == 20);
+  CHECK(free_run.text == tok.decode(free_run.tokens));
+
+  {  // a stop token: the call ends on it and its text is not streamed
+    auto s = greedy(64);
+    s.feed(tok.encode("hello"));
+    const std::int64_t stop_id = free_run.tokens[7];
+    const auto first_at = std::find(free_run.tokens.begin(), free_run.tokens.end(), stop_id) - free_run.tokens.begin();
+    const auto r = s.generate({.max_tokens = 20, .stop_tokens = {stop_id}}, &tok);
+    CHECK(r.reason == stop_reason::stop_token);
+    CHECK(static_cast<long>(r.tokens.size()) == first_at + 1);
+    CHECK(r.text == free_run.text.substr(0, static_cast<std::size_t>(first_at)));
+  }
+  {  // a stop string made of the text of tokens 5..7: the text before it, nothing after
+    auto s = greedy(64);
+    s.feed(tok.encode("hello"));
+    const std::string stop = free_run.text.substr(5, 3);
+    const auto at = free_run.text.find(stop);
+    std::string streamed;
+    const auto r = s.generate({.max_tokens = 20, .stop_strings = {stop}}, &tok, [&](const token_event& e) {
+      streamed += e.text;
+      return true;
+    });
+    CHECK(r.reason == stop_reason::stop_string);
+    CHECK(r.stop_string == stop);
+    CHECK(r.text == free_run.text.substr(0, at));
+    CHECK(streamed == r.text);
+    CHECK(r.tokens.size() == at + 3);
+  }
+  {  // a stop string that never completes: everything is streamed, the held-back end included
+    auto s = greedy(64);
+    s.feed(tok.encode("hello"));
+    const std::string never = free_run.text.substr(18, 2) + "!!!";
+    std::string streamed;
+    const auto r = s.generate({.max_tokens = 20, .stop_strings = {never}}, &tok, [&](const token_event& e) {
+      streamed += e.text;
+      return true;
+    });
+    CHECK(r.reason == stop_reason::max_tokens);
+    CHECK(streamed == free_run.text);
+  }
+  {  // cancellation after 4 tokens
+    auto s = greedy(64);
+    s.feed(tok.encode("hello"));
+    int calls = 0;
+    const auto r = s.generate({.max_tokens = 20}, &tok, [&](const token_event&) { return ++calls < 4; });
+    CHECK(r.reason == stop_reason::cancelled);
+    CHECK(r.tokens.size() == 4);
+  }
+  {  // a cache of 12 tokens: 5 of prompt, then 7 generated and the 8th cannot be fed
+    auto s = greedy(12);
+    s.feed(tok.encode("hello"));
+    const auto r = s.generate({.max_tokens = 20}, &tok);
+    CHECK(r.reason == stop_reason::cache_full);
+    CHECK(r.tokens.size() == 8);
+    CHECK(r.text == free_run.text.substr(0, 8));
+    CHECK_THROWS_WITH(s.feed(tok.encode("a")), Catch::Contains("1 tokens do not fit: the cache holds 12 of its 12 tokens "
+                                                                "and the last sampled token waits to enter it"));
+  }
+}
+
+TEST_CASE("session errors name the problem and change nothing", "[generate][errors]") {
+  const decoder<float, backend::cpu> model(small, random_decoder_weights<float>(small, 3));
+  session<decoder<float, backend::cpu>> s(model, 8);
+  CHECK_THROWS_WITH(s.generate({.max_tokens = 3}), Catch::Contains("feed a prompt first"));
+  const std::vector<std::int64_t> bad = {1, 2, 40};
+  CHECK_THROWS_WITH(s.feed(bad), Catch::Contains("token id 40 at position 2 is outside the vocabulary [0, 40)"));
+  CHECK(s.position() == 0);
+  const std::vector<std::int64_t> long_prompt(9, 1);
+  CHECK_THROWS_WITH(s.feed(long_prompt), Catch::Contains("9 tokens do not fit: the cache holds 0 of its 8 tokens"));
+  CHECK(s.cache().length() == 0);
+  CHECK_THROWS_WITH(s.feed(bad, {.chunk = 0}), Catch::Contains("chunk must be >= 1"));
+  const tokenizer wrong = tokenizer::bytes();
+  s.feed(std::vector<std::int64_t>{1, 2});
+  CHECK_THROWS_WITH(s.generate({.max_tokens = 1}, &wrong), Catch::Contains("the tokenizer has 256 tokens, the model 40"));
+  // A progress callback that stops: the chunks fed so far stay.
+  session<decoder<float, backend::cpu>> t(model, 8);
+  CHECK(t.feed(std::vector<std::int64_t>{1, 2, 3, 4, 5}, {.chunk = 2, .progress = [](index_t, index_t) { return false; }}) == 2);
+  CHECK(t.position() == 2);
+  CHECK(t.cache().length() == 2);
+}
+
+TEST_CASE("evaluate: windows, scores against a direct computation, errors", "[generate]") {
+  CHECK(evaluation_windows(10, 4, 3) == std::vector<std::pair<index_t, index_t>>{{0, 4}, {3, 7}, {6, 10}});
+  CHECK(evaluation_windows(10, 4, 4) == std::vector<std::pair<index_t, index_t>>{{0, 4}, {4, 8}, {8, 10}});
+  CHECK(evaluation_windows(3, 8, 8) == std::vector<std::pair<index_t, index_t>>{{0, 3}});
+  CHECK_THROWS_WITH(evaluation_windows(10, 1, 1), Catch::Contains("at least 2 tokens"));
+  CHECK_THROWS_WITH(evaluation_windows(10, 4, 0), Catch::Contains("stride must be >= 1"));
+  CHECK_THROWS_WITH(evaluation_windows(10, 4, 5), Catch::Contains("skips tokens"));
+  CHECK_THROWS_WITH(evaluation_windows(1, 4, 4), Catch::Contains("has 1 tokens"));
+
+  const decoder<double, backend::cpu> model(small, random_decoder_weights<double>(small, 8));
+  const auto t = test::random_tokens(1, 11, small.vocab_size, 4);
+  const std::vector<std::int64_t> ids(t.data(), t.data() + t.size());
+  // By hand: windows [0, 6) and [4, 10) and [8, 11), each a stateless prefill.
+  double nats = 0;
+  index_t scored = 0;
+  for (const auto& [b, e] : evaluation_windows(11, 6, 4)) {
+    const tensor<double> l = model.forward(test::slice_tokens(t, b, e - b));
+    for (index_t k = 1; k < e - b; ++k) {
+      double z = 0;
+      for (index_t v = 0; v < small.vocab_size; ++v) z += std::exp(l[(k - 1) * small.vocab_size + v]);
+      nats += std::log(z) - l[(k - 1) * small.vocab_size + ids[static_cast<std::size_t>(b + k)]];
+      ++scored;
+    }
+  }
+  const tokenizer tok = tokenizer::characters("abcdefghijklmnopqrstuvwxyz0123456789 .,\xC3\xA9");  // é: 2 bytes
+  std::vector<index_t> seen;
+  const evaluation r = evaluate(model, ids, 6, 4, &tok, [&](index_t done, index_t total) {
+    CHECK(total == 3);
+    seen.push_back(done);
+  });
+  CHECK(seen == std::vector<index_t>{1, 2, 3});
+  CHECK(r.tokens == scored);
+  CHECK(r.tokens == 5 + 5 + 2);
+  CHECK(r.windows == 3);
+  CHECK(r.nats_per_token() == Approx(nats / static_cast<double>(scored)).epsilon(1e-12));
+  CHECK(r.bytes >= r.tokens);
+  CHECK(r.bits_per_byte() == Approx(r.nats / std::log(2.0) / static_cast<double>(r.bytes)).epsilon(1e-12));
+  CHECK_THROWS_WITH(evaluate(model, std::vector<std::int64_t>{1, 40}, 4, 4), Catch::Contains("token id 40 at position 1"));
+  const tokenizer bytes = tokenizer::bytes();
+  CHECK_THROWS_WITH(evaluate(model, ids, 4, 4, &bytes), Catch::Contains("the tokenizer has 256 tokens, the model 40"));
+}
