@@ -288,3 +288,29 @@ TEST_CASE("sessa eval matches the float64 PyTorch reference (tools/eval_referenc
                      (scratch / "none.txt").string() + "'",
                  1, "none.txt: cannot open the text file");
 }
+
+TEST_CASE("sessa generate --save-state / --load-state: 50 + 50 tokens in two processes equal 100 in one", "[cli]") {
+  const std::string model = std::string(SESSA_SOURCE_DIR) + "/examples/models/tiny_decoder.safetensors";
+  const std::string sampling = " --temperature 0.9 --top-k 30 --repeat-penalty 1.05";
+  const std::string state = (scratch / "chat.state.safetensors").string();
+  const result whole = cli("generate --model '" + model + "' --prompt 'THE SEA ' --max-tokens 100 --seed 3" + sampling);
+  const result part1 = cli("generate --model '" + model + "' --prompt 'THE SEA ' --max-tokens 50 --seed 3" + sampling +
+                           " --save-state '" + state + "'");
+  const result part2 = cli("generate --model '" + model + "' --max-tokens 50 --load-state '" + state + "'" + sampling);
+  INFO(whole.err << part1.err << part2.err);
+  REQUIRE(whole.status == 0);
+  REQUIRE(part1.status == 0);
+  REQUIRE(part2.status == 0);
+  REQUIRE(part1.out.size() == 8 + 50 + 1);
+  CHECK(part1.out.substr(0, 58) + part2.out == whole.out);
+  // A prompt after a restored state is fed first, then generation continues.
+  const result more = cli("generate --model '" + model + "' --max-tokens 10 --load-state '" + state + "' --prompt ' AND'" + sampling);
+  REQUIRE(more.status == 0);
+  CHECK(more.out.rfind(" AND", 0) == 0);
+  expect_failure("generate --model '" + model + "' --max-tokens 5 --seed 1 --load-state '" + state + "'", 2,
+                 "--seed with --load-state");
+  expect_failure("generate --model '" + model + "' --max-tokens 5 --load-state '" + (scratch / "none.safetensors").string() + "'", 1,
+                 "none.safetensors");
+  expect_failure("generate --model '" + model + "' --max-tokens 5 --load-state '" + model + "'", 1,
+                 "no tensor named 'tokens'");
+}

@@ -2,7 +2,12 @@
 // logits), stop strings across token boundaries, tokenizers, and sessions against hand-written decode loops.
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <string>
@@ -525,4 +530,80 @@ TEST_CASE("evaluate: windows, scores against a direct computation, errors", "[ge
   CHECK_THROWS_WITH(evaluate(model, std::vector<std::int64_t>{1, 40}, 4, 4), Catch::Contains("token id 40 at position 1"));
   const tokenizer bytes = tokenizer::bytes();
   CHECK_THROWS_WITH(evaluate(model, ids, 4, 4, &bytes), Catch::Contains("the tokenizer has 256 tokens, the model 40"));
+}
+
+TEST_CASE("a saved session restores bit for bit: 50 + 50 tokens equal 100 in one run", "[generate]") {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("sessa_test_generate." + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const decoder<float, backend::cpu> model(small, random_decoder_weights<float>(small, 41));
+  using S = session<decoder<float, backend::cpu>>;
+  sampling_params sp;
+  sp.seed = 77;
+  sp.temperature = 1.1;
+  sp.top_p = 0.9;
+  sp.repeat_penalty = 1.3;
+  sp.penalty_last_n = 16;
+  const std::vector<std::int64_t> prompt = {3, 1, 4, 1, 5, 9, 2, 6};
+  S one(model, 128, sampler::from(sp));
+  one.feed(prompt);
+  const auto all = one.generate({.max_tokens = 100}).tokens;
+
+  S first(model, 128, sampler::from(sp));
+  first.feed(prompt);
+  auto got = first.generate({.max_tokens = 50}).tokens;
+  first.save(dir / "state.safetensors");
+  sp.seed = 12345;  // the generator comes from the file, not from the sampler given to load
+  S second = S::load(dir / "state.safetensors", model, 128, sampler::from(sp));
+  CHECK(second.tokens() == first.tokens());
+  CHECK(second.pending() == first.pending());
+  CHECK(second.cache().length() == first.cache().length());
+  CHECK(second.get_sampler().rng() == first.get_sampler().rng());
+  CHECK(second.get_sampler().recent() == first.get_sampler().recent());
+  const auto more = second.generate({.max_tokens = 50}).tokens;
+  got.insert(got.end(), more.begin(), more.end());
+  CHECK(got == all);
+  CHECK(second.tokens() == one.tokens());
+
+  // A state after a feed (no pending token), with bf16 storage, and restored into a larger capacity.
+  using narrow_model = decoder<precision<float, bfloat16>, backend::reference>;
+  const narrow_model narrow(small, random_decoder_weights<bfloat16>(small, 41));
+  session<narrow_model> a(narrow, 40, sampler::from({.temperature = 0.0}));
+  a.feed(prompt);
+  a.save(dir / "bf16.safetensors");
+  auto b = session<narrow_model>::load(dir / "bf16.safetensors", narrow, 64, sampler::from({.temperature = 0.0}));
+  CHECK(b.capacity() == 64);
+  CHECK_FALSE(b.pending().has_value());
+  CHECK(a.generate({.max_tokens = 20}).tokens == b.generate({.max_tokens = 20}).tokens);
+
+  // Errors: another configuration, another numeric policy, too small a capacity, not a state, damaged.
+  const decoder_config other{{32, 8, 2, true, 0.99, 1e-5}, 40, 2, true};
+  const decoder<float, backend::cpu> wrong(other, random_decoder_weights<float>(other, 1));
+  CHECK_THROWS_WITH(S::load(dir / "state.safetensors", wrong, 128),
+                    Catch::Contains("state.safetensors: the state was saved from a model of another configuration: "
+                                    "sessa.n_heads = 4 in the state, 8 in this model"));
+  using windowed_model = decoder<float, backend::cpu, attention::sliding_window>;
+  const windowed_model windowed(small, random_decoder_weights<float>(small, 41), attention::sliding_window{8});
+  CHECK_THROWS_WITH(session<windowed_model>::load(dir / "state.safetensors", windowed, 128),
+                    Catch::Contains("sessa.attention = causal in the state, sliding_window in this model"));
+  using wide_model = decoder<double, backend::cpu>;
+  const wide_model wide(small, random_decoder_weights<double>(small, 41));
+  CHECK_THROWS_WITH(session<wide_model>::load(dir / "state.safetensors", wide, 128),
+                    Catch::Contains("the state's cache holds F32 values; this model's cache F64"));
+  CHECK_THROWS_WITH(S::load(dir / "state.safetensors", model, 20),
+                    Catch::Contains("the state holds 58 tokens; a session of capacity 20 cannot take it"));
+  io::safetensors_writer w;
+  w.add<float>("x", {1}, std::vector<float>{1.0f});
+  w.write(dir / "plain.safetensors");
+  CHECK_THROWS_WITH(S::load(dir / "plain.safetensors", model, 128), Catch::Contains("not a sessa state file"));
+  {
+    std::ifstream in(dir / "state.safetensors", std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::ofstream(dir / "cut.safetensors", std::ios::binary) << bytes.substr(0, bytes.size() - 100);
+  }
+  CHECK_THROWS_AS(S::load(dir / "cut.safetensors", model, 128), format_error);
+  session<decoder<float, backend::cpu>> empty(model, 8);
+  CHECK_THROWS_WITH(empty.save(dir / "never.safetensors"), Catch::Contains("holds no tokens"));
+  CHECK_FALSE(fs::exists(dir / "never.safetensors"));
+  fs::remove_all(dir);
 }

@@ -163,9 +163,10 @@ TEMPLATE_TEST_CASE("a prefill longer than prefill_block runs in blocks: exact, w
   const auto P = params(own, L.get_mixer().weights());
   const index_t D = cfg.d_model;
   // (batch, tokens already cached, tokens of the long call, in place): the in-place row-block path of one
-  // sequence, the staged path of two, a call that is an exact multiple of prefill_block after a cached prefix.
+  // sequence, the staged path of two, a call that is an exact multiple of prefill_block after a cached prefix
+  // (one sequence: two would only double the longest case of the sanitizer configuration).
   const auto [batch, prefix, n, in_place] = GENERATE(table<index_t, index_t, index_t, bool>(
-      {{1, 0, prefill_block + 333, true}, {2, 0, prefill_block + 333, true}, {2, 7, 2 * prefill_block, false}}));
+      {{1, 0, prefill_block + 333, true}, {2, 0, prefill_block + 333, true}, {1, 7, 2 * prefill_block, false}}));
   CAPTURE(batch, prefix, n, in_place);
   const tensor<T> x0 = test::random_tensor<T>({batch, prefix, D}, 7);
   const tensor<T> x = test::random_tensor<T>({batch, n, D}, 8);

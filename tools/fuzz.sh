@@ -20,14 +20,15 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]] || [ "$seconds" -lt 1 ]; then
   echo "usage: bash tools/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]" >&2
   exit 2
 fi
-all_targets=(fuzz_safetensors fuzz_model_file fuzz_config_json fuzz_run_input)
+all_targets=(fuzz_safetensors fuzz_model_file fuzz_config_json fuzz_run_input fuzz_state)
 targets=("${all_targets[@]}")
 if [ $# -gt 0 ]; then targets=("$@"); fi
 
 # Per target: the largest input (the seeds fit; larger inputs only slow the search down) and the dictionary.
-declare -A max_len=([fuzz_safetensors]=65536 [fuzz_model_file]=40000 [fuzz_config_json]=4096 [fuzz_run_input]=4096)
+declare -A max_len=([fuzz_safetensors]=65536 [fuzz_model_file]=40000 [fuzz_config_json]=4096 [fuzz_run_input]=4096
+                   [fuzz_state]=16384)
 declare -A dict=([fuzz_safetensors]=safetensors [fuzz_model_file]=model_file [fuzz_config_json]=config_json
-                 [fuzz_run_input]=run_input)
+                 [fuzz_run_input]=run_input [fuzz_state]=state)
 for t in "${targets[@]}"; do
   if [ -z "${max_len[$t]:-}" ]; then
     echo "fuzz.sh: unknown target '$t' (targets: ${all_targets[*]})" >&2

@@ -27,7 +27,8 @@ DATA = ROOT / "tests" / "data"
 
 # -max_len of each target in tools/fuzz.sh: a longer seed would be cut, so the corpora leave it out, and a
 # regression input must fit (it is replayed whole, but libFuzzer could not have produced it).
-MAX_LEN = {"fuzz_safetensors": 65536, "fuzz_model_file": 40000, "fuzz_run_input": 4096, "fuzz_config_json": 4096}
+MAX_LEN = {"fuzz_safetensors": 65536, "fuzz_model_file": 40000, "fuzz_run_input": 4096, "fuzz_config_json": 4096,
+           "fuzz_state": 16384}
 
 # ------------------------------------------------------------------------------------------ safetensors
 
@@ -361,6 +362,58 @@ def run_input_seeds():
     }
 
 
+def state_seeds():
+    """Saved generation states (include/sessa/generate/session.hpp) for fuzz_state's decoder (vocabulary 37,
+    d_model 16, 2 heads, 1 key/value head of width 8, 2 layers, untied), valid and hand-broken."""
+    rng = random.Random(5)
+    meta = decoder_metadata(RUN_V, RUN_D, 2, 1, 2, False)
+    meta["sessa.attention"] = "causal"
+
+    def state(length, pending=True, extra_meta=None, drop=(), cache_dtype="F32", override=None):
+        n = length + (1 if pending else 0)
+        toks = [rng.randrange(RUN_V) for _ in range(n)]
+        m = dict(meta)
+        m.update({"sessa.state": "1", "sessa.state.cache_dtype": cache_dtype, "sessa.state.length": str(length),
+                  "sessa.state.pending": str(toks[-1]) if pending else "none",
+                  "sessa.state.rng": ",".join(f"{rng.getrandbits(64):016x}" for _ in range(4))})
+        m.update(extra_meta or {})
+        tensors = {
+            "tokens": ("I64", [n], encode("I64", toks)),
+            "logits": ("F32", [RUN_V], encode("F32", [rng.uniform(-3, 3) for _ in range(RUN_V)])),
+            "sampler.recent": ("I64", [min(n, 8)], encode("I64", toks[-8:])),
+        }
+        for i in range(2):
+            for w, shape in (("k", [1, 1, length, 8]), ("v", [1, 1, length, 8]), ("kb", [1, length, RUN_D]),
+                             ("s", [1, length, RUN_D])):
+                tensors[f"layers.{i}.{w}"] = (cache_dtype, shape,
+                                              encode(cache_dtype, [rng.uniform(-1, 1) for _ in range(math.prod(shape))]))
+        for name, t in (override or {}).items():
+            tensors[name] = t
+        return safetensors([(k, *v) for k, v in tensors.items() if k not in drop], m)
+
+    return {
+        "state_pending.safetensors": state(5),
+        "state_fed.safetensors": state(7, pending=False),
+        "state_one_token.safetensors": state(1, pending=False),
+        "state_full.safetensors": state(15),
+    }, {
+        "state_too_long": state(20),
+        "state_rng_zero": state(3, extra_meta={"sessa.state.rng": ",".join(["0" * 16] * 4)}),
+        "state_rng_short": state(3, extra_meta={"sessa.state.rng": "12,34"}),
+        "state_pending_mismatch": state(3, extra_meta={"sessa.state.pending": "36"}),
+        "state_length_mismatch": state(3, extra_meta={"sessa.state.length": "4"}),
+        "state_other_heads": state(3, extra_meta={"sessa.n_heads": "4"}),
+        "state_window": state(3, extra_meta={"sessa.attention": "sliding_window", "sessa.window": "4"}),
+        "state_f64_cache": state(3, cache_dtype="F64"),
+        "state_version_2": state(3, extra_meta={"sessa.state": "2"}),
+        "state_no_s": state(3, drop=("layers.1.s",)),
+        "state_nan_logits": state(3, override={"logits": ("F32", [RUN_V], encode("F32", [math.nan] * RUN_V))}),
+        "state_huge_cache": state(3, override={"layers.0.s": ("F32", [1, 3, RUN_D], encode("F32", [3e38] * (3 * RUN_D)))}),
+        "state_token_past_vocab": state(2, override={"tokens": ("I64", [3], encode("I64", [1, 2, RUN_V]))}),
+        "state_logits_short": state(2, override={"logits": ("F32", [3], encode("F32", [0.0, 1.0, 2.0]))}),
+    }
+
+
 def config_seeds():
     valid = {
         "layer_minimal.json": '{"d_model": 32, "n_heads": 4}',
@@ -443,15 +496,17 @@ def seeds(broken_only):
     bad_models = broken_models()
     run_valid, run_broken = run_input_seeds()
     cfg_valid, cfg_broken = config_seeds()
+    state_valid, state_broken = state_seeds()
     if broken_only:
         return {"fuzz_safetensors": fmt, "fuzz_model_file": bad_models, "fuzz_run_input": run_broken,
-                "fuzz_config_json": cfg_broken}
+                "fuzz_config_json": cfg_broken, "fuzz_state": state_broken}
     small = {"small.safetensors": small_file()}
     corpora = {
         "fuzz_safetensors": merge(small, fmt, models, bad_models, run_valid, run_broken, copies("*.safetensors")),
         "fuzz_model_file": merge(models, bad_models, small, fmt, copies("*.model.safetensors")),
         "fuzz_run_input": merge(run_valid, run_broken, small, fmt, copies("*.io.safetensors")),
         "fuzz_config_json": merge(cfg_valid, cfg_broken, copies("*.json")),
+        "fuzz_state": merge(state_valid, state_broken, small, fmt),
     }
     # Another target's seed may be longer than this target's -max_len: libFuzzer would cut it, so it is left out.
     return {t: {k: v for k, v in files.items() if len(v) <= MAX_LEN[t]} for t, files in corpora.items()}

@@ -11,7 +11,7 @@
 //   sessa embed    --model M.safetensors --name NAME --out NAME_model.hpp
 //   sessa generate --model M.safetensors --prompt TEXT [--max-tokens N] [--temperature X] [--seed S]
 //                  [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty X] [--repeat-last-n N] [--stop STR]...
-//                  [--precision f32|f64] [--backend NAME] [--threads N]
+//                  [--save-state F] [--load-state F] [--precision f32|f64] [--backend NAME] [--threads N]
 //
 // Errors print one line on stderr and exit 1 (2 for usage errors); an output file is only ever written
 // whole (the writer renames a finished temporary file into place).
@@ -73,10 +73,13 @@ constexpr const char* usage_text =
     "            constexpr arrays, for sessa::embedded::static_decoder (no file I/O, no heap)\n"
     "  generate  --model M.safetensors --prompt TEXT [--max-tokens N] [--temperature X] [--seed S]\n"
     "            [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty X] [--repeat-last-n N]\n"
-    "            [--stop STR]... [--precision f32|f64] [--backend NAME] [--threads N]\n"
+    "            [--stop STR]... [--save-state F] [--load-state F] [--precision f32|f64]\n"
+    "            [--backend NAME] [--threads N]\n"
     "            generate text with a decoder whose file carries a tokenizer (sessa.vocab characters or\n"
     "            sessa.tokenizer = bytes), streaming it; --temperature 0 (the default) is greedy,\n"
-    "            --tokens is --max-tokens' older name; --stop may be given several times\n"
+    "            --tokens is --max-tokens' older name; --stop may be given several times;\n"
+    "            --save-state writes the conversation (cache, tokens, sampler) after generating,\n"
+    "            --load-state continues one (then --prompt is optional and --seed is not allowed)\n"
     "\n"
     "  --backend NAME: cpu (default), reference, and in this build also: " SESSA_CLI_EXTRA_BACKENDS "\n"
     "\n"
@@ -269,8 +272,11 @@ int cmd_generate(const options& o) {
   if (m.info.arch != io::model_arch::decoder)
     throw format_error(m.file.source() + ": generate needs a decoder, the file holds a layer");
   const tokenizer tok = tokenizer::from_metadata(m.file.metadata(), m.info.config.vocab_size, m.file.source());
-  const std::string prompt = o.need("prompt");
-  if (prompt.empty()) throw usage_error("--prompt must not be empty");
+  const std::optional<std::string> state_in = o.get("load-state"), state_out = o.get("save-state");
+  if (state_in && o.get("seed"))
+    throw usage_error("--seed with --load-state: the state carries its generator (leave --seed out)");
+  const std::string prompt = state_in ? o.get("prompt").value_or("") : o.need("prompt");
+  if (prompt.empty() && !state_in) throw usage_error("--prompt must not be empty");
   o.get_either("max-tokens", "tokens");
   const index_t n_new = o.integer(o.get("max-tokens") ? "max-tokens" : "tokens", 200, 0, 1 << 20);
   const sampling_params params = sampling_options(o);
@@ -281,13 +287,22 @@ int cmd_generate(const options& o) {
     stop.stop_strings.push_back(s);
   }
   const std::vector<std::int64_t> tokens = tok.encode(prompt);
+  std::optional<io::safetensors_file> state;
+  index_t state_tokens = 0;
+  if (state_in) {
+    state = io::safetensors_file::load(*state_in);
+    const io::tensor_entry& e = state->at("tokens");
+    state_tokens = e.shape.size() == 1 ? e.shape[0] : 0;
+  }
   set_threads(o);
   dispatch(o.get("precision").value_or("f32"), o.get("backend").value_or("cpu"), m.info.attention,
            [&]<class T, class B, class A>() {
     const A variant = io::detail::variant_from(m.info, m.file.source(), A{});
     const decoder<T, B, A> model(m.info.config, io::read_decoder_weights<T>(m.file, m.info.config), variant);
     const index_t P = static_cast<index_t>(tokens.size());
-    session<decoder<T, B, A>> s(model, P + std::max<index_t>(n_new, 1), sampler::from(params));
+    const index_t capacity = state_tokens + P + std::max<index_t>(n_new, 1);
+    session<decoder<T, B, A>> s = state ? session<decoder<T, B, A>>::load(*state, model, capacity, sampler::from(params))
+                                        : session<decoder<T, B, A>>(model, capacity, sampler::from(params));
     using clock = std::chrono::steady_clock;
     const auto t0 = clock::now();
     s.feed(tokens);
@@ -300,6 +315,7 @@ int cmd_generate(const options& o) {
       return true;
     });
     std::fputc('\n', stdout);
+    if (state_out) s.save(*state_out);
     std::fprintf(stderr, "[prompt %lld tokens in %.2f ms (%.0f tokens/s); %zu tokens generated at %.0f tokens/s; stop: %s]\n",
                  static_cast<long long>(P), pre * 1e3, pre > 0 ? static_cast<double>(P) / pre : 0.0, r.tokens.size(),
                  r.tokens_per_second(), to_string(r.reason));
@@ -502,7 +518,7 @@ int main(int argc, char** argv) {
       return cmd_generate(options(argc, argv, 2,
                                   {"model", "prompt", "tokens", "max-tokens", "temperature", "seed", "top-k", "top-p",
                                    "min-p", "repeat-penalty", "repeat-last-n", "precision", "backend", "threads",
-                                   "config"},
+                                   "config", "save-state", "load-state"},
                                   {"stop"}));
     if (cmd == "eval")
       return cmd_eval(options(argc, argv, 2, {"model", "text", "window", "stride", "precision", "backend", "threads", "config"},

@@ -14,9 +14,16 @@
 #pragma once
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <filesystem>
 #include <functional>
 #include <optional>
+#include <cstdio>
+#include <cinttypes>
 #include <span>
 #include <string>
 #include <string_view>
@@ -24,6 +31,8 @@
 
 #include "../core/tensor.hpp"
 #include "../error.hpp"
+#include "../io/model_file.hpp"
+#include "../io/safetensors.hpp"
 #include "../model/decoder.hpp"
 #include "sampler.hpp"
 #include "stop.hpp"
@@ -196,6 +205,18 @@ class session {
   const cache_type& cache() const noexcept { return cache_; }
   const Model& model() const noexcept { return *model_; }
 
+  /// Saves the session (cache, tokens, pending token, logits, the sampler's history and generator) to a
+  /// safetensors file (the format is described at the end of this header).
+  void save(const std::filesystem::path& path) const;
+  /// A session restored from `save`'s file on `model` (the same configuration and attention variant, else a
+  /// config_error naming both) with `capacity` tokens of room and the steps of `s` (its history and generator
+  /// come from the file). Generation then continues bit for bit as if never saved.
+  static session load(const std::filesystem::path& path, const Model& model, index_t capacity, sampler s = sampler{}) {
+    return load(io::safetensors_file::load(path), model, capacity, std::move(s));
+  }
+  /// The same from a file already read (to look at it first: its 'tokens' say how much room it needs).
+  static session load(const io::safetensors_file& f, const Model& model, index_t capacity, sampler s = sampler{});
+
  private:
   void run(std::span<const std::int64_t> ids) {
     const tensor<std::int64_t> t({1, static_cast<index_t>(ids.size())}, ids);
@@ -210,5 +231,213 @@ class session {
   std::optional<std::int64_t> pending_;
   std::vector<scalar_type> logits_;
 };
+
+// ---------------------------------------------------------------------------------------------- saved state
+//
+// A session's state file is a safetensors file:
+//   __metadata__  the model's configuration (the keys of a weight file: sessa.arch, sessa.d_model, ...,
+//                 sessa.attention and sessa.window), and
+//                 sessa.state = "1"             the format version
+//                 sessa.state.cache_dtype       F32, F64, BF16 or F16: the cache's storage type, kept exactly
+//                 sessa.state.length            tokens in the cache
+//                 sessa.state.pending           the sampled token not yet in the cache, or "none"
+//                 sessa.state.rng               the generator's four 64-bit words, 16 hex digits each, comma-separated
+//   tokens            I64 (n)                   every token of the sequence (n = length, + 1 when a token is pending)
+//   logits            F32|F64 (V)               the next-token logits after the cache's last token
+//   sampler.recent    I64 (r)                   the penalties' history, oldest first
+//   layers.{i}.k, .v  cache dtype (1, Hkv, length, d)   keys after RoPE and values, per layer
+//   layers.{i}.kb, .s cache dtype (1, length, D)        feedback keys and mixer outputs
+// Values are stored bit for bit, so a restored session continues exactly as the saved one would have.
+
+namespace detail {
+
+template <class C>
+constexpr io::dtype state_dtype() {
+  if constexpr (std::is_same_v<C, float>) return io::dtype::F32;
+  else if constexpr (std::is_same_v<C, double>) return io::dtype::F64;
+  else if constexpr (std::is_same_v<C, bfloat16>) return io::dtype::BF16;
+  else return io::dtype::F16;
+}
+
+template <class Variant>
+void variant_metadata(const Variant& v, std::map<std::string, std::string>& m) {
+  if constexpr (std::is_same_v<Variant, attention::sliding_window>) {
+    m["sessa.attention"] = "sliding_window";
+    m["sessa.window"] = std::to_string(v.window);
+  } else if constexpr (std::is_same_v<Variant, attention::causal>) {
+    m["sessa.attention"] = "causal";
+  } else {
+    m["sessa.attention"] = std::string(Variant::name);
+  }
+}
+
+template <class Model>
+std::map<std::string, std::string> model_state_metadata(const Model& model) {
+  std::map<std::string, std::string> m = io::config_metadata(model.config());
+  if (!model.layers().empty()) variant_metadata(model.layers().front().get_mixer().variant(), m);
+  return m;
+}
+
+}  // namespace detail
+
+template <class Model>
+void session<Model>::save(const std::filesystem::path& path) const {
+  using C = cache_t<typename Model::precision_type>;
+  if (tokens_.empty()) throw value_error("save: the session holds no tokens; there is nothing to save");
+  io::safetensors_writer w;
+  for (const auto& [k, v] : detail::model_state_metadata(*model_)) w.set_metadata(k, v);
+  const index_t L = cache_.length();
+  w.set_metadata("sessa.state", "1");
+  w.set_metadata("sessa.state.cache_dtype", std::string(io::dtype_name(detail::state_dtype<C>())));
+  w.set_metadata("sessa.state.length", std::to_string(L));
+  w.set_metadata("sessa.state.pending", pending_ ? std::to_string(*pending_) : "none");
+  std::string rng;
+  for (std::uint64_t word : sampler_.rng().state()) {
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016" PRIx64, word);
+    rng += (rng.empty() ? "" : ",") + std::string(buf);
+  }
+  w.set_metadata("sessa.state.rng", rng);
+  w.add<std::int64_t>("tokens", {static_cast<index_t>(tokens_.size())}, std::span<const std::int64_t>(tokens_));
+  w.add<scalar_type>("logits", {static_cast<index_t>(logits_.size())}, std::span<const scalar_type>(logits_));
+  w.add<std::int64_t>("sampler.recent", {static_cast<index_t>(sampler_.recent().size())},
+                      std::span<const std::int64_t>(sampler_.recent()));
+  for (std::size_t i = 0; i < cache_.layers.size(); ++i) {
+    const auto& lc = cache_.layers[i];
+    const index_t H = lc.n_kv_heads(), d = lc.head_dim(), D = lc.d_model();
+    std::vector<C> kv(static_cast<std::size_t>(H * L * d)), fb(static_cast<std::size_t>(L * D));
+    const auto bytes = [](const std::vector<C>& v) {
+      return std::span<const std::byte>(reinterpret_cast<const std::byte*>(v.data()), v.size() * sizeof(C));
+    };
+    const std::string pre = "layers." + std::to_string(i) + ".";
+    for (const char* which : {"k", "v"}) {
+      for (index_t h = 0; h < H; ++h) {
+        const auto m = which[0] == 'k' ? lc.k(0, h) : lc.v(0, h);  // (capacity, d), rows contiguous
+        memory::copy_n(m.data, L * d, kv.data() + h * L * d);
+      }
+      w.add(pre + which, detail::state_dtype<C>(), {1, H, L, d}, bytes(kv));
+    }
+    for (const char* which : {"kb", "s"}) {
+      const auto m = which[0] == 'k' ? lc.kb(0) : lc.s(0);  // (capacity, D)
+      memory::copy_n(m.data, L * D, fb.data());
+      w.add(pre + which, detail::state_dtype<C>(), {1, L, D}, bytes(fb));
+    }
+  }
+  w.write(path);
+}
+
+template <class Model>
+session<Model> session<Model>::load(const io::safetensors_file& f, const Model& model, index_t capacity, sampler s) {
+  using C = cache_t<typename Model::precision_type>;
+  const std::string src = f.source();
+  const auto& meta = f.metadata();
+  const auto need = [&](const std::string& key) -> const std::string& {
+    const auto it = meta.find(key);
+    if (it == meta.end()) throw format_error(src + ": no metadata '" + key + "' (not a complete sessa state file)");
+    return it->second;
+  };
+  if (!meta.count("sessa.state")) throw format_error(src + ": not a sessa state file (no metadata 'sessa.state')");
+  if (need("sessa.state") != "1")
+    throw format_error(src + ": state format '" + need("sessa.state") + "' (this library reads format 1)");
+  {  // the same configuration and attention variant, key by key
+    std::string diff;
+    for (const auto& [k, v] : detail::model_state_metadata(model)) {
+      const auto it = meta.find(k);
+      const std::string there = it == meta.end() ? "(absent)" : it->second;
+      if (there != v) diff += (diff.empty() ? "" : ", ") + k + " = " + there + " in the state, " + v + " in this model";
+    }
+    if (!diff.empty()) throw config_error(src + ": the state was saved from a model of another configuration: " + diff);
+  }
+  const std::string want_dtype(io::dtype_name(detail::state_dtype<C>()));
+  if (need("sessa.state.cache_dtype") != want_dtype)
+    throw config_error(src + ": the state's cache holds " + need("sessa.state.cache_dtype") + " values; this model's cache " +
+                       want_dtype + " (restore it with the same numeric policy)");
+  const index_t L = io::detail::meta_int(need("sessa.state.length"), "sessa.state.length", src);
+  const std::string& pend = need("sessa.state.pending");
+  std::optional<std::int64_t> pending;
+  if (pend != "none") pending = io::detail::meta_int(pend, "sessa.state.pending", src);
+  const index_t V = model.config().vocab_size;
+  const std::vector<std::int64_t> tokens = f.read_as<std::int64_t>("tokens");
+  const index_t n = static_cast<index_t>(tokens.size());
+  if (f.at("tokens").shape.size() != 1 || n != L + (pending ? 1 : 0) || L < 1)
+    throw format_error(src + ": 'tokens' holds " + std::to_string(n) + " tokens for a cache of " + std::to_string(L) +
+                       (pending ? " and a pending token" : "") + " (inconsistent state)");
+  for (index_t i = 0; i < n; ++i)
+    if (tokens[static_cast<std::size_t>(i)] < 0 || tokens[static_cast<std::size_t>(i)] >= V)
+      throw format_error(src + ": token id " + std::to_string(tokens[static_cast<std::size_t>(i)]) + " at position " +
+                         std::to_string(i) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+  if (pending && *pending != tokens.back())
+    throw format_error(src + ": the pending token is not the last of 'tokens' (inconsistent state)");
+  if (capacity < n)
+    throw cache_error(src + ": the state holds " + std::to_string(n) + " tokens; a session of capacity " +
+                      std::to_string(capacity) + " cannot take it");
+  const io::tensor_entry& le = f.at("logits");
+  if (le.type != detail::state_dtype<scalar_type>() || le.shape != shape_t{V})
+    throw format_error(src + ": 'logits' is " + std::string(io::dtype_name(le.type)) + " " + sessa::shape_string(le.shape) +
+                       "; this model needs " + std::string(io::dtype_name(detail::state_dtype<scalar_type>())) + " " +
+                       sessa::shape_string(shape_t{V}));
+  std::vector<scalar_type> logits(static_cast<std::size_t>(V));
+  std::memcpy(logits.data(), f.raw(le).data(), logits.size() * sizeof(scalar_type));
+  for (index_t v = 0; v < V; ++v)
+    if (!std::isfinite(static_cast<double>(logits[static_cast<std::size_t>(v)])))
+      throw format_error(src + ": 'logits' holds a non-finite value at " + std::to_string(v));
+  sampling_rng::state_type st{};
+  {
+    const std::string& r = need("sessa.state.rng");
+    std::size_t at = 0;
+    for (std::size_t k = 0; k < 4; ++k) {
+      const std::size_t end = k < 3 ? r.find(',', at) : r.size();
+      const std::string word = end == std::string::npos ? std::string() : r.substr(at, end - at);
+      std::uint64_t x = 0;
+      auto [p, ec] = std::from_chars(word.data(), word.data() + word.size(), x, 16);
+      if (word.size() != 16 || ec != std::errc{} || p != word.data() + word.size())
+        throw format_error(src + ": metadata 'sessa.state.rng' must be four words of 16 hex digits, comma-separated");
+      st[k] = x;
+      at = end + 1;
+    }
+    if (st == sampling_rng::state_type{}) throw format_error(src + ": metadata 'sessa.state.rng' is all zero (invalid)");
+  }
+  const std::vector<std::int64_t> recent = f.read_as<std::int64_t>("sampler.recent");
+  for (auto id : recent)
+    if (id < 0 || id >= V) throw format_error(src + ": 'sampler.recent' holds token id " + std::to_string(id) + ", outside the vocabulary");
+
+  session out(model, capacity, std::move(s));
+  for (std::size_t i = 0; i < out.cache_.layers.size(); ++i) {
+    auto& lc = out.cache_.layers[i];
+    const index_t H = lc.n_kv_heads(), d = lc.head_dim(), D = lc.d_model();
+    const std::string pre = "layers." + std::to_string(i) + ".";
+    const auto read = [&](const std::string& name, const shape_t& shape) {
+      const io::tensor_entry& e = f.at(name);
+      if (e.type != detail::state_dtype<C>() || e.shape != shape)
+        throw format_error(src + ": '" + name + "' is " + std::string(io::dtype_name(e.type)) + " " + sessa::shape_string(e.shape) +
+                           ", expected " + want_dtype + " " + sessa::shape_string(shape));
+      std::vector<C> v(e.nbytes / sizeof(C));
+      std::memcpy(v.data(), f.raw(e).data(), e.nbytes);
+      if constexpr (std::is_floating_point_v<C>)
+        for (const C x : v)
+          if (!std::isfinite(x)) throw format_error(src + ": '" + name + "' holds a non-finite value");
+      return v;
+    };
+    for (const char* which : {"k", "v"}) {
+      const std::vector<C> v = read(pre + which, {1, H, L, d});
+      for (index_t h = 0; h < H; ++h) {
+        const auto m = which[0] == 'k' ? lc.k(0, h) : lc.v(0, h);
+        memory::copy_n(v.data() + h * L * d, L * d, m.data);
+      }
+    }
+    for (const char* which : {"kb", "s"}) {
+      const std::vector<C> v = read(pre + which, {1, L, D});
+      const auto m = which[0] == 'k' ? lc.kb(0) : lc.s(0);
+      memory::copy_n(v.data(), L * D, m.data);
+    }
+    lc.advance(L);
+  }
+  out.tokens_ = tokens;
+  out.pending_ = pending;
+  out.logits_ = std::move(logits);
+  out.sampler_.set_recent(recent);
+  out.sampler_.rng().set_state(st);
+  return out;
+}
 
 }  // namespace sessa
