@@ -10,6 +10,7 @@
 //
 //   sessa-bench prefill   --T 4096 [common options] [--chunk N]
 //   sessa-bench decode    --context 4096 --steps 64 [common options] [--fill random|prefill] [--chunk N]
+//   sessa-bench generate  --context 512 --steps 32 --layers 4 --vocab 256 [common options]   (--batch: rows)
 //   sessa-bench yardstick [--threads N] [--repeat 3]
 // common options: --D 512 --H 8 --Hkv 8 --batch 1 --backend cpu|reference --threads N --precision f32|f64
 //                 --repeat 3 --warmup 1 --seed 1 --yardstick quick|full|off
@@ -62,9 +63,12 @@ constexpr const char* usage_text =
     "             time a prefill of N tokens through one layer with random weights\n"
     "  decode     --context N [--steps 64] [--fill random|prefill] [--chunk N]\n"
     "             time decode steps on a cache that already holds N tokens\n"
+    "  generate   [--context 512] [--steps 32] [--layers 4] [--vocab 256]\n"
+    "             --batch sessions of a decoder (prompts of context*(i+1)/batch tokens) generating --steps\n"
+    "             tokens each: generate_batch against the same sessions one after another\n"
     "  yardstick  the machine's figures: OpenBLAS sgemm GFLOP/s (n = 2048, 4096) and streaming read GB/s\n"
     "\n"
-    "options (prefill, decode):\n"
+    "options (prefill, decode, generate):\n"
     "  --D 512 --H 8 --Hkv 8       layer shape (d_model, heads, key/value heads)\n"
     "  --batch 1                   sequences per call\n"
     "  --backend NAME              kernels to time (validated against reference first): cpu, reference,\n"
@@ -538,6 +542,109 @@ int cmd_decode(const options& o) {
   return 0;
 }
 
+/// Batched generation against the same sessions one after another: a decoder of --layers layers with random
+/// weights, --batch sessions whose prompts have different lengths (row i: context * (i + 1) / batch tokens), each
+/// generating --steps tokens greedily. The batch (generate_batch: one ragged step per token for all rows, weights
+/// read once) and the solo runs (each session alone) are timed in the same run; prompts are fed outside the timing.
+/// Every row's tokens are compared with its solo run's (rows_equal_solo).
+int cmd_generate(const options& o) {
+  const common c = parse_common(o);
+  const index_t context = o.integer("context", 512, 1, 1 << 22);
+  const index_t steps = o.integer("steps", 32, 1, 1 << 16);
+  const index_t n_layers = o.integer("layers", 4, 1, 1024);
+  const index_t vocab = o.integer("vocab", 256, 2, 1 << 22);
+  dispatch(c, [&]<class P, class B>() {
+    using M = decoder<P, B>;
+    const decoder_config dcfg{c.cfg, vocab, n_layers, true};
+    const index_t rows = c.batch;
+    std::vector<index_t> plen(static_cast<std::size_t>(rows));
+    double cache_bytes = 0;
+    for (index_t i = 0; i < rows; ++i) {
+      plen[static_cast<std::size_t>(i)] = std::max<index_t>(1, context * (i + 1) / rows);
+      cache_bytes += static_cast<double>(layer_cache<P, B>::storage_size(c.cfg, 1, plen[static_cast<std::size_t>(i)] + steps)) *
+                     static_cast<double>(n_layers) * sizeof(cache_t<P>);
+    }
+    check_fits(cache_bytes * 2, "this generate run");
+    const M model(dcfg, random_decoder_weights<weight_t<P>>(dcfg, c.seed));
+    std::vector<std::vector<std::int64_t>> prompts;
+    for (index_t i = 0; i < rows; ++i) {
+      std::vector<std::int64_t> p(static_cast<std::size_t>(plen[static_cast<std::size_t>(i)]));
+      std::uint64_t x = c.seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(i);
+      for (auto& t : p) {
+        x ^= x >> 12, x ^= x << 25, x ^= x >> 27;
+        t = static_cast<std::int64_t>((x * 0x2545F4914F6CDD1Dull >> 33) % static_cast<std::uint64_t>(vocab));
+      }
+      prompts.push_back(std::move(p));
+    }
+    const auto fresh = [&] {
+      std::vector<session<M>> ss;
+      ss.reserve(static_cast<std::size_t>(rows));
+      for (index_t i = 0; i < rows; ++i) {
+        ss.emplace_back(model, plen[static_cast<std::size_t>(i)] + steps, sampler::from({.temperature = 0.0}));
+        ss.back().feed(prompts[static_cast<std::size_t>(i)]);
+      }
+      return ss;
+    };
+    const stop_criteria stop{.max_tokens = steps};
+    std::vector<std::vector<std::int64_t>> batch_tokens, solo_tokens;
+    const auto run_batch = [&] {
+      auto ss = fresh();
+      std::vector<session<M>*> ptrs;
+      for (auto& x : ss) ptrs.push_back(&x);
+      const auto t0 = clock_type::now();
+      const auto r = generate_batch<M>(ptrs, stop);
+      const double t = seconds_since(t0);
+      batch_tokens.clear();
+      for (const auto& x : r) batch_tokens.push_back(x.tokens);
+      return t;
+    };
+    const auto run_solo = [&] {
+      auto ss = fresh();
+      const auto t0 = clock_type::now();
+      solo_tokens.clear();
+      for (auto& x : ss) solo_tokens.push_back(x.generate(stop).tokens);
+      return seconds_since(t0);
+    };
+    for (int i = 0; i < c.warmup; ++i) run_batch(), run_solo();
+    double tb = std::numeric_limits<double>::infinity(), ts = tb;
+    for (int r = 0; r < c.repeat; ++r) {
+      tb = std::min(tb, run_batch());
+      ts = std::min(ts, run_solo());
+    }
+    index_t equal = 0;
+    for (index_t i = 0; i < rows; ++i) equal += batch_tokens[static_cast<std::size_t>(i)] == solo_tokens[static_cast<std::size_t>(i)];
+    sessa_bench::settle();
+    const double stream = c.yardstick == "off" || on_gpu<B>() ? nan_v : sessa_bench::stream_read_gbps(stream_bytes, 5);
+    // Bytes the batch must read per step: the weights once, and every row's cache (its mean length over the run).
+    const double weights = static_cast<double>(parameter_count(dcfg)) * static_cast<double>(sizeof(weight_t<P>));
+    double cache_read = 0;
+    for (index_t i = 0; i < rows; ++i)
+      cache_read += static_cast<double>(n_layers) * sizeof(cache_t<P>) *
+                    static_cast<double>(c.cfg.cache_values_per_token()) *
+                    (static_cast<double>(plen[static_cast<std::size_t>(i)]) + 0.5 * static_cast<double>(steps));
+    const double per_step = tb / static_cast<double>(steps);
+    const double ideal = (weights + cache_read) / (stream * 1e9);
+    json_line j;
+    j.str("work", "generate").integer("context", context).integer("steps", steps).integer("layers", n_layers)
+        .integer("vocab", vocab);
+    add_common(j, c);
+    j.integer("repeat", c.repeat)
+        .num("batch_seconds", tb)
+        .num("solo_seconds", ts)
+        .num("batch_tokens_per_s", static_cast<double>(rows * steps) / tb)
+        .num("solo_tokens_per_s", static_cast<double>(rows * steps) / ts)
+        .num("batch_over_solo", ts / tb, 4)
+        .num("bytes_per_batch_step", weights + cache_read, 8)
+        .num("stream_gbps", stream, 5)
+        .num("fraction_of_bandwidth_bound", ideal / per_step, 4)
+        .integer("rows_equal_solo", equal)
+        .integer("weight_bytes", static_cast<long long>(weights))
+        .str("version", SESSA_VERSION_STRING)
+        .print();
+  });
+  return 0;
+}
+
 int cmd_yardstick(const options& o) {
   const long long threads = o.integer("threads", 0, 0, 1024);
   if (threads > 0) set_num_threads(static_cast<int>(threads));
@@ -572,7 +679,7 @@ std::vector<std::string> with_common(std::vector<std::string> extra) {
 
 int main(int argc, char** argv) {
   try {
-    if (argc < 2) throw usage_error("missing command (prefill, decode or yardstick)");
+    if (argc < 2) throw usage_error("missing command (prefill, decode, generate or yardstick)");
     const std::string cmd = argv[1];
     if (cmd == "--help" || cmd == "-h" || cmd == "help") {
       std::fputs(usage_text, stdout);
@@ -580,8 +687,10 @@ int main(int argc, char** argv) {
     }
     if (cmd == "prefill") return cmd_prefill(options(argc, argv, 2, with_common({"T", "chunk"})));
     if (cmd == "decode") return cmd_decode(options(argc, argv, 2, with_common({"context", "steps", "chunk", "fill"})));
+    if (cmd == "generate")
+      return cmd_generate(options(argc, argv, 2, with_common({"context", "steps", "layers", "vocab"})));
     if (cmd == "yardstick") return cmd_yardstick(options(argc, argv, 2, {"threads", "repeat"}));
-    throw usage_error("unknown command '" + cmd + "' (prefill, decode or yardstick)");
+    throw usage_error("unknown command '" + cmd + "' (prefill, decode, generate or yardstick)");
   } catch (const usage_error& e) {
     std::fprintf(stderr, "sessa-bench: %s (sessa-bench --help for usage)\n", e.what());
     return 2;

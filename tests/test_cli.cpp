@@ -314,3 +314,50 @@ TEST_CASE("sessa generate --save-state / --load-state: 50 + 50 tokens in two pro
   expect_failure("generate --model '" + model + "' --max-tokens 5 --load-state '" + model + "'", 1,
                  "no tensor named 'tokens'");
 }
+
+TEST_CASE("sessa generate without --model runs the built-in model; --prompts runs a batch equal to solo runs",
+          "[cli][batch]") {
+  const std::string model = std::string(SESSA_SOURCE_DIR) + "/examples/models/tiny_decoder.safetensors";
+  // The built-in model is the shipped file, byte for byte.
+  const result with = cli("generate --model '" + model + "' --prompt 'THE ' --max-tokens 40");
+  const result without = cli("generate --prompt 'THE ' --max-tokens 40");
+  INFO(without.err);
+  REQUIRE(without.status == 0);
+  CHECK(without.out == with.out);
+  const result info = cli("info");
+  REQUIRE(info.status == 0);
+  CHECK(info.out.rfind("file            the built-in model", 0) == 0);
+  const std::string named = cli("info --model '" + model + "'").out;
+  CHECK(info.out.substr(info.out.find('\n')) == named.substr(named.find('\n')));  // the same model
+
+  // A batch of prompts of different lengths (a blank line and a CRLF line among them): row i equals the solo run
+  // of prompt i with seed S + i, greedy and sampled.
+  const std::vector<std::string> prompts = {"IN THE BEGINNING ", "AND ", "THE LORD SAID UNTO "};
+  const fs::path file = scratch / "prompts.txt";
+  std::ofstream(file, std::ios::binary) << prompts[0] << "\n\n" << prompts[1] << "\r\n" << prompts[2] << "\n";
+  for (const std::string& opts :
+       {std::string(" --max-tokens 30"), std::string(" --max-tokens 30 --temperature 0.8 --top-k 20 --seed 7")}) {
+    const result batch = cli("generate --prompts '" + file.string() + "'" + opts);
+    INFO(opts << "\n" << batch.err);
+    REQUIRE(batch.status == 0);
+    CHECK(batch.err.find("batch of 3 prompts") != std::string::npos);
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+      std::string solo_opts = opts;
+      if (opts.find("--seed 7") != std::string::npos) solo_opts.replace(solo_opts.find("--seed 7"), 8, "--seed " + std::to_string(7 + i));
+      const result solo = cli("generate --prompt '" + prompts[i] + "'" + solo_opts);
+      REQUIRE(solo.status == 0);
+      const std::string line = "[" + std::to_string(i + 1) + "] " + solo.out;  // solo.out ends in '\n'
+      INFO("row " << i + 1 << ": " << solo.out);
+      CHECK(batch.out.find(line) != std::string::npos);
+    }
+    CHECK(std::count(batch.out.begin(), batch.out.end(), '\n') == 3);
+  }
+  // Errors.
+  std::ofstream(scratch / "blank.txt") << "\n  \n";
+  std::ofstream(scratch / "bad.txt") << "AND\nTHE ~\n";
+  expect_failure("generate --prompts '" + (scratch / "blank.txt").string() + "'", 1, "no prompts (one per line");
+  expect_failure("generate --prompts '" + (scratch / "bad.txt").string() + "'", 1, "bad.txt: prompt 2: ");
+  expect_failure("generate --prompts '" + file.string() + "' --prompt 'AND'", 2, "--prompts generates a batch");
+  expect_failure("generate --prompts '" + file.string() + "' --save-state x", 2, "--prompts generates a batch");
+  expect_failure("generate --prompts '" + (scratch / "absent.txt").string() + "'", 1, "absent.txt: cannot open");
+}

@@ -490,6 +490,223 @@ TEST_CASE("session errors name the problem and change nothing", "[generate][erro
   CHECK(t.cache().length() == 2);
 }
 
+namespace {
+/// Logits of a decode step of token `t` on `cache` alone (batch 1), on the host.
+template <class Model>
+std::vector<typename Model::scalar_type> solo_step(const Model& m, typename Model::cache_type& cache, std::int64_t t) {
+  const auto l = to_host(m.decode_step(std::span<const std::int64_t>(&t, 1), cache));
+  return {l.data(), l.data() + l.size()};
+}
+
+template <class Model>
+void check_ragged_step(const Model& model, double tol) {
+  using T = typename Model::scalar_type;
+  using C = typename Model::cache_type;
+  const index_t V = small.vocab_size;
+  // Three sequences of different lengths, twice: one set steps together, the other alone.
+  const std::vector<index_t> lengths = {3, 11, 7};
+  std::vector<C> together, alone;
+  for (std::size_t i = 0; i < lengths.size(); ++i) {
+    const auto prompt = test::random_tokens(1, lengths[i], V, 40 + i);
+    together.push_back(model.init_cache(1, 32));
+    alone.push_back(model.init_cache(1, 32));
+    model.forward(prompt, together.back(), logits_for::last);
+    model.forward(prompt, alone.back(), logits_for::last);
+  }
+  step_scratch<typename Model::precision_type, typename Model::backend_type> scratch;
+  for (int step = 0; step < 4; ++step) {
+    // Row order differs from cache order, and the last step leaves row 1 out (a finished row).
+    std::vector<C*> rows = {&together[2], &together[0], &together[1]};
+    std::vector<std::int64_t> ids = {(5 + step) % V, (11 * step + 1) % V, (3 * step + 2) % V};
+    std::vector<std::size_t> which = {2, 0, 1};
+    if (step == 3) rows.pop_back(), ids.pop_back(), which.pop_back();
+    const auto got = to_host(model.step_rows(ids, std::span<C* const>(rows), scratch));
+    REQUIRE(got.dim(0) == static_cast<index_t>(rows.size()));
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      const auto want = solo_step(model, alone[which[r]], ids[r]);
+      const std::vector<T> row(got.data() + static_cast<index_t>(r) * V, got.data() + static_cast<index_t>(r + 1) * V);
+      INFO("step " << step << ", row " << r);
+      CHECK(test::max_rel_diff(row, want) < tol);
+      CHECK(together[which[r]].length() == alone[which[r]].length());
+    }
+  }
+  CHECK(together[0].length() == 3 + 4);
+  CHECK(together[1].length() == 11 + 3);
+  CHECK(together[2].length() == 7 + 4);
+}
+}  // namespace
+
+TEST_CASE("step_rows: sequences of different lengths step together, each row equal to its solo decode step",
+          "[generate][batch]") {
+  SECTION("cpu, double") {
+    check_ragged_step(decoder<double, backend::cpu>(small, random_decoder_weights<double>(small, 61)), 1e-12);
+  }
+  SECTION("cpu, float") {
+    check_ragged_step(decoder<float, backend::cpu>(small, random_decoder_weights<float>(small, 62)), 2e-5);
+  }
+  SECTION("reference, double, sliding window") {
+    check_ragged_step(decoder<double, backend::reference, attention::sliding_window>(
+                          small, random_decoder_weights<double>(small, 63), attention::sliding_window{5}),
+                      1e-12);
+  }
+  SECTION("reference, float compute with bfloat16 weights and cache") {
+    check_ragged_step(
+        decoder<precision<float, bfloat16>, backend::reference>(small, random_decoder_weights<bfloat16>(small, 64)),
+        2e-5);
+  }
+}
+
+TEST_CASE("step_rows errors name the row and change no cache", "[generate][batch][errors]") {
+  using M = decoder<float, backend::cpu>;
+  const M model(small, random_decoder_weights<float>(small, 5));
+  auto a = model.init_cache(1, 8), b = model.init_cache(1, 2), wide = model.init_cache(2, 8);
+  M::cache_type empty;
+  const std::vector<std::int64_t> p = {1, 2};
+  model.forward(tensor<std::int64_t>({1, 2}, p), a, logits_for::last);
+  model.forward(tensor<std::int64_t>({1, 2}, p), b, logits_for::last);  // b is now full
+  step_scratch<float, backend::cpu> sc;
+  const auto call = [&](std::vector<std::int64_t> ids, std::vector<M::cache_type*> cs) {
+    return model.step_rows(ids, std::span<M::cache_type* const>(cs), sc);
+  };
+  CHECK_THROWS_WITH(call({1}, {&a, &a}), Catch::Contains("1 tokens for 2 caches"));
+  CHECK_THROWS_WITH(call({}, {}), Catch::Contains("at least one"));
+  CHECK_THROWS_WITH(call({1, 2}, {&a, &a}), Catch::Contains("caches 0 and 1 are the same cache"));
+  CHECK_THROWS_WITH(call({1, 2}, {&a, &b}), Catch::Contains("cache 1 is full (capacity 2 tokens"));
+  CHECK_THROWS_WITH(call({1, 2}, {&a, &wide}), Catch::Contains("cache 1 was made for batch 2"));
+  CHECK_THROWS_WITH(call({1, 2}, {&a, &empty}), Catch::Contains("cache 1 holds 0 layers"));
+  CHECK_THROWS_WITH(call({1, 2}, {&a, nullptr}), Catch::Contains("cache 1 is null"));
+  CHECK_THROWS_WITH(call({1, 40}, {&a, &wide}), Catch::Contains("token id 40 at batch row 1"));
+  CHECK(a.length() == 2);
+  CHECK(b.length() == 2);
+  CHECK(wide.length() == 0);
+  tensor<float> small_logits({1, small.vocab_size});
+  std::vector<M::cache_type*> one = {&a};
+  const std::vector<std::int64_t> id = {3};
+  CHECK_THROWS_WITH(model.step_rows(id, std::span<M::cache_type* const>(one), sc,
+                                    matrix<float>(small_logits.data(), 1, small.vocab_size - 1)),
+                    Catch::Contains("logits view is (1, 39), expected (1, 40)"));
+  CHECK(a.length() == 2);
+}
+
+TEST_CASE("generate_batch: prompts of different lengths, each row equal to its solo run; rows leave independently",
+          "[generate][batch]") {
+  using M = decoder<double, backend::cpu>;
+  const M model(small, random_decoder_weights<double>(small, 71));
+  const std::string vocab = "abcdefghijklmnopqrstuvwxyz0123456789 .,!";
+  const tokenizer tok = tokenizer::characters(vocab);
+  const std::vector<std::string> prompts = {"hi", "the sea at dawn", "a", "seven words of text here"};
+  const auto params = [](std::size_t i) {
+    sampling_params sp;
+    sp.seed = 100 + i;
+    sp.temperature = i % 2 ? 0.0 : 0.9;  // greedy and sampled rows side by side
+    sp.top_k = 12;
+    sp.repeat_penalty = 1.1;
+    return sp;
+  };
+  // Per-row stop criteria: different lengths, a stop token, a stop string; and a small cache for row 2.
+  std::vector<stop_criteria> stops(4);
+  stops[0].max_tokens = 30;
+  stops[1].max_tokens = 12;
+  stops[2].max_tokens = 50;
+  stops[3].max_tokens = 25;
+  const auto solo_run = [&](std::size_t i) {
+    session<M> s(model, i == 2 ? 20 : 64, sampler::from(params(i)));
+    s.feed(tok.encode(prompts[i]));
+    return s.generate(stops[i], &tok);
+  };
+  // Choose a stop token and a stop string that row 0 and row 3 really meet, from their solo runs.
+  {
+    const auto r0 = solo_run(0);
+    REQUIRE(r0.tokens.size() == 30);
+    stops[0].stop_tokens = {r0.tokens[9]};
+    const auto r3 = solo_run(3);
+    REQUIRE(r3.text.size() >= 12);
+    stops[3].stop_strings = {r3.text.substr(6, 3)};
+  }
+  std::vector<generation_result> solo;
+  for (std::size_t i = 0; i < 4; ++i) solo.push_back(solo_run(i));
+  CHECK(solo[0].reason == stop_reason::stop_token);
+  CHECK(solo[1].reason == stop_reason::max_tokens);
+  CHECK(solo[2].reason == stop_reason::cache_full);
+  CHECK(solo[3].reason == stop_reason::stop_string);
+
+  std::vector<session<M>> rows;
+  for (std::size_t i = 0; i < 4; ++i) {
+    rows.emplace_back(model, i == 2 ? 20 : 64, sampler::from(params(i)));
+    rows.back().feed(tok.encode(prompts[i]));
+  }
+  std::vector<session<M>*> ptrs;
+  for (auto& r : rows) ptrs.push_back(&r);
+  std::vector<std::string> streamed(4);
+  const auto got = generate_batch<M>(ptrs, stops, &tok, [&](index_t row, const token_event& e) {
+    streamed[static_cast<std::size_t>(row)] += e.text;
+    return true;
+  });
+  REQUIRE(got.size() == 4);
+  for (std::size_t i = 0; i < 4; ++i) {
+    INFO("row " << i << " (prompt '" << prompts[i] << "')");
+    CHECK(got[i].tokens == solo[i].tokens);
+    CHECK(got[i].text == solo[i].text);
+    CHECK(streamed[i] == solo[i].text);
+    CHECK(got[i].reason == solo[i].reason);
+    CHECK(got[i].stop_string == solo[i].stop_string);
+    CHECK(rows[i].position() == static_cast<index_t>(tok.encode(prompts[i]).size() + solo[i].tokens.size()));
+  }
+  // The sessions go on alone afterwards exactly like solo sessions would.
+  session<M> cont(model, 64, sampler::from(params(1)));
+  cont.feed(tok.encode(prompts[1]));
+  cont.generate(stops[1], &tok);
+  CHECK(rows[1].generate({.max_tokens = 5}).tokens == cont.generate({.max_tokens = 5}).tokens);
+}
+
+TEST_CASE("generate_batch: a cancelled row leaves, the others go on; errors change no session", "[generate][batch][errors]") {
+  using M = decoder<float, backend::cpu>;
+  const M model(small, random_decoder_weights<float>(small, 73));
+  const auto make = [&](std::vector<std::int64_t> prompt) {
+    session<M> s(model, 48, sampler::from({.temperature = 0.0}));
+    s.feed(prompt);
+    return s;
+  };
+  std::vector<session<M>> rows;
+  rows.push_back(make({1, 2, 3}));
+  rows.push_back(make({4, 5, 6, 7, 8, 9, 10}));
+  rows.push_back(make({11}));
+  std::vector<session<M>*> ptrs = {&rows[0], &rows[1], &rows[2]};
+  auto solo = make({4, 5, 6, 7, 8, 9, 10});
+  const auto want1 = solo.generate({.max_tokens = 20}).tokens;
+  const auto got = generate_batch<M>(ptrs, stop_criteria{.max_tokens = 20}, nullptr,
+                                     [](index_t row, const token_event& e) { return !(row == 0 && e.index == 2); });
+  CHECK(got[0].reason == stop_reason::cancelled);
+  CHECK(got[0].tokens.size() == 3);
+  CHECK(got[1].tokens == want1);
+  CHECK(got[2].tokens.size() == 20);
+
+  // Errors: checked before any session changes.
+  const M other(small, random_decoder_weights<float>(small, 73));
+  session<M> foreign(other, 48), unfed(model, 48);
+  foreign.feed(std::vector<std::int64_t>{1});
+  const auto positions = [&] { return std::vector<index_t>{rows[0].position(), rows[1].position(), rows[2].position()}; };
+  const auto before = positions();
+  const stop_criteria five{.max_tokens = 5};
+  const auto run = [&](std::vector<session<M>*> ps) { return generate_batch<M>(ps, five); };
+  CHECK_THROWS_WITH(run({}), Catch::Contains("no sessions"));
+  CHECK_THROWS_WITH(run({&rows[0], &rows[0]}), Catch::Contains("sessions 0 and 1 are the same session"));
+  CHECK_THROWS_WITH(run({&rows[0], nullptr}), Catch::Contains("session 1 is null"));
+  CHECK_THROWS_WITH(run({&rows[0], &foreign}), Catch::Contains("session 1 runs on another model object"));
+  CHECK_THROWS_WITH(run({&rows[0], &unfed}), Catch::Contains("feed a prompt first"));
+  const std::vector<stop_criteria> two(2);
+  CHECK_THROWS_WITH(generate_batch<M>(ptrs, two), Catch::Contains("2 stop criteria for 3 sessions"));
+  CHECK(positions() == before);
+  // A callback that throws: every session stays consistent (its cache holds all but a pending token).
+  CHECK_THROWS_WITH(generate_batch<M>(ptrs, five, nullptr,
+                                      [](index_t row, const token_event& e) {
+                                        if (row == 1 && e.index == 3) throw std::runtime_error("stop here");
+                                        return true;
+                                      }),
+                    Catch::Contains("stop here"));
+  for (auto& r : rows) CHECK(r.cache().length() + (r.pending() ? 1 : 0) == r.position());
+}
+
 TEST_CASE("evaluate: windows, scores against a direct computation, errors", "[generate]") {
   CHECK(evaluation_windows(10, 4, 3) == std::vector<std::pair<index_t, index_t>>{{0, 4}, {3, 7}, {6, 10}});
   CHECK(evaluation_windows(10, 4, 4) == std::vector<std::pair<index_t, index_t>>{{0, 4}, {4, 8}, {8, 10}});

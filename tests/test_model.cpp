@@ -141,6 +141,49 @@ TEMPLATE_LIST_TEST_CASE("batch rows are independent", "[model]", test::all_combi
   }
 }
 
+TEMPLATE_LIST_TEST_CASE("ragged steps: sequences of different lengths step together, each row as if alone",
+                        "[model][batch]", test::all_combinations) {
+  using T = typename TestType::first_type;
+  using B = typename TestType::second_type;
+  const decoder_config cfg{{32, 4, 2, true, 0.999, 1e-5}, 41, 2, true};
+  const test::host_model<decoder<T, B>> M(cfg, random_decoder_weights<T>(cfg, 5));
+  using C = typename decoder<T, B>::cache_type;
+  // Sequence i has length[i] tokens; its logits from one prefill of all its tokens are the reference.
+  const std::vector<index_t> length = {4, 13, 9};
+  std::vector<tensor<std::int64_t>> seq;
+  std::vector<tensor<T>> want;
+  for (std::size_t i = 0; i < length.size(); ++i) {
+    seq.push_back(test::random_tokens(1, length[i] + 3, 41, 70 + i));
+    want.push_back(M.forward(seq.back()));  // (1, length + 3, V)
+  }
+  // Prefill each to its length, then three ragged steps of all three rows (the last without row 0).
+  std::vector<C> caches;
+  for (std::size_t i = 0; i < length.size(); ++i) {
+    caches.push_back(M.init_cache(1, 32));
+    M.forward(test::slice_tokens(seq[i], 0, length[i]), caches.back(), logits_for::last);
+  }
+  step_scratch<T, B> scratch;
+  for (index_t step = 0; step < 3; ++step) {
+    std::vector<C*> rows;
+    std::vector<std::int64_t> ids;
+    std::vector<std::size_t> which;
+    for (std::size_t i : {std::size_t{2}, std::size_t{0}, std::size_t{1}}) {
+      if (step == 2 && i == 0) continue;
+      rows.push_back(&caches[i]);
+      ids.push_back(seq[i][length[i] + step]);
+      which.push_back(i);
+    }
+    const tensor<T> got = to_host(M.step_rows(ids, std::span<C* const>(rows), scratch));
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      const std::size_t i = which[r];
+      const tensor<T> ref = test::slice_tokens(want[i], length[i] + step, 1);
+      CAPTURE(step, i);
+      CHECK(max_rel_diff(std::span<const T>(got.data() + static_cast<index_t>(r) * 41, 41), ref.span()) <= tight<T>());
+      CHECK(caches[i].length() == length[i] + step + 1);
+    }
+  }
+}
+
 #ifndef SESSA_TEST_DEVICE_SUITE  // host backends only: the cpu backend's blocking and borrowed workspaces
 TEMPLATE_TEST_CASE("the cpu backend matches the reference backend", "[model][cpu]", float, double) {
   using T = TestType;

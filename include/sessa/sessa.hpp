@@ -7,7 +7,8 @@
 //   attention/   attention variants of the forward branch, RoPE
 //   model/       weights, caches, the mixer, the layer, the decoder
 //   io/          JSON, safetensors files, model loading and saving (load_layer, load_decoder, save_model)
-//   generate/    text generation: tokenizers, samplers, stop conditions, sessions (prefill, then decode)
+//   generate/    text generation: tokenizers, samplers, stop conditions, sessions (prefill, then decode),
+//                sessions generating together (ragged batches)
 // The device backends have their own umbrellas, sessa/thrust_omp.hpp (Thrust on OpenMP) and sessa/cuda.cuh
 // (CUDA); this header never includes Thrust or CUDA.
 //
@@ -47,4 +48,5 @@
 #include "generate/tokenizer.hpp"
 #include "generate/stop.hpp"
 #include "generate/session.hpp"
+#include "generate/batch.hpp"
 #include "generate/evaluate.hpp"

@@ -15,7 +15,8 @@
 //   attention/   attention variants of the forward branch, RoPE
 //   model/       weights, caches, the mixer, the layer, the decoder
 //   io/          JSON, safetensors files, model loading and saving (load_layer, load_decoder, save_model)
-//   generate/    text generation: tokenizers, samplers, stop conditions, sessions (prefill, then decode)
+//   generate/    text generation: tokenizers, samplers, stop conditions, sessions (prefill, then decode),
+//                sessions generating together (ragged batches)
 // The device backends have their own umbrellas, sessa/thrust_omp.hpp (Thrust on OpenMP) and sessa/cuda.cuh
 // (CUDA); this header never includes Thrust or CUDA.
 //
@@ -3982,31 +3983,48 @@ decoder_weights<T, Dst> to_space(const decoder_config& c, const decoder_weights<
 // keys, values and feedback keys to the cache, runs the forward branch and the feedback solve, and writes
 // the n outputs s. A prefill is extend() on an empty cache, a decode step is extend() with n = 1, and a
 // chunked prefill is a sequence of extend() calls: the three forms are one code path by construction,
-// and they agree to rounding with the public modules' parallel and recurrent forms.
+// and they agree to rounding with the public modules' parallel and recurrent forms. Underneath is
+// mixer_extend_segments, which also steps several caches of different lengths together (a ragged batch).
 
+#include <algorithm>
 #include <cstring>
+#include <span>
 #include <utility>
 
 
 namespace sessa {
 
-/// The mixer's math on a parameter view: a (batch*n, D), rows batch-major -> s (batch*n, D); appends n
-/// tokens per batch row to the cache. The caller has checked cache.require(batch, n). Every step is a kernel
-/// of Backend (backend/kernel_set.hpp) running on ws.context; this function only sequences them. Shared by the
-/// runtime-shaped mixer below and the compile-time-shaped models of model/embedded.hpp.
+/// A run of rows of one pass that extends one cache: rows [row0, row0 + batch * n) of the pass, batch-major,
+/// are n new tokens of each of the cache's `batch` sequences, at the cache's current length.
+template <numeric P, backend_tag Backend>
+struct cache_segment {
+  layer_cache<P, Backend>* cache;
+  index_t row0;
+  index_t batch;
+  index_t n;
+};
+
+/// The mixer's math over segments: a (rows, D) -> s (rows, D), the rows of each segment appended to its cache.
+/// The projections (the weights' one read) run once over all rows; the position-dependent kernels (RoPE, cache
+/// append, attention, feedback) run per segment at that cache's own length. One segment is a prefill, a chunk
+/// or a decode step of one cache; one segment per sequence, each its own cache, is a ragged batch (sequences of
+/// different lengths stepping together, model/decoder.hpp step_rows). Both are this one code path. The caller
+/// has checked every cache's room and that no cache appears twice. Every step is a kernel of Backend
+/// (backend/kernel_set.hpp) running on ws.context; this function only sequences them.
 template <backend_tag Backend, numeric P, attention_variant Variant>
-void mixer_extend(const layer_config& cfg, const mixer_params<weight_t<P>, space_of<Backend>>& w,
-                  const Variant& variant, cmatrix<compute_t<P>, space_of<Backend>> a, index_t batch,
-                  layer_cache<P, Backend>& cache, workspace<compute_t<P>, Backend>& ws,
-                  matrix<compute_t<P>, space_of<Backend>> s) {
+void mixer_extend_segments(const layer_config& cfg, const mixer_params<weight_t<P>, space_of<Backend>>& w,
+                           const Variant& variant, cmatrix<compute_t<P>, space_of<Backend>> a,
+                           std::span<const cache_segment<P, Backend>> segments, workspace<compute_t<P>, Backend>& ws,
+                           matrix<compute_t<P>, space_of<Backend>> s) {
   using kernels = backend::kernels<Backend>;
   using T = compute_t<P>;
   using W = weight_t<P>;
   using S = space_of<Backend>;
   auto& ctx = ws.context;
-  const index_t D = cfg.d_model, kv = cfg.kv_dim(), d = cfg.head_dim(), rows = a.rows, n = rows / batch;
-  const index_t pos0 = cache.length();
-  ws.reserve(cfg, rows, cache.capacity());
+  const index_t D = cfg.d_model, kv = cfg.kv_dim(), d = cfg.head_dim(), rows = a.rows;
+  index_t capacity = 0;
+  for (const auto& g : segments) capacity = std::max(capacity, g.cache->capacity());
+  ws.reserve(cfg, rows, capacity);
 
   matrix<T, S> q(ws.q.data(), rows, D);            // (rows, D)
   matrix<T, S> kvm(ws.kv.data(), rows, 2 * kv);    // (rows, 2 kv): [k | v]
@@ -4020,23 +4038,45 @@ void mixer_extend(const layer_config& cfg, const mixer_params<weight_t<P>, space
   kernels::linear(ctx, a, cmatrix<W, S>(w.fb_w, 2 * D, D), w.fb_b, qbkb, false);
   kernels::linear(ctx, a, cmatrix<W, S>(w.gamma_ctx, 1, D), w.gamma_bias, gam, false);
   kernels::gain(ctx, gam.data, rows, static_cast<T>(cfg.gamma_max));
-  if (cfg.use_rope) {
-    kernels::rope(ctx, q, d, pos0, n, w.rope_inv_freq);
-    kernels::rope(ctx, kvm.col_block(0, kv), d, pos0, n, w.rope_inv_freq);
+  for (const auto& g : segments) {
+    const index_t pos0 = g.cache->length(), r = g.batch * g.n;
+    const matrix<T, S> qg = q.row_block(g.row0, r), kvg = kvm.row_block(g.row0, r);
+    if (cfg.use_rope) {
+      kernels::rope(ctx, qg, d, pos0, g.n, w.rope_inv_freq);
+      kernels::rope(ctx, kvg.col_block(0, kv), d, pos0, g.n, w.rope_inv_freq);
+    }
+    // Append the segment's k, v and k_b at positions [pos0, pos0 + n), then attend.
+    kernels::append_cache(ctx, cfg, cmatrix<T, S>(kvg), cmatrix<T, S>(qbkb.row_block(g.row0, r).col_block(D, D)),
+                          g.cache->view(), pos0, g.n);
+    kernels::attention(ctx, variant, cfg, cmatrix<T, S>(qg), std::as_const(*g.cache).view(), pos0, g.n,
+                       f.row_block(g.row0, r));
   }
-  // Append the chunk's k, v and k_b at positions [pos0, pos0 + n).
-  kernels::append_cache(ctx, cfg, cmatrix<T, S>(kvm), cmatrix<T, S>(qbkb.col_block(D, D)), cache.view(), pos0, n);
-
-  kernels::attention(ctx, variant, cfg, cmatrix<T, S>(q), std::as_const(cache).view(), pos0, n, f);
   cmatrix<T, S> f_out = f;
   if (cfg.has_out_proj()) {
     matrix<T, S> f2(ws.f2.data(), rows, D);
     kernels::linear(ctx, cmatrix<T, S>(f), cmatrix<W, S>(w.out_w, D, D), pointer<const W, S>{}, f2, false);
     f_out = f2;
   }
-  kernels::feedback(ctx, cfg, cmatrix<T, S>(qbkb.col_block(0, D)), pointer<const T, S>(gam.data), f_out,
-                    cache.view(), pos0, n, s);
-  cache.advance(n);
+  for (const auto& g : segments) {
+    const index_t pos0 = g.cache->length(), r = g.batch * g.n;
+    kernels::feedback(ctx, cfg, cmatrix<T, S>(qbkb.row_block(g.row0, r).col_block(0, D)),
+                      pointer<const T, S>(gam.data + g.row0), f_out.row_block(g.row0, r), g.cache->view(), pos0, g.n,
+                      s.row_block(g.row0, r));
+  }
+  for (const auto& g : segments) g.cache->advance(g.n);
+}
+
+/// The mixer's math on a parameter view: a (batch*n, D), rows batch-major -> s (batch*n, D); appends n
+/// tokens per batch row to the cache. The caller has checked cache.require(batch, n). One segment of
+/// mixer_extend_segments. Shared by the runtime-shaped mixer below and the compile-time-shaped models of
+/// model/embedded.hpp.
+template <backend_tag Backend, numeric P, attention_variant Variant>
+void mixer_extend(const layer_config& cfg, const mixer_params<weight_t<P>, space_of<Backend>>& w,
+                  const Variant& variant, cmatrix<compute_t<P>, space_of<Backend>> a, index_t batch,
+                  layer_cache<P, Backend>& cache, workspace<compute_t<P>, Backend>& ws,
+                  matrix<compute_t<P>, space_of<Backend>> s) {
+  const cache_segment<P, Backend> one{&cache, 0, batch, a.rows / batch};
+  mixer_extend_segments<Backend, P>(cfg, w, variant, a, std::span<const cache_segment<P, Backend>>(&one, 1), ws, s);
 }
 
 template <numeric P, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
@@ -4091,9 +4131,11 @@ class mixer {
 // with to_device / to_host (core/tensor.hpp).
 
 #include <algorithm>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 
 namespace sessa {
@@ -4116,28 +4158,41 @@ inline constexpr index_t prefill_block = 4096;
 
 namespace detail {
 
-/// One pass of the layer's math over n = x.rows / batch tokens per sequence (shapes already checked).
+/// One pass of the layer's math over the rows of x, extending each segment's cache by its rows (shapes and
+/// room already checked).
 template <backend_tag Backend, numeric P, attention_variant Variant>
-void layer_pass(const layer_config& cfg, const layer_params<weight_t<P>, space_of<Backend>>& w, const Variant& variant,
-                cmatrix<compute_t<P>, space_of<Backend>> x, index_t batch, layer_cache<P, Backend>& cache,
-                workspace<compute_t<P>, Backend>& ws, matrix<compute_t<P>, space_of<Backend>> y) {
+void layer_pass_segments(const layer_config& cfg, const layer_params<weight_t<P>, space_of<Backend>>& w,
+                         const Variant& variant, cmatrix<compute_t<P>, space_of<Backend>> x,
+                         std::span<const cache_segment<P, Backend>> segments, workspace<compute_t<P>, Backend>& ws,
+                         matrix<compute_t<P>, space_of<Backend>> y) {
   using kernels = backend::kernels<Backend>;
   using T = compute_t<P>;
   using W = weight_t<P>;
   using S = space_of<Backend>;
   auto& ctx = ws.context;
   const index_t D = cfg.d_model, rows = x.rows;
-  ws.reserve(cfg, rows, cache.capacity());
+  index_t capacity = 0;
+  for (const auto& g : segments) capacity = std::max(capacity, g.cache->capacity());
+  ws.reserve(cfg, rows, capacity);
   matrix<T, S> u(ws.u.data(), rows, D);        // (rows, D)   LayerNorm(x), later s * z
   matrix<T, S> az(ws.az.data(), rows, 2 * D);  // (rows, 2D)  [a | z]
   matrix<T, S> s(ws.s.data(), rows, D);        // (rows, D)   mixer output
   kernels::layer_norm(ctx, x, w.ln_w, w.ln_b, static_cast<T>(cfg.ln_eps), u);
   kernels::linear(ctx, cmatrix<T, S>(u), cmatrix<W, S>(w.in_w, 2 * D, D), w.in_b, az, false);
   kernels::gelu(ctx, az.col_block(0, D));
-  mixer_extend<Backend, P>(cfg, w.mixer, variant, cmatrix<T, S>(az.col_block(0, D)), batch, cache, ws, s);
+  mixer_extend_segments<Backend, P>(cfg, w.mixer, variant, cmatrix<T, S>(az.col_block(0, D)), segments, ws, s);
   kernels::multiply(ctx, cmatrix<T, S>(s), cmatrix<T, S>(az.col_block(D, D)), u);
   if (raw(y.data) != raw(x.data)) kernels::copy(ctx, x, y);
   kernels::linear(ctx, cmatrix<T, S>(u), cmatrix<W, S>(w.out_w, D, D), w.out_b, y, /*accumulate=*/true);
+}
+
+/// One pass over n = x.rows / batch tokens per sequence of one cache.
+template <backend_tag Backend, numeric P, attention_variant Variant>
+void layer_pass(const layer_config& cfg, const layer_params<weight_t<P>, space_of<Backend>>& w, const Variant& variant,
+                cmatrix<compute_t<P>, space_of<Backend>> x, index_t batch, layer_cache<P, Backend>& cache,
+                workspace<compute_t<P>, Backend>& ws, matrix<compute_t<P>, space_of<Backend>> y) {
+  const cache_segment<P, Backend> one{&cache, 0, batch, x.rows / batch};
+  layer_pass_segments<Backend, P>(cfg, w, variant, x, std::span<const cache_segment<P, Backend>>(&one, 1), ws, y);
 }
 
 }  // namespace detail
@@ -4242,6 +4297,45 @@ class layer {
     layer_forward<Backend, P>(cfg_, params(w_, mixer_.weights()), mixer_.variant(), x, batch, cache, ws, y);
   }
 
+  /// Ragged step: one new token for each of m = x.rows sequences at their own lengths, row i of x (m, D) the
+  /// token of caches[i] (a cache of batch 1) -> y (m, D); y may alias x. The projections read the weights once
+  /// for all m rows; attention and feedback run per row against its own cache (model/mixer.hpp). Every cache's
+  /// room is checked first; a failure rolls every cache back.
+  void step_rows(cmatrix<scalar_type, space> x, std::span<cache_type* const> caches, workspace_type& ws,
+                 matrix<scalar_type, space> y) const {
+    const index_t m = static_cast<index_t>(caches.size());
+    if (m == 0 || x.rows != m || x.cols != cfg_.d_model || y.rows != m || y.cols != cfg_.d_model)
+      throw shape_error("layer::step_rows: x is (" + std::to_string(x.rows) + ", " + std::to_string(x.cols) +
+                        "), y is (" + std::to_string(y.rows) + ", " + std::to_string(y.cols) + ") for " +
+                        std::to_string(m) + " caches; expected both (" + std::to_string(m) + ", " +
+                        std::to_string(cfg_.d_model) + ") with at least one cache");
+    std::vector<cache_segment<P, Backend>> seg(caches.size());
+    std::vector<index_t> length0(caches.size());
+    for (index_t i = 0; i < m; ++i) {
+      cache_type* c = caches[static_cast<std::size_t>(i)];
+      if (!c) throw cache_error("layer::step_rows: cache " + std::to_string(i) + " is null");
+      for (index_t j = 0; j < i; ++j)
+        if (caches[static_cast<std::size_t>(j)] == c)
+          throw cache_error("layer::step_rows: caches " + std::to_string(j) + " and " + std::to_string(i) +
+                            " are the same cache (each row steps its own sequence)");
+      try {
+        c->require(1, 1);
+      } catch (const cache_error& e) {
+        throw cache_error("layer::step_rows: cache " + std::to_string(i) + ": " + e.what());
+      }
+      seg[static_cast<std::size_t>(i)] = {c, i, 1, 1};
+      length0[static_cast<std::size_t>(i)] = c->length();
+    }
+    try {
+      detail::layer_pass_segments<Backend, P>(cfg_, params(w_, mixer_.weights()), mixer_.variant(), x,
+                                              std::span<const cache_segment<P, Backend>>(seg), ws, y);
+    } catch (...) {
+      for (std::size_t i = 0; i < caches.size(); ++i)
+        if (caches[i]->length() > length0[i]) caches[i]->truncate(length0[i]);
+      throw;
+    }
+  }
+
   /// Everything a call of `batch` x `n` tokens allocates, against a cache of `capacity` tokens (with a fresh cache
   /// of n tokens when `stateless`): checked against the memory limit before anything is allocated.
   memory_plan forward_plan(index_t batch, index_t n, index_t capacity, bool stateless = false) const {
@@ -4307,7 +4401,9 @@ class layer {
 //   h_0 = embedding[tokens];  h_{l+1} = layer_l(h_l);  logits = LayerNorm(h_L; norm_f) W_head^T
 //
 // W_head is lm_head.weight, or embedding.weight when the embeddings are tied. The decoder's cache is one
-// layer_cache per layer plus one shared workspace; all layers of a decoder share one length.
+// layer_cache per layer plus one shared workspace; all layers of a decoder share one length, and all batch rows
+// of a cache share it too. Sequences of different lengths step together through step_rows, each in its own cache
+// (a ragged batch).
 
 #include <algorithm>
 #include <span>
@@ -4347,6 +4443,17 @@ struct decoder_cache {
                         " tokens");
     for (auto& l : layers) l.truncate(n);
   }
+};
+
+/// Scratch of a ragged step (decoder::step_rows): the layers' workspace, the residual stream of the step's rows
+/// and the token ids in the backend's space. Not state; it only keeps its memory between steps. Kernels of a
+/// step run on ws.context (its thread count or stream).
+template <numeric P, backend_tag Backend = backend::default_cpu>
+struct step_scratch {
+  using space = space_of<Backend>;
+  workspace<compute_t<P>, Backend> ws;
+  buffer<compute_t<P>, space> h;       // (rows, D)
+  buffer<std::int64_t, space> tokens;  // (rows), when the space is not the host's
 };
 
 /// Which rows of logits a forward pass produces.
@@ -4550,6 +4657,86 @@ class decoder {
     return forward(tokens, cache);
   }
 
+  /// Ragged step: one token for each of m sequences of different lengths, each in its own cache of batch 1.
+  /// tokens[i] (on the host) enters caches[i] at that cache's length -> logits row i (m, V). The weights are
+  /// read once for all rows (the projections and the head are GEMMs of m rows), attention and feedback run per
+  /// row against its own cache, so row i's logits are those of a decode step of caches[i] alone, within
+  /// rounding. Sequences join and leave between steps freely: this is how sessions generate together
+  /// (generate/batch.hpp). Every id, cache and room is checked before any state changes; a failure rolls every
+  /// cache back. Kernels run on scratch.ws.context.
+  void step_rows(std::span<const std::int64_t> tokens, std::span<cache_type* const> caches,
+                 step_scratch<P, Backend>& scratch, matrix<scalar_type, space> logits) const {
+    using T = scalar_type;
+    using W = weight_t<P>;
+    const index_t D = cfg_.layer.d_model, V = cfg_.vocab_size, m = static_cast<index_t>(tokens.size());
+    if (m == 0 || static_cast<index_t>(caches.size()) != m)
+      throw shape_error("decoder::step_rows: " + std::to_string(tokens.size()) + " tokens for " +
+                        std::to_string(caches.size()) + " caches; expected one token per cache, at least one");
+    if (logits.rows != m || logits.cols != V)
+      throw shape_error("decoder::step_rows: logits view is (" + std::to_string(logits.rows) + ", " +
+                        std::to_string(logits.cols) + "), expected (" + std::to_string(m) + ", " + std::to_string(V) +
+                        ")");
+    check_tokens(tokens, 1, V);
+    for (index_t i = 0; i < m; ++i) {
+      const cache_type* c = caches[static_cast<std::size_t>(i)];
+      if (!c) throw cache_error("decoder::step_rows: cache " + std::to_string(i) + " is null");
+      if (static_cast<index_t>(c->layers.size()) != cfg_.n_layers)
+        throw cache_error("decoder::step_rows: cache " + std::to_string(i) + " holds " + std::to_string(c->layers.size()) +
+                          " layers, the decoder has " + std::to_string(cfg_.n_layers) + "; make it with init_cache");
+      if (c->batch() != 1)
+        throw cache_error("decoder::step_rows: cache " + std::to_string(i) + " was made for batch " +
+                          std::to_string(c->batch()) + "; each row of a ragged step is a cache of batch 1");
+      if (c->remaining() < 1)
+        throw cache_error("decoder::step_rows: cache " + std::to_string(i) + " is full (capacity " +
+                          std::to_string(c->capacity()) + " tokens, all held)");
+      for (index_t j = 0; j < i; ++j)
+        if (caches[static_cast<std::size_t>(j)] == c)
+          throw cache_error("decoder::step_rows: caches " + std::to_string(j) + " and " + std::to_string(i) +
+                            " are the same cache (each row steps its own sequence)");
+    }
+    index_t capacity = 0;
+    for (const cache_type* c : caches) capacity = std::max(capacity, c->capacity());
+    forward_plan(m, 1, capacity, logits_for::all, false).check();
+
+    std::vector<index_t> length0(caches.size());
+    for (std::size_t i = 0; i < caches.size(); ++i) length0[i] = caches[i]->length();
+    try {
+      auto& ctx = scratch.ws.context;
+      scratch.h.reserve(m * D);
+      matrix<T, space> h(scratch.h.data(), m, D);  // (m, D) residual stream, row i of sequence i
+      backend::kernels<Backend>::embed(ctx, cmatrix<W, space>(w_.embedding.data(), V, D),
+                                       token_ids(tokens, scratch.tokens), h);
+      std::vector<layer_cache<P, Backend>*> lc(caches.size());
+      for (std::size_t l = 0; l < layers_.size(); ++l) {
+        for (std::size_t i = 0; i < caches.size(); ++i) lc[i] = &caches[i]->layers[l];
+        layers_[l].step_rows(h, std::span<layer_cache<P, Backend>* const>(lc), scratch.ws, h);
+      }
+      const T eps = static_cast<T>(cfg_.layer.ln_eps);
+      const index_t block = std::min(m, prefill_block);
+      scratch.ws.u.reserve(block * D);
+      for (index_t r0 = 0; r0 < m; r0 += block) {
+        const index_t c = std::min(block, m - r0);
+        decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
+                                 cmatrix<T, space>(h.row_block(r0, c)), 1, logits_for::all, scratch.ws.u.data(),
+                                 logits.row_block(r0, c));
+      }
+    } catch (...) {
+      for (std::size_t i = 0; i < caches.size(); ++i)
+        for (auto& l : caches[i]->layers)
+          if (l.length() > length0[i]) l.truncate(length0[i]);
+      throw;
+    }
+  }
+
+  /// The same, logits returned: (m, V) in the backend's space.
+  tensor_type step_rows(std::span<const std::int64_t> tokens, std::span<cache_type* const> caches,
+                        step_scratch<P, Backend>& scratch) const {
+    const index_t m = static_cast<index_t>(tokens.size());
+    tensor_type out(shape_t{std::max<index_t>(m, 1), cfg_.vocab_size});
+    step_rows(tokens, caches, scratch, out.as_matrix());
+    return out;
+  }
+
   /// One token per batch row: tokens (batch) -> logits (batch, V).
   tensor_type decode_step(std::span<const std::int64_t> tokens, cache_type& cache) const {
     const index_t B = static_cast<index_t>(tokens.size());
@@ -4562,12 +4749,16 @@ class decoder {
  private:
   /// The token ids where the kernels read them: the caller's host memory, or a copy in the backend's space.
   static pointer<const std::int64_t, space> token_ids(std::span<const std::int64_t> tokens, cache_type& cache) {
+    return token_ids(tokens, cache.tokens);
+  }
+  static pointer<const std::int64_t, space> token_ids(std::span<const std::int64_t> tokens,
+                                                      buffer<std::int64_t, space>& staging) {
     if constexpr (std::is_same_v<space, memory::host>) {
       return tokens.data();
     } else {
-      cache.tokens.reserve(static_cast<index_t>(tokens.size()));
-      memory::copy_n(tokens.data(), static_cast<index_t>(tokens.size()), cache.tokens.data());
-      return cache.tokens.data();
+      staging.reserve(static_cast<index_t>(tokens.size()));
+      memory::copy_n(tokens.data(), static_cast<index_t>(tokens.size()), staging.data());
+      return staging.data();
     }
   }
   template <class DW>
@@ -7696,6 +7887,14 @@ struct generation_result {
 };
 
 template <class Model>
+class session;
+
+namespace detail {
+template <class Model>
+class generation_run;
+}  // namespace detail
+
+template <class Model>
 class session {
  public:
   using model_type = Model;
@@ -7743,64 +7942,21 @@ class session {
   }
 
   /// Samples up to stop.max_tokens tokens, streaming each through `on_token` (and `tok` for the text, when
-  /// given). Needs at least one token in the session (feed a prompt first).
+  /// given). Needs at least one token in the session (feed a prompt first). generate_batch
+  /// (generate/batch.hpp) runs several sessions this same way together.
   generation_result generate(const stop_criteria& stop, const tokenizer* tok = nullptr,
                              const token_callback& on_token = {}) {
-    stop.check();
-    if (tokens_.empty()) throw value_error("generate: the session holds no tokens; feed a prompt first");
-    if (tok && tok->size() != model_->config().vocab_size)
-      throw value_error("generate: the tokenizer has " + std::to_string(tok->size()) + " tokens, the model " +
-                        std::to_string(model_->config().vocab_size));
-    using clock = std::chrono::steady_clock;
-    const auto t0 = clock::now();
-    generation_result r;
-    stop_text text(stop.stop_strings);
-    auto emit = [&](std::int64_t id, const std::string& piece, index_t index) {
-      r.text += piece;
-      return !on_token || on_token(token_event{id, piece, index});
-    };
-    bool ended = false;
-    for (index_t i = 0;; ++i) {
-      if (i == stop.max_tokens) {
-        r.reason = stop_reason::max_tokens;
-        break;
-      }
-      if (pending_) {
-        if (cache_.remaining() == 0) {
-          r.reason = stop_reason::cache_full;
-          break;
-        }
-        const std::int64_t p = *pending_;
-        run(std::span<const std::int64_t>(&p, 1));
+    detail::generation_run<Model> g(*this, stop, tok, on_token);
+    for (;;) {
+      std::optional<std::int64_t> feed;
+      if (!g.begin(feed)) break;
+      if (feed) {
+        run(std::span<const std::int64_t>(&*feed, 1));
         pending_.reset();
       }
-      const std::int64_t id = sampler_.sample(std::span<const scalar_type>(logits_));
-      sampler_.accept(id);
-      tokens_.push_back(id);
-      pending_ = id;
-      r.tokens.push_back(id);
-      if (std::find(stop.stop_tokens.begin(), stop.stop_tokens.end(), id) != stop.stop_tokens.end()) {
-        r.reason = stop_reason::stop_token;
-        break;
-      }
-      const bool go = emit(id, text.push(tok ? std::string_view(tok->piece(id)) : std::string_view()), i);
-      if (text.matched()) {
-        r.reason = stop_reason::stop_string;
-        r.stop_string = std::string(text.matched_string());
-        ended = true;
-        break;
-      }
-      if (!go) {
-        r.reason = stop_reason::cancelled;
-        break;
-      }
+      if (!g.sample()) break;
     }
-    if (!ended) {
-      const std::string rest = text.flush();
-      if (!rest.empty()) emit(-1, rest, static_cast<index_t>(r.tokens.size()));
-    }
-    r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
-    return r;
+    return g.finish();
   }
 
   /// Goes back to the first n tokens of the sequence (n >= 1): the cache is truncated exactly and the logits
@@ -7845,6 +8001,8 @@ class session {
   static session load(const io::safetensors_file& f, const Model& model, index_t capacity, sampler s = sampler{});
 
  private:
+  friend class detail::generation_run<Model>;
+
   void run(std::span<const std::int64_t> ids) {
     const tensor<std::int64_t> t({1, static_cast<index_t>(ids.size())}, ids);
     const tensor<scalar_type> l = to_host(model_->forward(t, cache_, logits_for::last));  // (1, V)
@@ -7858,6 +8016,102 @@ class session {
   std::optional<std::int64_t> pending_;
   std::vector<scalar_type> logits_;
 };
+
+namespace detail {
+
+/// One generate() call on one session, as a state machine, so that a session generating alone and sessions
+/// generating together (generate_batch) take the same steps: per token, begin() says whether the run goes on and
+/// which token must first enter the cache; once it has (alone, or in a ragged step with other sessions) and
+/// the logits are in place, sample() samples, streams and checks the stop conditions; finish() ends the call.
+template <class Model>
+class generation_run {
+ public:
+  using scalar_type = typename Model::scalar_type;
+
+  generation_run(session<Model>& s, const stop_criteria& stop, const tokenizer* tok, token_callback on_token)
+      : s_(&s), stop_((stop.check(), stop)), tok_(tok), on_token_(std::move(on_token)), text_(stop.stop_strings),
+        t0_(std::chrono::steady_clock::now()) {
+    if (s.tokens_.empty()) throw value_error("generate: the session holds no tokens; feed a prompt first");
+    if (tok && tok->size() != s.model_->config().vocab_size)
+      throw value_error("generate: the tokenizer has " + std::to_string(tok->size()) + " tokens, the model " +
+                        std::to_string(s.model_->config().vocab_size));
+  }
+
+  /// Before the next token: false when the run ends here (max tokens reached, or no room for the pending
+  /// token). Otherwise `feed` is the pending token that must enter the cache before sampling, if there is one.
+  bool begin(std::optional<std::int64_t>& feed) {
+    feed.reset();
+    if (static_cast<index_t>(r_.tokens.size()) == stop_.max_tokens) {
+      r_.reason = stop_reason::max_tokens;
+      return false;
+    }
+    if (s_->pending_) {
+      if (s_->cache_.remaining() == 0) {
+        r_.reason = stop_reason::cache_full;
+        return false;
+      }
+      feed = s_->pending_;
+    }
+    return true;
+  }
+  /// The pending token entered the cache in a step with other sessions; `logits` (V) are those after it.
+  void stepped(std::span<const scalar_type> logits) {
+    s_->logits_.assign(logits.begin(), logits.end());
+    s_->pending_.reset();
+  }
+  /// Samples the next token from the session's logits, streams it, checks the stop conditions. False when the
+  /// run ended with it (a stop token or string, or the callback cancelled).
+  bool sample() {
+    const index_t i = static_cast<index_t>(r_.tokens.size());
+    const std::int64_t id = s_->sampler_.sample(std::span<const scalar_type>(s_->logits_));
+    s_->sampler_.accept(id);
+    s_->tokens_.push_back(id);
+    s_->pending_ = id;
+    r_.tokens.push_back(id);
+    if (std::find(stop_.stop_tokens.begin(), stop_.stop_tokens.end(), id) != stop_.stop_tokens.end()) {
+      r_.reason = stop_reason::stop_token;
+      return false;
+    }
+    const bool go = emit(id, text_.push(tok_ ? std::string_view(tok_->piece(id)) : std::string_view()), i);
+    if (text_.matched()) {
+      r_.reason = stop_reason::stop_string;
+      r_.stop_string = std::string(text_.matched_string());
+      matched_ = true;
+      return false;
+    }
+    if (!go) {
+      r_.reason = stop_reason::cancelled;
+      return false;
+    }
+    return true;
+  }
+  /// Releases text still held back (unless a stop string ended the run) and returns the call's result.
+  generation_result finish() {
+    if (!matched_) {
+      const std::string rest = text_.flush();
+      if (!rest.empty()) emit(-1, rest, static_cast<index_t>(r_.tokens.size()));
+    }
+    r_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    return std::move(r_);
+  }
+
+ private:
+  bool emit(std::int64_t id, const std::string& piece, index_t index) {
+    r_.text += piece;
+    return !on_token_ || on_token_(token_event{id, piece, index});
+  }
+
+  session<Model>* s_;
+  stop_criteria stop_;
+  const tokenizer* tok_;
+  token_callback on_token_;
+  stop_text text_;
+  std::chrono::steady_clock::time_point t0_;
+  generation_result r_{};
+  bool matched_ = false;
+};
+
+}  // namespace detail
 
 // ---------------------------------------------------------------------------------------------- saved state
 //
@@ -8069,6 +8323,134 @@ session<Model> session<Model>::load(const io::safetensors_file& f, const Model& 
 
 }  // namespace sessa
 // ---- end sessa/generate/session.hpp ----------------------------------------------------------------------------
+// ---- begin sessa/generate/batch.hpp ----------------------------------------------------------------------------
+// sessa/generate/batch.hpp: several sessions generating together, prompts of different lengths at once.
+//
+//   std::vector<sessa::session<Model>> rows;                     // one per prompt, each fed its own prompt
+//   std::vector<sessa::session<Model>*> ptrs = ...;              // the sessions to run together
+//   auto results = sessa::generate_batch<Model>(ptrs, {.max_tokens = 100}, &tok,
+//       [](sessa::index_t row, const sessa::token_event& e) { ...; return true; });
+//
+// Each session keeps its own cache (its own length), sampler, stop conditions and position; a step feeds the
+// pending token of every row still running through one ragged decoder step (decoder::step_rows), so the weights
+// are read once per step for all rows, while attention and feedback read each row's own cache. A row that stops
+// (max tokens, stop token or string, full cache, or its callback returning false) leaves the batch at once and the
+// others go on undisturbed. Each row takes exactly the steps session::generate takes alone (the same state
+// machine, detail::generation_run), so its tokens equal a solo run's wherever the logits, equal within rounding,
+// do not make a near-tie fall the other way; greedy text is the same in the tests.
+
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+
+namespace sessa {
+
+/// A streamed step of one row of a batch: the row's index in the batch and its event. Return false to stop
+/// that row (stop_reason::cancelled); the other rows go on.
+using row_token_callback = std::function<bool(index_t row, const token_event&)>;
+
+namespace detail {
+/// The execution settings of a context (thread count, stream), without its scratch.
+template <class Ctx>
+void copy_context_settings(Ctx& to, const Ctx& from) {
+  if constexpr (requires { to.threads = from.threads; }) to.threads = from.threads;
+  if constexpr (requires { to.stream = from.stream; }) to.stream = from.stream;
+}
+}  // namespace detail
+
+/// Runs generate() on every session of `rows` together, each with its own stop criteria (`stops` has one
+/// entry per row, or a single entry for all). Sessions must all run on one model object and be distinct; each
+/// needs a prompt fed. Returns one result per row, in order (`seconds`: until that row stopped). The batch's
+/// kernels run with the first session's context settings (threads, stream). Every argument is checked before
+/// any session changes; an exception from a step or a callback leaves every session consistent (a token that
+/// could not enter its cache stays pending).
+template <class Model>
+std::vector<generation_result> generate_batch(std::span<session<Model>* const> rows,
+                                              std::span<const stop_criteria> stops, const tokenizer* tok = nullptr,
+                                              const row_token_callback& on_token = {}) {
+  using scalar_type = typename Model::scalar_type;
+  using cache_type = typename Model::cache_type;
+  const std::size_t n = rows.size();
+  if (n == 0) throw value_error("generate_batch: no sessions");
+  if (stops.size() != 1 && stops.size() != n)
+    throw value_error("generate_batch: " + std::to_string(stops.size()) + " stop criteria for " + std::to_string(n) +
+                      " sessions (give one for all, or one per session)");
+  for (std::size_t i = 0; i < n; ++i) {
+    if (!rows[i]) throw value_error("generate_batch: session " + std::to_string(i) + " is null");
+    if (&rows[i]->model() != &rows[0]->model())
+      throw value_error("generate_batch: session " + std::to_string(i) +
+                        " runs on another model object than session 0 (a batch steps one model)");
+    for (std::size_t j = 0; j < i; ++j)
+      if (rows[j] == rows[i])
+        throw value_error("generate_batch: sessions " + std::to_string(j) + " and " + std::to_string(i) +
+                          " are the same session");
+  }
+  std::vector<detail::generation_run<Model>> runs;
+  runs.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    token_callback cb;
+    if (on_token) cb = [&on_token, i](const token_event& e) { return on_token(static_cast<index_t>(i), e); };
+    runs.emplace_back(*rows[i], stops.size() == 1 ? stops[0] : stops[i], tok, std::move(cb));
+  }
+  const Model& model = rows[0]->model();
+  const index_t V = model.config().vocab_size;
+  step_scratch<typename Model::precision_type, typename Model::backend_type> scratch;
+  detail::copy_context_settings(scratch.ws.context, rows[0]->cache().scratch.context);
+
+  std::vector<generation_result> results(n);
+  std::vector<std::size_t> active(n), running, stepping;
+  for (std::size_t i = 0; i < n; ++i) active[i] = i;
+  std::vector<std::int64_t> ids;
+  std::vector<cache_type*> caches;
+  while (!active.empty()) {
+    running.clear();
+    stepping.clear();
+    ids.clear();
+    caches.clear();
+    for (std::size_t r : active) {
+      std::optional<std::int64_t> feed;
+      if (!runs[r].begin(feed)) {
+        results[r] = runs[r].finish();
+        continue;
+      }
+      running.push_back(r);
+      if (feed) {
+        stepping.push_back(r);
+        ids.push_back(*feed);
+        caches.push_back(&rows[r]->cache());
+      }
+    }
+    if (!stepping.empty()) {
+      const tensor<scalar_type> logits = to_host(model.step_rows(
+          std::span<const std::int64_t>(ids), std::span<cache_type* const>(caches), scratch));  // (rows, V)
+      for (std::size_t k = 0; k < stepping.size(); ++k)
+        runs[stepping[k]].stepped(
+            std::span<const scalar_type>(logits.data() + static_cast<index_t>(k) * V, static_cast<std::size_t>(V)));
+    }
+    active.clear();
+    for (std::size_t r : running) {
+      if (runs[r].sample()) active.push_back(r);
+      else results[r] = runs[r].finish();
+    }
+  }
+  return results;
+}
+
+/// The same stop criteria for every row.
+template <class Model>
+std::vector<generation_result> generate_batch(std::span<session<Model>* const> rows, const stop_criteria& stop,
+                                              const tokenizer* tok = nullptr, const row_token_callback& on_token = {}) {
+  return generate_batch<Model>(rows, std::span<const stop_criteria>(&stop, 1), tok, on_token);
+}
+
+}  // namespace sessa
+// ---- end sessa/generate/batch.hpp ------------------------------------------------------------------------------
 // ---- begin sessa/generate/evaluate.hpp -------------------------------------------------------------------------
 // sessa/generate/evaluate.hpp: how well a decoder predicts a text (mean cross-entropy).
 //

@@ -1,24 +1,26 @@
 // sessa: the command-line tool.
 //
-//   sessa info     --model M.safetensors [--config C.json]
+//   sessa info     [--model M.safetensors] [--config C.json]
 //   sessa run      --model M.safetensors --input I.safetensors --output O.safetensors
 //                  [--mode prefill|decode|chunked:N] [--precision f32|f64] [--backend NAME] [--threads N]
 //                  (NAME: cpu, reference, and the device backends of this build: thrust_omp; cuda and
 //                  thrust_cuda in the nvcc build, sessa-cuda)
 //                  [--config C.json]
-//   sessa eval     --model M.safetensors --text FILE [--window N] [--stride S] [--json]
+//   sessa eval     [--model M.safetensors] --text FILE [--window N] [--stride S] [--json]
 //                  [--precision f32|f64] [--backend NAME] [--threads N]
 //   sessa embed    --model M.safetensors --name NAME --out NAME_model.hpp
-//   sessa generate --model M.safetensors --prompt TEXT [--max-tokens N] [--temperature X] [--seed S]
+//   sessa generate [--model M.safetensors] --prompt TEXT | --prompts FILE [--max-tokens N] [--temperature X] [--seed S]
 //                  [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty X] [--repeat-last-n N] [--stop STR]...
 //                  [--save-state F] [--load-state F] [--precision f32|f64] [--backend NAME] [--threads N]
 //
+// generate, eval and info run the shipped model (linked into the program) when --model is not given.
 // Errors print one line on stderr and exit 1 (2 for usage errors); an output file is only ever written
 // whole (the writer renames a finished temporary file into place).
 #include "../common/backends.hpp"  // sessa.hpp and the Thrust backends this build has
 
 #include <sessa/io/model_file.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -32,6 +34,7 @@
 #include <iostream>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -48,6 +51,10 @@
 #define SESSA_CLI_EXTRA_BACKENDS "none (thrust_omp, cuda and thrust_cuda were not built)"
 #endif
 
+namespace sessa_cli {
+std::span<const std::byte> default_model();  // default_model.cpp
+}  // namespace sessa_cli
+
 namespace {
 
 using namespace sessa;
@@ -58,20 +65,20 @@ constexpr const char* usage_text =
     "usage: sessa <command> [options]\n"
     "\n"
     "commands:\n"
-    "  info      --model M.safetensors [--config C.json]\n"
+    "  info      [--model M.safetensors] [--config C.json]\n"
     "            print the configuration, parameter count and cache bytes per token\n"
     "  run       --model M.safetensors --input I.safetensors --output O.safetensors\n"
     "            [--mode prefill|decode|chunked:N] [--precision f32|f64] [--backend NAME]\n"
     "            [--threads N] [--config C.json]\n"
     "            run a layer on x (B,T,D) -> y, or a decoder on tokens (B,T) -> logits\n"
-    "  eval      --model M.safetensors --text FILE [--window N] [--stride S] [--json]\n"
+    "  eval      [--model M.safetensors] --text FILE [--window N] [--stride S] [--json]\n"
     "            [--precision f32|f64] [--backend NAME] [--threads N]\n"
     "            mean cross-entropy of a text (nats per token, bits per byte) in windows of N tokens\n"
     "            (default: the text, at most 512) every S tokens (default N), with tokens/s\n"
     "  embed     --model M.safetensors --name NAME --out NAME_model.hpp [--config C.json]\n"
     "            write a header with a decoder's shapes as template arguments and its weights as\n"
     "            constexpr arrays, for sessa::embedded::static_decoder (no file I/O, no heap)\n"
-    "  generate  --model M.safetensors --prompt TEXT [--max-tokens N] [--temperature X] [--seed S]\n"
+    "  generate  [--model M.safetensors] --prompt TEXT [--max-tokens N] [--temperature X] [--seed S]\n"
     "            [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty X] [--repeat-last-n N]\n"
     "            [--stop STR]... [--save-state F] [--load-state F] [--precision f32|f64]\n"
     "            [--backend NAME] [--threads N]\n"
@@ -80,6 +87,11 @@ constexpr const char* usage_text =
     "            --tokens is --max-tokens' older name; --stop may be given several times;\n"
     "            --save-state writes the conversation (cache, tokens, sampler) after generating,\n"
     "            --load-state continues one (then --prompt is optional and --seed is not allowed)\n"
+    "            --prompts FILE instead of --prompt: one prompt per line, generated together as a batch\n"
+    "            (row i samples with seed S+i; rows are printed as '[i] prompt completion')\n"
+    "\n"
+    "  without --model, generate, eval and info use the shipped model built into this program\n"
+    "  (examples/models/tiny_decoder.safetensors)\n"
     "\n"
     "  --backend NAME: cpu (default), reference, and in this build also: " SESSA_CLI_EXTRA_BACKENDS "\n"
     "\n"
@@ -95,8 +107,16 @@ struct model_source {
   io::model_info info;
 };
 
-model_source open_model(const options& o) {
-  model_source m{io::safetensors_file::load(o.need("model")), {}};
+/// --model's file, or (where `builtin_ok`) the shipped model linked into this program when --model is absent.
+model_source open_model(const options& o, bool builtin_ok = false) {
+  model_source m;
+  if (const auto path = o.get("model"); path || !builtin_ok) {
+    m.file = io::safetensors_file::load(o.need("model"));
+  } else {
+    const std::span<const std::byte> b = sessa_cli::default_model();
+    m.file = io::safetensors_file::parse(std::vector<std::byte>(b.begin(), b.end()),
+                                         "the built-in model (examples/models/tiny_decoder.safetensors)");
+  }
   if (auto cfg = o.get("config")) {
     m.info = io::read_config_json(*cfg);
     if (io::has_config_metadata(m.file)) {
@@ -151,7 +171,7 @@ void for_each_chunk(index_t T, index_t chunk, Step&& step) {
 }
 
 int cmd_info(const options& o) {
-  const model_source m = open_model(o);
+  const model_source m = open_model(o, true);
   const auto& L = m.info.config.layer;
   const bool dec = m.info.arch == io::model_arch::decoder;
   std::printf("file            %s\n", m.file.source().c_str());
@@ -267,16 +287,38 @@ sampling_params sampling_options(const options& o) {
   return p;
 }
 
+std::string read_text_file(const std::string& path);
+
+/// The prompts of --prompts FILE: one per line (a trailing '\r' dropped), blank lines skipped.
+std::vector<std::string> read_prompts(const std::string& path) {
+  std::vector<std::string> out;
+  std::istringstream in(read_text_file(path));
+  for (std::string line; std::getline(in, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") != std::string::npos) out.push_back(line);
+  }
+  if (out.empty()) throw value_error(path + ": no prompts (one per line; blank lines are skipped)");
+  return out;
+}
+
 int cmd_generate(const options& o) {
-  const model_source m = open_model(o);
+  const model_source m = open_model(o, true);
   if (m.info.arch != io::model_arch::decoder)
     throw format_error(m.file.source() + ": generate needs a decoder, the file holds a layer");
   const tokenizer tok = tokenizer::from_metadata(m.file.metadata(), m.info.config.vocab_size, m.file.source());
   const std::optional<std::string> state_in = o.get("load-state"), state_out = o.get("save-state");
+  const std::optional<std::string> prompts_file = o.get("prompts");
+  if (prompts_file && (o.get("prompt") || state_in || state_out))
+    throw usage_error("--prompts generates a batch: it does not combine with --prompt, --load-state or --save-state");
   if (state_in && o.get("seed"))
     throw usage_error("--seed with --load-state: the state carries its generator (leave --seed out)");
-  const std::string prompt = state_in ? o.get("prompt").value_or("") : o.need("prompt");
-  if (prompt.empty() && !state_in) throw usage_error("--prompt must not be empty");
+  std::vector<std::string> prompts;
+  if (prompts_file) {
+    prompts = read_prompts(*prompts_file);
+  } else {
+    prompts.push_back(state_in ? o.get("prompt").value_or("") : o.need("prompt"));
+    if (prompts[0].empty() && !state_in) throw usage_error("--prompt must not be empty");
+  }
   o.get_either("max-tokens", "tokens");
   const index_t n_new = o.integer(o.get("max-tokens") ? "max-tokens" : "tokens", 200, 0, 1 << 20);
   const sampling_params params = sampling_options(o);
@@ -286,7 +328,15 @@ int cmd_generate(const options& o) {
     if (s.empty()) throw usage_error("--stop must not be empty");
     stop.stop_strings.push_back(s);
   }
-  const std::vector<std::int64_t> tokens = tok.encode(prompt);
+  std::vector<std::vector<std::int64_t>> tokens;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    try {
+      tokens.push_back(tok.encode(prompts[i]));
+    } catch (const value_error& e) {
+      if (!prompts_file) throw;
+      throw value_error(*prompts_file + ": prompt " + std::to_string(i + 1) + ": " + e.what());
+    }
+  }
   std::optional<io::safetensors_file> state;
   index_t state_tokens = 0;
   if (state_in) {
@@ -297,15 +347,64 @@ int cmd_generate(const options& o) {
   set_threads(o);
   dispatch(o.get("precision").value_or("f32"), o.get("backend").value_or("cpu"), m.info.attention,
            [&]<class T, class B, class A>() {
-    const A variant = io::detail::variant_from(m.info, m.file.source(), A{});
-    const decoder<T, B, A> model(m.info.config, io::read_decoder_weights<T>(m.file, m.info.config), variant);
-    const index_t P = static_cast<index_t>(tokens.size());
-    const index_t capacity = state_tokens + P + std::max<index_t>(n_new, 1);
-    session<decoder<T, B, A>> s = state ? session<decoder<T, B, A>>::load(*state, model, capacity, sampler::from(params))
-                                        : session<decoder<T, B, A>>(model, capacity, sampler::from(params));
+    using model_type = decoder<T, B, A>;
     using clock = std::chrono::steady_clock;
+    const A variant = io::detail::variant_from(m.info, m.file.source(), A{});
+    const model_type model(m.info.config, io::read_decoder_weights<T>(m.file, m.info.config), variant);
+    if (prompts_file) {
+      // A batch (generate_batch): row i samples with seed S + i, so it generates what `--prompt` with `--seed S+i`
+      // does alone. When all are done the rows are printed in the order they finished, as "[i] prompt completion"
+      // (i counts from 1).
+      std::vector<session<model_type>> rows;
+      rows.reserve(prompts.size());
+      index_t prompt_tokens = 0;
+      const auto t0 = clock::now();
+      for (std::size_t i = 0; i < prompts.size(); ++i) {
+        sampling_params pi = params;
+        pi.seed = params.seed + static_cast<std::uint64_t>(i);
+        const index_t P = static_cast<index_t>(tokens[i].size());
+        rows.emplace_back(model, P + std::max<index_t>(n_new, 1), sampler::from(pi));
+        rows.back().feed(tokens[i]);
+        prompt_tokens += P;
+      }
+      const double pre = std::chrono::duration<double>(clock::now() - t0).count();
+      std::vector<session<model_type>*> ptrs;
+      for (auto& r : rows) ptrs.push_back(&r);
+      std::vector<std::string> text(rows.size());
+      std::size_t generated = 0;
+      const auto t1 = clock::now();
+      const auto results = generate_batch<model_type>(ptrs, stop, &tok, [&](index_t row, const token_event& e) {
+        text[static_cast<std::size_t>(row)] += e.text;
+        return true;
+      });
+      const double gen = std::chrono::duration<double>(clock::now() - t1).count();
+      // Rows in the order they finished (every step samples one token per running row: fewest tokens first),
+      // then by index.
+      std::vector<std::size_t> order(rows.size());
+      for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+      std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+        return results[a].tokens.size() < results[b].tokens.size();
+      });
+      for (std::size_t i : order) {
+        std::printf("[%zu] %s%s\n", i + 1, prompts[i].c_str(), text[i].c_str());
+        generated += results[i].tokens.size();
+      }
+      std::fflush(stdout);
+      std::fprintf(stderr,
+                   "[batch of %zu prompts: %lld prompt tokens in %.2f ms (%.0f tokens/s); %zu tokens generated in "
+                   "%.2f ms (%.0f tokens/s over all rows)]\n",
+                   rows.size(), static_cast<long long>(prompt_tokens), pre * 1e3,
+                   pre > 0 ? static_cast<double>(prompt_tokens) / pre : 0.0, generated, gen * 1e3,
+                   gen > 0 ? static_cast<double>(generated) / gen : 0.0);
+      return;
+    }
+    const std::string& prompt = prompts[0];
+    const index_t P = static_cast<index_t>(tokens[0].size());
+    const index_t capacity = state_tokens + P + std::max<index_t>(n_new, 1);
+    session<model_type> s = state ? session<model_type>::load(*state, model, capacity, sampler::from(params))
+                                  : session<model_type>(model, capacity, sampler::from(params));
     const auto t0 = clock::now();
-    s.feed(tokens);
+    s.feed(tokens[0]);
     const double pre = std::chrono::duration<double>(clock::now() - t0).count();
     std::fputs(prompt.c_str(), stdout);
     std::fflush(stdout);
@@ -333,7 +432,7 @@ std::string read_text_file(const std::string& path) {
 }
 
 int cmd_eval(const options& o) {
-  const model_source m = open_model(o);
+  const model_source m = open_model(o, true);
   if (m.info.arch != io::model_arch::decoder)
     throw format_error(m.file.source() + ": eval needs a decoder, the file holds a layer");
   const tokenizer tok = tokenizer::from_metadata(m.file.metadata(), m.info.config.vocab_size, m.file.source());
@@ -516,9 +615,9 @@ int main(int argc, char** argv) {
                              {"model", "input", "output", "mode", "precision", "backend", "threads", "config"}));
     if (cmd == "generate")
       return cmd_generate(options(argc, argv, 2,
-                                  {"model", "prompt", "tokens", "max-tokens", "temperature", "seed", "top-k", "top-p",
-                                   "min-p", "repeat-penalty", "repeat-last-n", "precision", "backend", "threads",
-                                   "config", "save-state", "load-state"},
+                                  {"model", "prompt", "prompts", "tokens", "max-tokens", "temperature", "seed", "top-k",
+                                   "top-p", "min-p", "repeat-penalty", "repeat-last-n", "precision", "backend",
+                                   "threads", "config", "save-state", "load-state"},
                                   {"stop"}));
     if (cmd == "eval")
       return cmd_eval(options(argc, argv, 2, {"model", "text", "window", "stride", "precision", "backend", "threads", "config"},

@@ -69,6 +69,14 @@ struct generation_result {
 };
 
 template <class Model>
+class session;
+
+namespace detail {
+template <class Model>
+class generation_run;
+}  // namespace detail
+
+template <class Model>
 class session {
  public:
   using model_type = Model;
@@ -116,64 +124,21 @@ class session {
   }
 
   /// Samples up to stop.max_tokens tokens, streaming each through `on_token` (and `tok` for the text, when
-  /// given). Needs at least one token in the session (feed a prompt first).
+  /// given). Needs at least one token in the session (feed a prompt first). generate_batch
+  /// (generate/batch.hpp) runs several sessions this same way together.
   generation_result generate(const stop_criteria& stop, const tokenizer* tok = nullptr,
                              const token_callback& on_token = {}) {
-    stop.check();
-    if (tokens_.empty()) throw value_error("generate: the session holds no tokens; feed a prompt first");
-    if (tok && tok->size() != model_->config().vocab_size)
-      throw value_error("generate: the tokenizer has " + std::to_string(tok->size()) + " tokens, the model " +
-                        std::to_string(model_->config().vocab_size));
-    using clock = std::chrono::steady_clock;
-    const auto t0 = clock::now();
-    generation_result r;
-    stop_text text(stop.stop_strings);
-    auto emit = [&](std::int64_t id, const std::string& piece, index_t index) {
-      r.text += piece;
-      return !on_token || on_token(token_event{id, piece, index});
-    };
-    bool ended = false;
-    for (index_t i = 0;; ++i) {
-      if (i == stop.max_tokens) {
-        r.reason = stop_reason::max_tokens;
-        break;
-      }
-      if (pending_) {
-        if (cache_.remaining() == 0) {
-          r.reason = stop_reason::cache_full;
-          break;
-        }
-        const std::int64_t p = *pending_;
-        run(std::span<const std::int64_t>(&p, 1));
+    detail::generation_run<Model> g(*this, stop, tok, on_token);
+    for (;;) {
+      std::optional<std::int64_t> feed;
+      if (!g.begin(feed)) break;
+      if (feed) {
+        run(std::span<const std::int64_t>(&*feed, 1));
         pending_.reset();
       }
-      const std::int64_t id = sampler_.sample(std::span<const scalar_type>(logits_));
-      sampler_.accept(id);
-      tokens_.push_back(id);
-      pending_ = id;
-      r.tokens.push_back(id);
-      if (std::find(stop.stop_tokens.begin(), stop.stop_tokens.end(), id) != stop.stop_tokens.end()) {
-        r.reason = stop_reason::stop_token;
-        break;
-      }
-      const bool go = emit(id, text.push(tok ? std::string_view(tok->piece(id)) : std::string_view()), i);
-      if (text.matched()) {
-        r.reason = stop_reason::stop_string;
-        r.stop_string = std::string(text.matched_string());
-        ended = true;
-        break;
-      }
-      if (!go) {
-        r.reason = stop_reason::cancelled;
-        break;
-      }
+      if (!g.sample()) break;
     }
-    if (!ended) {
-      const std::string rest = text.flush();
-      if (!rest.empty()) emit(-1, rest, static_cast<index_t>(r.tokens.size()));
-    }
-    r.seconds = std::chrono::duration<double>(clock::now() - t0).count();
-    return r;
+    return g.finish();
   }
 
   /// Goes back to the first n tokens of the sequence (n >= 1): the cache is truncated exactly and the logits
@@ -218,6 +183,8 @@ class session {
   static session load(const io::safetensors_file& f, const Model& model, index_t capacity, sampler s = sampler{});
 
  private:
+  friend class detail::generation_run<Model>;
+
   void run(std::span<const std::int64_t> ids) {
     const tensor<std::int64_t> t({1, static_cast<index_t>(ids.size())}, ids);
     const tensor<scalar_type> l = to_host(model_->forward(t, cache_, logits_for::last));  // (1, V)
@@ -231,6 +198,102 @@ class session {
   std::optional<std::int64_t> pending_;
   std::vector<scalar_type> logits_;
 };
+
+namespace detail {
+
+/// One generate() call on one session, as a state machine, so that a session generating alone and sessions
+/// generating together (generate_batch) take the same steps: per token, begin() says whether the run goes on and
+/// which token must first enter the cache; once it has (alone, or in a ragged step with other sessions) and
+/// the logits are in place, sample() samples, streams and checks the stop conditions; finish() ends the call.
+template <class Model>
+class generation_run {
+ public:
+  using scalar_type = typename Model::scalar_type;
+
+  generation_run(session<Model>& s, const stop_criteria& stop, const tokenizer* tok, token_callback on_token)
+      : s_(&s), stop_((stop.check(), stop)), tok_(tok), on_token_(std::move(on_token)), text_(stop.stop_strings),
+        t0_(std::chrono::steady_clock::now()) {
+    if (s.tokens_.empty()) throw value_error("generate: the session holds no tokens; feed a prompt first");
+    if (tok && tok->size() != s.model_->config().vocab_size)
+      throw value_error("generate: the tokenizer has " + std::to_string(tok->size()) + " tokens, the model " +
+                        std::to_string(s.model_->config().vocab_size));
+  }
+
+  /// Before the next token: false when the run ends here (max tokens reached, or no room for the pending
+  /// token). Otherwise `feed` is the pending token that must enter the cache before sampling, if there is one.
+  bool begin(std::optional<std::int64_t>& feed) {
+    feed.reset();
+    if (static_cast<index_t>(r_.tokens.size()) == stop_.max_tokens) {
+      r_.reason = stop_reason::max_tokens;
+      return false;
+    }
+    if (s_->pending_) {
+      if (s_->cache_.remaining() == 0) {
+        r_.reason = stop_reason::cache_full;
+        return false;
+      }
+      feed = s_->pending_;
+    }
+    return true;
+  }
+  /// The pending token entered the cache in a step with other sessions; `logits` (V) are those after it.
+  void stepped(std::span<const scalar_type> logits) {
+    s_->logits_.assign(logits.begin(), logits.end());
+    s_->pending_.reset();
+  }
+  /// Samples the next token from the session's logits, streams it, checks the stop conditions. False when the
+  /// run ended with it (a stop token or string, or the callback cancelled).
+  bool sample() {
+    const index_t i = static_cast<index_t>(r_.tokens.size());
+    const std::int64_t id = s_->sampler_.sample(std::span<const scalar_type>(s_->logits_));
+    s_->sampler_.accept(id);
+    s_->tokens_.push_back(id);
+    s_->pending_ = id;
+    r_.tokens.push_back(id);
+    if (std::find(stop_.stop_tokens.begin(), stop_.stop_tokens.end(), id) != stop_.stop_tokens.end()) {
+      r_.reason = stop_reason::stop_token;
+      return false;
+    }
+    const bool go = emit(id, text_.push(tok_ ? std::string_view(tok_->piece(id)) : std::string_view()), i);
+    if (text_.matched()) {
+      r_.reason = stop_reason::stop_string;
+      r_.stop_string = std::string(text_.matched_string());
+      matched_ = true;
+      return false;
+    }
+    if (!go) {
+      r_.reason = stop_reason::cancelled;
+      return false;
+    }
+    return true;
+  }
+  /// Releases text still held back (unless a stop string ended the run) and returns the call's result.
+  generation_result finish() {
+    if (!matched_) {
+      const std::string rest = text_.flush();
+      if (!rest.empty()) emit(-1, rest, static_cast<index_t>(r_.tokens.size()));
+    }
+    r_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    return std::move(r_);
+  }
+
+ private:
+  bool emit(std::int64_t id, const std::string& piece, index_t index) {
+    r_.text += piece;
+    return !on_token_ || on_token_(token_event{id, piece, index});
+  }
+
+  session<Model>* s_;
+  stop_criteria stop_;
+  const tokenizer* tok_;
+  token_callback on_token_;
+  stop_text text_;
+  std::chrono::steady_clock::time_point t0_;
+  generation_result r_{};
+  bool matched_ = false;
+};
+
+}  // namespace detail
 
 // ---------------------------------------------------------------------------------------------- saved state
 //

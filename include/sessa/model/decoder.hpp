@@ -3,7 +3,9 @@
 //   h_0 = embedding[tokens];  h_{l+1} = layer_l(h_l);  logits = LayerNorm(h_L; norm_f) W_head^T
 //
 // W_head is lm_head.weight, or embedding.weight when the embeddings are tied. The decoder's cache is one
-// layer_cache per layer plus one shared workspace; all layers of a decoder share one length.
+// layer_cache per layer plus one shared workspace; all layers of a decoder share one length, and all batch rows
+// of a cache share it too. Sequences of different lengths step together through step_rows, each in its own cache
+// (a ragged batch).
 #pragma once
 
 #include <algorithm>
@@ -53,6 +55,17 @@ struct decoder_cache {
                         " tokens");
     for (auto& l : layers) l.truncate(n);
   }
+};
+
+/// Scratch of a ragged step (decoder::step_rows): the layers' workspace, the residual stream of the step's rows
+/// and the token ids in the backend's space. Not state; it only keeps its memory between steps. Kernels of a
+/// step run on ws.context (its thread count or stream).
+template <numeric P, backend_tag Backend = backend::default_cpu>
+struct step_scratch {
+  using space = space_of<Backend>;
+  workspace<compute_t<P>, Backend> ws;
+  buffer<compute_t<P>, space> h;       // (rows, D)
+  buffer<std::int64_t, space> tokens;  // (rows), when the space is not the host's
 };
 
 /// Which rows of logits a forward pass produces.
@@ -256,6 +269,86 @@ class decoder {
     return forward(tokens, cache);
   }
 
+  /// Ragged step: one token for each of m sequences of different lengths, each in its own cache of batch 1.
+  /// tokens[i] (on the host) enters caches[i] at that cache's length -> logits row i (m, V). The weights are
+  /// read once for all rows (the projections and the head are GEMMs of m rows), attention and feedback run per
+  /// row against its own cache, so row i's logits are those of a decode step of caches[i] alone, within
+  /// rounding. Sequences join and leave between steps freely: this is how sessions generate together
+  /// (generate/batch.hpp). Every id, cache and room is checked before any state changes; a failure rolls every
+  /// cache back. Kernels run on scratch.ws.context.
+  void step_rows(std::span<const std::int64_t> tokens, std::span<cache_type* const> caches,
+                 step_scratch<P, Backend>& scratch, matrix<scalar_type, space> logits) const {
+    using T = scalar_type;
+    using W = weight_t<P>;
+    const index_t D = cfg_.layer.d_model, V = cfg_.vocab_size, m = static_cast<index_t>(tokens.size());
+    if (m == 0 || static_cast<index_t>(caches.size()) != m)
+      throw shape_error("decoder::step_rows: " + std::to_string(tokens.size()) + " tokens for " +
+                        std::to_string(caches.size()) + " caches; expected one token per cache, at least one");
+    if (logits.rows != m || logits.cols != V)
+      throw shape_error("decoder::step_rows: logits view is (" + std::to_string(logits.rows) + ", " +
+                        std::to_string(logits.cols) + "), expected (" + std::to_string(m) + ", " + std::to_string(V) +
+                        ")");
+    check_tokens(tokens, 1, V);
+    for (index_t i = 0; i < m; ++i) {
+      const cache_type* c = caches[static_cast<std::size_t>(i)];
+      if (!c) throw cache_error("decoder::step_rows: cache " + std::to_string(i) + " is null");
+      if (static_cast<index_t>(c->layers.size()) != cfg_.n_layers)
+        throw cache_error("decoder::step_rows: cache " + std::to_string(i) + " holds " + std::to_string(c->layers.size()) +
+                          " layers, the decoder has " + std::to_string(cfg_.n_layers) + "; make it with init_cache");
+      if (c->batch() != 1)
+        throw cache_error("decoder::step_rows: cache " + std::to_string(i) + " was made for batch " +
+                          std::to_string(c->batch()) + "; each row of a ragged step is a cache of batch 1");
+      if (c->remaining() < 1)
+        throw cache_error("decoder::step_rows: cache " + std::to_string(i) + " is full (capacity " +
+                          std::to_string(c->capacity()) + " tokens, all held)");
+      for (index_t j = 0; j < i; ++j)
+        if (caches[static_cast<std::size_t>(j)] == c)
+          throw cache_error("decoder::step_rows: caches " + std::to_string(j) + " and " + std::to_string(i) +
+                            " are the same cache (each row steps its own sequence)");
+    }
+    index_t capacity = 0;
+    for (const cache_type* c : caches) capacity = std::max(capacity, c->capacity());
+    forward_plan(m, 1, capacity, logits_for::all, false).check();
+
+    std::vector<index_t> length0(caches.size());
+    for (std::size_t i = 0; i < caches.size(); ++i) length0[i] = caches[i]->length();
+    try {
+      auto& ctx = scratch.ws.context;
+      scratch.h.reserve(m * D);
+      matrix<T, space> h(scratch.h.data(), m, D);  // (m, D) residual stream, row i of sequence i
+      backend::kernels<Backend>::embed(ctx, cmatrix<W, space>(w_.embedding.data(), V, D),
+                                       token_ids(tokens, scratch.tokens), h);
+      std::vector<layer_cache<P, Backend>*> lc(caches.size());
+      for (std::size_t l = 0; l < layers_.size(); ++l) {
+        for (std::size_t i = 0; i < caches.size(); ++i) lc[i] = &caches[i]->layers[l];
+        layers_[l].step_rows(h, std::span<layer_cache<P, Backend>* const>(lc), scratch.ws, h);
+      }
+      const T eps = static_cast<T>(cfg_.layer.ln_eps);
+      const index_t block = std::min(m, prefill_block);
+      scratch.ws.u.reserve(block * D);
+      for (index_t r0 = 0; r0 < m; r0 += block) {
+        const index_t c = std::min(block, m - r0);
+        decoder_head<Backend, P>(ctx, w_.norm_w.data(), w_.norm_b.data(), eps, w_.head_matrix().data(),
+                                 cmatrix<T, space>(h.row_block(r0, c)), 1, logits_for::all, scratch.ws.u.data(),
+                                 logits.row_block(r0, c));
+      }
+    } catch (...) {
+      for (std::size_t i = 0; i < caches.size(); ++i)
+        for (auto& l : caches[i]->layers)
+          if (l.length() > length0[i]) l.truncate(length0[i]);
+      throw;
+    }
+  }
+
+  /// The same, logits returned: (m, V) in the backend's space.
+  tensor_type step_rows(std::span<const std::int64_t> tokens, std::span<cache_type* const> caches,
+                        step_scratch<P, Backend>& scratch) const {
+    const index_t m = static_cast<index_t>(tokens.size());
+    tensor_type out(shape_t{std::max<index_t>(m, 1), cfg_.vocab_size});
+    step_rows(tokens, caches, scratch, out.as_matrix());
+    return out;
+  }
+
   /// One token per batch row: tokens (batch) -> logits (batch, V).
   tensor_type decode_step(std::span<const std::int64_t> tokens, cache_type& cache) const {
     const index_t B = static_cast<index_t>(tokens.size());
@@ -268,12 +361,16 @@ class decoder {
  private:
   /// The token ids where the kernels read them: the caller's host memory, or a copy in the backend's space.
   static pointer<const std::int64_t, space> token_ids(std::span<const std::int64_t> tokens, cache_type& cache) {
+    return token_ids(tokens, cache.tokens);
+  }
+  static pointer<const std::int64_t, space> token_ids(std::span<const std::int64_t> tokens,
+                                                      buffer<std::int64_t, space>& staging) {
     if constexpr (std::is_same_v<space, memory::host>) {
       return tokens.data();
     } else {
-      cache.tokens.reserve(static_cast<index_t>(tokens.size()));
-      memory::copy_n(tokens.data(), static_cast<index_t>(tokens.size()), cache.tokens.data());
-      return cache.tokens.data();
+      staging.reserve(static_cast<index_t>(tokens.size()));
+      memory::copy_n(tokens.data(), static_cast<index_t>(tokens.size()), staging.data());
+      return staging.data();
     }
   }
   template <class DW>

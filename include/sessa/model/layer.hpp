@@ -10,9 +10,11 @@
 #pragma once
 
 #include <algorithm>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "../attention/variants.hpp"
 #include "../backend/kernel_set.hpp"
@@ -44,28 +46,41 @@ inline constexpr index_t prefill_block = 4096;
 
 namespace detail {
 
-/// One pass of the layer's math over n = x.rows / batch tokens per sequence (shapes already checked).
+/// One pass of the layer's math over the rows of x, extending each segment's cache by its rows (shapes and
+/// room already checked).
 template <backend_tag Backend, numeric P, attention_variant Variant>
-void layer_pass(const layer_config& cfg, const layer_params<weight_t<P>, space_of<Backend>>& w, const Variant& variant,
-                cmatrix<compute_t<P>, space_of<Backend>> x, index_t batch, layer_cache<P, Backend>& cache,
-                workspace<compute_t<P>, Backend>& ws, matrix<compute_t<P>, space_of<Backend>> y) {
+void layer_pass_segments(const layer_config& cfg, const layer_params<weight_t<P>, space_of<Backend>>& w,
+                         const Variant& variant, cmatrix<compute_t<P>, space_of<Backend>> x,
+                         std::span<const cache_segment<P, Backend>> segments, workspace<compute_t<P>, Backend>& ws,
+                         matrix<compute_t<P>, space_of<Backend>> y) {
   using kernels = backend::kernels<Backend>;
   using T = compute_t<P>;
   using W = weight_t<P>;
   using S = space_of<Backend>;
   auto& ctx = ws.context;
   const index_t D = cfg.d_model, rows = x.rows;
-  ws.reserve(cfg, rows, cache.capacity());
+  index_t capacity = 0;
+  for (const auto& g : segments) capacity = std::max(capacity, g.cache->capacity());
+  ws.reserve(cfg, rows, capacity);
   matrix<T, S> u(ws.u.data(), rows, D);        // (rows, D)   LayerNorm(x), later s * z
   matrix<T, S> az(ws.az.data(), rows, 2 * D);  // (rows, 2D)  [a | z]
   matrix<T, S> s(ws.s.data(), rows, D);        // (rows, D)   mixer output
   kernels::layer_norm(ctx, x, w.ln_w, w.ln_b, static_cast<T>(cfg.ln_eps), u);
   kernels::linear(ctx, cmatrix<T, S>(u), cmatrix<W, S>(w.in_w, 2 * D, D), w.in_b, az, false);
   kernels::gelu(ctx, az.col_block(0, D));
-  mixer_extend<Backend, P>(cfg, w.mixer, variant, cmatrix<T, S>(az.col_block(0, D)), batch, cache, ws, s);
+  mixer_extend_segments<Backend, P>(cfg, w.mixer, variant, cmatrix<T, S>(az.col_block(0, D)), segments, ws, s);
   kernels::multiply(ctx, cmatrix<T, S>(s), cmatrix<T, S>(az.col_block(D, D)), u);
   if (raw(y.data) != raw(x.data)) kernels::copy(ctx, x, y);
   kernels::linear(ctx, cmatrix<T, S>(u), cmatrix<W, S>(w.out_w, D, D), w.out_b, y, /*accumulate=*/true);
+}
+
+/// One pass over n = x.rows / batch tokens per sequence of one cache.
+template <backend_tag Backend, numeric P, attention_variant Variant>
+void layer_pass(const layer_config& cfg, const layer_params<weight_t<P>, space_of<Backend>>& w, const Variant& variant,
+                cmatrix<compute_t<P>, space_of<Backend>> x, index_t batch, layer_cache<P, Backend>& cache,
+                workspace<compute_t<P>, Backend>& ws, matrix<compute_t<P>, space_of<Backend>> y) {
+  const cache_segment<P, Backend> one{&cache, 0, batch, x.rows / batch};
+  layer_pass_segments<Backend, P>(cfg, w, variant, x, std::span<const cache_segment<P, Backend>>(&one, 1), ws, y);
 }
 
 }  // namespace detail
@@ -168,6 +183,45 @@ class layer {
   void forward(cmatrix<scalar_type, space> x, index_t batch, cache_type& cache, workspace_type& ws,
                matrix<scalar_type, space> y) const {
     layer_forward<Backend, P>(cfg_, params(w_, mixer_.weights()), mixer_.variant(), x, batch, cache, ws, y);
+  }
+
+  /// Ragged step: one new token for each of m = x.rows sequences at their own lengths, row i of x (m, D) the
+  /// token of caches[i] (a cache of batch 1) -> y (m, D); y may alias x. The projections read the weights once
+  /// for all m rows; attention and feedback run per row against its own cache (model/mixer.hpp). Every cache's
+  /// room is checked first; a failure rolls every cache back.
+  void step_rows(cmatrix<scalar_type, space> x, std::span<cache_type* const> caches, workspace_type& ws,
+                 matrix<scalar_type, space> y) const {
+    const index_t m = static_cast<index_t>(caches.size());
+    if (m == 0 || x.rows != m || x.cols != cfg_.d_model || y.rows != m || y.cols != cfg_.d_model)
+      throw shape_error("layer::step_rows: x is (" + std::to_string(x.rows) + ", " + std::to_string(x.cols) +
+                        "), y is (" + std::to_string(y.rows) + ", " + std::to_string(y.cols) + ") for " +
+                        std::to_string(m) + " caches; expected both (" + std::to_string(m) + ", " +
+                        std::to_string(cfg_.d_model) + ") with at least one cache");
+    std::vector<cache_segment<P, Backend>> seg(caches.size());
+    std::vector<index_t> length0(caches.size());
+    for (index_t i = 0; i < m; ++i) {
+      cache_type* c = caches[static_cast<std::size_t>(i)];
+      if (!c) throw cache_error("layer::step_rows: cache " + std::to_string(i) + " is null");
+      for (index_t j = 0; j < i; ++j)
+        if (caches[static_cast<std::size_t>(j)] == c)
+          throw cache_error("layer::step_rows: caches " + std::to_string(j) + " and " + std::to_string(i) +
+                            " are the same cache (each row steps its own sequence)");
+      try {
+        c->require(1, 1);
+      } catch (const cache_error& e) {
+        throw cache_error("layer::step_rows: cache " + std::to_string(i) + ": " + e.what());
+      }
+      seg[static_cast<std::size_t>(i)] = {c, i, 1, 1};
+      length0[static_cast<std::size_t>(i)] = c->length();
+    }
+    try {
+      detail::layer_pass_segments<Backend, P>(cfg_, params(w_, mixer_.weights()), mixer_.variant(), x,
+                                              std::span<const cache_segment<P, Backend>>(seg), ws, y);
+    } catch (...) {
+      for (std::size_t i = 0; i < caches.size(); ++i)
+        if (caches[i]->length() > length0[i]) caches[i]->truncate(length0[i]);
+      throw;
+    }
   }
 
   /// Everything a call of `batch` x `n` tokens allocates, against a cache of `capacity` tokens (with a fresh cache

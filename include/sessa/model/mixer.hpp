@@ -9,10 +9,13 @@
 // keys, values and feedback keys to the cache, runs the forward branch and the feedback solve, and writes
 // the n outputs s. A prefill is extend() on an empty cache, a decode step is extend() with n = 1, and a
 // chunked prefill is a sequence of extend() calls: the three forms are one code path by construction,
-// and they agree to rounding with the public modules' parallel and recurrent forms.
+// and they agree to rounding with the public modules' parallel and recurrent forms. Underneath is
+// mixer_extend_segments, which also steps several caches of different lengths together (a ragged batch).
 #pragma once
 
+#include <algorithm>
 #include <cstring>
+#include <span>
 #include <utility>
 
 #include "../attention/rope.hpp"
@@ -28,23 +31,37 @@
 
 namespace sessa {
 
-/// The mixer's math on a parameter view: a (batch*n, D), rows batch-major -> s (batch*n, D); appends n
-/// tokens per batch row to the cache. The caller has checked cache.require(batch, n). Every step is a kernel
-/// of Backend (backend/kernel_set.hpp) running on ws.context; this function only sequences them. Shared by the
-/// runtime-shaped mixer below and the compile-time-shaped models of model/embedded.hpp.
+/// A run of rows of one pass that extends one cache: rows [row0, row0 + batch * n) of the pass, batch-major,
+/// are n new tokens of each of the cache's `batch` sequences, at the cache's current length.
+template <numeric P, backend_tag Backend>
+struct cache_segment {
+  layer_cache<P, Backend>* cache;
+  index_t row0;
+  index_t batch;
+  index_t n;
+};
+
+/// The mixer's math over segments: a (rows, D) -> s (rows, D), the rows of each segment appended to its cache.
+/// The projections (the weights' one read) run once over all rows; the position-dependent kernels (RoPE, cache
+/// append, attention, feedback) run per segment at that cache's own length. One segment is a prefill, a chunk
+/// or a decode step of one cache; one segment per sequence, each its own cache, is a ragged batch (sequences of
+/// different lengths stepping together, model/decoder.hpp step_rows). Both are this one code path. The caller
+/// has checked every cache's room and that no cache appears twice. Every step is a kernel of Backend
+/// (backend/kernel_set.hpp) running on ws.context; this function only sequences them.
 template <backend_tag Backend, numeric P, attention_variant Variant>
-void mixer_extend(const layer_config& cfg, const mixer_params<weight_t<P>, space_of<Backend>>& w,
-                  const Variant& variant, cmatrix<compute_t<P>, space_of<Backend>> a, index_t batch,
-                  layer_cache<P, Backend>& cache, workspace<compute_t<P>, Backend>& ws,
-                  matrix<compute_t<P>, space_of<Backend>> s) {
+void mixer_extend_segments(const layer_config& cfg, const mixer_params<weight_t<P>, space_of<Backend>>& w,
+                           const Variant& variant, cmatrix<compute_t<P>, space_of<Backend>> a,
+                           std::span<const cache_segment<P, Backend>> segments, workspace<compute_t<P>, Backend>& ws,
+                           matrix<compute_t<P>, space_of<Backend>> s) {
   using kernels = backend::kernels<Backend>;
   using T = compute_t<P>;
   using W = weight_t<P>;
   using S = space_of<Backend>;
   auto& ctx = ws.context;
-  const index_t D = cfg.d_model, kv = cfg.kv_dim(), d = cfg.head_dim(), rows = a.rows, n = rows / batch;
-  const index_t pos0 = cache.length();
-  ws.reserve(cfg, rows, cache.capacity());
+  const index_t D = cfg.d_model, kv = cfg.kv_dim(), d = cfg.head_dim(), rows = a.rows;
+  index_t capacity = 0;
+  for (const auto& g : segments) capacity = std::max(capacity, g.cache->capacity());
+  ws.reserve(cfg, rows, capacity);
 
   matrix<T, S> q(ws.q.data(), rows, D);            // (rows, D)
   matrix<T, S> kvm(ws.kv.data(), rows, 2 * kv);    // (rows, 2 kv): [k | v]
@@ -58,23 +75,45 @@ void mixer_extend(const layer_config& cfg, const mixer_params<weight_t<P>, space
   kernels::linear(ctx, a, cmatrix<W, S>(w.fb_w, 2 * D, D), w.fb_b, qbkb, false);
   kernels::linear(ctx, a, cmatrix<W, S>(w.gamma_ctx, 1, D), w.gamma_bias, gam, false);
   kernels::gain(ctx, gam.data, rows, static_cast<T>(cfg.gamma_max));
-  if (cfg.use_rope) {
-    kernels::rope(ctx, q, d, pos0, n, w.rope_inv_freq);
-    kernels::rope(ctx, kvm.col_block(0, kv), d, pos0, n, w.rope_inv_freq);
+  for (const auto& g : segments) {
+    const index_t pos0 = g.cache->length(), r = g.batch * g.n;
+    const matrix<T, S> qg = q.row_block(g.row0, r), kvg = kvm.row_block(g.row0, r);
+    if (cfg.use_rope) {
+      kernels::rope(ctx, qg, d, pos0, g.n, w.rope_inv_freq);
+      kernels::rope(ctx, kvg.col_block(0, kv), d, pos0, g.n, w.rope_inv_freq);
+    }
+    // Append the segment's k, v and k_b at positions [pos0, pos0 + n), then attend.
+    kernels::append_cache(ctx, cfg, cmatrix<T, S>(kvg), cmatrix<T, S>(qbkb.row_block(g.row0, r).col_block(D, D)),
+                          g.cache->view(), pos0, g.n);
+    kernels::attention(ctx, variant, cfg, cmatrix<T, S>(qg), std::as_const(*g.cache).view(), pos0, g.n,
+                       f.row_block(g.row0, r));
   }
-  // Append the chunk's k, v and k_b at positions [pos0, pos0 + n).
-  kernels::append_cache(ctx, cfg, cmatrix<T, S>(kvm), cmatrix<T, S>(qbkb.col_block(D, D)), cache.view(), pos0, n);
-
-  kernels::attention(ctx, variant, cfg, cmatrix<T, S>(q), std::as_const(cache).view(), pos0, n, f);
   cmatrix<T, S> f_out = f;
   if (cfg.has_out_proj()) {
     matrix<T, S> f2(ws.f2.data(), rows, D);
     kernels::linear(ctx, cmatrix<T, S>(f), cmatrix<W, S>(w.out_w, D, D), pointer<const W, S>{}, f2, false);
     f_out = f2;
   }
-  kernels::feedback(ctx, cfg, cmatrix<T, S>(qbkb.col_block(0, D)), pointer<const T, S>(gam.data), f_out,
-                    cache.view(), pos0, n, s);
-  cache.advance(n);
+  for (const auto& g : segments) {
+    const index_t pos0 = g.cache->length(), r = g.batch * g.n;
+    kernels::feedback(ctx, cfg, cmatrix<T, S>(qbkb.row_block(g.row0, r).col_block(0, D)),
+                      pointer<const T, S>(gam.data + g.row0), f_out.row_block(g.row0, r), g.cache->view(), pos0, g.n,
+                      s.row_block(g.row0, r));
+  }
+  for (const auto& g : segments) g.cache->advance(g.n);
+}
+
+/// The mixer's math on a parameter view: a (batch*n, D), rows batch-major -> s (batch*n, D); appends n
+/// tokens per batch row to the cache. The caller has checked cache.require(batch, n). One segment of
+/// mixer_extend_segments. Shared by the runtime-shaped mixer below and the compile-time-shaped models of
+/// model/embedded.hpp.
+template <backend_tag Backend, numeric P, attention_variant Variant>
+void mixer_extend(const layer_config& cfg, const mixer_params<weight_t<P>, space_of<Backend>>& w,
+                  const Variant& variant, cmatrix<compute_t<P>, space_of<Backend>> a, index_t batch,
+                  layer_cache<P, Backend>& cache, workspace<compute_t<P>, Backend>& ws,
+                  matrix<compute_t<P>, space_of<Backend>> s) {
+  const cache_segment<P, Backend> one{&cache, 0, batch, a.rows / batch};
+  mixer_extend_segments<Backend, P>(cfg, w, variant, a, std::span<const cache_segment<P, Backend>>(&one, 1), ws, s);
 }
 
 template <numeric P, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
