@@ -76,8 +76,9 @@ int main(int argc, char** argv) {
       });
       report("runtime (decoder)", backend, steps, s, t_embedded);
     };
-    run_runtime(sessa::io::load_decoder<float, sessa::backend::reference>(model_path), "reference");
-    run_runtime(sessa::io::load_decoder<float, sessa::backend::cpu>(model_path), "cpu");
+    using variant = std::remove_const_t<tiny::layer::variant_type>;  // the file's attention variant (as the header's)
+    run_runtime(sessa::io::load_decoder<float, sessa::backend::reference, variant>(model_path), "reference");
+    run_runtime(sessa::io::load_decoder<float, sessa::backend::cpu, variant>(model_path), "cpu");
     std::printf("{\"model\":\"tiny\",\"parameters\":%lld,\"weight_bytes\":%lld,\"static_state_bytes\":%lld,"
                 "\"state_capacity\":%lld}\n",
                 static_cast<long long>(sessa::parameter_count(sessa::decoder_config{

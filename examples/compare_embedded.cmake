@@ -1,7 +1,7 @@
 # Runs the embedded example and `sessa generate` on the same prompt with the same (reference) backend and
 # float32, and fails unless both print the same text.
-execute_process(COMMAND "${EMBEDDED}" "THE " 120 OUTPUT_VARIABLE embedded RESULT_VARIABLE rc1)
-execute_process(COMMAND "${CLI}" generate --model "${MODEL}" --prompt "THE " --tokens 120 --backend reference
+execute_process(COMMAND "${EMBEDDED}" "In the beginning " 120 OUTPUT_VARIABLE embedded RESULT_VARIABLE rc1)
+execute_process(COMMAND "${CLI}" generate --model "${MODEL}" --prompt "In the beginning " --tokens 120 --backend reference
                 OUTPUT_VARIABLE runtime ERROR_QUIET RESULT_VARIABLE rc2)
 if(NOT rc1 EQUAL 0 OR NOT rc2 EQUAL 0)
   message(FATAL_ERROR "a run failed: embedded ${rc1}, runtime ${rc2}")

@@ -18,7 +18,7 @@ constexpr tiny::model model(tiny::params);
 }  // namespace
 
 int main(int argc, char** argv) {
-  const char* prompt = argc > 1 ? argv[1] : "THE ";
+  const char* prompt = argc > 1 ? argv[1] : "And God said";
   const long n_new = argc > 2 ? std::atol(argv[2]) : 200;
   const long P = static_cast<long>(std::strlen(prompt));
   if (P == 0 || P + n_new > state.capacity) {

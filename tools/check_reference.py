@@ -225,7 +225,9 @@ def main():
     tiny = os.path.normpath(os.path.join(here, "..", "examples", "models", "tiny_decoder.safetensors"))
     if os.path.isfile(tiny):
         p, cfg = ref.load_model(tiny)
-        toks = torch.tensor([ref.encode_text("THE SEASONS TURNED. THE KEEPER WAS OLD AND TIRED.")])
+        vocab = ref.read_safetensors(tiny)[1]["sessa.vocab"]
+        text = "And the LORD spake unto Moses, saying, Speak unto Aaron and unto his sons, saying, On this wise"
+        toks = torch.tensor([ref.encode_text(text, vocab)])  # longer than the model's window of 64
         check_forms("tiny_decoder", p, cfg, toks, chunks=(4, 16))
     cfg = C(32, 4, 2)
     check_window(random_params(cfg, 300), cfg, random_input(cfg, 2, 19, 301))

@@ -14,5 +14,5 @@ echo
 echo "== sessa info --model $model"
 "$cli" info --model "$model"
 echo
-echo "== sessa generate --model $model --prompt 'THE SEA ' --tokens 160"
-"$cli" generate --model "$model" --prompt "THE SEA " --tokens 160
+echo "== sessa generate --model $model --prompt 'And God said' --tokens 200 --temperature 0.7 --top-k 20 --seed 1"
+"$cli" generate --model "$model" --prompt "And God said" --tokens 200 --temperature 0.7 --top-k 20 --seed 1

@@ -8,7 +8,9 @@ stopping with the first window that reaches the end; each window is one prefill 
 every token after its first. The tokenizer is the file's `sessa.vocab` (one token per character). Prints one
 JSON line (nats_per_token, bits_per_byte, tokens, bytes, windows); tests/data/eval_tiny.json was written by
 
-    /usr/bin/python3 tools/eval_reference.py examples/models/tiny_decoder.safetensors tests/data/eval_text.txt 64 48
+    /usr/bin/python3 tools/eval_reference.py examples/models/tiny_decoder.safetensors tests/data/eval_text.txt 128 96
+
+(tests/data/eval_text.txt: the first verses of the held-out text of the shipped model, tools/train_tiny.py).
 """
 import json
 import math

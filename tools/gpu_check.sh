@@ -83,7 +83,7 @@ else
 fi
 
 echo "== CLI on the GPU"
-build/gpu/sessa-cuda generate --model examples/models/tiny_decoder.safetensors --prompt "THE " --tokens 80 \
+build/gpu/sessa-cuda generate --model examples/models/tiny_decoder.safetensors --prompt "And God said" --tokens 80 \
   --backend cuda || fail=1
 
 if [ "${GPU_CHECK_QUICK:-0}" != "1" ]; then

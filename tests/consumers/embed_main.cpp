@@ -22,7 +22,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    const auto runtime = sessa::io::load_decoder<float, sessa::backend::reference>(argv[1]);
+    // The file's attention variant (the shipped model's forward branch reads a sliding window) is the header's.
+    using variant = std::remove_const_t<tiny::layer::variant_type>;
+    const auto runtime = sessa::io::load_decoder<float, sessa::backend::reference, variant>(argv[1]);
     auto cache = runtime.init_cache(1, 64);
     constexpr sessa::index_t V = tiny::spec::vocab_size;
     float logits[V];

@@ -342,9 +342,11 @@ def softmax(x, dim=-1):
 
 
 def rope_inv_freq(head_dim: int) -> torch.Tensor:
-    """omega_i = 10000^(-2i/d), i in [0, d/2): the value in double, rounded once to float32."""
-    return torch.tensor([float(np.float32(10000.0 ** (-2.0 * i / head_dim))) for i in range(head_dim // 2)],
-                        dtype=torch.float32)
+    """omega_i = 10000^(-2i/d), i in [0, d/2), as the public modules and include/sessa/attention/rope.hpp form it:
+    the exponent -2i/d in float32, the power in double, rounded once to float32. (Where -2i/d is not exact in
+    float32, e.g. d = 28, an exponent formed in double gives a different float32 omega for some i.)"""
+    exps = [np.float32(-2.0 * i) / np.float32(head_dim) for i in range(head_dim // 2)]
+    return torch.tensor([float(np.float32(10000.0 ** float(e))) for e in exps], dtype=torch.float32)
 
 
 def rope(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
@@ -640,23 +642,28 @@ def run(p, inp, cfg: Config, mode: str = "prefill"):
     raise ValueError(f"unknown mode {mode!r}")
 
 
-# Character vocabulary of the demo model: token i <-> ASCII byte 32 + i (' '..'_').
+# An uppercase character vocabulary: token i <-> ASCII byte 32 + i (' '..'_'). The shipped demo model used it
+# until it was retrained on the King James Bible; a model's own vocabulary is its file's `sessa.vocab`.
 CHARSET = "".join(chr(c) for c in range(32, 96))
 
 
-def encode_text(text: str) -> List[int]:
-    """Uppercases and maps to tokens; characters outside ' '..'_' become spaces."""
+def encode_text(text: str, vocab: Optional[str] = None) -> List[int]:
+    """Tokens of text. With vocab (a `sessa.vocab` string), token i is the character vocab[i] and a character
+    outside it is a ValueError; without, CHARSET after uppercasing, characters outside ' '..'_' becoming spaces."""
+    if vocab is not None:
+        return [vocab.index(c) for c in text]
     return [ord(c) - 32 if 32 <= ord(c) < 96 else 0 for c in text.upper()]
 
 
-def decode_text(tokens) -> str:
-    return "".join(CHARSET[int(t)] for t in tokens)
+def decode_text(tokens, vocab: Optional[str] = None) -> str:
+    return "".join((CHARSET if vocab is None else vocab)[int(t)] for t in tokens)
 
 
-def greedy_generate(p, cfg: Config, prompt: str, n_new: int) -> str:
-    """Greedy continuation with the decode form (batch 1): prompt fed token by token, then argmax."""
+def greedy_generate(p, cfg: Config, prompt: str, n_new: int, vocab: Optional[str] = None) -> str:
+    """Greedy continuation with the decode form (batch 1): prompt fed token by token, then argmax. vocab as in
+    encode_text."""
     caches = new_cache(cfg, 1, p["embedding.weight"].dtype)
-    toks = encode_text(prompt)
+    toks = encode_text(prompt, vocab)
     logits = None
     for tk in toks:
         logits = decoder_step(p, torch.tensor([tk]), caches, cfg)
@@ -665,4 +672,4 @@ def greedy_generate(p, cfg: Config, prompt: str, n_new: int) -> str:
         nxt = int(torch.argmax(logits[0]))
         out.append(nxt)
         logits = decoder_step(p, torch.tensor([nxt]), caches, cfg)
-    return decode_text(out)
+    return decode_text(out, vocab)
