@@ -8,10 +8,11 @@
 # What it does, in order (each step's output in OUT_DIR/gpu_check.log; bench lines also in OUT_DIR/bench.jsonl):
 #   1. builds with nvcc alone (no CMake, no package registry; all builds in parallel, sm_90a unless GPU_ARCH is
 #      set): the golden, model and kernel test suites for backend::thrust_cuda and backend::cuda
-#      (tests/cuda/*.cu), sessa-bench-cuda and sessa-cuda. Header-only dependencies (xsimd, Catch2) and the shared
+#      (tests/cuda/*.cu), the transposed feedback solve and influence analysis on backend::cuda
+#      (test_influence_cuda), sessa-bench-cuda and sessa-cuda. Header-only dependencies (xsimd, Catch2) and the shared
 #      golden vectors come from .gpu/ (tools/gpu_prepare.sh fills it on a machine that has them; the device
 #      tool carries it), else from /usr/include and ../shared/golden.
-#   2. runs the six test executables: every kernel against the reference backend, the golden vectors in float64
+#   2. runs the seven test executables: every kernel against the reference backend, the golden vectors in float64
 #      and float32 in the prefill, decode and chunked forms, the model properties.
 #   3. compute-sanitizer memcheck (out-of-bounds and misaligned accesses, leaks) on the kernel tests of cuda.
 #   4. the GPU rows of docs/PERFORMANCE.md: sessa-bench-cuda (D = 1024, H = Hkv = 16) with the GPU's own
@@ -60,6 +61,8 @@ for backend in thrust_cuda cuda; do
     build "$t" "tests/cuda/$t.cu" "-D$define" "${common_test[@]}" & pids+=($!)
   done
 done
+tests+=(test_influence_cuda)
+build test_influence_cuda tests/cuda/test_influence_cuda.cu -DSESSA_TEST_CUDA "${common_test[@]}" & pids+=($!)
 build sessa-bench-cuda bench/sessa_bench.cu -DSESSA_WITH_THRUST_CUDA -DSESSA_BENCH_HAVE_OPENBLAS=0 & pids+=($!)
 build sessa-cuda tools/cli/main.cu -DSESSA_WITH_THRUST_CUDA & pids+=($!)
 for p in "${pids[@]}"; do wait "$p" || fail=1; done

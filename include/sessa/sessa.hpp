@@ -9,6 +9,9 @@
 //   io/          JSON, safetensors files, model loading and saving (load_layer, load_decoder, save_model)
 //   generate/    text generation: tokenizers, samplers, stop conditions, sessions (prefill, then decode),
 //                sessions generating together (ragged batches)
+//   analysis/    memory of the feedback path: exact influence through the feedback solve and its transpose,
+//                end-to-end influence by finite differences, lag profiles and power-law fits, the paper's
+//                constructions, log-log plots as SVG
 // The device backends have their own umbrellas, sessa/thrust_omp.hpp (Thrust on OpenMP) and sessa/cuda.cuh
 // (CUDA); this header never includes Thrust or CUDA.
 //
@@ -50,3 +53,7 @@
 #include "generate/session.hpp"
 #include "generate/batch.hpp"
 #include "generate/evaluate.hpp"
+#include "analysis/influence.hpp"
+#include "analysis/profile.hpp"
+#include "analysis/constructions.hpp"
+#include "analysis/svg.hpp"

@@ -17,6 +17,9 @@
 //   io/          JSON, safetensors files, model loading and saving (load_layer, load_decoder, save_model)
 //   generate/    text generation: tokenizers, samplers, stop conditions, sessions (prefill, then decode),
 //                sessions generating together (ragged batches)
+//   analysis/    memory of the feedback path: exact influence through the feedback solve and its transpose,
+//                end-to-end influence by finite differences, lag profiles and power-law fits, the paper's
+//                constructions, log-log plots as SVG
 // The device backends have their own umbrellas, sessa/thrust_omp.hpp (Thrust on OpenMP) and sessa/cuda.cuh
 // (CUDA); this header never includes Thrust or CUDA.
 //
@@ -1225,6 +1228,14 @@ struct context {
 //            cache_view<C,S> cache, index_t pos0, index_t n, matrix<T,S> out)
 //       the feedback solve in token order: s_t = f_t + gamma_t sum_{j<t} softmax_j(qb_t . kb_j / sqrt D) s_j;
 //       writes s to out (batch*n, D) and to the cache's s rows [pos0, pos0 + n).
+//   feedback_transposed(ctx, const layer_config& c, cmatrix<T,S> qb, pointer<const T,S> gamma, cmatrix<T,S> g,
+//                       cache_view<const C,S> cache, index_t pos0, index_t n, matrix<T,S> out)
+//       the transposed solve, backward in time: for the chunk's tokens at positions [pos0, pos0 + n) (their k_b
+//       in the cache), out_j = g_j + sum_{t > j in the chunk} gamma_t alpha_{t,j} out_t, with alpha_{t,.} the
+//       softmax over the strict past [0, t) of feedback. That is out = (I - Gamma A)^{-T} g over the chunk: the
+//       adjoint of feedback with respect to f (with qb, gamma and k_b fixed, <feedback(f), g> = <f, out>), what
+//       a backward pass and the influence of every input on one output need. out (batch*n, D) may alias g;
+//       the cache is only read.
 //   copy(ctx, cmatrix<T,S> src, matrix<T,S> dst)                         dst = src (same shape, any strides)
 //   append_cache(ctx, const layer_config& c, cmatrix<T,S> kv, cmatrix<T,S> kb, cache_view<C,S> cache,
 //                index_t pos0, index_t n)
@@ -1587,6 +1598,12 @@ concept has_feedback = requires(context<B>& ctx, const layer_config& c, cmatrix<
                                 cache_view<C, S> cache, index_t i, matrix<T, S> out) {
   kernels<B>::feedback(ctx, c, qb, g, qb, cache, i, i, out);
 };
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class C = cache_t<P>>
+concept has_feedback_transposed = requires(context<B>& ctx, const layer_config& c, cmatrix<T, S> qb,
+                                           pointer<const T, S> g, cache_view<const C, S> cache, index_t i,
+                                           matrix<T, S> out) {
+  kernels<B>::feedback_transposed(ctx, c, qb, g, qb, cache, i, i, out);
+};
 template <class B, class P, class S = space_of<B>, class T = compute_t<P>>
 concept has_copy = requires(context<B>& ctx, cmatrix<T, S> src, matrix<T, S> dst) { kernels<B>::copy(ctx, src, dst); };
 template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class C = cache_t<P>>
@@ -1600,7 +1617,7 @@ concept has_embed = requires(context<B>& ctx, cmatrix<W, S> table, pointer<const
 template <class B, class P>
 concept kernel_set = has_linear<B, P> && has_layer_norm<B, P> && has_gelu<B, P> && has_multiply<B, P> &&
                      has_gain<B, P> && has_rope<B, P> && has_attention<B, P> && has_feedback<B, P> &&
-                     has_copy<B, P> && has_append_cache<B, P> && has_embed<B, P>;
+                     has_feedback_transposed<B, P> && has_copy<B, P> && has_append_cache<B, P> && has_embed<B, P>;
 
 /// Checks the kernel set at compile time with one message per missing kernel; true when complete.
 template <class B, class P>
@@ -1626,6 +1643,7 @@ consteval bool verify_kernel_set() {
     SESSA_KERNEL_CHECK_(rope);
     SESSA_KERNEL_CHECK_(attention);
     SESSA_KERNEL_CHECK_(feedback);
+    SESSA_KERNEL_CHECK_(feedback_transposed);
     SESSA_KERNEL_CHECK_(copy);
     SESSA_KERNEL_CHECK_(append_cache);
     SESSA_KERNEL_CHECK_(embed);
@@ -1650,6 +1668,7 @@ consteval bool verify_kernel_set() {
 //   rope        SPEC.md's pair rotation at absolute positions
 //   attention   forward branch: causal softmax over the variant's keys, GQA by head index h / g
 //   feedback    s_t = f_t + gamma_t * sum_{j<t} softmax_j(q_b,t . k_b,j / sqrt(D)) s_j, row 0 empty
+//   feedback_transposed   out_j = g_j + sum_{t>j} gamma_t alpha_{t,j} out_t, from the last token back
 //   copy, append_cache, embed   the row moves of the model glue
 // Every kernel reads any storage type (weights W, cache C: float, double, bfloat16, float16), widening each value
 // to the compute type T as it loads it, so the reference runs every numeric policy (core/numeric.hpp).
@@ -1843,6 +1862,42 @@ struct kernels<reference> {
     }
   }
 
+  /// From the chunk's last token back: when token t is reached every later token has pushed into out_t, so
+  /// out_t is final; its softmax row alpha_{t,.} is formed as in feedback and out_t pushed into the chunk's
+  /// earlier tokens j: out_j += gamma_t alpha_{t,j} out_t.
+  template <scalar T, class C>
+  static void feedback_transposed(context<reference>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma,
+                                  cmatrix<T> g, cache_view<const C> cache, index_t pos0, index_t n, matrix<T> out) {
+    const index_t D = c.d_model;
+    const T scale = T(1) / std::sqrt(static_cast<T>(D));
+    T* p = ctx.scratch.get<T>(0, cache.capacity());
+    for (index_t b = 0; b < cache.batch(); ++b) {
+      const cmatrix<C> Kb = cache.kb(b);
+      for (index_t i = 0; i < n; ++i)
+        if (out.row(b * n + i) != g.row(b * n + i))
+          for (index_t k = 0; k < D; ++k) out(b * n + i, k) = g(b * n + i, k);
+      for (index_t i = n - 1; i >= 0; --i) {
+        const index_t t = pos0 + i, r = b * n + i;
+        if (t == 0 || i == 0) continue;  // no past, or no earlier token of the chunk to push into
+        T mx = -std::numeric_limits<T>::infinity();
+        for (index_t j = 0; j < t; ++j) {
+          T acc = 0;
+          for (index_t k = 0; k < D; ++k) acc += qb(r, k) * widen<T>(Kb(j, k));
+          p[j] = acc * scale;
+          mx = std::max(mx, p[j]);
+        }
+        T sum = 0;
+        for (index_t j = 0; j < t; ++j) sum += (p[j] = std::exp(p[j] - mx));
+        const T* ot = out.row(r);
+        for (index_t j = pos0; j < t; ++j) {
+          const T w = gamma[r] * (p[j] / sum);
+          T* oj = out.row(b * n + (j - pos0));
+          for (index_t k = 0; k < D; ++k) oj[k] += w * ot[k];
+        }
+      }
+    }
+  }
+
   template <scalar T>
   static void copy(context<reference>&, cmatrix<T> src, matrix<T> dst) {
     for (index_t i = 0; i < src.rows; ++i)
@@ -1979,6 +2034,7 @@ class region_errors {
 //   linear      packed, cache-blocked GEMM on xsimd micro-kernels, OpenMP over output tiles (gemm.hpp)
 //   attention   flash-style forward branch: query tiles against key tiles, online softmax (attention.hpp)
 //   feedback    the blocked feedback solve with partial online-softmax states (feedback.hpp)
+//   feedback_transposed   its transpose, backward in time, blocked the same way (feedback.hpp)
 //   layer_norm, gelu, multiply, rope   O(T D), vectorized and threaded over rows (elementwise.hpp)
 // The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. The fast kernels take
 // weights and cache in the compute type (numeric policies float and double); a narrower storage type has no
@@ -3541,6 +3597,49 @@ inline void solve_columns(solve_slice<T> x, index_t nrows, index_t cols) {
   }
 }
 
+/// x[j] <- c[j] exp(x[j] - m[j]) for j in [0, n): probabilities of keys against per-column row statistics.
+template <class T>
+inline void weights_from_stats(T* x, index_t n, const T* m, const T* c) {
+  using B = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(B::size);
+  index_t j = 0;
+  for (; j + W <= n; j += W)
+    (B::load_unaligned(c + j) * xsimd::exp(B::load_unaligned(x + j) - B::load_unaligned(m + j))).store_unaligned(x + j);
+  for (; j < n; ++j) x[j] = c[j] * std::exp(x[j] - m[j]);
+}
+
+/// The in-block backward solve for `cols` columns: rows j of the block from the last back,
+/// o_j += sum_{i > j} w_ij o_i, where w (nrows, ldw) holds w_ij in row i, column j (< i).
+template <class T>
+inline void solve_block_transposed(const T* w, index_t ldw, T* o, index_t ldo, index_t nrows, index_t cols) {
+  using B = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(B::size);
+  for (index_t j = nrows - 2; j >= 0; --j) {
+    T* oj = o + j * ldo;
+    index_t c = 0;
+    for (; c + 2 * W <= cols; c += 2 * W) {
+      B a0 = B::load_unaligned(oj + c), a1 = B::load_unaligned(oj + c + W);
+      for (index_t i = j + 1; i < nrows; ++i) {
+        const B wi(w[i * ldw + j]);
+        a0 = xsimd::fma(wi, B::load_unaligned(o + i * ldo + c), a0);
+        a1 = xsimd::fma(wi, B::load_unaligned(o + i * ldo + c + W), a1);
+      }
+      a0.store_unaligned(oj + c);
+      a1.store_unaligned(oj + c + W);
+    }
+    for (; c + W <= cols; c += W) {
+      B a = B::load_unaligned(oj + c);
+      for (index_t i = j + 1; i < nrows; ++i) a = xsimd::fma(B(w[i * ldw + j]), B::load_unaligned(o + i * ldo + c), a);
+      a.store_unaligned(oj + c);
+    }
+    for (; c < cols; ++c) {
+      T a = oj[c];
+      for (index_t i = j + 1; i < nrows; ++i) a += w[i * ldw + j] * o[i * ldo + c];
+      oj[c] = a;
+    }
+  }
+}
+
 }  // namespace feedback_detail
 
 /// Feedback solve, kernels<reference>::feedback's contract: qb (batch*n, D), gamma (batch*n), f (batch*n, D)
@@ -3669,6 +3768,122 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   });
 }
 
+/// Transposed feedback solve, kernels<reference>::feedback_transposed's contract: out = (I - Gamma A)^{-T} g over
+/// the chunk's rows, backward in time, without a T x T matrix. The probabilities of row t are
+/// alpha_{t,j} = exp(S_tj - m_t) / l_t with S = qb kb^T / sqrt D; the transposed solve needs them by column, so
+/// it first forms every row's statistics (m_t, c_t = gamma_t / l_t; 0 for a row without past), then:
+///   (1) statistics: row tiles of Mt rows against key tiles of their strict past (gemm_nt, online max and sum),
+///       in parallel over row tiles;
+///   for each block J of Bk rows, from the last back (every later row of the chunk is final and has been pushed):
+///   (2) in-block weights w_ij = c_i exp(S_ij - m_i), j < i in J (gemm_nt, rows split over the threads);
+///   (3) the in-block backward solve o_j += sum_{i > j in J} w_ij o_i, column slices in parallel;
+///   (4) block J pushed into every earlier row j of the chunk: S^T = K_j Q_J^T (gemm_nt), the weights by
+///       column statistics, o_j += W^T o_J (gemm_nn), earlier rows split evenly over the threads.
+/// Scratch: slots 1 (statistics) and 2 (diagonal blocks) of `scratch`. Up to max_threads threads.
+template <scalar T>
+void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> g, cache_view<const T> cache,
+                         index_t pos0, index_t n, matrix<T> out, scratch_arena<memory::host>& scratch,
+                         int max_threads = num_threads()) {
+  using namespace flash_detail;
+  constexpr index_t W = static_cast<index_t>(xsimd::batch<T>::size);
+  const index_t D = c.d_model, batch = cache.batch(), rows = batch * n;
+  if (n <= 0 || batch <= 0) return;
+  const flash_tuning tp = flash_params;
+  const T scale = T(1) / std::sqrt(static_cast<T>(D));
+  const index_t Bk = std::max<index_t>(1, tp.fb_block), Mt = std::max<index_t>(1, tp.fb_rows);
+  const index_t Bp = std::max<index_t>(1, tp.key_tile), nblocks = (n + Bk - 1) / Bk;
+  const int nt = threads_for(6.0 * static_cast<double>(D * batch * n) * (static_cast<double>(pos0) + 0.5 * static_cast<double>(n)), max_threads);
+  T* const mrow = scratch.get<T>(1, 2 * rows);  // m (rows) | c (rows), row b * n + i
+  T* const crow = mrow + rows;
+  T* const blocks = scratch.get<T>(2, batch * Bk * Bk);
+  const index_t ptiles = (n + Mt - 1) / Mt;
+  constexpr index_t CW = 4 * W;
+  const index_t col_items = (D + CW - 1) / CW;
+  const bool alias = out.data == g.data && out.ld == g.ld;
+
+  run_team(nt, [&](const team& tm) {
+    thread_buffers<T>& tb = thread_scratch<T>();
+    tm.guard([&] { tb.s.reserve(std::max(Mt * Bp, Mt * Bk)); });
+    const index_t P = tm.size();
+    if (!alias) tm.for_static(rows, [&](index_t r) { std::copy_n(g.row(r), D, out.row(r)); });
+
+    // (1) every row's statistics over its strict past [0, t).
+    tm.for_dynamic(batch * ptiles, [&](index_t u) {
+      const index_t b = u / ptiles, i0 = (u % ptiles) * Mt, nr = std::min(Mt, n - i0), r0 = b * n + i0;
+      std::fill_n(mrow + r0, nr, neg_inf<T>);
+      std::fill_n(crow + r0, nr, T(0));  // l while the pass runs
+      const index_t kend = pos0 + i0 + nr - 1;  // the last row's strict past
+      for (index_t j0 = 0; j0 < kend; j0 += Bp) {
+        const index_t nk = std::min(Bp, kend - j0);
+        const index_t first = std::max(i0, j0 - pos0 + 1);  // the first row with t > j0
+        if (first >= i0 + nr) continue;
+        const index_t m = i0 + nr - first;
+        const matrix<T> sc(tb.s.data(), m, nk);
+        gemm_nt(qb.row_block(b * n + first, m), cache.kb(b).row_block(j0, nk), sc, scale, T(0));
+        for (index_t k = 0; k < m; ++k) {
+          const index_t r = b * n + first + k, e = std::min(nk, pos0 + first + k - j0);
+          T* sr = sc.row(k);
+          const T mx = row_max(sr, e);
+          if (mx > mrow[r]) {
+            if (mrow[r] != neg_inf<T>) crow[r] *= std::exp(mrow[r] - mx);
+            mrow[r] = mx;
+          }
+          crow[r] += exp_shifted(sr, e, mrow[r]);
+        }
+      }
+      for (index_t r = r0; r < r0 + nr; ++r) {
+        crow[r] = crow[r] > T(0) ? gamma[r] / crow[r] : T(0);
+        if (mrow[r] == neg_inf<T>) mrow[r] = T(0);  // no past: weight 0
+      }
+    });
+
+    for (index_t J = nblocks - 1; J >= 0; --J) {
+      const index_t J0 = J * Bk, nJ = std::min(Bk, n - J0);
+
+      // (2) in-block weights.
+      const index_t parts1 = std::min(nJ, P);
+      tm.for_static(batch * parts1, [&](index_t u) {
+        const index_t b = u / parts1;
+        auto [ra, rb] = part_range(0, nJ, u % parts1, parts1);
+        ra = std::max<index_t>(ra, 1);  // row 0 of the block has no in-block past
+        if (rb <= ra) return;
+        T* const w = blocks + b * Bk * Bk;
+        gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), cache.kb(b).row_block(pos0 + J0, nJ - 1),
+                matrix<T>(w + ra * Bk, rb - ra, nJ - 1, Bk), scale, T(0));
+        for (index_t i = ra; i < rb; ++i) {
+          const index_t r = b * n + J0 + i;
+          T* wr = w + i * Bk;
+          exp_shifted(wr, i, mrow[r]);
+          scale_row(wr, i, crow[r]);
+        }
+      });
+
+      // (3) the in-block backward solve.
+      tm.for_static(batch * col_items, [&](index_t u) {
+        const index_t b = u / col_items, c0 = (u % col_items) * CW;
+        feedback_detail::solve_block_transposed(blocks + b * Bk * Bk, Bk, out.row(b * n + J0) + c0, out.ld, nJ,
+                                                std::min(CW, D - c0));
+      });
+
+      // (4) block J into every earlier row of the chunk.
+      if (J0 > 0) {
+        const index_t parts = P * ((J0 + P * Mt - 1) / (P * Mt));
+        tm.for_static(batch * parts, [&](index_t u) {
+          const index_t b = u / parts;
+          const auto [ja, jb] = part_range(0, J0, u % parts, parts);
+          if (jb <= ja) return;
+          const matrix<T> sc(tb.s.data(), jb - ja, nJ);
+          gemm_nt(cache.kb(b).row_block(pos0 + ja, jb - ja), qb.row_block(b * n + J0, nJ), sc, scale, T(0));
+          for (index_t k = 0; k < jb - ja; ++k)
+            feedback_detail::weights_from_stats(sc.row(k), nJ, mrow + b * n + J0, crow + b * n + J0);
+          gemm_nn(cmatrix<T>(sc), cmatrix<T>(out.row_block(b * n + J0, nJ)), out.row_block(b * n + ja, jb - ja), T(1),
+                  T(1));
+        });
+      }
+    }
+  });
+}
+
 }  // namespace sessa::backend::simd::inline SESSA_CPU_ABI
 // ---- end sessa/backend/cpu/feedback.hpp ------------------------------------------------------------------------
 
@@ -3720,6 +3935,13 @@ struct kernels<cpu> : kernels<reference> {
   static void feedback(context<cpu>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f,
                        cache_view<T> cache, index_t pos0, index_t n, matrix<T> out) {
     simd::feedback(c, qb, gamma, f, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
+  }
+
+  /// Transposed feedback solve (blocked, feedback.hpp); same contract as kernels<reference>::feedback_transposed.
+  template <scalar T>
+  static void feedback_transposed(context<cpu>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma,
+                                  cmatrix<T> g, cache_view<const T> cache, index_t pos0, index_t n, matrix<T> out) {
+    simd::feedback_transposed(c, qb, gamma, g, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 };
 
@@ -8546,3 +8768,839 @@ evaluation evaluate(const Model& model, std::span<const std::int64_t> tokens, in
 
 }  // namespace sessa
 // ---- end sessa/generate/evaluate.hpp ---------------------------------------------------------------------------
+// ---- begin sessa/analysis/influence.hpp ------------------------------------------------------------------------
+// sessa/analysis/influence.hpp: how far a token's influence reaches, measured exactly on any weights.
+//
+// The feedback branch is linear in its input f once the routing is fixed: with A the feedback attention
+// (strictly lower triangular, rows summing to 1) and Gamma the gains, the solve is (I - Gamma A) s = f, so
+//   d s_t / d f_j = [(I - Gamma A)^{-1}]_{t,j},
+// the same number for every one of the D channels. feedback_system holds one sequence's routing (q_b, k_b,
+// gamma) and answers with the backend's own kernels, never forming a T x T matrix:
+//   columns(sources)  impulses at the source positions through the feedback solve (forward in time); D
+//                     sources share one solve, one per channel;
+//   rows(targets)     unit vectors at the target positions through the transposed solve (backward in time,
+//                     kernels<B>::feedback_transposed): the influence of every position on one output.
+// A layer's routing on its input comes from the layer's own projections (feedback_system(layer, x)).
+//
+// end_to_end_influence() measures the whole map instead, routing included: || d y_t / d x_j ||_F, the
+// Frobenius norm of the (D, D) Jacobian block of a layer's (or a stack of layers') output at t with respect
+// to its input at j, by central differences in the model's compute type (use a double policy): for a
+// direction v, J v = (y(x + eps v) - y(x - eps v)) / (2 eps) + O(eps^2). Causality makes one pass give J v at
+// every t >= j, and the caches make it cheaper still: the prefix [0, j) runs once, each perturbed pass only
+// re-runs [j, n) from the truncated caches. probes = 0 uses the D unit vectors (the exact norm, 2 D passes
+// per source); probes = K > 0 uses K random sign vectors (Hutchinson: E ||J v||^2 = ||J||_F^2, relative
+// standard deviation of the squared norm at most sqrt(2 / K)), 2 K passes. docs/MEMORY.md has the accuracy.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+
+namespace sessa::analysis {
+
+namespace detail {
+
+/// Throws value_error unless every position lies in [0, n) and there is at least one.
+inline void check_positions(std::span<const index_t> pos, index_t n, const char* what) {
+  if (pos.empty()) throw value_error(std::string("no ") + what + " positions given");
+  for (const index_t p : pos)
+    if (p < 0 || p >= n)
+      throw value_error(std::string(what) + " position " + std::to_string(p) + " is outside the sequence [0, " +
+                        std::to_string(n) + ")");
+}
+
+/// x as an (n, D) host tensor: (n, D), or (1, n, D) (one sequence).
+template <class T>
+tensor<T> one_sequence(const tensor<T>& x, index_t D, const char* what) {
+  const shape_t& s = x.shape();
+  const bool two = s.size() == 2 && s[0] > 0 && s[1] == D;
+  const bool three = s.size() == 3 && s[0] == 1 && s[1] > 0 && s[2] == D;
+  if (!two && !three)
+    throw shape_error(std::string(what) + " must have shape (tokens, " + std::to_string(D) + ") or (1, tokens, " +
+                      std::to_string(D) + ") with tokens >= 1; got " + shape_string(s));
+  return tensor<T>({s[s.size() - 2], D}, x.storage());
+}
+
+}  // namespace detail
+
+/// The feedback routing of one sequence (q_b, k_b and the gains gamma of its n tokens) and the exact linear
+/// map it defines, s = (I - Gamma A)^{-1} f, evaluated with backend B's feedback kernels. Not safe to use
+/// from two threads at once (the solves share a cache and a context).
+template <numeric P, backend_tag Backend = backend::default_cpu>
+class feedback_system {
+ public:
+  using T = compute_t<P>;
+  using space = space_of<Backend>;
+  using kernels = backend::kernels<Backend>;
+
+  /// Routing given explicitly, host tensors: qb (n, D), kb (n, D), gamma (n). c.d_model is D.
+  feedback_system(const layer_config& c, const tensor<T>& qb, const tensor<T>& kb, const tensor<T>& gamma)
+      : cfg_((c.check(), c)) {
+    const index_t D = cfg_.d_model;
+    if (qb.shape().size() != 2 || qb.shape()[0] <= 0 || qb.shape()[1] != D)
+      throw shape_error("feedback_system: qb must have shape (tokens, " + std::to_string(D) + "); got " +
+                        shape_string(qb.shape()));
+    n_ = qb.shape()[0];
+    if (kb.shape() != qb.shape())
+      throw shape_error("feedback_system: kb must have qb's shape " + shape_string(qb.shape()) + "; got " +
+                        shape_string(kb.shape()));
+    if (gamma.size() != n_)
+      throw shape_error("feedback_system: gamma must hold one gain per token (" + std::to_string(n_) + "); got " +
+                        shape_string(gamma.shape()));
+    for (index_t t = 0; t < n_; ++t)
+      if (!(std::abs(static_cast<double>(gamma[t])) < 1.0))
+        throw value_error("feedback_system: gain gamma_" + std::to_string(t) + " = " +
+                          std::to_string(static_cast<double>(gamma[t])) + " is not in (-1, 1)");
+    qb_ = to_space<space>(qb.storage());
+    gamma_ = to_space<space>(gamma.storage());
+    store_keys(to_space<space>(kb.storage()));
+  }
+
+  /// The routing layer l forms on its input x: (n, D) or (1, n, D), host. The layer's own projections
+  /// (LayerNorm, W_in, GELU, proj_fb, the gain), run by its backend's kernels.
+  template <attention_variant V>
+  feedback_system(const layer<P, Backend, V>& l, const tensor<T>& x) : cfg_(l.config()) {
+    using W = weight_t<P>;
+    const index_t D = cfg_.d_model;
+    const tensor<T> xs = detail::one_sequence(x, D, "feedback_system: the layer input x");
+    n_ = xs.shape()[0];
+    const auto w = l.weights();
+    const auto p = params(w, w.mixer);
+    const buffer<T, space> xd = to_space<space>(xs.storage());
+    buffer<T, space> u(n_ * D), az(n_ * 2 * D), qbkb(n_ * 2 * D);
+    gamma_ = buffer<T, space>(n_);
+    auto& ctx = ctx_;
+    kernels::layer_norm(ctx, cmatrix<T, space>(xd.data(), n_, D), p.ln_w, p.ln_b, static_cast<T>(cfg_.ln_eps),
+                        matrix<T, space>(u.data(), n_, D));
+    const matrix<T, space> azm(az.data(), n_, 2 * D);
+    kernels::linear(ctx, cmatrix<T, space>(u.data(), n_, D), cmatrix<W, space>(p.in_w, 2 * D, D), p.in_b, azm, false);
+    kernels::gelu(ctx, azm.col_block(0, D));
+    const cmatrix<T, space> a = azm.col_block(0, D);
+    const matrix<T, space> qk(qbkb.data(), n_, 2 * D);
+    kernels::linear(ctx, a, cmatrix<W, space>(p.mixer.fb_w, 2 * D, D), p.mixer.fb_b, qk, false);
+    kernels::linear(ctx, a, cmatrix<W, space>(p.mixer.gamma_ctx, 1, D), p.mixer.gamma_bias,
+                    matrix<T, space>(gamma_.data(), n_, 1), false);
+    kernels::gain(ctx, gamma_.data(), n_, static_cast<T>(cfg_.gamma_max));
+    qb_ = buffer<T, space>(n_ * D);
+    buffer<T, space> kb(n_ * D);
+    kernels::copy(ctx, cmatrix<T, space>(qk.col_block(0, D)), matrix<T, space>(qb_.data(), n_, D));
+    kernels::copy(ctx, cmatrix<T, space>(qk.col_block(D, D)), matrix<T, space>(kb.data(), n_, D));
+    store_keys(kb);
+  }
+
+  const layer_config& config() const noexcept { return cfg_; }
+  /// Tokens n of the sequence.
+  index_t length() const noexcept { return n_; }
+  /// The routing, on the host: q_b (n, D), k_b (n, D) (as the cache stores them), gamma (n).
+  tensor<T> qb() const { return tensor<T>({n_, cfg_.d_model}, to_host(qb_)); }
+  tensor<T> gamma() const { return tensor<T>({n_}, to_host(gamma_)); }
+
+  /// s = (I - Gamma A)^{-1} f for f (n, D), host: the feedback solve.
+  tensor<T> solve(const tensor<T>& f) const {
+    const tensor<T> fs = of_length(f, "feedback_system::solve: f");
+    const buffer<T, space> fd = to_space<space>(fs.storage());
+    buffer<T, space> out(n_ * cfg_.d_model);
+    kernels::feedback(ctx_, cfg_, qmat(), pointer<const T, space>(gamma_.data()), mat(fd), cache_.view(), 0, n_,
+                      matrix<T, space>(out.data(), n_, cfg_.d_model));
+    return tensor<T>({n_, cfg_.d_model}, to_host(out));
+  }
+
+  /// r = (I - Gamma A)^{-T} g for g (n, D), host: the transposed solve, backward in time.
+  tensor<T> solve_transposed(const tensor<T>& g) const {
+    const tensor<T> gs = of_length(g, "feedback_system::solve_transposed: g");
+    const buffer<T, space> gd = to_space<space>(gs.storage());
+    buffer<T, space> out(n_ * cfg_.d_model);
+    kernels::feedback_transposed(ctx_, cfg_, qmat(), pointer<const T, space>(gamma_.data()), mat(gd),
+                                 std::as_const(cache_).view(), 0, n_, matrix<T, space>(out.data(), n_, cfg_.d_model));
+    return tensor<T>({n_, cfg_.d_model}, to_host(out));
+  }
+
+  /// (n, k): column c is d s_t / d f_{sources[c]} for every t (0 before the source, 1 at it).
+  tensor<T> columns(std::span<const index_t> sources) const {
+    detail::check_positions(sources, n_, "source");
+    return unit_solves(sources, false);
+  }
+
+  /// (k, n): row r is d s_{targets[r]} / d f_j for every j (0 after the target, 1 at it).
+  tensor<T> rows(std::span<const index_t> targets) const {
+    detail::check_positions(targets, n_, "target");
+    const tensor<T> cols = unit_solves(targets, true);  // (n, k)
+    const index_t k = static_cast<index_t>(targets.size());
+    tensor<T> r({k, n_});
+    for (index_t c = 0; c < k; ++c)
+      for (index_t j = 0; j < n_; ++j) r[c * n_ + j] = cols[j * k + c];
+    return r;
+  }
+
+ private:
+  /// v as (n, D): (n, D) or (1, n, D) with this system's n.
+  tensor<T> of_length(const tensor<T>& v, const char* what) const {
+    tensor<T> r = detail::one_sequence(v, cfg_.d_model, what);
+    if (r.shape()[0] != n_)
+      throw shape_error(std::string(what) + " has " + std::to_string(r.shape()[0]) + " tokens; the system has " +
+                        std::to_string(n_));
+    return r;
+  }
+  cmatrix<T, space> qmat() const { return cmatrix<T, space>(qb_.data(), n_, cfg_.d_model); }
+  cmatrix<T, space> mat(const buffer<T, space>& b) const { return cmatrix<T, space>(b.data(), n_, cfg_.d_model); }
+
+  /// k_b (n, D) into a cache of its own (forward keys and values zero: the feedback kernels do not read them).
+  void store_keys(const buffer<T, space>& kb) {
+    const index_t D = cfg_.d_model;
+    cache_ = layer_cache<P, Backend>(cfg_, 1, n_);
+    buffer<T, space> kv(n_ * 2 * cfg_.kv_dim());
+    kv.zero();
+    kernels::append_cache(ctx_, cfg_, cmatrix<T, space>(kv.data(), n_, 2 * cfg_.kv_dim()), mat(kb), cache_.view(), 0,
+                          n_);
+    cache_.advance(n_);
+    (void)D;
+  }
+
+  /// Unit vectors at `pos` (position pos[c] in channel c % D, D of them per solve), solved forward (columns of
+  /// the inverse) or transposed (its rows); result (n, k) with column c the answer for pos[c].
+  tensor<T> unit_solves(std::span<const index_t> pos, bool transposed) const {
+    const index_t D = cfg_.d_model, k = static_cast<index_t>(pos.size());
+    tensor<T> result({n_, k}, T(0));
+    for (index_t c0 = 0; c0 < k; c0 += D) {
+      const index_t m = std::min(D, k - c0);
+      tensor<T> e({n_, D}, T(0));
+      for (index_t c = 0; c < m; ++c) e[pos[static_cast<std::size_t>(c0 + c)] * D + c] = T(1);
+      const tensor<T> s = transposed ? solve_transposed(e) : solve(e);
+      for (index_t t = 0; t < n_; ++t)
+        for (index_t c = 0; c < m; ++c) result[t * k + c0 + c] = s[t * D + c];
+    }
+    return result;
+  }
+
+  layer_config cfg_;
+  index_t n_ = 0;
+  buffer<T, space> qb_, gamma_;
+  mutable layer_cache<P, Backend> cache_;        // k_b of the sequence; the forward solve writes its s rows
+  mutable backend::context<Backend> ctx_;
+};
+
+/// Options of end_to_end_influence.
+struct finite_difference_options {
+  index_t probes = 0;          // 0: the D unit directions (exact norm); K > 0: K random sign directions
+  double epsilon = 1e-5;       // step of the central differences (per unit entry of a direction)
+  std::uint64_t seed = 1;      // random directions
+};
+
+namespace detail {
+
+/// || d y_t / d x_j ||_F for every source j and t, y = layers[L-1](...layers[0](x)), x (n, D) host.
+/// Returns (k, n), row c for sources[c] (0 before the source).
+template <class Layer>
+tensor<double> stack_influence(std::span<const Layer* const> layers, const tensor<typename Layer::scalar_type>& x,
+                               std::span<const index_t> sources, const finite_difference_options& o) {
+  using T = typename Layer::scalar_type;
+  using S = typename Layer::space;
+  if (layers.empty()) throw value_error("end_to_end_influence: no layers");
+  const index_t D = layers.front()->config().d_model, n = x.shape()[0];
+  check_positions(sources, n, "source");
+  if (o.probes < 0) throw value_error("end_to_end_influence: probes must be 0 (every direction) or positive, got " +
+                                      std::to_string(o.probes));
+  if (!(o.epsilon > 0.0) || !std::isfinite(o.epsilon))
+    throw value_error("end_to_end_influence: epsilon must be positive and finite, got " + std::to_string(o.epsilon));
+  std::vector<typename Layer::cache_type> caches;
+  for (const Layer* l : layers) caches.push_back(l->init_cache(1, n));
+
+  // Runs rows [j, n) of x (rows of xs) through the stack from caches holding [0, j); returns (n - j, D) host.
+  auto run_from = [&](index_t j, const tensor<T>& xs) {
+    tensor<T, S> h = to_space<S>(xs);
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      caches[l].truncate(j);
+      h = layers[l]->forward(h, caches[l]);
+    }
+    return to_host(h);
+  };
+  (void)run_from(0, tensor<T>({1, n, D}, x.storage()));  // every cache holds the whole sequence
+
+  const index_t k = static_cast<index_t>(sources.size());
+  const index_t dirs = o.probes == 0 ? D : o.probes;
+  const T eps = static_cast<T>(o.epsilon);
+  random_stream rng(o.seed);
+  tensor<double> result({k, n}, 0.0);
+  std::vector<T> v(static_cast<std::size_t>(D));
+  for (index_t c = 0; c < k; ++c) {
+    const index_t j = sources[static_cast<std::size_t>(c)], m = n - j;
+    std::vector<double> sq(static_cast<std::size_t>(m), 0.0);
+    for (index_t dir = 0; dir < dirs; ++dir) {
+      for (index_t e = 0; e < D; ++e)
+        v[static_cast<std::size_t>(e)] = o.probes == 0 ? T(e == dir ? 1 : 0) : T((rng.next() >> 63) ? 1 : -1);
+      tensor<T> plus({1, m, D}), minus({1, m, D});
+      for (index_t r = 0; r < m; ++r)
+        for (index_t e = 0; e < D; ++e) plus[r * D + e] = minus[r * D + e] = x[(j + r) * D + e];
+      for (index_t e = 0; e < D; ++e) {
+        plus[e] += eps * v[static_cast<std::size_t>(e)];
+        minus[e] -= eps * v[static_cast<std::size_t>(e)];
+      }
+      const tensor<T> yp = run_from(j, plus), ym = run_from(j, minus);
+      for (index_t r = 0; r < m; ++r) {
+        double acc = 0;
+        for (index_t e = 0; e < D; ++e) {
+          const double dv = (static_cast<double>(yp[r * D + e]) - static_cast<double>(ym[r * D + e])) / (2.0 * o.epsilon);
+          acc += dv * dv;
+        }
+        sq[static_cast<std::size_t>(r)] += acc;
+      }
+    }
+    // Back to the unperturbed sequence: the next source's prefix must not hold this one's last perturbation.
+    tensor<T> base({1, m, D});
+    for (index_t i = 0; i < m * D; ++i) base[i] = x[j * D + i];
+    (void)run_from(j, base);
+    const double norm = o.probes == 0 ? 1.0 : 1.0 / static_cast<double>(o.probes);
+    for (index_t r = 0; r < m; ++r) result[c * n + j + r] = std::sqrt(sq[static_cast<std::size_t>(r)] * norm);
+  }
+  return result;
+}
+
+}  // namespace detail
+
+/// || d y_t / d x_j ||_F of a layer, x (n, D) or (1, n, D) host: (k, n), row c for sources[c].
+template <numeric P, backend_tag Backend, attention_variant V>
+tensor<double> end_to_end_influence(const layer<P, Backend, V>& l, const tensor<compute_t<P>>& x,
+                                    std::span<const index_t> sources, const finite_difference_options& o = {}) {
+  const layer<P, Backend, V>* one[] = {&l};
+  return detail::stack_influence<layer<P, Backend, V>>(
+      one, detail::one_sequence(x, l.config().d_model, "end_to_end_influence: x"), sources, o);
+}
+
+/// The hidden states of a decoder on one token sequence, host: the embeddings h_0 and, with `upto` = l, the
+/// input of layer l (h_l; upto = 0 gives the embeddings). Token ids are checked.
+template <class Decoder>
+tensor<compute_t<typename Decoder::precision_type>> hidden_states(const Decoder& m, std::span<const std::int64_t> tokens,
+                                                                   index_t upto = 0) {
+  using T = compute_t<typename Decoder::precision_type>;
+  using S = typename Decoder::space;
+  const index_t D = m.config().layer.d_model, n = static_cast<index_t>(tokens.size());
+  const index_t L = static_cast<index_t>(m.layers().size());
+  if (n <= 0) throw value_error("hidden_states: no tokens");
+  if (upto < 0 || upto > L)
+    throw value_error("hidden_states: layer " + std::to_string(upto) + " is outside [0, " + std::to_string(L) + "]");
+  const index_t V = m.config().vocab_size;
+  for (index_t r = 0; r < n; ++r)
+    if (tokens[static_cast<std::size_t>(r)] < 0 || tokens[static_cast<std::size_t>(r)] >= V)
+      throw value_error("hidden_states: token " + std::to_string(tokens[static_cast<std::size_t>(r)]) +
+                        " at position " + std::to_string(r) + " is outside the vocabulary [0, " + std::to_string(V) +
+                        ")");
+  const auto w = m.weights();
+  const tensor<typename Decoder::weights_type::value_type> table = tensor<typename Decoder::weights_type::value_type>(
+      {V, D}, to_host(w.embedding));
+  tensor<T> h({1, n, D});
+  for (index_t r = 0; r < n; ++r)
+    for (index_t e = 0; e < D; ++e) h[r * D + e] = widen<T>(table[tokens[static_cast<std::size_t>(r)] * D + e]);
+  for (index_t l = 0; l < upto; ++l) {
+    auto& layer = m.layers()[static_cast<std::size_t>(l)];
+    auto cache = layer.init_cache(1, n);
+    h = to_host(layer.forward(to_space<S>(h), cache));
+  }
+  return tensor<T>({n, D}, h.storage());
+}
+
+/// || d h_L,t / d h_0,j ||_F of a decoder: the final hidden states (the last layer's output, before norm_f and
+/// the head) against the embedding rows, on one token sequence; (k, n), row c for sources[c].
+template <class Decoder>
+tensor<double> end_to_end_influence(const Decoder& m, std::span<const std::int64_t> tokens,
+                                    std::span<const index_t> sources, const finite_difference_options& o = {}) {
+  using Layer = typename Decoder::layer_type;
+  std::vector<const Layer*> ls;
+  for (const auto& l : m.layers()) ls.push_back(&l);
+  return detail::stack_influence<Layer>(std::span<const Layer* const>(ls), hidden_states(m, tokens, 0), sources, o);
+}
+
+}  // namespace sessa::analysis
+// ---- end sessa/analysis/influence.hpp --------------------------------------------------------------------------
+// ---- begin sessa/analysis/profile.hpp --------------------------------------------------------------------------
+// sessa/analysis/profile.hpp: influence against the lag, its power-law exponent, and the curves it is compared with.
+//
+// A profile takes the influence of a few source positions j on every later position t (analysis/influence.hpp)
+// and reads it against the lag l = t - j: at each lag of a log-spaced grid, the median and two percentiles of
+// |influence| over the sources that reach that lag. Query positions are never averaged (that flattens the
+// exponent); each source contributes its own curve. fit_power_law fits log median = c - beta log l by least
+// squares over the grid points of a lag range (log-spaced, so every decade weighs the same) and reports beta.
+
+#include <algorithm>
+#include <cmath>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+
+namespace sessa::analysis {
+
+/// Every lag from 1 to min(max_lag, per_decade), then per_decade log-spaced lags per decade up to max_lag
+/// (distinct, increasing, max_lag included).
+inline std::vector<index_t> lag_grid(index_t max_lag, index_t per_decade = 32) {
+  std::vector<index_t> g;
+  if (max_lag < 1) return g;
+  per_decade = std::max<index_t>(1, per_decade);
+  for (index_t l = 1; l <= std::min(max_lag, per_decade); ++l) g.push_back(l);
+  for (index_t k = 0;; ++k) {
+    const double v = std::pow(10.0, std::log10(static_cast<double>(per_decade)) + static_cast<double>(k) / static_cast<double>(per_decade));
+    const index_t l = static_cast<index_t>(std::llround(v));
+    if (l > max_lag) break;
+    if (l > g.back()) g.push_back(l);
+  }
+  if (g.back() != max_lag) g.push_back(max_lag);
+  return g;
+}
+
+/// Influence against the lag over several sources.
+struct lag_profile {
+  std::vector<index_t> lags;     // the grid
+  std::vector<double> median;    // median |influence| over the sources reaching each lag
+  std::vector<double> low, high; // the low_q and high_q quantiles
+  std::vector<index_t> sources;  // sources at each lag (all of them: the grid stops at full_lag)
+  double low_q = 0.1, high_q = 0.9;
+
+  index_t full_lag = 0;           // the largest lag every source reaches
+};
+
+namespace detail {
+/// Quantile q of sorted values, linear between order statistics.
+inline double quantile_sorted(const std::vector<double>& v, double q) {
+  if (v.empty()) return 0.0;
+  const double pos = q * static_cast<double>(v.size() - 1);
+  const std::size_t i = static_cast<std::size_t>(pos);
+  const double f = pos - static_cast<double>(i);
+  return i + 1 < v.size() ? v[i] * (1.0 - f) + v[i + 1] * f : v[i];
+}
+}  // namespace detail
+
+/// influence (k, n): row c the influence of sources[c] on every position t (as end_to_end_influence returns, and
+/// feedback_system::columns transposed). The grid runs to the largest lag every source reaches, so each point
+/// has all the sources.
+inline lag_profile profile_by_lag(const tensor<double>& influence, std::span<const index_t> sources,
+                                  double low_q = 0.1, double high_q = 0.9, index_t per_decade = 32) {
+  const shape_t& s = influence.shape();
+  const index_t k = static_cast<index_t>(sources.size());
+  if (s.size() != 2 || s[0] != k || k == 0)
+    throw shape_error("profile_by_lag: influence must have shape (" + std::to_string(k) +
+                      ", tokens), one row per source; got " + shape_string(s));
+  if (!(0.0 <= low_q && low_q <= 0.5 && 0.5 <= high_q && high_q <= 1.0))
+    throw value_error("profile_by_lag: quantiles must satisfy 0 <= low <= 0.5 <= high <= 1");
+  const index_t n = s[1];
+  index_t full = n;
+  for (const index_t j : sources) {
+    full = std::min(full, n - 1 - j);
+    if (j < 0 || j >= n) throw value_error("profile_by_lag: source " + std::to_string(j) + " outside [0, " + std::to_string(n) + ")");
+  }
+  lag_profile p;
+  p.low_q = low_q;
+  p.high_q = high_q;
+  if (full < 1)
+    throw value_error("profile_by_lag: a source at the last token (" + std::to_string(n - 1) + ") leaves no lag to measure");
+  p.full_lag = full;
+  p.lags = lag_grid(full, per_decade);  // past `full` fewer sources remain: the band and median would thin out
+  std::vector<double> v;
+  for (const index_t l : p.lags) {
+    v.clear();
+    for (index_t c = 0; c < k; ++c) {
+      const index_t t = sources[static_cast<std::size_t>(c)] + l;
+      if (t < n) v.push_back(std::abs(influence[c * n + t]));
+    }
+    std::sort(v.begin(), v.end());
+    p.median.push_back(detail::quantile_sorted(v, 0.5));
+    p.low.push_back(detail::quantile_sorted(v, low_q));
+    p.high.push_back(detail::quantile_sorted(v, high_q));
+    p.sources.push_back(static_cast<index_t>(v.size()));
+  }
+  return p;
+}
+
+/// A power law c * l^(-exponent) fitted to a profile's median.
+struct power_fit {
+  double exponent = 0.0;   // beta: influence ~ l^(-beta)
+  double log_scale = 0.0;  // c = exp(log_scale)
+  double r2 = 0.0;         // coefficient of determination of the log-log fit
+  index_t lag_min = 0, lag_max = 0;
+  index_t points = 0;
+
+  double at(double lag) const { return std::exp(log_scale - exponent * std::log(lag)); }
+};
+
+/// Least squares of log median against log lag over the grid lags in [lag_min, lag_max] with a positive median.
+/// Throws value_error when fewer than 3 points qualify.
+inline power_fit fit_power_law(const lag_profile& p, index_t lag_min, index_t lag_max) {
+  if (lag_min < 1 || lag_max <= lag_min)
+    throw value_error("fit_power_law: the fit range [" + std::to_string(lag_min) + ", " + std::to_string(lag_max) +
+                      "] must satisfy 1 <= min < max");
+  double sx = 0, sy = 0, sxx = 0, sxy = 0, syy = 0;
+  index_t m = 0;
+  for (std::size_t i = 0; i < p.lags.size(); ++i) {
+    if (p.lags[i] < lag_min || p.lags[i] > lag_max || !(p.median[i] > 0.0) || !std::isfinite(p.median[i])) continue;
+    const double x = std::log(static_cast<double>(p.lags[i])), y = std::log(p.median[i]);
+    sx += x, sy += y, sxx += x * x, sxy += x * y, syy += y * y;
+    ++m;
+  }
+  if (m < 3)
+    throw value_error("fit_power_law: only " + std::to_string(m) + " lags with a positive influence in [" +
+                      std::to_string(lag_min) + ", " + std::to_string(lag_max) + "]; need at least 3 (a longer sequence "
+                      "or a wider range)");
+  const double dm = static_cast<double>(m);
+  const double vx = sxx - sx * sx / dm, vy = syy - sy * sy / dm, cxy = sxy - sx * sy / dm;
+  power_fit f;
+  const double slope = vx > 0 ? cxy / vx : 0.0;
+  f.exponent = -slope;
+  f.log_scale = (sy - slope * sx) / dm;
+  f.r2 = vx > 0 && vy > 0 ? (cxy * cxy) / (vx * vy) : 1.0;
+  f.lag_min = lag_min;
+  f.lag_max = lag_max;
+  f.points = m;
+  return f;
+}
+
+/// The default fit range of a profile: [full / 200, full / 2] with full the largest lag every source reaches
+/// (two decades and more, clear of both ends), at least [1, 3].
+inline std::pair<index_t, index_t> default_fit_range(const lag_profile& p) {
+  const index_t full = p.full_lag;
+  const index_t lo = std::max<index_t>(1, static_cast<index_t>(std::llround(static_cast<double>(full) / 200.0)));
+  return {lo, std::max<index_t>(lo + 2, full / 2)};
+}
+
+/// The lag at which the median first falls to half its value at the grid's first lag, interpolated on log
+/// scales; 0 when it never does.
+inline double half_life(const lag_profile& p) {
+  if (p.median.empty() || !(p.median[0] > 0.0)) return 0.0;
+  const double target = 0.5 * p.median[0];
+  for (std::size_t i = 1; i < p.median.size(); ++i)
+    if (p.median[i] <= target) {
+      const double y0 = std::log(p.median[i - 1]), y1 = std::log(std::max(p.median[i], 1e-300));
+      const double x0 = std::log(static_cast<double>(p.lags[i - 1])), x1 = std::log(static_cast<double>(p.lags[i]));
+      const double f = y1 != y0 ? (std::log(target) - y0) / (y1 - y0) : 0.0;
+      return std::exp(x0 + f * (x1 - x0));
+    }
+  return 0.0;
+}
+
+/// The comparison curves on a profile's grid, both through the median at the first lag l0:
+///   diffuse:      a single diffuse attention read, weight 1 / l (scaled to m(l0) at l0);
+///   exponential:  a gated recurrence with the profile's half-life h: m(l0) 2^(-(l - l0) / h).
+struct reference_curves {
+  std::vector<double> diffuse, exponential;
+  double half_life = 0.0;
+};
+inline reference_curves comparison_curves(const lag_profile& p) {
+  reference_curves r;
+  if (p.lags.empty()) return r;
+  const double l0 = static_cast<double>(p.lags[0]), m0 = p.median[0];
+  r.half_life = half_life(p);
+  for (const index_t l : p.lags) {
+    const double x = static_cast<double>(l);
+    r.diffuse.push_back(m0 * l0 / x);
+    r.exponential.push_back(r.half_life > 0 ? m0 * std::exp2(-(x - l0) / r.half_life) : 0.0);
+  }
+  return r;
+}
+
+}  // namespace sessa::analysis
+// ---- end sessa/analysis/profile.hpp ----------------------------------------------------------------------------
+// ---- begin sessa/analysis/constructions.hpp --------------------------------------------------------------------
+// sessa/analysis/constructions.hpp: weights set by hand that show the two memory regimes of the feedback branch.
+//
+//   uniform_routing(n, gamma)   the paper's construction (SPEC.md, last section): q_b = k_b = 0, so every token
+//                               attends uniformly to its strict past (alpha_{t,s} = 1/t), with a constant gain
+//                               gamma. An impulse at token 0 reaches s_t with weight
+//                               (gamma / t) prod_{k=1}^{t-1} (1 + gamma / k) ~ gamma t^(gamma - 1) / Gamma(1 + gamma):
+//                               a power law in the lag with exponent beta = 1 - gamma.
+//   retrieval_construction(n)   a whole layer (D = 8) whose feedback keys single out one marker token: its
+//                               feedback key is K e_0, every other token's is 0, and every query is Q e_0, so
+//                               after the marker every token's feedback attention puts all but
+//                               ~t exp(-QK / sqrt D) of its weight on it and d s_t / d f_marker stays at the
+//                               gain: an influence that does not decay, and is selective (it is the marker's
+//                               content, not its position, that is retrieved).
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+
+namespace sessa::analysis {
+
+/// Channels of the uniform construction's system (one source per channel per solve).
+inline constexpr index_t uniform_channels = 4;
+
+/// The uniform-routing feedback system of n tokens with constant gain gamma in (0, 1).
+template <numeric P, backend_tag Backend = backend::default_cpu>
+feedback_system<P, Backend> uniform_routing(index_t n, double gamma) {
+  using T = compute_t<P>;
+  if (n < 2) throw value_error("uniform_routing: the sequence needs at least 2 tokens, got " + std::to_string(n));
+  if (!(gamma > 0.0 && gamma < 1.0))
+    throw value_error("uniform_routing: the gain gamma must lie in (0, 1), got " + std::to_string(gamma));
+  const index_t D = uniform_channels;
+  const layer_config c{D, 1, 1, false, 0.999, 1e-5};
+  const tensor<T> zeros({n, D}, T(0));
+  return feedback_system<P, Backend>(c, zeros, zeros, tensor<T>({n}, static_cast<T>(gamma)));
+}
+
+/// A layer and an input that make one token's influence on the feedback constant in the lag.
+struct retrieval_case {
+  layer_config config;           // D = 8, H = 2, Hkv = 1, no RoPE
+  layer_weights<double> weights;
+  tensor<double> x;              // (n, D): one-hot rows; the marker's row is e_0, every other row e_c, c in [1, D)
+  index_t marker = 0;
+  double gain = 0.0;             // the constant feedback gain, the influence's value
+  double score_gap = 0.0;        // Q K / sqrt D: the marker's logit over every other token's
+};
+
+/// n tokens with the marker at position `marker`; gain in (0, 0.999); the other tokens' channels from `seed`.
+inline retrieval_case retrieval_construction(index_t n, index_t marker = 10, double gain = 0.9, std::uint64_t seed = 1) {
+  const index_t D = 8;
+  if (n < 2) throw value_error("retrieval_construction: the sequence needs at least 2 tokens, got " + std::to_string(n));
+  if (marker < 0 || marker >= n - 1)
+    throw value_error("retrieval_construction: the marker position " + std::to_string(marker) +
+                      " must lie in [0, n - 1) = [0, " + std::to_string(n - 1) + ")");
+  retrieval_case r;
+  r.config = layer_config{D, 2, 1, false, 0.999, 1e-5};
+  if (!(gain > 0.0 && gain < r.config.gamma_max))
+    throw value_error("retrieval_construction: the gain must lie in (0, " + std::to_string(r.config.gamma_max) +
+                      "), got " + std::to_string(gain));
+  r.marker = marker;
+  r.gain = gain;
+  // Forward branch and everything else random; then the parts that make the construction, by hand.
+  r.weights = random_layer_weights<double>(r.config, seed);
+  layer_weights<double>& w = r.weights;
+  auto fill = [](buffer<double>& b, double v) { std::fill_n(b.data(), b.size(), v); };
+  fill(w.ln_w, 1.0);
+  fill(w.ln_b, 0.0);
+  // W_in: a = u (identity), z = 1 (bias), so s * z = s.
+  fill(w.in_w, 0.0);
+  fill(w.in_b, 0.0);
+  for (index_t k = 0; k < D; ++k) {
+    w.in_w[k * D + k] = 1.0;
+    w.in_b[D + k] = 1.0;
+  }
+  // LayerNorm of a one-hot row: the hot entry and the others; GELU of channel 0 for the marker and the rest.
+  const double var = static_cast<double>(D - 1) / static_cast<double>(D * D);
+  const double inv = 1.0 / std::sqrt(var + r.config.ln_eps);
+  const double hot = (1.0 - 1.0 / static_cast<double>(D)) * inv, cold = (-1.0 / static_cast<double>(D)) * inv;
+  auto gelu = [](double a) { return 0.5 * a * (1.0 + std::erf(a / std::sqrt(2.0))); };
+  const double g_hot = gelu(hot), g_cold = gelu(cold);
+  const double K = 10.0, Q = 10.0;
+  // proj_fb: q_b = Q e_0 (bias only); k_b[0] = K (a_0 - g_cold) / (g_hot - g_cold): K for the marker, 0 otherwise.
+  fill(w.mixer.fb_w, 0.0);
+  fill(w.mixer.fb_b, 0.0);
+  w.mixer.fb_b[0] = Q;
+  const double slope = K / (g_hot - g_cold);
+  w.mixer.fb_w[D * D + 0] = slope;  // row D (k_b channel 0), column 0
+  w.mixer.fb_b[D] = -g_cold * slope;
+  // A constant gain: gamma = gamma_max tanh(gamma_bias).
+  fill(w.mixer.gamma_ctx, 0.0);
+  w.mixer.gamma_bias[0] = std::atanh(gain / r.config.gamma_max);
+  // W_out: identity, so the layer's output carries s.
+  fill(w.out_w, 0.0);
+  fill(w.out_b, 0.0);
+  for (index_t k = 0; k < D; ++k) w.out_w[k * D + k] = 1.0;
+  r.score_gap = Q * K / std::sqrt(static_cast<double>(D));
+
+  random_stream rng(seed ^ 0x5bd1e995u);
+  r.x = tensor<double>({n, D}, 0.0);
+  for (index_t t = 0; t < n; ++t) {
+    const index_t c = t == marker ? 0 : 1 + static_cast<index_t>(rng.next() % static_cast<std::uint64_t>(D - 1));
+    r.x[t * D + c] = 1.0;
+  }
+  return r;
+}
+
+}  // namespace sessa::analysis
+// ---- end sessa/analysis/constructions.hpp ----------------------------------------------------------------------
+// ---- begin sessa/analysis/svg.hpp ------------------------------------------------------------------------------
+// sessa/analysis/svg.hpp: a self-contained log-log plot as SVG text (no tools needed to read it).
+//
+// Lines (solid or dashed) and shaded bands on decade-aligned log axes, with major ticks and labels at every
+// power of ten, minor ticks at 2..9, axis titles, a title, a legend and free notes under the legend.
+// Values that are not positive, or below the y range (which spans at most `max_decades` under the largest
+// value), break a line instead of being drawn.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+namespace sessa::analysis {
+
+struct plot_line {
+  std::string label;
+  std::vector<double> x, y;
+  std::string color = "#1f77b4";
+  bool dashed = false;
+  double width = 2.0;
+};
+
+struct plot_band {
+  std::string label;
+  std::vector<double> x, low, high;
+  std::string color = "#1f77b4";
+  double opacity = 0.2;
+};
+
+struct loglog_plot {
+  std::string title, x_label, y_label;
+  std::vector<plot_band> bands;
+  std::vector<plot_line> lines;
+  std::vector<std::string> notes;  // lines of text under the legend
+  int width = 720, height = 480;
+  double max_decades = 8.0;  // the y range spans at most this many decades below the largest value
+};
+
+namespace detail {
+
+inline std::string svg_escape(const std::string& s) {
+  std::string o;
+  for (const char c : s) {
+    switch (c) {
+      case '&': o += "&amp;"; break;
+      case '<': o += "&lt;"; break;
+      case '>': o += "&gt;"; break;
+      case '"': o += "&quot;"; break;
+      default: o += c;
+    }
+  }
+  return o;
+}
+
+inline std::string num(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f", v);
+  return b;
+}
+
+}  // namespace detail
+
+/// The plot as an SVG document.
+inline std::string to_svg(const loglog_plot& p) {
+  using detail::num;
+  using detail::svg_escape;
+  double xmin = HUGE_VAL, xmax = 0, ymax = 0, ymin_data = HUGE_VAL;
+  auto see = [&](double x, double y) {
+    if (!(x > 0) || !std::isfinite(x) || !(y > 0) || !std::isfinite(y)) return;
+    xmin = std::min(xmin, x), xmax = std::max(xmax, x);
+    ymax = std::max(ymax, y), ymin_data = std::min(ymin_data, y);
+  };
+  for (const auto& l : p.lines)
+    for (std::size_t i = 0; i < std::min(l.x.size(), l.y.size()); ++i) see(l.x[i], l.y[i]);
+  for (const auto& b : p.bands)
+    for (std::size_t i = 0; i < std::min({b.x.size(), b.low.size(), b.high.size()}); ++i) {
+      see(b.x[i], b.low[i]);
+      see(b.x[i], b.high[i]);
+    }
+  if (!(xmax > 0)) xmin = 1, xmax = 10, ymax = 1, ymin_data = 0.1;
+  const double lx0 = std::floor(std::log10(xmin)), lx1 = std::max(lx0 + 1, std::ceil(std::log10(xmax)));
+  const double ly1 = std::ceil(std::log10(ymax) + 1e-9);
+  const double ly0 = std::min(ly1 - 1, std::max(std::floor(std::log10(ymin_data)), ly1 - p.max_decades));
+  const double W = p.width, H = p.height, left = 78, right = 20, top = 40, bottom = 56;
+  const double pw = W - left - right, ph = H - top - bottom;
+  auto X = [&](double x) { return left + (std::log10(x) - lx0) / (lx1 - lx0) * pw; };
+  auto Y = [&](double y) { return top + (ly1 - std::log10(y)) / (ly1 - ly0) * ph; };
+  const double ylow = std::pow(10.0, ly0);
+  auto inside = [&](double x, double y) {
+    return x > 0 && std::isfinite(x) && y >= ylow * (1 - 1e-12) && std::isfinite(y) && y > 0;
+  };
+
+  std::string s;
+  s += "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + num(W) + "\" height=\"" + num(H) + "\" viewBox=\"0 0 " +
+       num(W) + " " + num(H) + "\" font-family=\"DejaVu Sans, Arial, sans-serif\" font-size=\"12\">\n";
+  s += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  s += "<text x=\"" + num(W / 2) + "\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">" + svg_escape(p.title) + "</text>\n";
+  s += "<clipPath id=\"plot\"><rect x=\"" + num(left) + "\" y=\"" + num(top) + "\" width=\"" + num(pw) + "\" height=\"" +
+       num(ph) + "\"/></clipPath>\n";
+  // Grid and ticks.
+  for (double e = lx0; e <= lx1 + 1e-9; e += 1) {
+    const double x = X(std::pow(10.0, e));
+    s += "<line x1=\"" + num(x) + "\" y1=\"" + num(top) + "\" x2=\"" + num(x) + "\" y2=\"" + num(top + ph) +
+         "\" stroke=\"#ddd\"/>\n";
+    s += "<text x=\"" + num(x) + "\" y=\"" + num(top + ph + 18) + "\" text-anchor=\"middle\">10<tspan dy=\"-6\" font-size=\"9\">" +
+         std::to_string(static_cast<int>(e)) + "</tspan></text>\n";
+    if (e < lx1)
+      for (int m = 2; m <= 9; ++m) {
+        const double xm = X(m * std::pow(10.0, e));
+        s += "<line x1=\"" + num(xm) + "\" y1=\"" + num(top + ph) + "\" x2=\"" + num(xm) + "\" y2=\"" + num(top + ph - 4) +
+             "\" stroke=\"#444\"/>\n";
+      }
+  }
+  const int ystep = (ly1 - ly0) > 10 ? 2 : 1;
+  for (double e = ly0; e <= ly1 + 1e-9; e += ystep) {
+    const double y = Y(std::pow(10.0, e));
+    s += "<line x1=\"" + num(left) + "\" y1=\"" + num(y) + "\" x2=\"" + num(left + pw) + "\" y2=\"" + num(y) +
+         "\" stroke=\"#ddd\"/>\n";
+    s += "<text x=\"" + num(left - 6) + "\" y=\"" + num(y + 4) + "\" text-anchor=\"end\">10<tspan dy=\"-6\" font-size=\"9\">" +
+         std::to_string(static_cast<int>(e)) + "</tspan></text>\n";
+  }
+  s += "<rect x=\"" + num(left) + "\" y=\"" + num(top) + "\" width=\"" + num(pw) + "\" height=\"" + num(ph) +
+       "\" fill=\"none\" stroke=\"#444\"/>\n";
+  s += "<text x=\"" + num(left + pw / 2) + "\" y=\"" + num(H - 14) + "\" text-anchor=\"middle\">" + svg_escape(p.x_label) +
+       "</text>\n";
+  s += "<text transform=\"translate(18 " + num(top + ph / 2) + ") rotate(-90)\" text-anchor=\"middle\">" +
+       svg_escape(p.y_label) + "</text>\n";
+  // Bands: one polygon per run of drawable points.
+  for (const auto& b : p.bands) {
+    const std::size_t n = std::min({b.x.size(), b.low.size(), b.high.size()});
+    std::size_t i = 0;
+    while (i < n) {
+      while (i < n && !(inside(b.x[i], b.high[i]))) ++i;
+      std::size_t j = i;
+      while (j < n && inside(b.x[j], b.high[j])) ++j;
+      if (j > i + 1) {
+        std::string pts;
+        for (std::size_t k = i; k < j; ++k) pts += num(X(b.x[k])) + "," + num(Y(b.high[k])) + " ";
+        for (std::size_t k = j; k-- > i;) pts += num(X(b.x[k])) + "," + num(Y(std::max(b.low[k], ylow))) + " ";
+        s += "<polygon clip-path=\"url(#plot)\" points=\"" + pts + "\" fill=\"" + b.color + "\" fill-opacity=\"" +
+             num(b.opacity) + "\" stroke=\"none\"/>\n";
+      }
+      i = j;
+    }
+  }
+  // Lines: one polyline per run of drawable points.
+  for (const auto& l : p.lines) {
+    const std::size_t n = std::min(l.x.size(), l.y.size());
+    std::size_t i = 0;
+    while (i < n) {
+      while (i < n && !inside(l.x[i], l.y[i])) ++i;
+      std::size_t j = i;
+      while (j < n && inside(l.x[j], l.y[j])) ++j;
+      if (j > i) {
+        std::string pts;
+        for (std::size_t k = i; k < j; ++k) pts += num(X(l.x[k])) + "," + num(Y(l.y[k])) + " ";
+        s += "<polyline clip-path=\"url(#plot)\" points=\"" + pts + "\" fill=\"none\" stroke=\"" + l.color +
+             "\" stroke-width=\"" + num(l.width) + "\"" + (l.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/>\n";
+      }
+      i = j;
+    }
+  }
+  // Legend, bottom left of the plot area (power-law tails fall to the right).
+  double ly = top + ph - 14 - 18.0 * static_cast<double>(p.lines.size() + p.bands.size() + p.notes.size());
+  const double lx = left + 12;
+  s += "<rect x=\"" + num(lx - 6) + "\" y=\"" + num(ly - 14) + "\" width=\"330\" height=\"" +
+       num(18.0 * static_cast<double>(p.lines.size() + p.bands.size() + p.notes.size()) + 10) +
+       "\" fill=\"white\" fill-opacity=\"0.85\" stroke=\"#bbb\"/>\n";
+  for (const auto& b : p.bands) {
+    s += "<rect x=\"" + num(lx) + "\" y=\"" + num(ly - 9) + "\" width=\"28\" height=\"10\" fill=\"" + b.color +
+         "\" fill-opacity=\"" + num(b.opacity) + "\"/>\n";
+    s += "<text x=\"" + num(lx + 36) + "\" y=\"" + num(ly) + "\">" + svg_escape(b.label) + "</text>\n";
+    ly += 18;
+  }
+  for (const auto& l : p.lines) {
+    s += "<line x1=\"" + num(lx) + "\" y1=\"" + num(ly - 4) + "\" x2=\"" + num(lx + 28) + "\" y2=\"" + num(ly - 4) +
+         "\" stroke=\"" + l.color + "\" stroke-width=\"" + num(l.width) + "\"" +
+         (l.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/>\n";
+    s += "<text x=\"" + num(lx + 36) + "\" y=\"" + num(ly) + "\">" + svg_escape(l.label) + "</text>\n";
+    ly += 18;
+  }
+  for (const auto& note : p.notes) {
+    s += "<text x=\"" + num(lx) + "\" y=\"" + num(ly) + "\" fill=\"#333\">" + svg_escape(note) + "</text>\n";
+    ly += 18;
+  }
+  s += "</svg>\n";
+  return s;
+}
+
+}  // namespace sessa::analysis
+// ---- end sessa/analysis/svg.hpp --------------------------------------------------------------------------------

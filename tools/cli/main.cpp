@@ -9,11 +9,13 @@
 //   sessa eval     [--model M.safetensors] --text FILE [--window N] [--stride S] [--json]
 //                  [--precision f32|f64] [--backend NAME] [--threads N]
 //   sessa embed    --model M.safetensors --name NAME --out NAME_model.hpp
+//   sessa profile  --construction uniform|retrieval | [--model M] --text FILE | --model M --input I
+//                  [--measure feedback|end-to-end] [--sources ..] [--fit LO:HI] [--json] [--svg FILE]
 //   sessa generate [--model M.safetensors] --prompt TEXT | --prompts FILE [--max-tokens N] [--temperature X] [--seed S]
 //                  [--top-k K] [--top-p P] [--min-p P] [--repeat-penalty X] [--repeat-last-n N] [--stop STR]...
 //                  [--save-state F] [--load-state F] [--precision f32|f64] [--backend NAME] [--threads N]
 //
-// generate, eval and info run the shipped model (linked into the program) when --model is not given.
+// generate, eval, info and profile run the shipped model (linked into the program) when --model is not given.
 // Errors print one line on stderr and exit 1 (2 for usage errors); an output file is only ever written
 // whole (the writer renames a finished temporary file into place).
 #include "../common/backends.hpp"  // sessa.hpp and the Thrust backends this build has
@@ -89,8 +91,17 @@ constexpr const char* usage_text =
     "            --load-state continues one (then --prompt is optional and --seed is not allowed)\n"
     "            --prompts FILE instead of --prompt: one prompt per line, generated together as a batch\n"
     "            (row i samples with seed S+i; rows are printed as '[i] prompt completion')\n"
+    "  profile   --construction uniform [--gamma G] [--tokens T] | --construction retrieval [--tokens T]\n"
+    "            [--marker J] [--gain G] | [--model M] --text FILE [--layer L] | --model M --input I [--row R]\n"
+    "            [--measure feedback|end-to-end] [--sources J,J,..] [--source-count K] [--probes K]\n"
+    "            [--fit LO:HI] [--json] [--svg FILE] [--title T] [--backend NAME] [--threads N]\n"
+    "            how far a token's influence reaches: the influence of source tokens on every later\n"
+    "            output against the lag (median and 10-90% band over sources), its fitted power-law\n"
+    "            exponent, a diffuse attention read (1/l) and an exponential of the same half-life;\n"
+    "            feedback: the exact feedback solve of one layer (routing fixed); end-to-end: the whole\n"
+    "            layer or decoder by float64 finite differences (--probes 0: exact norm); CSV by default\n"
     "\n"
-    "  without --model, generate, eval and info use the shipped model built into this program\n"
+    "  without --model, generate, eval, info and profile use the shipped model built into this program\n"
     "  (examples/models/tiny_decoder.safetensors)\n"
     "\n"
     "  --backend NAME: cpu (default), reference, and in this build also: " SESSA_CLI_EXTRA_BACKENDS "\n"
@@ -473,6 +484,25 @@ int cmd_eval(const options& o) {
   return 0;
 }
 
+/// Writes `content` to a temporary name, then renames it into place: `path` is either the whole file or untouched.
+void write_file_whole(const std::string& path, const std::string& content) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::binary);
+    if (!f) throw io_error(path + ": cannot open for writing");
+    f << content;
+    f.close();
+    if (!f) {
+      std::remove(tmp.c_str());
+      throw io_error(path + ": write failed");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    throw io_error(path + ": cannot rename the finished file into place");
+  }
+}
+
 /// A C++ identifier from a parameter name ("layers.0.W_in.weight" -> "layers_0_W_in_weight").
 std::string identifier(const std::string& name) {
   std::string id = name;
@@ -576,21 +606,317 @@ int cmd_embed(const options& o) {
   h << "    }},\n    .norm_w = " << ref(w.norm_w.data()) << ",\n    .norm_b = " << ref(w.norm_b.data())
     << ",\n    .head = " << ref(w.head_matrix().data()) << "};\n\n}  // namespace " << name << "\n";
 
-  // Write to a temporary name, then rename into place.
-  const std::string tmp = out_path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::binary);
-    if (!f) throw io_error(out_path + ": cannot open for writing");
-    f << h.str();
-    f.close();
-    if (!f) {
-      std::remove(tmp.c_str());
-      throw io_error(out_path + ": write failed");
-    }
+  write_file_whole(out_path, h.str());
+  return 0;
+}
+
+// ---------------------------------------------------------------- profile
+
+/// What a profile measured: the influence (k, n) of each source on every position, and its description.
+struct influence_run {
+  std::string what;                // the weights and input
+  std::string title;               // a short form of `what`, the plot's title
+  std::string measure;             // the quantity
+  std::vector<index_t> sources;
+  tensor<double> influence;        // (k, n)
+  index_t tokens = 0;
+};
+
+/// The last component of a path (the built-in model's description stays whole).
+std::string base_name(const std::string& path) {
+  if (path.rfind("the built-in model", 0) == 0) return "the shipped model";
+  const std::size_t k = path.find_last_of('/');
+  return k == std::string::npos ? path : path.substr(k + 1);
+}
+
+/// The positions of --sources (comma-separated), or `dflt`.
+std::vector<index_t> parse_sources(const options& o, std::vector<index_t> dflt) {
+  const auto v = o.get("sources");
+  if (!v) return dflt;
+  std::vector<index_t> out;
+  std::size_t i = 0;
+  while (i <= v->size()) {
+    const std::size_t j = std::min(v->find(',', i), v->size());
+    index_t x = 0;
+    const auto [p, ec] = std::from_chars(v->data() + i, v->data() + j, x);
+    if (ec != std::errc{} || p != v->data() + j || x < 0)
+      throw usage_error("--sources must be a comma-separated list of token positions >= 0, got '" + *v + "'");
+    out.push_back(x);
+    i = j + 1;
   }
-  if (std::rename(tmp.c_str(), out_path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    throw io_error(out_path + ": cannot rename the finished file into place");
+  return out;
+}
+
+/// Columns (n, k) of a feedback_system as rows (k, n), in double.
+template <class T>
+tensor<double> by_source(const tensor<T>& cols) {
+  const index_t n = cols.shape()[0], k = cols.shape()[1];
+  tensor<double> r({k, n});
+  for (index_t c = 0; c < k; ++c)
+    for (index_t t = 0; t < n; ++t) r[c * n + t] = static_cast<double>(cols[t * k + c]);
+  return r;
+}
+
+/// `count` sources spread evenly over the first half of n tokens.
+std::vector<index_t> spread_sources(index_t n, index_t count) {
+  std::vector<index_t> s;
+  const index_t half = std::max<index_t>(1, n / 2);
+  count = std::min(count, half);
+  for (index_t i = 0; i < count; ++i) s.push_back(i * half / count);
+  return s;
+}
+
+analysis::finite_difference_options fd_options(const options& o, index_t D) {
+  analysis::finite_difference_options f;
+  f.probes = o.integer("probes", D <= 16 ? 0 : 8, 0, 100000);
+  f.epsilon = o.real("epsilon", 1e-5);
+  if (!(f.epsilon > 0)) throw usage_error("--epsilon must be > 0");
+  f.seed = static_cast<std::uint64_t>(o.integer("seed", 1, 0, std::numeric_limits<long long>::max()));
+  return f;
+}
+
+std::string fd_description(const analysis::finite_difference_options& f, index_t D) {
+  return "end-to-end ||d y_t / d x_j||_F, central differences in float64 (epsilon " + std::to_string(f.epsilon) +
+         ", " + (f.probes == 0 ? "all " + std::to_string(D) + " directions: exact norm" :
+                                 std::to_string(f.probes) + " random sign probes") + ")";
+}
+
+constexpr const char* feedback_measure = "feedback solve |d s_t / d f_j| = |[(I - Gamma A)^-1]_{t,j}|, routing fixed";
+
+influence_run profile_construction(const options& o, const std::string& construction, const std::string& measure) {
+  influence_run r;
+  sessa::tools::with_backend(o.get("backend").value_or("cpu"), [&]<class B>() {
+    if (construction == "uniform") {
+      if (measure != "feedback")
+        throw usage_error("the uniform construction is a feedback system, not a layer: --measure end-to-end needs a "
+                          "layer (--construction retrieval, or --model)");
+      const double gamma = o.real("gamma", 0.8);
+      if (!(gamma > 0 && gamma < 1)) throw usage_error("--gamma must lie in (0, 1), got " + o.get("gamma").value_or(""));
+      const index_t n = o.integer("tokens", 20000, 2, 1000000);
+      r.sources = parse_sources(o, {0});
+      const auto sys = analysis::uniform_routing<double, B>(n, gamma);
+      r.influence = by_source(sys.columns(r.sources));
+      char b[160];
+      std::snprintf(b, sizeof b, "uniform routing (alpha_{t,s} = 1/t), gamma = %g, %lld tokens", gamma,
+                    static_cast<long long>(n));
+      r.what = b;
+      r.measure = feedback_measure;
+      r.tokens = n;
+    } else {
+      const index_t n = o.integer("tokens", 10011, 3, 1000000);
+      const index_t marker = o.integer("marker", 10, 0, n - 2);
+      const double gain = o.real("gain", 0.9);
+      const analysis::retrieval_case rc = analysis::retrieval_construction(n, marker, gain);
+      const layer<double, B> l(rc.config, rc.weights);
+      r.sources = parse_sources(o, {marker});
+      if (measure == "feedback") {
+        r.influence = by_source(analysis::feedback_system<double, B>(l, rc.x).columns(r.sources));
+        r.measure = feedback_measure;
+      } else {
+        const auto f = fd_options(o, rc.config.d_model);
+        r.influence = analysis::end_to_end_influence(l, rc.x, r.sources, f);
+        r.measure = fd_description(f, rc.config.d_model);
+      }
+      char b[200];
+      std::snprintf(b, sizeof b, "retrieval construction: marker at %lld, gain %g, score gap %.1f, %lld tokens",
+                    static_cast<long long>(marker), gain, rc.score_gap, static_cast<long long>(n));
+      r.what = b;
+      r.tokens = n;
+    }
+  });
+  return r;
+}
+
+influence_run profile_model(const options& o, const std::string& measure) {
+  const model_source m = open_model(o, true);
+  influence_run r;
+  const bool dec = m.info.arch == io::model_arch::decoder;
+  if (dec && !o.get("text")) throw usage_error("a decoder is profiled on a text: give --text FILE");
+  if (!dec && !o.get("input")) throw usage_error("a layer is profiled on an input: give --input I.safetensors (x: (B, T, D))");
+  if (dec && o.get("input")) throw usage_error("--input is for a layer; a decoder takes --text FILE");
+  if (!dec && o.get("text")) throw usage_error("--text is for a decoder; a layer takes --input I.safetensors");
+  const index_t count = o.integer("source-count", 8, 1, 1000);
+  dispatch("f64", o.get("backend").value_or("cpu"), m.info.attention, [&]<class T, class B, class A>() {
+    const A variant = io::detail::variant_from(m.info, m.file.source(), A{});
+    const auto& cfg = m.info.config;
+    if (dec) {
+      const decoder<T, B, A> model(cfg, io::read_decoder_weights<T>(m.file, cfg), variant);
+      const tokenizer tok = tokenizer::from_metadata(m.file.metadata(), cfg.vocab_size, m.file.source());
+      const std::string path = o.need("text");
+      std::vector<std::int64_t> tokens;
+      try {
+        tokens = tok.encode(read_text_file(path));
+      } catch (const value_error& e) {
+        throw value_error(path + ": " + e.what());
+      }
+      const index_t cap = o.integer("tokens", 4096, 3, 1000000);
+      if (static_cast<index_t>(tokens.size()) > cap) tokens.resize(static_cast<std::size_t>(cap));
+      const index_t n = static_cast<index_t>(tokens.size());
+      if (n < 3) throw value_error(path + ": the text has " + std::to_string(n) + " tokens; a profile needs at least 3");
+      r.tokens = n;
+      r.sources = parse_sources(o, spread_sources(n, count));
+      const index_t L = cfg.n_layers;
+      if (measure == "feedback") {
+        const index_t l = o.integer("layer", 0, 0, L - 1);
+        const auto h = analysis::hidden_states(model, tokens, l);
+        r.influence = by_source(analysis::feedback_system<T, B>(model.layers()[static_cast<std::size_t>(l)], h)
+                                    .columns(r.sources));
+        r.measure = std::string(feedback_measure) + ", layer " + std::to_string(l);
+      } else {
+        if (o.get("layer")) throw usage_error("--layer picks the feedback solve of one layer; --measure end-to-end spans them all");
+        const auto f = fd_options(o, cfg.layer.d_model);
+        r.influence = analysis::end_to_end_influence(model, tokens, r.sources, f);
+        r.measure = fd_description(f, cfg.layer.d_model) + " of the final hidden states against the embeddings";
+      }
+      r.what = m.file.source() + " on " + path + " (" + std::to_string(n) + " tokens)";
+      r.title = base_name(m.file.source()) + " on " + base_name(path) + " (" + std::to_string(n) + " tokens), " +
+                (measure == "feedback" ? "feedback solve of layer " + std::to_string(o.integer("layer", 0, 0, L - 1))
+                                       : std::string("end to end"));
+    } else {
+      if (o.get("layer")) throw usage_error("--layer is for a decoder; the file holds one layer");
+      const layer<T, B, A> model(cfg.layer, io::read_layer_weights<T>(m.file, cfg.layer), variant);
+      const io::safetensors_file in = io::safetensors_file::load(o.need("input"));
+      const io::tensor_entry* e = in.find("x");
+      if (!e) throw format_error(in.source() + ": no tensor 'x'; a layer needs x (B, T, D)");
+      detail::check_activation_shape(e->shape, cfg.layer.d_model, (in.source() + ": 'x'").c_str());
+      const index_t Bn = e->shape[0], Tn = e->shape[1], D = cfg.layer.d_model;
+      const index_t row = o.integer("row", 0, 0, Bn - 1);
+      if (Tn < 3) throw value_error(in.source() + ": 'x' has " + std::to_string(Tn) + " tokens; a profile needs at least 3");
+      const std::vector<T> all = in.read_as<T>("x");
+      tensor<T> x({Tn, D}, std::span<const T>(all.data() + row * Tn * D, static_cast<std::size_t>(Tn * D)));
+      r.tokens = Tn;
+      r.sources = parse_sources(o, spread_sources(Tn, count));
+      if (measure == "feedback") {
+        r.influence = by_source(analysis::feedback_system<T, B>(model, x).columns(r.sources));
+        r.measure = feedback_measure;
+      } else {
+        const auto f = fd_options(o, D);
+        r.influence = analysis::end_to_end_influence(model, x, r.sources, f);
+        r.measure = fd_description(f, D);
+      }
+      r.what = m.file.source() + " on " + in.source() + " row " + std::to_string(row) + " (" + std::to_string(Tn) + " tokens)";
+      r.title = base_name(m.file.source()) + " on " + base_name(in.source()) + ", " +
+                (measure == "feedback" ? "feedback solve" : "end to end");
+    }
+  });
+  return r;
+}
+
+/// A finite number for JSON, or null.
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.9g", v);
+  return b;
+}
+
+std::string json_string(const std::string& s) {
+  std::string o = "\"";
+  for (const char c : s) {
+    if (c == '"' || c == '\\') o += '\\', o += c;
+    else if (static_cast<unsigned char>(c) < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", c);
+      o += b;
+    } else o += c;
+  }
+  return o + "\"";
+}
+
+int cmd_profile(const options& o) {
+  const std::string construction = o.get("construction").value_or("");
+  const std::string measure = o.word("measure", "feedback", {"feedback", "end-to-end"});
+  if (!construction.empty() && construction != "uniform" && construction != "retrieval")
+    throw usage_error("--construction must be uniform or retrieval, got '" + construction + "'");
+  if (!construction.empty() && (o.get("model") || o.get("input") || o.get("text")))
+    throw usage_error("--construction sets its own weights and input: it does not combine with --model, --input or --text");
+  if (construction.empty() && !o.get("model") && !o.get("text"))
+    throw usage_error("profile needs --construction uniform|retrieval, or --model M with --input I (a layer) or "
+                      "--text FILE (a decoder; without --model, the shipped model)");
+  if (construction != "uniform" && o.get("gamma")) throw usage_error("--gamma is the uniform construction's gain");
+  if (construction != "retrieval" && (o.get("marker") || o.get("gain")))
+    throw usage_error("--marker and --gain belong to the retrieval construction");
+  if (measure != "end-to-end" && (o.get("probes") || o.get("epsilon")))
+    throw usage_error("--probes and --epsilon belong to --measure end-to-end");
+  set_threads(o);
+
+  const influence_run r = construction.empty() ? profile_model(o, measure) : profile_construction(o, construction, measure);
+  const analysis::lag_profile p = analysis::profile_by_lag(r.influence, r.sources);
+  std::pair<index_t, index_t> range = analysis::default_fit_range(p);
+  if (const auto f = o.get("fit")) {
+    const std::size_t c = f->find(':');
+    index_t lo = 0, hi = 0;
+    bool ok = c != std::string::npos;
+    if (ok) {
+      const auto a = std::from_chars(f->data(), f->data() + c, lo);
+      const auto b = std::from_chars(f->data() + c + 1, f->data() + f->size(), hi);
+      ok = a.ec == std::errc{} && a.ptr == f->data() + c && b.ec == std::errc{} && b.ptr == f->data() + f->size() &&
+           lo >= 1 && hi > lo;
+    }
+    if (!ok) throw usage_error("--fit must be LO:HI with 1 <= LO < HI (lags), got '" + *f + "'");
+    range = {lo, hi};
+  }
+  if (p.lags.size() < 3)
+    throw value_error("the sources leave only " + std::to_string(p.full_lag) + " lags that every one of them reaches; "
+                      "a profile needs at least 3 (use earlier sources or more tokens)");
+  if (range.second > p.lags.back())
+    throw value_error("the fit range [" + std::to_string(range.first) + ", " + std::to_string(range.second) +
+                      "] reaches past the largest lag every source reaches (" + std::to_string(p.lags.back()) +
+                      "); use more tokens or earlier sources");
+  const analysis::power_fit fit = analysis::fit_power_law(p, range.first, range.second);
+  const analysis::reference_curves ref = analysis::comparison_curves(p);
+
+  if (const auto svg = o.get("svg")) {
+    analysis::loglog_plot plot;
+    plot.title = o.get("title").value_or(r.title.empty() ? r.what : r.title);
+    plot.x_label = "lag l = t - j (tokens)";
+    plot.y_label = r.measure.rfind("feedback", 0) == 0 ? "influence |d s_t / d f_j|" : "influence ||d y_t / d x_j||";
+    std::vector<double> xs;
+    for (const index_t l : p.lags) xs.push_back(static_cast<double>(l));
+    if (r.sources.size() > 1)
+      plot.bands.push_back({"10-90% over " + std::to_string(r.sources.size()) + " sources", xs, p.low, p.high, "#1f77b4", 0.18});
+    plot.lines.push_back({r.sources.size() > 1 ? "median over sources" : "measured", xs, p.median, "#1f77b4", false, 2.5});
+    std::vector<double> fx, fy;
+    for (const index_t l : p.lags)
+      if (l >= fit.lag_min && l <= fit.lag_max) fx.push_back(static_cast<double>(l)), fy.push_back(fit.at(static_cast<double>(l)));
+    char b[160];
+    std::snprintf(b, sizeof b, "power law, fitted exponent %.3f", fit.exponent);
+    plot.lines.push_back({b, fx, fy, "#000000", true, 1.5});
+    plot.lines.push_back({"diffuse attention read, 1/l", xs, ref.diffuse, "#ff7f0e", false, 1.5});
+    if (ref.half_life > 0) {
+      std::snprintf(b, sizeof b, "exponential, same half-life (%.1f)", ref.half_life);
+      plot.lines.push_back({b, xs, ref.exponential, "#d62728", true, 1.5});
+    }
+    std::snprintf(b, sizeof b, "fit over lags [%lld, %lld], r^2 = %.4f", static_cast<long long>(fit.lag_min),
+                  static_cast<long long>(fit.lag_max), fit.r2);
+    plot.notes.push_back(b);
+    write_file_whole(*svg, analysis::to_svg(plot));
+  }
+
+  if (o.flag("json")) {
+    std::string s = "{\"what\": " + json_string(r.what) + ", \"measure\": " + json_string(r.measure) +
+                    ", \"tokens\": " + std::to_string(r.tokens) + ", \"sources\": [";
+    for (std::size_t i = 0; i < r.sources.size(); ++i) s += (i ? ", " : "") + std::to_string(r.sources[i]);
+    s += "], \"exponent\": " + json_number(fit.exponent) + ", \"fit\": {\"lag_min\": " + std::to_string(fit.lag_min) +
+         ", \"lag_max\": " + std::to_string(fit.lag_max) + ", \"points\": " + std::to_string(fit.points) +
+         ", \"r2\": " + json_number(fit.r2) + "}, \"half_life\": " + json_number(ref.half_life) + ", \"curve\": [";
+    for (std::size_t i = 0; i < p.lags.size(); ++i)
+      s += std::string(i ? ", " : "") + "{\"lag\": " + std::to_string(p.lags[i]) + ", \"median\": " + json_number(p.median[i]) +
+           ", \"p10\": " + json_number(p.low[i]) + ", \"p90\": " + json_number(p.high[i]) +
+           ", \"sources\": " + std::to_string(p.sources[i]) + ", \"diffuse\": " + json_number(ref.diffuse[i]) +
+           ", \"exponential\": " + json_number(ref.exponential[i]) + "}";
+    s += "]}\n";
+    std::fputs(s.c_str(), stdout);
+  } else {
+    std::printf("# sessa profile: %s\n# measure: %s\n# sources:", r.what.c_str(), r.measure.c_str());
+    for (const index_t j : r.sources) std::printf(" %lld", static_cast<long long>(j));
+    std::printf("\n# exponent %.6f over lags [%lld, %lld] (%lld points, r^2 %.6f); half-life %.3f lags\n", fit.exponent,
+                static_cast<long long>(fit.lag_min), static_cast<long long>(fit.lag_max),
+                static_cast<long long>(fit.points), fit.r2, ref.half_life);
+    std::printf("lag,median,p10,p90,sources,diffuse,exponential\n");
+    for (std::size_t i = 0; i < p.lags.size(); ++i)
+      std::printf("%lld,%.9g,%.9g,%.9g,%lld,%.9g,%.9g\n", static_cast<long long>(p.lags[i]), p.median[i], p.low[i],
+                  p.high[i], static_cast<long long>(p.sources[i]), ref.diffuse[i], ref.exponential[i]);
   }
   return 0;
 }
@@ -622,6 +948,12 @@ int main(int argc, char** argv) {
     if (cmd == "eval")
       return cmd_eval(options(argc, argv, 2, {"model", "text", "window", "stride", "precision", "backend", "threads", "config"},
                               {}, {"json"}));
+    if (cmd == "profile")
+      return cmd_profile(options(argc, argv, 2,
+                                 {"construction", "gamma", "tokens", "marker", "gain", "model", "input", "text", "row",
+                                  "layer", "measure", "sources", "source-count", "probes", "epsilon", "seed", "fit",
+                                  "svg", "title", "backend", "threads", "config"},
+                                 {}, {"json"}));
     if (cmd == "embed") return cmd_embed(options(argc, argv, 2, {"model", "name", "out", "config"}));
     throw usage_error("unknown command '" + cmd + "'");
   } catch (const usage_error& e) {

@@ -22,6 +22,14 @@
 //            cache_view<C,S> cache, index_t pos0, index_t n, matrix<T,S> out)
 //       the feedback solve in token order: s_t = f_t + gamma_t sum_{j<t} softmax_j(qb_t . kb_j / sqrt D) s_j;
 //       writes s to out (batch*n, D) and to the cache's s rows [pos0, pos0 + n).
+//   feedback_transposed(ctx, const layer_config& c, cmatrix<T,S> qb, pointer<const T,S> gamma, cmatrix<T,S> g,
+//                       cache_view<const C,S> cache, index_t pos0, index_t n, matrix<T,S> out)
+//       the transposed solve, backward in time: for the chunk's tokens at positions [pos0, pos0 + n) (their k_b
+//       in the cache), out_j = g_j + sum_{t > j in the chunk} gamma_t alpha_{t,j} out_t, with alpha_{t,.} the
+//       softmax over the strict past [0, t) of feedback. That is out = (I - Gamma A)^{-T} g over the chunk: the
+//       adjoint of feedback with respect to f (with qb, gamma and k_b fixed, <feedback(f), g> = <f, out>), what
+//       a backward pass and the influence of every input on one output need. out (batch*n, D) may alias g;
+//       the cache is only read.
 //   copy(ctx, cmatrix<T,S> src, matrix<T,S> dst)                         dst = src (same shape, any strides)
 //   append_cache(ctx, const layer_config& c, cmatrix<T,S> kv, cmatrix<T,S> kb, cache_view<C,S> cache,
 //                index_t pos0, index_t n)
@@ -83,6 +91,12 @@ concept has_feedback = requires(context<B>& ctx, const layer_config& c, cmatrix<
                                 cache_view<C, S> cache, index_t i, matrix<T, S> out) {
   kernels<B>::feedback(ctx, c, qb, g, qb, cache, i, i, out);
 };
+template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class C = cache_t<P>>
+concept has_feedback_transposed = requires(context<B>& ctx, const layer_config& c, cmatrix<T, S> qb,
+                                           pointer<const T, S> g, cache_view<const C, S> cache, index_t i,
+                                           matrix<T, S> out) {
+  kernels<B>::feedback_transposed(ctx, c, qb, g, qb, cache, i, i, out);
+};
 template <class B, class P, class S = space_of<B>, class T = compute_t<P>>
 concept has_copy = requires(context<B>& ctx, cmatrix<T, S> src, matrix<T, S> dst) { kernels<B>::copy(ctx, src, dst); };
 template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class C = cache_t<P>>
@@ -96,7 +110,7 @@ concept has_embed = requires(context<B>& ctx, cmatrix<W, S> table, pointer<const
 template <class B, class P>
 concept kernel_set = has_linear<B, P> && has_layer_norm<B, P> && has_gelu<B, P> && has_multiply<B, P> &&
                      has_gain<B, P> && has_rope<B, P> && has_attention<B, P> && has_feedback<B, P> &&
-                     has_copy<B, P> && has_append_cache<B, P> && has_embed<B, P>;
+                     has_feedback_transposed<B, P> && has_copy<B, P> && has_append_cache<B, P> && has_embed<B, P>;
 
 /// Checks the kernel set at compile time with one message per missing kernel; true when complete.
 template <class B, class P>
@@ -122,6 +136,7 @@ consteval bool verify_kernel_set() {
     SESSA_KERNEL_CHECK_(rope);
     SESSA_KERNEL_CHECK_(attention);
     SESSA_KERNEL_CHECK_(feedback);
+    SESSA_KERNEL_CHECK_(feedback_transposed);
     SESSA_KERNEL_CHECK_(copy);
     SESSA_KERNEL_CHECK_(append_cache);
     SESSA_KERNEL_CHECK_(embed);

@@ -149,6 +149,49 @@ inline void solve_columns(solve_slice<T> x, index_t nrows, index_t cols) {
   }
 }
 
+/// x[j] <- c[j] exp(x[j] - m[j]) for j in [0, n): probabilities of keys against per-column row statistics.
+template <class T>
+inline void weights_from_stats(T* x, index_t n, const T* m, const T* c) {
+  using B = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(B::size);
+  index_t j = 0;
+  for (; j + W <= n; j += W)
+    (B::load_unaligned(c + j) * xsimd::exp(B::load_unaligned(x + j) - B::load_unaligned(m + j))).store_unaligned(x + j);
+  for (; j < n; ++j) x[j] = c[j] * std::exp(x[j] - m[j]);
+}
+
+/// The in-block backward solve for `cols` columns: rows j of the block from the last back,
+/// o_j += sum_{i > j} w_ij o_i, where w (nrows, ldw) holds w_ij in row i, column j (< i).
+template <class T>
+inline void solve_block_transposed(const T* w, index_t ldw, T* o, index_t ldo, index_t nrows, index_t cols) {
+  using B = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(B::size);
+  for (index_t j = nrows - 2; j >= 0; --j) {
+    T* oj = o + j * ldo;
+    index_t c = 0;
+    for (; c + 2 * W <= cols; c += 2 * W) {
+      B a0 = B::load_unaligned(oj + c), a1 = B::load_unaligned(oj + c + W);
+      for (index_t i = j + 1; i < nrows; ++i) {
+        const B wi(w[i * ldw + j]);
+        a0 = xsimd::fma(wi, B::load_unaligned(o + i * ldo + c), a0);
+        a1 = xsimd::fma(wi, B::load_unaligned(o + i * ldo + c + W), a1);
+      }
+      a0.store_unaligned(oj + c);
+      a1.store_unaligned(oj + c + W);
+    }
+    for (; c + W <= cols; c += W) {
+      B a = B::load_unaligned(oj + c);
+      for (index_t i = j + 1; i < nrows; ++i) a = xsimd::fma(B(w[i * ldw + j]), B::load_unaligned(o + i * ldo + c), a);
+      a.store_unaligned(oj + c);
+    }
+    for (; c < cols; ++c) {
+      T a = oj[c];
+      for (index_t i = j + 1; i < nrows; ++i) a += w[i * ldw + j] * o[i * ldo + c];
+      oj[c] = a;
+    }
+  }
+}
+
 }  // namespace feedback_detail
 
 /// Feedback solve, kernels<reference>::feedback's contract: qb (batch*n, D), gamma (batch*n), f (batch*n, D)
@@ -271,6 +314,122 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
           if (rb > ra)
             absorb_tile<T>(qb.row_block(b * n + ra, rb - ra), cc.kb(b), cc.s(b), pos0 + J0, pos0 + J1, scale, key_mask{},
                            tb.s.data(), state.rows(b * n + ra, rb - ra));
+        });
+      }
+    }
+  });
+}
+
+/// Transposed feedback solve, kernels<reference>::feedback_transposed's contract: out = (I - Gamma A)^{-T} g over
+/// the chunk's rows, backward in time, without a T x T matrix. The probabilities of row t are
+/// alpha_{t,j} = exp(S_tj - m_t) / l_t with S = qb kb^T / sqrt D; the transposed solve needs them by column, so
+/// it first forms every row's statistics (m_t, c_t = gamma_t / l_t; 0 for a row without past), then:
+///   (1) statistics: row tiles of Mt rows against key tiles of their strict past (gemm_nt, online max and sum),
+///       in parallel over row tiles;
+///   for each block J of Bk rows, from the last back (every later row of the chunk is final and has been pushed):
+///   (2) in-block weights w_ij = c_i exp(S_ij - m_i), j < i in J (gemm_nt, rows split over the threads);
+///   (3) the in-block backward solve o_j += sum_{i > j in J} w_ij o_i, column slices in parallel;
+///   (4) block J pushed into every earlier row j of the chunk: S^T = K_j Q_J^T (gemm_nt), the weights by
+///       column statistics, o_j += W^T o_J (gemm_nn), earlier rows split evenly over the threads.
+/// Scratch: slots 1 (statistics) and 2 (diagonal blocks) of `scratch`. Up to max_threads threads.
+template <scalar T>
+void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> g, cache_view<const T> cache,
+                         index_t pos0, index_t n, matrix<T> out, scratch_arena<memory::host>& scratch,
+                         int max_threads = num_threads()) {
+  using namespace flash_detail;
+  constexpr index_t W = static_cast<index_t>(xsimd::batch<T>::size);
+  const index_t D = c.d_model, batch = cache.batch(), rows = batch * n;
+  if (n <= 0 || batch <= 0) return;
+  const flash_tuning tp = flash_params;
+  const T scale = T(1) / std::sqrt(static_cast<T>(D));
+  const index_t Bk = std::max<index_t>(1, tp.fb_block), Mt = std::max<index_t>(1, tp.fb_rows);
+  const index_t Bp = std::max<index_t>(1, tp.key_tile), nblocks = (n + Bk - 1) / Bk;
+  const int nt = threads_for(6.0 * static_cast<double>(D * batch * n) * (static_cast<double>(pos0) + 0.5 * static_cast<double>(n)), max_threads);
+  T* const mrow = scratch.get<T>(1, 2 * rows);  // m (rows) | c (rows), row b * n + i
+  T* const crow = mrow + rows;
+  T* const blocks = scratch.get<T>(2, batch * Bk * Bk);
+  const index_t ptiles = (n + Mt - 1) / Mt;
+  constexpr index_t CW = 4 * W;
+  const index_t col_items = (D + CW - 1) / CW;
+  const bool alias = out.data == g.data && out.ld == g.ld;
+
+  run_team(nt, [&](const team& tm) {
+    thread_buffers<T>& tb = thread_scratch<T>();
+    tm.guard([&] { tb.s.reserve(std::max(Mt * Bp, Mt * Bk)); });
+    const index_t P = tm.size();
+    if (!alias) tm.for_static(rows, [&](index_t r) { std::copy_n(g.row(r), D, out.row(r)); });
+
+    // (1) every row's statistics over its strict past [0, t).
+    tm.for_dynamic(batch * ptiles, [&](index_t u) {
+      const index_t b = u / ptiles, i0 = (u % ptiles) * Mt, nr = std::min(Mt, n - i0), r0 = b * n + i0;
+      std::fill_n(mrow + r0, nr, neg_inf<T>);
+      std::fill_n(crow + r0, nr, T(0));  // l while the pass runs
+      const index_t kend = pos0 + i0 + nr - 1;  // the last row's strict past
+      for (index_t j0 = 0; j0 < kend; j0 += Bp) {
+        const index_t nk = std::min(Bp, kend - j0);
+        const index_t first = std::max(i0, j0 - pos0 + 1);  // the first row with t > j0
+        if (first >= i0 + nr) continue;
+        const index_t m = i0 + nr - first;
+        const matrix<T> sc(tb.s.data(), m, nk);
+        gemm_nt(qb.row_block(b * n + first, m), cache.kb(b).row_block(j0, nk), sc, scale, T(0));
+        for (index_t k = 0; k < m; ++k) {
+          const index_t r = b * n + first + k, e = std::min(nk, pos0 + first + k - j0);
+          T* sr = sc.row(k);
+          const T mx = row_max(sr, e);
+          if (mx > mrow[r]) {
+            if (mrow[r] != neg_inf<T>) crow[r] *= std::exp(mrow[r] - mx);
+            mrow[r] = mx;
+          }
+          crow[r] += exp_shifted(sr, e, mrow[r]);
+        }
+      }
+      for (index_t r = r0; r < r0 + nr; ++r) {
+        crow[r] = crow[r] > T(0) ? gamma[r] / crow[r] : T(0);
+        if (mrow[r] == neg_inf<T>) mrow[r] = T(0);  // no past: weight 0
+      }
+    });
+
+    for (index_t J = nblocks - 1; J >= 0; --J) {
+      const index_t J0 = J * Bk, nJ = std::min(Bk, n - J0);
+
+      // (2) in-block weights.
+      const index_t parts1 = std::min(nJ, P);
+      tm.for_static(batch * parts1, [&](index_t u) {
+        const index_t b = u / parts1;
+        auto [ra, rb] = part_range(0, nJ, u % parts1, parts1);
+        ra = std::max<index_t>(ra, 1);  // row 0 of the block has no in-block past
+        if (rb <= ra) return;
+        T* const w = blocks + b * Bk * Bk;
+        gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), cache.kb(b).row_block(pos0 + J0, nJ - 1),
+                matrix<T>(w + ra * Bk, rb - ra, nJ - 1, Bk), scale, T(0));
+        for (index_t i = ra; i < rb; ++i) {
+          const index_t r = b * n + J0 + i;
+          T* wr = w + i * Bk;
+          exp_shifted(wr, i, mrow[r]);
+          scale_row(wr, i, crow[r]);
+        }
+      });
+
+      // (3) the in-block backward solve.
+      tm.for_static(batch * col_items, [&](index_t u) {
+        const index_t b = u / col_items, c0 = (u % col_items) * CW;
+        feedback_detail::solve_block_transposed(blocks + b * Bk * Bk, Bk, out.row(b * n + J0) + c0, out.ld, nJ,
+                                                std::min(CW, D - c0));
+      });
+
+      // (4) block J into every earlier row of the chunk.
+      if (J0 > 0) {
+        const index_t parts = P * ((J0 + P * Mt - 1) / (P * Mt));
+        tm.for_static(batch * parts, [&](index_t u) {
+          const index_t b = u / parts;
+          const auto [ja, jb] = part_range(0, J0, u % parts, parts);
+          if (jb <= ja) return;
+          const matrix<T> sc(tb.s.data(), jb - ja, nJ);
+          gemm_nt(cache.kb(b).row_block(pos0 + ja, jb - ja), qb.row_block(b * n + J0, nJ), sc, scale, T(0));
+          for (index_t k = 0; k < jb - ja; ++k)
+            feedback_detail::weights_from_stats(sc.row(k), nJ, mrow + b * n + J0, crow + b * n + J0);
+          gemm_nn(cmatrix<T>(sc), cmatrix<T>(out.row_block(b * n + J0, nJ)), out.row_block(b * n + ja, jb - ja), T(1),
+                  T(1));
         });
       }
     }

@@ -9,6 +9,7 @@
 //   rope        SPEC.md's pair rotation at absolute positions
 //   attention   forward branch: causal softmax over the variant's keys, GQA by head index h / g
 //   feedback    s_t = f_t + gamma_t * sum_{j<t} softmax_j(q_b,t . k_b,j / sqrt(D)) s_j, row 0 empty
+//   feedback_transposed   out_j = g_j + sum_{t>j} gamma_t alpha_{t,j} out_t, from the last token back
 //   copy, append_cache, embed   the row moves of the model glue
 // Every kernel reads any storage type (weights W, cache C: float, double, bfloat16, float16), widening each value
 // to the compute type T as it loads it, so the reference runs every numeric policy (core/numeric.hpp).
@@ -160,6 +161,42 @@ struct kernels<reference> {
           }
         }
         for (index_t k = 0; k < D; ++k) S(t, k) = narrow<C>(st[k]);
+      }
+    }
+  }
+
+  /// From the chunk's last token back: when token t is reached every later token has pushed into out_t, so
+  /// out_t is final; its softmax row alpha_{t,.} is formed as in feedback and out_t pushed into the chunk's
+  /// earlier tokens j: out_j += gamma_t alpha_{t,j} out_t.
+  template <scalar T, class C>
+  static void feedback_transposed(context<reference>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma,
+                                  cmatrix<T> g, cache_view<const C> cache, index_t pos0, index_t n, matrix<T> out) {
+    const index_t D = c.d_model;
+    const T scale = T(1) / std::sqrt(static_cast<T>(D));
+    T* p = ctx.scratch.get<T>(0, cache.capacity());
+    for (index_t b = 0; b < cache.batch(); ++b) {
+      const cmatrix<C> Kb = cache.kb(b);
+      for (index_t i = 0; i < n; ++i)
+        if (out.row(b * n + i) != g.row(b * n + i))
+          for (index_t k = 0; k < D; ++k) out(b * n + i, k) = g(b * n + i, k);
+      for (index_t i = n - 1; i >= 0; --i) {
+        const index_t t = pos0 + i, r = b * n + i;
+        if (t == 0 || i == 0) continue;  // no past, or no earlier token of the chunk to push into
+        T mx = -std::numeric_limits<T>::infinity();
+        for (index_t j = 0; j < t; ++j) {
+          T acc = 0;
+          for (index_t k = 0; k < D; ++k) acc += qb(r, k) * widen<T>(Kb(j, k));
+          p[j] = acc * scale;
+          mx = std::max(mx, p[j]);
+        }
+        T sum = 0;
+        for (index_t j = 0; j < t; ++j) sum += (p[j] = std::exp(p[j] - mx));
+        const T* ot = out.row(r);
+        for (index_t j = pos0; j < t; ++j) {
+          const T w = gamma[r] * (p[j] / sum);
+          T* oj = out.row(b * n + (j - pos0));
+          for (index_t k = 0; k < D; ++k) oj[k] += w * ot[k];
+        }
       }
     }
   }

@@ -5,6 +5,7 @@
 //   linear      packed, cache-blocked GEMM on xsimd micro-kernels, OpenMP over output tiles (gemm.hpp)
 //   attention   flash-style forward branch: query tiles against key tiles, online softmax (attention.hpp)
 //   feedback    the blocked feedback solve with partial online-softmax states (feedback.hpp)
+//   feedback_transposed   its transpose, backward in time, blocked the same way (feedback.hpp)
 //   layer_norm, gelu, multiply, rope   O(T D), vectorized and threaded over rows (elementwise.hpp)
 // The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. The fast kernels take
 // weights and cache in the compute type (numeric policies float and double); a narrower storage type has no
@@ -75,6 +76,13 @@ struct kernels<cpu> : kernels<reference> {
   static void feedback(context<cpu>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f,
                        cache_view<T> cache, index_t pos0, index_t n, matrix<T> out) {
     simd::feedback(c, qb, gamma, f, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
+  }
+
+  /// Transposed feedback solve (blocked, feedback.hpp); same contract as kernels<reference>::feedback_transposed.
+  template <scalar T>
+  static void feedback_transposed(context<cpu>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma,
+                                  cmatrix<T> g, cache_view<const T> cache, index_t pos0, index_t n, matrix<T> out) {
+    simd::feedback_transposed(c, qb, gamma, g, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 };
 

@@ -9,6 +9,7 @@
 //   attention   flash style with GQA by stacked rows, split-K for decode (kernels.cuh); head width <= 256
 //               (wider heads run thrust_cuda's kernel)
 //   feedback    token by token in four kernels, keys split over blocks (kernels.cuh)
+//   feedback_transposed   from the last token back: the feedback's logits and weights, then a push (kernels.cuh)
 // gelu, multiply, gain, rope, copy, append_cache and embed are thrust_cuda's (one element per work item already).
 //
 // Its context adds to thrust_cuda's (stream, scratch arena in device memory) the cuBLASLt handle, created on
@@ -162,6 +163,37 @@ struct kernels<cuda> : kernels<thrust_cuda> {
                                   ctx.stream>>>(raw(f.data), f.ld, partial, kp, s, raw(out.data), out.ld, n, i, t, D,
                                                 cap, batch);
       gpu::check_launch("feedback_finish");
+    }
+  }
+
+  template <scalar T, class C>
+  static void feedback_transposed(context<cuda>& ctx, const layer_config& c, cmatrix<T, S> qb,
+                                  pointer<const T, S> gamma, cmatrix<T, S> g, cache_view<const C, S> cache,
+                                  index_t pos0, index_t n, matrix<T, S> out) {
+    namespace gk = gpu::kernels;
+    const index_t D = c.d_model, batch = cache.batch(), cap = cache.capacity();
+    if (n <= 0 || batch <= 0) return;
+    if (raw(out.data) != raw(g.data)) base::copy(ctx, g, out);
+    const T scale = T(1) / std::sqrt(static_cast<T>(D));
+    const index_t max_parts = (cap + gk::fb_keys_per_block - 1) / gk::fb_keys_per_block;
+    T* logits = raw(ctx.scratch.template get<T>(0, batch * cap + 2 * batch * max_parts));
+    T* stats = logits + batch * cap;
+    constexpr index_t push_threads = 128;
+    const index_t col_blocks = (D + push_threads - 1) / push_threads;
+    for (index_t i = n - 1; i >= 1; --i) {
+      const index_t t = pos0 + i;
+      const index_t parts = (t + gk::fb_keys_per_block - 1) / gk::fb_keys_per_block;
+      gk::feedback_logits<T, C><<<dim3(static_cast<unsigned>(parts), static_cast<unsigned>(batch)), gk::fb_threads, 0,
+                                  ctx.stream>>>(raw(qb.data), qb.ld, raw(cache.kb_base()), logits, stats, n, i, t, D,
+                                                cap, scale);
+      gpu::check_launch("feedback_logits");
+      gk::feedback_weights<T><<<dim3(static_cast<unsigned>((t + 255) / 256), static_cast<unsigned>(batch)), 256, 0,
+                                ctx.stream>>>(logits, stats, static_cast<int>(parts), raw(gamma), n, i, t, cap);
+      gpu::check_launch("feedback_weights");
+      gk::feedback_push<T><<<dim3(static_cast<unsigned>(col_blocks), static_cast<unsigned>(std::min<index_t>(i, 1024)),
+                                  static_cast<unsigned>(batch)),
+                             push_threads, 0, ctx.stream>>>(logits, raw(out.data), out.ld, n, i, pos0, D, cap);
+      gpu::check_launch("feedback_push");
     }
   }
 

@@ -16,6 +16,8 @@
 //                   the weights gamma_t softmax_j in place; sum_j w_j s_j with keys split over blocks (columns
 //                   over threads, coalesced); s_t = f_t + the parts' sums, to out and the cache. The blocked
 //                   solve of docs/FEEDBACK.md (GEMM-shaped, T / Bk sequential steps) is the next step.
+//   feedback_push   the transposed solve, from the last token back: per token the logits and weights above,
+//                   then its final row pushed into the chunk's earlier rows (rows over blocks, columns coalesced)
 //   add_bias, narrow_rows   the epilogue and prologue of narrow-storage GEMMs (core/numeric.hpp)
 //
 // All math is in the compute type T (float or double); the cache may be narrower (C), every load widens. A
@@ -359,6 +361,19 @@ __global__ void feedback_finish(const T* __restrict__ f, std::int64_t ldf, const
   for (int p = 0; p < parts; ++p) st += partial[(p * batch + b) * D + k];
   out[r * ldo + k] = st;
   s[(b * capacity + t) * D + k] = narrow<C>(st);
+}
+
+/// Transposed feedback, token row i of the chunk: out[b][j] += w_j out[b][i] for the chunk's earlier rows j < i,
+/// w the weights of step (b) at positions pos0 + j. Columns over blockIdx.x * blockDim.x + threadIdx.x (coalesced),
+/// rows over blockIdx.y in a grid-stride loop, sequences over blockIdx.z.
+template <class T>
+__global__ void feedback_push(const T* __restrict__ weights, T* out, std::int64_t ldo, std::int64_t n, std::int64_t i,
+                              std::int64_t pos0, std::int64_t D, std::int64_t capacity) {
+  const std::int64_t b = blockIdx.z, k = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (k >= D) return;
+  const T oi = out[(b * n + i) * ldo + k];
+  const T* w = weights + b * capacity + pos0;
+  for (std::int64_t j = blockIdx.y; j < i; j += gridDim.y) out[(b * n + j) * ldo + k] += w[j] * oi;
 }
 
 }  // namespace kernels

@@ -22,6 +22,8 @@
 //                          the logits, one per sequence for max and exp-sum, one per (sequence, column) for
 //                          s_t = f_t + gamma_t sum_j p_j s_j. Scratch: slot 0 of the context's arena, batch x
 //                          capacity logits, then batch x 2 (max, sum).
+//   feedback_transposed    from the last token back: the same logits and softmax per token, then one item per
+//                          (sequence, earlier token of the chunk, column) pushing the token's final row back.
 // Weights and cache may be stored narrower than the compute type (core/numeric.hpp): every load widens.
 #pragma once
 
@@ -265,6 +267,22 @@ struct feedback_solve {
   }
 };
 
+/// Transposed feedback, one token: out row (b, j) += w_j out row (b, i) for the chunk's earlier tokens j < i,
+/// with w_j = gamma_r softmax_j from the exponentials and sums of steps (a) and (b).
+template <class T>
+struct feedback_push {
+  const T* gamma;
+  const T* logits;  // (batch, capacity): exponentials
+  const T* stats;   // (batch, 2)
+  view<T> out;
+  index_t n, i, pos0, D, capacity;
+  SESSA_HOST_DEVICE void operator()(index_t e) const {
+    const index_t k = e % D, j = (e / D) % i, b = e / (D * i), r = b * n + i;
+    const T w = gamma[r] * (logits[b * capacity + pos0 + j] / stats[2 * b + 1]);
+    out(b * n + j, k) += w * out(r, k);
+  }
+};
+
 template <class T>
 struct copy {
   view<const T> src;
@@ -390,6 +408,29 @@ struct thrust_kernels {
       run(ctx, batch * D,
           thrust_fn::feedback_solve<T, C>{thrust_fn::raw_view(f), raw(gamma), logits, stats, raw(cache.s_base()),
                                           thrust_fn::raw_view(out), n, i, t, D, cap});
+    }
+  }
+
+  /// From the chunk's last token back, one token at a time: its softmax row (steps (a) and (b) of feedback),
+  /// then its final out row pushed into the chunk's earlier rows.
+  template <scalar T, class C>
+  static void feedback_transposed(ctx_t& ctx, const layer_config& c, cmatrix<T, S> qb, pointer<const T, S> gamma,
+                                  cmatrix<T, S> g, cache_view<const C, S> cache, index_t pos0, index_t n,
+                                  matrix<T, S> out) {
+    const index_t D = c.d_model, batch = cache.batch(), cap = cache.capacity();
+    if (n <= 0 || batch <= 0) return;
+    const T scale = T(1) / thrust_math::sqrt(static_cast<T>(D));
+    if (raw(out.data) != raw(g.data)) copy(ctx, g, out);
+    T* logits = raw(ctx.scratch.template get<T>(0, batch * cap + 2 * batch));
+    T* stats = logits + batch * cap;
+    for (index_t i = n - 1; i >= 1; --i) {
+      const index_t t = pos0 + i;
+      run(ctx, batch * t,
+          thrust_fn::feedback_logits<T, C>{thrust_fn::raw_view(qb), raw(cache.kb_base()), logits, n, i, t, D, cap,
+                                           scale});
+      run(ctx, batch, thrust_fn::feedback_softmax<T>{logits, stats, t, cap});
+      run(ctx, batch * i * D,
+          thrust_fn::feedback_push<T>{raw(gamma), logits, stats, thrust_fn::raw_view(out), n, i, pos0, D, cap});
     }
   }
 
