@@ -66,9 +66,12 @@ constexpr const char* usage_text =
     "  generate   [--context 512] [--steps 32] [--layers 4] [--vocab 256]\n"
     "             --batch sessions of a decoder (prompts of context*(i+1)/batch tokens) generating --steps\n"
     "             tokens each: generate_batch against the same sessions one after another\n"
+    "  feedback   --T N\n"
+    "             time the feedback solve and its transpose (the influence tools' backward solve) alone\n"
+    "             on one random routing of N tokens, FLOPs 2 T^2 D each\n"
     "  yardstick  the machine's figures: OpenBLAS sgemm GFLOP/s (n = 2048, 4096) and streaming read GB/s\n"
     "\n"
-    "options (prefill, decode, generate):\n"
+    "options (prefill, decode, generate, feedback):\n"
     "  --D 512 --H 8 --Hkv 8       layer shape (d_model, heads, key/value heads)\n"
     "  --batch 1                   sequences per call\n"
     "  --backend NAME              kernels to time (validated against reference first): cpu, reference,\n"
@@ -442,6 +445,77 @@ int cmd_prefill(const options& o) {
   return 0;
 }
 
+/// The feedback solve and its transpose (kernels<B>::feedback, feedback_transposed) on one random routing of
+/// T tokens, each timed alone; FLOPs 2 T^2 D (logits and weighted sums), the transpose doing an extra pass for
+/// its row statistics.
+int cmd_feedback(const options& o) {
+  const common c = parse_common(o);
+  const index_t Tn = o.integer("T", std::nullopt, 2, 1 << 20);
+  dispatch(c, [&]<class P, class B>() {
+    using T = compute_t<P>;
+    using S = space_of<B>;
+    using K = backend::kernels<B>;
+    const layer_config& cfg = c.cfg;
+    const index_t D = cfg.d_model, rows = c.batch * Tn, kv = cfg.kv_dim();
+    const double estimate = static_cast<double>(sizeof(T)) *
+                            (4.0 * rows * D + rows * 2.0 * kv + layer_cache<P, B>::storage_size(cfg, c.batch, Tn));
+    check_fits(estimate, "this feedback solve");
+    buffer<T, S> qb(rows * D), kb(rows * D), kvz(rows * 2 * kv), f(rows * D), out(rows * D), gam(rows);
+    fill_random(qb.data(), qb.size(), c.seed + 1);
+    fill_random(kb.data(), kb.size(), c.seed + 2);
+    fill_random(f.data(), f.size(), c.seed + 3);
+    kvz.zero();
+    {
+      std::vector<T> g(static_cast<std::size_t>(rows), static_cast<T>(0.9));
+      gam = to_space<S>(buffer<T>(g));
+    }
+    layer_cache<P, B> cache(cfg, c.batch, Tn);
+    backend::context<B> ctx;
+    K::append_cache(ctx, cfg, cmatrix<T, S>(kvz.data(), rows, 2 * kv), cmatrix<T, S>(kb.data(), rows, D), cache.view(), 0, Tn);
+    auto best_of = [&](auto&& fn) {
+      for (int i = 0; i < c.warmup; ++i) fn(), synchronize<B>(ctx);
+      double best = std::numeric_limits<double>::infinity();
+      for (int r = 0; r < c.repeat; ++r) {
+        const auto t0 = clock_type::now();
+        fn();
+        synchronize<B>(ctx);
+        best = std::min(best, seconds_since(t0));
+      }
+      return best;
+    };
+    const double fwd = best_of([&] {
+      K::feedback(ctx, cfg, cmatrix<T, S>(qb.data(), rows, D), pointer<const T, S>(gam.data()),
+                  cmatrix<T, S>(f.data(), rows, D), cache.view(), 0, Tn, matrix<T, S>(out.data(), rows, D));
+    });
+    const double bwd = best_of([&] {
+      K::feedback_transposed(ctx, cfg, cmatrix<T, S>(qb.data(), rows, D), pointer<const T, S>(gam.data()),
+                             cmatrix<T, S>(f.data(), rows, D), std::as_const(cache).view(), 0, Tn,
+                             matrix<T, S>(out.data(), rows, D));
+    });
+    if (!std::isfinite(static_cast<double>(element(out, out.size() - 1))))
+      throw value_error("the transposed solve produced a non-finite output");
+    sessa_bench::settle();
+    const double sgemm = on_gpu<B>() ? nan_v : inrun_sgemm(c);
+    const double flops = 2.0 * static_cast<double>(Tn) * static_cast<double>(Tn) * static_cast<double>(D) *
+                         static_cast<double>(c.batch);
+    json_line j;
+    j.str("work", "feedback").integer("T", Tn);
+    add_common(j, c);
+    j.integer("repeat", c.repeat)
+        .num("seconds_feedback", fwd)
+        .num("seconds_transposed", bwd)
+        .num("transposed_over_feedback", bwd / fwd, 4)
+        .num("gflop", flops * 1e-9)
+        .num("gflops_feedback", flops / fwd * 1e-9, 5)
+        .num("gflops_transposed", flops / bwd * 1e-9, 5)
+        .num("sgemm_gflops", sgemm, 5)
+        .num("feedback_fraction_of_sgemm", flops / fwd * 1e-9 / sgemm, 4)
+        .num("transposed_fraction_of_sgemm", flops / bwd * 1e-9 / sgemm, 4);
+    j.str("version", SESSA_VERSION_STRING).print();
+  });
+  return 0;
+}
+
 int cmd_decode(const options& o) {
   const common c = parse_common(o);
   const index_t context = o.integer("context", std::nullopt, 0, 1 << 24);
@@ -689,8 +763,9 @@ int main(int argc, char** argv) {
     if (cmd == "decode") return cmd_decode(options(argc, argv, 2, with_common({"context", "steps", "chunk", "fill"})));
     if (cmd == "generate")
       return cmd_generate(options(argc, argv, 2, with_common({"context", "steps", "layers", "vocab"})));
+    if (cmd == "feedback") return cmd_feedback(options(argc, argv, 2, with_common({"T"})));
     if (cmd == "yardstick") return cmd_yardstick(options(argc, argv, 2, {"threads", "repeat"}));
-    throw usage_error("unknown command '" + cmd + "' (prefill, decode, generate or yardstick)");
+    throw usage_error("unknown command '" + cmd + "' (prefill, decode, generate, feedback or yardstick)");
   } catch (const usage_error& e) {
     std::fprintf(stderr, "sessa-bench: %s (sessa-bench --help for usage)\n", e.what());
     return 2;

@@ -362,3 +362,95 @@ TEST_CASE("sessa generate without --model runs the built-in model; --prompts run
   expect_failure("generate --prompts '" + file.string() + "' --save-state x", 2, "--prompts generates a batch");
   expect_failure("generate --prompts '" + (scratch / "absent.txt").string() + "'", 1, "absent.txt: cannot open");
 }
+
+TEST_CASE("sessa profile: the uniform construction's exponent, the retrieval construction, models, plots, errors",
+          "[cli][profile]") {
+  // The issue's criterion: gamma 0.8 over 20000 tokens, exponent within 0.02 of 0.2, and the SVG written.
+  const fs::path svg = scratch / "uniform.svg";
+  fs::remove(svg);
+  const result u = cli("profile --construction uniform --gamma 0.8 --tokens 20000 --json --svg '" + svg.string() + "'");
+  INFO(u.err);
+  REQUIRE(u.status == 0);
+  const io::json::value j = io::json::parse(u.out);
+  CHECK(std::abs(j.find("exponent")->as_number() - 0.2) < 0.02);
+  const io::json::value& fit = *j.find("fit");
+  CHECK(fit.find("lag_min")->as_number() == 100);
+  CHECK(fit.find("lag_max")->as_number() == 9999);
+  CHECK(fit.find("r2")->as_number() > 0.999);
+  const auto& curve = j.find("curve")->as_array();
+  REQUIRE(curve.size() > 100);
+  CHECK(curve.front().find("lag")->as_number() == 1);
+  CHECK(curve.front().find("median")->as_number() == Approx(0.8));  // s_1 = gamma s_0
+  CHECK(curve.back().find("lag")->as_number() == 19999);
+  const std::string plot = slurp(svg);
+  CHECK(plot.rfind("<svg", 0) == 0);
+  CHECK(plot.find("fitted exponent 0.2") != std::string::npos);
+  CHECK(plot.find("diffuse attention read") != std::string::npos);
+  CHECK(plot.find("exponential, same half-life") != std::string::npos);
+
+  // Retrieval: the marker's influence holds (CSV: lag, median, ...).
+  const result r = cli("profile --construction retrieval");
+  REQUIRE(r.status == 0);
+  std::istringstream lines(r.out);
+  std::string line;
+  double at10 = 0, worst = 0;
+  index_t rows = 0, last = 0;
+  while (std::getline(lines, line)) {
+    if (line.empty() || line[0] == '#' || line.rfind("lag,", 0) == 0) continue;
+    const index_t lag = std::stoll(line.substr(0, line.find(',')));
+    const double med = std::stod(line.substr(line.find(',') + 1));
+    if (lag == 10) at10 = med;
+    if (lag >= 10 && at10 > 0) worst = std::max(worst, std::abs(med / at10 - 1));
+    last = lag;
+    ++rows;
+  }
+  CHECK(rows > 100);
+  CHECK(last == 10000);
+  CHECK(at10 == Approx(0.9).epsilon(1e-6));
+  CHECK(worst < 0.05);
+  CHECK(r.out.find("# exponent") != std::string::npos);
+
+  // The shipped model on the held-out text, feedback solve of one layer and end to end.
+  const std::string text = std::string(SESSA_TEST_DATA_DIR) + "/eval_text.txt";
+  const result m = cli("profile --text '" + text + "' --tokens 600 --layer 2 --json");
+  INFO(m.err);
+  REQUIRE(m.status == 0);
+  const io::json::value mj = io::json::parse(m.out);
+  CHECK(std::isfinite(mj.find("exponent")->as_number()));
+  CHECK(mj.find("sources")->as_array().size() == 8);
+  CHECK(mj.find("measure")->as_string().find("layer 2") != std::string::npos);
+  const result e = cli("profile --text '" + text + "' --tokens 200 --measure end-to-end --sources 0,50 --probes 2 --json");
+  INFO(e.err);
+  REQUIRE(e.status == 0);
+  CHECK(io::json::parse(e.out).find("measure")->as_string().find("2 random sign probes") != std::string::npos);
+  // A layer on its input file.
+  const std::string data = SESSA_TEST_DATA_DIR;
+  const result l = cli("profile --model '" + data + "/layer_d32_h4_kv2.model.safetensors' --input '" + data +
+                       "/layer_d32_h4_kv2.io.safetensors' --sources 0,1,2 --fit 1:5");
+  INFO(l.err);
+  CHECK(l.status == 0);
+  CHECK(l.out.find("over lags [1, 5]") != std::string::npos);
+
+  // Errors.
+  expect_failure("profile", 2, "profile needs --construction uniform|retrieval");
+  expect_failure("profile --construction spiral", 2, "--construction must be uniform or retrieval");
+  expect_failure("profile --construction uniform --gamma 1.5", 2, "--gamma must lie in (0, 1)");
+  expect_failure("profile --construction uniform --measure end-to-end", 2, "needs a layer");
+  expect_failure("profile --construction uniform --model x.safetensors", 2, "does not combine with --model");
+  expect_failure("profile --construction uniform --marker 3", 2, "belong to the retrieval construction");
+  expect_failure("profile --construction retrieval --gamma 0.5", 2, "--gamma is the uniform construction's gain");
+  expect_failure("profile --construction uniform --probes 4", 2, "belong to --measure end-to-end");
+  expect_failure("profile --construction uniform --tokens 1000 --fit 10:5000", 1, "reaches past the largest lag");
+  expect_failure("profile --construction uniform --fit 10", 2, "--fit must be LO:HI");
+  expect_failure("profile --construction uniform --sources 0,x", 2, "--sources must be a comma-separated list");
+  expect_failure("profile --construction uniform --tokens 100 --sources 100", 1, "source position 100 is outside");
+  expect_failure("profile --construction uniform --tokens 100 --sources 98", 1, "a profile needs at least 3");
+  expect_failure("profile --text '" + text + "' --input x", 2, "--input is for a layer");
+  expect_failure("profile --model '" + data + "/layer_d32_h4_kv2.model.safetensors' --text '" + text + "'", 2,
+                 "--text is for a decoder");
+  expect_failure("profile --text '" + text + "' --layer 3", 2, "--layer must be an integer in [0, 2]");
+  expect_failure("profile --text '" + text + "' --measure end-to-end --layer 1", 2, "--measure end-to-end spans them all");
+  expect_failure("profile --text /nonexistent/file.txt", 1, "cannot open the text file");
+  const fs::path bad_svg = scratch / "no_such_dir" / "plot.svg";
+  expect_failure("profile --construction uniform --tokens 1000 --svg '" + bad_svg.string() + "'", 1, "cannot open for writing");
+}

@@ -731,10 +731,10 @@ influence_run profile_model(const options& o, const std::string& measure) {
   const model_source m = open_model(o, true);
   influence_run r;
   const bool dec = m.info.arch == io::model_arch::decoder;
-  if (dec && !o.get("text")) throw usage_error("a decoder is profiled on a text: give --text FILE");
-  if (!dec && !o.get("input")) throw usage_error("a layer is profiled on an input: give --input I.safetensors (x: (B, T, D))");
   if (dec && o.get("input")) throw usage_error("--input is for a layer; a decoder takes --text FILE");
   if (!dec && o.get("text")) throw usage_error("--text is for a decoder; a layer takes --input I.safetensors");
+  if (dec && !o.get("text")) throw usage_error("a decoder is profiled on a text: give --text FILE");
+  if (!dec && !o.get("input")) throw usage_error("a layer is profiled on an input: give --input I.safetensors (x: (B, T, D))");
   const index_t count = o.integer("source-count", 8, 1, 1000);
   dispatch("f64", o.get("backend").value_or("cpu"), m.info.attention, [&]<class T, class B, class A>() {
     const A variant = io::detail::variant_from(m.info, m.file.source(), A{});

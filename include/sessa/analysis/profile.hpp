@@ -134,7 +134,9 @@ inline power_fit fit_power_law(const lag_profile& p, index_t lag_min, index_t la
   const double slope = vx > 0 ? cxy / vx : 0.0;
   f.exponent = -slope;
   f.log_scale = (sy - slope * sx) / dm;
-  f.r2 = vx > 0 && vy > 0 ? (cxy * cxy) / (vx * vy) : 1.0;
+  // A constant median (a flat, exact fit) has no variance to explain: r2 = 1 there, not 0 / 0.
+  const bool flat = vy <= 1e-12 * (std::abs(syy) + 1.0);
+  f.r2 = flat ? 1.0 : vx > 0 ? (cxy * cxy) / (vx * vy) : 0.0;
   f.lag_min = lag_min;
   f.lag_max = lag_max;
   f.points = m;

@@ -81,7 +81,7 @@ inline std::string to_svg(const loglog_plot& p) {
     }
   if (!(xmax > 0)) xmin = 1, xmax = 10, ymax = 1, ymin_data = 0.1;
   const double lx0 = std::floor(std::log10(xmin)), lx1 = std::max(lx0 + 1, std::ceil(std::log10(xmax)));
-  const double ly1 = std::ceil(std::log10(ymax) + 1e-9);
+  const double ly1 = std::ceil(std::log10(ymax) + 0.1);  // headroom: a curve never runs along the top edge
   const double ly0 = std::min(ly1 - 1, std::max(std::floor(std::log10(ymin_data)), ly1 - p.max_decades));
   const double W = p.width, H = p.height, left = 78, right = 20, top = 40, bottom = 56;
   const double pw = W - left - right, ph = H - top - bottom;
