@@ -9250,7 +9250,9 @@ inline power_fit fit_power_law(const lag_profile& p, index_t lag_min, index_t la
   const double slope = vx > 0 ? cxy / vx : 0.0;
   f.exponent = -slope;
   f.log_scale = (sy - slope * sx) / dm;
-  f.r2 = vx > 0 && vy > 0 ? (cxy * cxy) / (vx * vy) : 1.0;
+  // A constant median (a flat, exact fit) has no variance to explain: r2 = 1 there, not 0 / 0.
+  const bool flat = vy <= 1e-12 * (std::abs(syy) + 1.0);
+  f.r2 = flat ? 1.0 : vx > 0 ? (cxy * cxy) / (vx * vy) : 0.0;
   f.lag_min = lag_min;
   f.lag_max = lag_max;
   f.points = m;
@@ -9494,7 +9496,7 @@ inline std::string to_svg(const loglog_plot& p) {
     }
   if (!(xmax > 0)) xmin = 1, xmax = 10, ymax = 1, ymin_data = 0.1;
   const double lx0 = std::floor(std::log10(xmin)), lx1 = std::max(lx0 + 1, std::ceil(std::log10(xmax)));
-  const double ly1 = std::ceil(std::log10(ymax) + 1e-9);
+  const double ly1 = std::ceil(std::log10(ymax) + 0.1);  // headroom: a curve never runs along the top edge
   const double ly0 = std::min(ly1 - 1, std::max(std::floor(std::log10(ymin_data)), ly1 - p.max_decades));
   const double W = p.width, H = p.height, left = 78, right = 20, top = 40, bottom = 56;
   const double pw = W - left - right, ph = H - top - bottom;
