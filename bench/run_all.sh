@@ -18,6 +18,7 @@
 #   REF_MAX_T=2048              largest prefill T for backend::reference (O(T^2) scalar loops)
 #   TORCH_MAX_T=16384           largest prefill T for the torch side-by-side (T=16384 needs ~17 GiB)
 #   SKIP_TORCH=1                skip the torch rows
+#   SKIP_NARROW=1               skip the narrow-weight rows (a 6-layer D = 4096 stack: 3.4 GiB of f32 weights)
 # The library build it expects: cmake -S . -B /tmp/build_bench -DCMAKE_BUILD_TYPE=Release -DSESSA_BUILD_TESTS=OFF
 #                               cmake --build /tmp/build_bench --target sessa_bench -j2
 set -euo pipefail
@@ -35,9 +36,15 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip().startswith("{")]
 public_prefill = {512: 0.155, 1024: 0.64, 2048: 1.96, 4096: 7.04, 8192: 27.8, 16384: 119.0}
 public_decode_ms = {1024: 6.1, 4096: 11.9}
 
+# Fields older result lines lack, at the value they had then.
+defaults = {"weights": "f32", "cache": "f32", "layers": 1}
+
+def get(r, k):
+    return r.get(k, defaults.get(k))
+
 def pick(**kv):
     for r in reversed(rows):  # the latest line for a key wins, so a file can be appended to
-        if all(r.get(k) == v for k, v in kv.items()):
+        if all(get(r, k) == v for k, v in kv.items()):
             return r
     return None
 
@@ -49,7 +56,7 @@ def gib(b):
         return ""
     return f"{b / 2**20:.0f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
 
-base = dict(D=512, H=8, Hkv=8, batch=1, precision="f32")
+base = dict(D=512, H=8, Hkv=8, batch=1, precision="f32", weights="f32", layers=1)
 y = pick(work="yardstick", threads=2)
 if y:
     print(f"Yardstick (2 threads): OpenBLAS sgemm {f(y['sgemm_gflops'], '{:.0f}')} GFLOP/s "
@@ -100,7 +107,8 @@ print("| T | chunk | peak RSS | RSS before activations | model bytes (x, y, cach
       "torch peak RSS (this run) |")
 print("|---|---|---|---|---|---|---|")
 for r in rows:
-    if r.get("work") != "prefill" or r.get("backend") != "cpu" or r.get("threads") != 2:
+    if r.get("work") != "prefill" or r.get("backend") != "cpu" or r.get("threads") != 2 or \
+            get(r, "weights") != "f32" or get(r, "layers") != 1 or r.get("D") != 512:
         continue
     tor = pick(work="prefill", T=r["T"], backend="torch", threads=2, **base) if r["chunk"] == 0 else None
     tor_rss = gib(tor["peak_rss_bytes"]) if tor and tor.get("peak_rss_bytes") else ""
@@ -115,6 +123,34 @@ for work, key, n, field, unit in (("prefill", "T", 4096, "seconds", "s"), ("deco
     two = pick(work=work, backend="cpu", threads=2, **{key: n}, **base)
     if one and two and (work == "decode" or two.get("chunk") == 0):
         print(f"| {work} {key}={n} | {one[field]:.4g} {unit} | {two[field]:.4g} {unit} | {one[field] / two[field]:.2f}x |")
+
+big = dict(work="decode", backend="cpu", threads=2, D=4096, H=32, Hkv=32, layers=6, context=128, precision="f32")
+f32_big = pick(weights="f32", batch=1, **big)
+if f32_big:
+    print("\n### Narrow weights: decode of a 6-layer stack, D = 4096 (f32 weights 3.4 GiB), context 128, 2 threads\n")
+    print("| weights | batch | weight bytes | bytes read per token | ms per step | tokens/s | x f32 tokens/s | "
+          "in-run stream GB/s | fraction of the streaming floor |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for w in ("f32", "bf16", "f16"):
+        for b in (1, 4, 16):
+            r = pick(weights=w, batch=b, **big)
+            if not r:
+                continue
+            one = pick(weights="f32", batch=b, **big)
+            ratio = f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x" if one else ""
+            print(f"| {w} | {b} | {gib(r['weight_bytes'])} | {r['bytes_per_token'] / 2**20:.0f} MiB | "
+                  f"{r['ms_per_token']:.4g} | {r['tokens_per_s']:.4g} | {ratio} | {r['stream_gbps']:.1f} | "
+                  f"{r['fraction_of_bandwidth_bound']:.3f} |")
+pf = [pick(work="prefill", backend="cpu", threads=2, T=4096, chunk=0, D=512, H=8, Hkv=8, batch=1, precision="f32",
+           layers=1, weights=w) for w in ("f32", "bf16", "f16")]
+if pf[0]:
+    print("\n### Narrow weights: prefill T = 4096 (D = 512, H = Hkv = 8, batch 1, 2 threads)\n")
+    print("| weights | seconds | GFLOP/s | in-run sgemm | fraction of sgemm | x f32 speed |")
+    print("|---|---|---|---|---|---|")
+    for w, r in zip(("f32", "bf16", "f16"), pf):
+        if r:
+            print(f"| {w} | {r['seconds']:.4g} | {r['gflops']:.4g} | {f(r['sgemm_gflops'], '{:.0f}')} | "
+                  f"{f(r['fraction_of_sgemm'], '{:.3f}')} | {pf[0]['seconds'] / r['seconds']:.2f}x |")
 PY
 }
 
@@ -168,6 +204,18 @@ done
 # Thread scaling: the 1-thread rows (the 2-thread ones are above).
 ((MAX_T >= 4096)) && run "$BENCH" prefill --T 4096 "${common[@]}" --backend cpu --threads 1
 ((MAX_CONTEXT >= 4096)) && run "$BENCH" decode --context 4096 --steps 64 "${common[@]}" --backend cpu --threads 1
+
+# Narrow weights: decode of a 6-layer D = 4096 stack (3.4 GiB of f32 weights, several times any last-level cache)
+# for each storage of the weights and batches 1, 4, 16; prefill T = 4096 with each.
+if [[ -z "${SKIP_NARROW:-}" ]]; then
+  big=(--D 4096 --H 32 --Hkv 32 --layers 6 --context 128 --steps 16 --precision f32 --backend cpu --threads 2)
+  for w in f32 bf16 f16; do
+    for b in 1 4 16; do run "$BENCH" decode "${big[@]}" --weights "$w" --batch "$b"; done
+  done
+  for w in f32 bf16 f16; do
+    ((MAX_T >= 4096)) && run "$BENCH" prefill --T 4096 "${common[@]}" --backend cpu --threads 2 --weights "$w"
+  done
+fi
 
 # The PyTorch side-by-side.
 if [[ -z "${SKIP_TORCH:-}" ]]; then

@@ -70,6 +70,8 @@ constexpr const char* usage_text =
     "             time the feedback solve and its transpose (the influence tools' backward solve) alone\n"
     "             on one random routing of N tokens, FLOPs 2 T^2 D each\n"
     "  yardstick  the machine's figures: OpenBLAS sgemm GFLOP/s (n = 2048, 4096) and streaming read GB/s\n"
+    "             (sgemm: the best of the autodetected kernel family and the AVX-512 / AVX2 ones this CPU runs,\n"
+    "             each measured in a child `sessa-bench sgemm-probe` with OPENBLAS_CORETYPE set)\n"
     "\n"
     "options (prefill, decode, generate, feedback):\n"
     "  --D 512 --H 8 --Hkv 8       layer shape (d_model, heads, key/value heads)\n"
@@ -78,6 +80,11 @@ constexpr const char* usage_text =
     "                              thrust_omp (when built), thrust_cuda (in sessa-bench-cuda)\n"
     "  --precision f32|f64         compute type\n"
     "  --storage same|bf16|f16     weights and cache stored as the compute type (same) or narrower\n"
+    "  --weights same|bf16|f16     the weights' storage alone (default: --storage); bf16 or f16 weights\n"
+    "                              with a compute-type cache run on cpu too\n"
+    "  --cache same|bf16|f16       the cache's storage alone (default: --storage)\n"
+    "  --layers 1                  (prefill, decode) a stack of N layers, each with its own weights and\n"
+    "                              cache, so the weights can exceed any cache of the machine\n"
     "  --threads N                 OpenMP threads for the layer, OpenBLAS threads for the yardstick\n"
     "  --repeat 3 --warmup 1       best of --repeat timed runs after --warmup untimed ones\n"
     "  --yardstick quick|full|off  in-run machine figure: quick = sgemm n=2048 / 1 GiB read, full adds n=4096\n"
@@ -131,14 +138,16 @@ constexpr double nan_v = std::numeric_limits<double>::quiet_NaN();
 struct common {
   layer_config cfg;
   index_t batch = 1;
-  std::string backend, precision, storage, yardstick;
+  std::string backend, precision, weights, cache, yardstick;
+  index_t layers = 1;  // prefill / decode: layers in the stack
   int threads = 1;
   int repeat = 3, warmup = 1;
   std::uint64_t seed = 1;
 };
 
-const std::vector<std::string> common_names = {"D",      "H",      "Hkv",  "batch",     "backend", "precision", "storage",
-                                               "threads", "repeat", "warmup", "seed", "yardstick", "rope"};
+const std::vector<std::string> common_names = {"D",       "H",       "Hkv",    "batch", "backend", "precision",
+                                               "storage", "weights", "cache",  "threads", "repeat", "warmup",
+                                               "seed",    "yardstick", "rope"};
 
 common parse_common(const options& o) {
   common c;
@@ -151,8 +160,17 @@ common parse_common(const options& o) {
   c.backend = o.get("backend").value_or("cpu");
   sessa::tools::require_backend(c.backend);  // a name this build lacks fails here, before any work
   c.precision = o.word("precision", "f32", {"f32", "f64"});
-  c.storage = o.word("storage", "same", {"same", "bf16", "f16"});
+  const std::string storage = o.word("storage", "same", {"same", "bf16", "f16"});
+  c.weights = o.word("weights", storage, {"same", "f32", "f64", "bf16", "f16"});
+  c.cache = o.word("cache", storage, {"same", "f32", "f64", "bf16", "f16"});
+  for (std::string* s : {&c.weights, &c.cache}) {
+    if (*s == c.precision) *s = "same";
+    else if (*s == "f32" || *s == "f64")
+      throw usage_error("storage " + *s + " with --precision " + c.precision + ": a wider or other exact type than "
+                        "the compute type is not a storage format (use same, bf16 or f16)");
+  }
   c.yardstick = o.word("yardstick", "quick", {"quick", "full", "off"});
+  c.layers = o.integer("layers", 1, 1, 4096);
   c.repeat = static_cast<int>(o.integer("repeat", 3, 1, 1000));
   c.warmup = static_cast<int>(o.integer("warmup", 1, 0, 1000));
   c.seed = static_cast<std::uint64_t>(o.integer("seed", 1, 0, std::numeric_limits<long long>::max()));
@@ -163,22 +181,34 @@ common parse_common(const options& o) {
 }
 
 /// Calls f.template operator()<P, Backend>() for the runtime choice of precision, storage and backend; P is
-/// the numeric policy (float, double, or precision<T, bfloat16 / float16>). A backend without kernels for the
-/// storage type is a usage error.
+/// the numeric policy (float, double, precision<T, bfloat16 / float16> for narrow weights and cache, and for float
+/// compute precision<float, bfloat16 / float16, float> for narrow weights alone). A backend without kernels for the
+/// storage is a usage error.
 template <class F>
 void dispatch(const common& c, F&& f) {
   auto with_backend = [&]<class P>() {
     sessa::tools::with_backend(c.backend, [&]<class B>() {
       if constexpr (backend::kernel_set<B, P>) f.template operator()<P, B>();
       else
-        throw usage_error("backend " + c.backend + " has no kernels for --storage " + c.storage +
-                          " (narrow storage runs on reference, the Thrust backends and cuda)");
+        throw usage_error("backend " + c.backend + " has no kernels for --weights " + c.weights + " --cache " +
+                          c.cache + " (the cpu backend runs narrow weights with a " + c.precision +
+                          " cache; narrow caches run on reference, the Thrust backends and cuda)");
     });
   };
   auto with_storage = [&]<class T>() {
-    if (c.storage == "bf16") with_backend.template operator()<sessa::precision<T, sessa::bfloat16>>();
-    else if (c.storage == "f16") with_backend.template operator()<sessa::precision<T, sessa::float16>>();
-    else with_backend.template operator()<T>();
+    const std::string& w = c.weights;
+    if (w == c.cache) {
+      if (w == "bf16") return with_backend.template operator()<sessa::precision<T, sessa::bfloat16>>();
+      if (w == "f16") return with_backend.template operator()<sessa::precision<T, sessa::float16>>();
+      return with_backend.template operator()<T>();
+    }
+    if constexpr (std::is_same_v<T, float>) {
+      if (c.cache == "same" && w == "bf16") return with_backend.template operator()<sessa::precision<T, sessa::bfloat16, T>>();
+      if (c.cache == "same" && w == "f16") return with_backend.template operator()<sessa::precision<T, sessa::float16, T>>();
+    }
+    throw usage_error("--weights " + w + " --cache " + c.cache + " with --precision " + c.precision +
+                      " is not built into sessa-bench (it has: weights and cache alike; and for f32, bf16 or f16 "
+                      "weights with an f32 cache)");
   };
   if (c.precision == "f32") with_storage.template operator()<float>();
   else with_storage.template operator()<double>();
@@ -362,18 +392,46 @@ void add_common(json_line& j, const common& c) {
       .str("backend", c.backend)
       .integer("threads", c.threads)
       .str("precision", c.precision)
-      .str("storage", c.storage == "same" ? c.precision : c.storage);
+      .str("weights", c.weights == "same" ? c.precision : c.weights)
+      .str("cache", c.cache == "same" ? c.precision : c.cache)
+      .integer("layers", c.layers);
 }
 
 /// In-run sgemm figure: n = 2048 (quick) or the best of n = 2048 and 4096 (full); NaN when off or no OpenBLAS.
-double inrun_sgemm(const common& c) {
-  if (c.yardstick == "off") return nan_v;
-  double g = sessa_bench::sgemm_gflops(2048, 3, c.threads);
-  if (c.yardstick == "full") g = std::max(g, sessa_bench::sgemm_gflops(4096, 3, c.threads));
+/// This program, run as `sessa-bench sgemm-probe` (the child processes of best_sgemm).
+std::string self_probe() {
+  char path[4096];
+  const ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+  if (n <= 0) return "false";
+  return "'" + std::string(path, static_cast<std::size_t>(n)) + "' sgemm-probe";
+}
+
+/// In-run sgemm figure: n = 2048 (quick) or the best of n = 2048 and 4096 (full), with OpenBLAS's best kernel
+/// family for this CPU (yardstick.hpp: best_sgemm); NaN when off or without OpenBLAS.
+sessa_bench::sgemm_figure inrun_sgemm_figure(const common& c) {
+  if (c.yardstick == "off") return {};
+  sessa_bench::sgemm_figure g = sessa_bench::best_sgemm(2048, 3, c.threads, self_probe());
+  if (c.yardstick == "full") {
+    const sessa_bench::sgemm_figure g4 = sessa_bench::best_sgemm(4096, 3, c.threads, self_probe());
+    if (g4.gflops > g.gflops) g = g4;
+  }
   return g;
 }
 
+double inrun_sgemm(const common& c) { return inrun_sgemm_figure(c).gflops; }
+
 constexpr std::size_t stream_bytes = std::size_t{1} << 30;  // 1 GiB: far beyond any cache
+
+/// The --layers stack: c.layers layers of c.cfg, layer l with random weights from seed c.seed + l (layer 0 is the
+/// layer validate() checked).
+template <numeric P, backend_tag B>
+std::vector<layer<P, B>> make_stack(const common& c) {
+  std::vector<layer<P, B>> stack;
+  stack.reserve(static_cast<std::size_t>(c.layers));
+  for (index_t l = 0; l < c.layers; ++l)
+    stack.emplace_back(c.cfg, random_layer_weights<weight_t<P>>(c.cfg, c.seed + static_cast<std::uint64_t>(l)));
+  return stack;
+}
 
 int cmd_prefill(const options& o) {
   const common c = parse_common(o);
@@ -390,20 +448,31 @@ int cmd_prefill(const options& o) {
     const index_t step_rows = c.batch * (chunk == 0 ? Tn : std::min(chunk, Tn));
     const double estimate =
         static_cast<double>(sizeof(T)) *
-        (2.0 * rows * D + layer_cache<P, B>::storage_size(cfg, c.batch, Tn) +
-         workspace<T, B>::total(workspace<T, B>::sizes(cfg, step_rows, Tn)) + 2.0 * step_rows * (D + 2));
+            (2.0 * rows * D + workspace<T, B>::total(workspace<T, B>::sizes(cfg, step_rows, Tn)) +
+             2.0 * step_rows * (D + 2)) +
+        static_cast<double>(c.layers) *
+            (static_cast<double>(sizeof(cache_t<P>)) * layer_cache<P, B>::storage_size(cfg, c.batch, Tn) +
+             static_cast<double>(sizeof(weight_t<P>)) * parameter_count(cfg));
     check_fits(estimate, "this prefill");
 
-    const layer<P, B> L(cfg, random_layer_weights<weight_t<P>>(cfg, c.seed));
+    const auto stack = make_stack<P, B>(c);
     const std::int64_t rss_base = sessa_bench::current_rss_bytes();
     using S = space_of<B>;
     buffer<T, S> x(rows * D), y(rows * D);  // (rows, D) each, chunk-major then batch-major
     fill_random(x.data(), x.size(), c.seed + 2);
-    auto cache = L.init_cache(c.batch, Tn);
-    typename std::remove_cvref_t<decltype(L)>::workspace_type ws;
+    std::vector<typename layer<P, B>::cache_type> caches;
+    for (const auto& L : stack) caches.push_back(L.init_cache(c.batch, Tn));
+    typename layer<P, B>::workspace_type ws;
+    // The stack's activations between layers: layer l < last writes tmp[l % 2], the last writes y.
+    buffer<T, S> tmp[2] = {buffer<T, S>(c.layers > 1 ? rows * D : 0), buffer<T, S>(c.layers > 2 ? rows * D : 0)};
     auto once = [&] {
-      cache.reset();
-      run_prefill(L, x.data(), y.data(), c.batch, Tn, chunk, cache, ws);
+      for (index_t l = 0; l < c.layers; ++l) {  // layer by layer over the whole sequence
+        auto& cache = caches[static_cast<std::size_t>(l)];
+        cache.reset();
+        const pointer<const T, S> in = l == 0 ? x.data() : tmp[(l - 1) % 2].data();
+        const pointer<T, S> out = l == c.layers - 1 ? y.data() : tmp[l % 2].data();
+        run_prefill(stack[static_cast<std::size_t>(l)], in, out, c.batch, Tn, chunk, cache, ws);
+      }
       synchronize<B>(ws.context);
     };
     for (int i = 0; i < c.warmup; ++i) once();
@@ -416,10 +485,14 @@ int cmd_prefill(const options& o) {
     if (!std::isfinite(static_cast<double>(element(y, y.size() - 1))))
       throw value_error("the prefill produced a non-finite output");
     const std::int64_t rss_peak = sessa_bench::peak_rss_bytes();
-    const index_t model_bytes = 2 * rows * D * static_cast<index_t>(sizeof(T)) + cache.bytes() + ws.bytes();
+    index_t cache_bytes = 0;
+    for (const auto& cache : caches) cache_bytes += cache.bytes();
+    const index_t model_bytes =
+        (2 * rows * D + tmp[0].size() + tmp[1].size()) * static_cast<index_t>(sizeof(T)) + cache_bytes + ws.bytes();
     sessa_bench::settle();
-    const double sgemm = on_gpu<B>() ? nan_v : inrun_sgemm(c);
-    const double flops = prefill_flops(cfg, Tn, c.batch), gflops = flops / best * 1e-9;
+    const sessa_bench::sgemm_figure yard = on_gpu<B>() ? sessa_bench::sgemm_figure{} : inrun_sgemm_figure(c);
+    const double sgemm = yard.gflops;
+    const double flops = static_cast<double>(c.layers) * prefill_flops(cfg, Tn, c.batch), gflops = flops / best * 1e-9;
 
     json_line j;
     j.str("work", "prefill").integer("T", Tn);
@@ -431,14 +504,15 @@ int cmd_prefill(const options& o) {
         .num("gflop", flops * 1e-9)
         .num("gflops", gflops, 5)
         .num("sgemm_gflops", sgemm, 5)
+        .str("sgemm_core", yard.core)
         .num("fraction_of_sgemm", gflops / sgemm, 4)
         .num("validated_max_rel_diff", rel, 3)
         .num("validated_T", std::isnan(rel) ? nan_v : static_cast<double>(tv))
         .integer("peak_rss_bytes", rss_peak)
         .integer("rss_baseline_bytes", rss_base)
         .integer("model_bytes", model_bytes)
-        .integer("cache_bytes", cache.bytes())
-        .integer("weight_bytes", parameter_count(cfg) * static_cast<index_t>(sizeof(weight_t<P>)));
+        .integer("cache_bytes", cache_bytes)
+        .integer("weight_bytes", c.layers * parameter_count(cfg) * static_cast<index_t>(sizeof(weight_t<P>)));
     add_gpu_yardstick<B>(j, c, flops / best, 0, 0);
     j.str("version", SESSA_VERSION_STRING).print();
   });
@@ -528,40 +602,55 @@ int cmd_decode(const options& o) {
     const index_t D = cfg.d_model, kv = cfg.kv_dim(), capacity = context + steps;
     const double rel = std::is_same_v<B, backend::reference> ? nan_v : validate<P, B>(c, 24, 0, 8);
     const index_t fill_rows = fill == "prefill" ? c.batch * (chunk == 0 ? context : std::min(chunk, context)) : c.batch;
-    const double estimate = static_cast<double>(sizeof(T)) *
-                            (layer_cache<P, B>::storage_size(cfg, c.batch, capacity) +
-                             (fill == "prefill" ? 2.0 * c.batch * context * D : 0.0) +
-                             workspace<T, B>::total(workspace<T, B>::sizes(cfg, std::max<index_t>(fill_rows, 1), capacity)));
+    const double estimate =
+        static_cast<double>(sizeof(T)) *
+            ((fill == "prefill" ? 2.0 * c.batch * context * D : 0.0) +
+             workspace<T, B>::total(workspace<T, B>::sizes(cfg, std::max<index_t>(fill_rows, 1), capacity))) +
+        static_cast<double>(c.layers) *
+            (static_cast<double>(sizeof(cache_t<P>)) * layer_cache<P, B>::storage_size(cfg, c.batch, capacity) +
+             static_cast<double>(sizeof(weight_t<P>)) * parameter_count(cfg));
     check_fits(estimate, "this decode run");
 
-    const layer<P, B> L(cfg, random_layer_weights<weight_t<P>>(cfg, c.seed));
+    using S = space_of<B>;
+    const auto stack = make_stack<P, B>(c);
     const std::int64_t rss_base = sessa_bench::current_rss_bytes();
-    auto cache = L.init_cache(c.batch, capacity);
-    typename std::remove_cvref_t<decltype(L)>::workspace_type ws;
+    std::vector<typename layer<P, B>::cache_type> caches;
+    for (const auto& L : stack) caches.push_back(L.init_cache(c.batch, capacity));
+    typename layer<P, B>::workspace_type ws;
     if (context > 0 && fill == "prefill") {
-      buffer<T, space_of<B>> x(c.batch * context * D), y(c.batch * context * D);  // (batch * context, D), freed after
+      buffer<T, S> x(c.batch * context * D), y(c.batch * context * D);  // (batch * context, D), freed after
       fill_random(x.data(), x.size(), c.seed + 2);
-      run_prefill(L, x.data(), y.data(), c.batch, context, chunk, cache, ws);
+      for (index_t l = 0; l < c.layers; ++l) {  // layer l reads layer l - 1's output
+        run_prefill(stack[static_cast<std::size_t>(l)], x.data(), y.data(), c.batch, context, chunk,
+                    caches[static_cast<std::size_t>(l)], ws);
+        std::swap(x, y);
+      }
     } else if (context > 0) {
       // What a prefill leaves behind, with random values: k, v (after RoPE), k_b and s of `context` tokens.
       std::uint64_t s = c.seed + 3;
-      for (index_t b = 0; b < c.batch; ++b) {
-        for (index_t h = 0; h < cfg.n_kv_heads; ++h) {
-          fill_random(cache.k(b, h).data, context * cfg.head_dim(), ++s);
-          fill_random(cache.v(b, h).data, context * cfg.head_dim(), ++s);
+      for (auto& cache : caches) {
+        for (index_t b = 0; b < c.batch; ++b) {
+          for (index_t h = 0; h < cfg.n_kv_heads; ++h) {
+            fill_random(cache.k(b, h).data, context * cfg.head_dim(), ++s);
+            fill_random(cache.v(b, h).data, context * cfg.head_dim(), ++s);
+          }
+          fill_random(cache.kb(b).data, context * D, ++s);
+          fill_random(cache.s(b).data, context * D, ++s);
         }
-        fill_random(cache.kb(b).data, context * D, ++s);
-        fill_random(cache.s(b).data, context * D, ++s);
+        cache.advance(context);
       }
-      cache.advance(context);
     }
-    buffer<T, space_of<B>> xt(c.batch * D), yt(c.batch * D);  // (batch, D) one token per batch row
+    buffer<T, S> xt(c.batch * D), yt(c.batch * D), mid(c.batch * D);  // (batch, D) one token per batch row
     fill_random(xt.data(), xt.size(), c.seed + 4);
     auto run = [&](index_t n) {
-      cache.truncate(context);
+      for (auto& cache : caches) cache.truncate(context);
       for (index_t i = 0; i < n; ++i)
-        L.forward(cmatrix<T, space_of<B>>(xt.data(), c.batch, D), c.batch, cache, ws,
-                  matrix<T, space_of<B>>(yt.data(), c.batch, D));
+        for (index_t l = 0; l < c.layers; ++l) {  // layer 0 reads xt, the last writes yt, the others mid in place
+          const bool last = l == c.layers - 1;
+          stack[static_cast<std::size_t>(l)].forward(cmatrix<T, S>(l == 0 ? xt.data() : mid.data(), c.batch, D),
+                                                     c.batch, caches[static_cast<std::size_t>(l)], ws,
+                                                     matrix<T, S>(last ? yt.data() : mid.data(), c.batch, D));
+        }
       synchronize<B>(ws.context);
     };
     for (int i = 0; i < c.warmup; ++i) run(std::min<index_t>(steps, 4));
@@ -573,8 +662,9 @@ int cmd_decode(const options& o) {
     }
     if (!std::isfinite(static_cast<double>(element(yt, 0)))) throw value_error("the decode step produced a non-finite output");
     const std::int64_t rss_peak = sessa_bench::peak_rss_bytes();
-    const index_t model_bytes =
-        2 * c.batch * D * static_cast<index_t>(sizeof(T)) + cache.bytes() + ws.bytes();
+    index_t cache_bytes = 0;
+    for (const auto& cache : caches) cache_bytes += cache.bytes();
+    const index_t model_bytes = 3 * c.batch * D * static_cast<index_t>(sizeof(T)) + cache_bytes + ws.bytes();
     sessa_bench::settle();
     const double stream =
         c.yardstick == "off" || on_gpu<B>() ? nan_v : sessa_bench::stream_read_gbps(stream_bytes, 5);
@@ -582,9 +672,11 @@ int cmd_decode(const options& o) {
     // Bytes a step must read, averaged over the timed steps (cache length L = context + i before step i):
     // the weights once, then per batch row k and v of L + 1 tokens (the new one included), k_b and s of L.
     const double elt = static_cast<double>(sizeof(cache_t<P>));  // bytes per cached value
-    const double weights = static_cast<double>(parameter_count(cfg)) * static_cast<double>(sizeof(weight_t<P>));
+    const double weights = static_cast<double>(c.layers) * static_cast<double>(parameter_count(cfg)) *
+                           static_cast<double>(sizeof(weight_t<P>));
     const double t_mean = static_cast<double>(context) + 0.5 * static_cast<double>(steps - 1);
-    const double bytes = weights + static_cast<double>(c.batch) * elt * (2.0 * kv * (t_mean + 1) + 2.0 * D * t_mean);
+    const double bytes = weights + static_cast<double>(c.layers) * static_cast<double>(c.batch) * elt *
+                                       (2.0 * kv * (t_mean + 1) + 2.0 * D * t_mean);
     const double per_step = best / static_cast<double>(steps);
     const double ideal = bytes / (stream * 1e9);
 
@@ -597,8 +689,9 @@ int cmd_decode(const options& o) {
         .num("seconds_per_token", per_step)
         .num("ms_per_token", per_step * 1e3)
         .num("tokens_per_s", static_cast<double>(c.batch) / per_step)
-        .num("gflops", decode_flops(cfg, t_mean, c.batch) / per_step * 1e-9, 5)
+        .num("gflops", static_cast<double>(c.layers) * decode_flops(cfg, t_mean, c.batch) / per_step * 1e-9, 5)
         .num("bytes_per_step", bytes, 8)
+        .num("bytes_per_token", bytes / static_cast<double>(c.batch), 8)
         .num("gbps", bytes / per_step * 1e-9, 5)
         .num("stream_gbps", stream, 5)
         .num("ideal_seconds_per_token", ideal)
@@ -608,8 +701,8 @@ int cmd_decode(const options& o) {
         .integer("peak_rss_bytes", rss_peak)
         .integer("rss_baseline_bytes", rss_base)
         .integer("model_bytes", model_bytes)
-        .integer("cache_bytes", cache.bytes())
-        .integer("weight_bytes", parameter_count(cfg) * static_cast<index_t>(sizeof(weight_t<P>)));
+        .integer("cache_bytes", cache_bytes)
+        .integer("weight_bytes", c.layers * parameter_count(cfg) * static_cast<index_t>(sizeof(weight_t<P>)));
     add_gpu_yardstick<B>(j, c, 0, bytes, per_step);
     j.str("version", SESSA_VERSION_STRING).print();
   });
@@ -622,10 +715,10 @@ int cmd_decode(const options& o) {
 /// read once) and the solo runs (each session alone) are timed in the same run; prompts are fed outside the timing.
 /// Every row's tokens are compared with its solo run's (rows_equal_solo).
 int cmd_generate(const options& o) {
-  const common c = parse_common(o);
+  common c = parse_common(o);
   const index_t context = o.integer("context", 512, 1, 1 << 22);
   const index_t steps = o.integer("steps", 32, 1, 1 << 16);
-  const index_t n_layers = o.integer("layers", 4, 1, 1024);
+  const index_t n_layers = c.layers = o.integer("layers", 4, 1, 1024);
   const index_t vocab = o.integer("vocab", 256, 2, 1 << 22);
   dispatch(c, [&]<class P, class B>() {
     using M = decoder<P, B>;
@@ -699,8 +792,7 @@ int cmd_generate(const options& o) {
     const double per_step = tb / static_cast<double>(steps);
     const double ideal = (weights + cache_read) / (stream * 1e9);
     json_line j;
-    j.str("work", "generate").integer("context", context).integer("steps", steps).integer("layers", n_layers)
-        .integer("vocab", vocab);
+    j.str("work", "generate").integer("context", context).integer("steps", steps).integer("vocab", vocab);
     add_common(j, c);
     j.integer("repeat", c.repeat)
         .num("batch_seconds", tb)
@@ -719,14 +811,28 @@ int cmd_generate(const options& o) {
   return 0;
 }
 
+/// One sgemm figure with the kernel family this process's OpenBLAS runs (OPENBLAS_CORETYPE as given): the child
+/// of best_sgemm.
+int cmd_sgemm_probe(const options& o) {
+  const int n = static_cast<int>(o.integer("n", 2048, 64, 16384));
+  const int threads = static_cast<int>(o.integer("threads", 1, 1, 1024));
+  const int repeat = static_cast<int>(o.integer("repeat", 3, 1, 100));
+  const double g = sessa_bench::sgemm_gflops(n, repeat, threads);
+  if (!std::isfinite(g)) return 1;
+  std::printf("{\"sgemm_gflops\":%.6g,\"openblas_corename\":\"%s\"}\n", g, sessa_bench::openblas_corename().c_str());
+  return 0;
+}
+
 int cmd_yardstick(const options& o) {
   const long long threads = o.integer("threads", 0, 0, 1024);
   if (threads > 0) set_num_threads(static_cast<int>(threads));
   const int n_threads = num_threads();
   const int repeat = static_cast<int>(o.integer("repeat", 3, 1, 1000));
   sessa_bench::set_blas_threads(n_threads);
-  const double g2048 = sessa_bench::sgemm_gflops(2048, repeat, n_threads);
-  const double g4096 = sessa_bench::sgemm_gflops(4096, repeat, n_threads);
+  const std::string autodetected = sessa_bench::openblas_corename();
+  const sessa_bench::sgemm_figure f2048 = sessa_bench::best_sgemm(2048, repeat, n_threads, self_probe());
+  const sessa_bench::sgemm_figure f4096 = sessa_bench::best_sgemm(4096, repeat, n_threads, self_probe());
+  const double g2048 = f2048.gflops, g4096 = f4096.gflops;
   const double stream = sessa_bench::stream_read_gbps(stream_bytes, 5);
   json_line j;
   j.str("work", "yardstick")
@@ -737,7 +843,8 @@ int cmd_yardstick(const options& o) {
       .num("stream_gbps", stream, 5)
       .integer("stream_bytes", static_cast<long long>(stream_bytes))
       .boolean("openblas", sessa_bench::have_openblas())
-      .str("openblas_corename", sessa_bench::openblas_corename())
+      .str("openblas_corename", g4096 > g2048 ? f4096.core : f2048.core)
+      .str("openblas_autodetected", autodetected)
       .boolean("openmp", SESSA_HAS_OPENMP != 0)
       .str("version", SESSA_VERSION_STRING)
       .print();
@@ -759,12 +866,13 @@ int main(int argc, char** argv) {
       std::fputs(usage_text, stdout);
       return 0;
     }
-    if (cmd == "prefill") return cmd_prefill(options(argc, argv, 2, with_common({"T", "chunk"})));
-    if (cmd == "decode") return cmd_decode(options(argc, argv, 2, with_common({"context", "steps", "chunk", "fill"})));
+    if (cmd == "prefill") return cmd_prefill(options(argc, argv, 2, with_common({"T", "chunk", "layers"})));
+    if (cmd == "decode") return cmd_decode(options(argc, argv, 2, with_common({"context", "steps", "chunk", "fill", "layers"})));
     if (cmd == "generate")
-      return cmd_generate(options(argc, argv, 2, with_common({"context", "steps", "layers", "vocab"})));
+      return cmd_generate(options(argc, argv, 2, with_common({"context", "steps", "vocab", "layers"})));
     if (cmd == "feedback") return cmd_feedback(options(argc, argv, 2, with_common({"T"})));
     if (cmd == "yardstick") return cmd_yardstick(options(argc, argv, 2, {"threads", "repeat"}));
+    if (cmd == "sgemm-probe") return cmd_sgemm_probe(options(argc, argv, 2, {"n", "threads", "repeat"}));
     throw usage_error("unknown command '" + cmd + "' (prefill, decode, generate, feedback or yardstick)");
   } catch (const usage_error& e) {
     std::fprintf(stderr, "sessa-bench: %s (sessa-bench --help for usage)\n", e.what());

@@ -1,7 +1,7 @@
 // A Sessa decoder compiled into the executable: its shapes are template arguments and its weights are
 // constexpr arrays in read-only data (tiny_model.hpp, written at build time by `sessa embed` through
-// the sessa_embed_model() CMake helper). No file is read and no heap is touched at run time: the caches
-// and scratch live in one static object.
+// the sessa_embed_model() CMake helper; as float32, or as bf16 with DTYPE bf16: example_embed_tiny_bf16). No file
+// is read and no heap is touched at run time: the caches and scratch live in one static object.
 //
 //   example_embed_tiny ["PROMPT" [N_TOKENS]]
 #include "tiny_model.hpp"
@@ -13,7 +13,7 @@
 
 namespace {
 // Caches for up to 512 tokens of one sequence, and the scratch of a 64-token chunk, all inline.
-sessa::embedded::static_state<float, tiny::spec, /*Capacity=*/512> state;
+sessa::embedded::static_state<tiny::policy, tiny::spec, /*Capacity=*/512> state;
 constexpr tiny::model model(tiny::params);
 }  // namespace
 
@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
   std::printf("model: %lld parameters in read-only data (%zu bytes); state: %lld bytes inline; %ld tokens in %.2f ms\n",
               static_cast<long long>(sessa::parameter_count(sessa::decoder_config{tiny::layer::config, tiny::spec::vocab_size,
                                                                                   tiny::spec::n_layers, tiny::spec::tie_embeddings})),
-              sizeof(float) * static_cast<std::size_t>(sessa::parameter_count(sessa::decoder_config{
+              sizeof(tiny::weight_type) * static_cast<std::size_t>(sessa::parameter_count(sessa::decoder_config{
                                   tiny::layer::config, tiny::spec::vocab_size, tiny::spec::n_layers, tiny::spec::tie_embeddings})),
               static_cast<long long>(decltype(state)::storage_bytes), P + n_new, s * 1e3);
   return 0;

@@ -454,3 +454,71 @@ TEST_CASE("sessa profile: the uniform construction's exponent, the retrieval con
   const fs::path bad_svg = scratch / "no_such_dir" / "plot.svg";
   expect_failure("profile --construction uniform --tokens 1000 --svg '" + bad_svg.string() + "'", 1, "cannot open for writing");
 }
+
+TEST_CASE("sessa quantize: bf16 and f16 files that run, generate and evaluate with narrow weights, and its errors",
+          "[cli]") {
+  const std::string data = SESSA_TEST_DATA_DIR;
+  const std::string shipped = std::string(SESSA_SOURCE_DIR) + "/examples/models/tiny_decoder.safetensors";
+  // The first verses of the held-out text (the whole of it, kjv_heldout.txt, is in docs/PERFORMANCE.md's figures).
+  const std::string text = " --text '" + data + "/eval_text.txt' --window 128 --stride 128 --json";
+  const result base = cli("eval --model '" + shipped + "'" + text);
+  REQUIRE(base.status == 0);
+  const double bpb = json_number(base.out, "bits_per_byte");
+  const std::string prompt = " --prompt 'And the LORD' --max-tokens 60";
+  const result greedy = cli("generate --model '" + shipped + "'" + prompt);
+  REQUIRE(greedy.status == 0);
+  for (const std::string to : {"bf16", "f16"}) {
+    const fs::path q = scratch / ("tiny_" + to + ".safetensors");
+    fs::remove(q);
+    const result r = cli("quantize --to " + to + " --out '" + q.string() + "'");  // the built-in model
+    INFO(to << ": " << r.err << r.out);
+    REQUIRE(r.status == 0);
+    CHECK(r.out.find("54 tensors as " + to) != std::string::npos);
+    const io::safetensors_file f = io::safetensors_file::load(q);
+    for (const auto& e : f.entries()) CHECK(e.type == (to == "bf16" ? io::dtype::BF16 : io::dtype::F16));
+    CHECK(f.metadata().at("sessa.weights") == to);
+    CHECK(f.metadata().count("sessa.vocab") == 1);  // the tokenizer travels with the weights
+    CHECK(fs::file_size(q) < fs::file_size(shipped) * 51 / 100);
+    // Bits per byte within 0.5% of float32 (whole held-out text: bf16 +0.005%, f16 +0.0006%), narrow in memory
+    // (--weights auto) and widened to float32 (--weights f32), on cpu and reference alike.
+    for (const std::string extra : {"", " --weights f32"}) {
+      const result e = cli("eval --model '" + q.string() + "'" + text + extra);
+      INFO(extra << ": " << e.err);
+      REQUIRE(e.status == 0);
+      CHECK(std::abs(json_number(e.out, "bits_per_byte") - bpb) <= 5e-3 * bpb);
+      CHECK(json_number(e.out, "bits_per_byte") != bpb);  // the rounding is really there
+    }
+    {  // the cpu kernels against the reference backend, both with the narrow weights
+      const result c = cli("eval --model '" + q.string() + "'" + text);
+      const result ref = cli("eval --model '" + q.string() + "'" + text + " --backend reference");
+      REQUIRE(c.status == 0);
+      REQUIRE(ref.status == 0);
+      CHECK(std::abs(json_number(c.out, "nats_per_token") - json_number(ref.out, "nats_per_token")) <=
+            2e-6 * json_number(ref.out, "nats_per_token"));
+    }
+    // The same greedy text as the float32 model on the demo prompt (the shipped model's margins are wide).
+    const result g = cli("generate --model '" + q.string() + "'" + prompt);
+    REQUIRE(g.status == 0);
+    CHECK(g.out == greedy.out);
+    // A narrow file quantized again to f32 holds exactly the narrow values, widened.
+    const fs::path back = scratch / ("tiny_" + to + "_f32.safetensors");
+    REQUIRE(cli("quantize --model '" + q.string() + "' --to f32 --out '" + back.string() + "'").status == 0);
+    const io::safetensors_file fb = io::safetensors_file::load(back);
+    for (const auto& e : f.entries()) CHECK(fb.read_as<double>(e.name) == f.read_as<double>(e.name));
+  }
+  // Errors: one line, no output file.
+  const fs::path out = scratch / "q_err.safetensors";
+  expect_failure("quantize --to q4 --out '" + out.string() + "'", 2, "unknown --to 'q4' (choose bf16, f16, f32 or f64)",
+                 out);
+  expect_failure("quantize --to bf16", 2, "--out", out);
+  expect_failure("quantize --model '" + damaged(shipped, "cut.safetensors", 5000).string() + "' --to bf16 --out '" +
+                     out.string() + "'",
+                 1, "cut.safetensors", out);
+  expect_failure("eval --model '" + shipped + "'" + text + " --weights q8", 2, "unknown --weights 'q8'");
+  expect_failure("eval --model '" + shipped + "'" + text + " --weights bf16 --precision f64", 2,
+                 "--weights bf16 runs with --precision f32");
+#if defined(SESSA_CLI_HAS_THRUST_OMP)
+  expect_failure("eval --model '" + shipped + "'" + text + " --weights bf16 --backend thrust_omp", 2,
+                 "--weights bf16 runs on the cpu and reference backends");
+#endif
+}

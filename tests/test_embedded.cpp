@@ -145,33 +145,37 @@ using layer_b = embedded::layer_spec<32, 8, 1, false, 0.5, 1e-5, attention::slid
 using mixed_spec = embedded::decoder_spec<23, false, layer_a, layer_b>;
 }  // namespace
 
-TEMPLATE_TEST_CASE("layers of different shapes and variants compose into one decoder", "[embedded]", float, double) {
-  using T = TestType;
-  const auto wa = random_layer_weights<T>(layer_a::config, 1);
-  const auto wb = random_layer_weights<T>(layer_b::config, 2);
+TEMPLATE_TEST_CASE("layers of different shapes and variants compose into one decoder", "[embedded]", float, double,
+                   (precision<float, bfloat16, float>)) {
+  using P = TestType;
+  using T = compute_t<P>;
+  using W = weight_t<P>;
+  const auto wa = random_layer_weights<W>(layer_a::config, 1);
+  const auto wb = random_layer_weights<W>(layer_b::config, 2);
   const decoder_config shell{layer_a::config, 23, 1, false};
-  const auto outer = random_decoder_weights<T>(shell, 3);  // embedding, norm_f, lm_head
-  embedded::decoder_params<T, mixed_spec> p;
+  const auto outer = random_decoder_weights<W>(shell, 3);  // embedding, norm_f, lm_head
+  embedded::decoder_params<W, mixed_spec> p;
   p.embedding = outer.embedding.data();
   p.layers = {params(wa, wa.mixer), params(wb, wb.mixer)};
   p.norm_w = outer.norm_w.data();
   p.norm_b = outer.norm_b.data();
   p.head = outer.head.data();
-  const embedded::static_decoder<T, mixed_spec> model(p);
-  static embedded::static_state<T, mixed_spec, 64, 2, 8> st;
+  const embedded::static_decoder<P, mixed_spec> model(p);
+  static embedded::static_state<P, mixed_spec, 64, 2, 8> st;
   st.reset();
 
   // The same composition by hand from runtime-shaped layers.
-  const layer<T, backend::reference> la(layer_a::config, wa);
-  const layer<T, backend::reference, attention::sliding_window> lb(layer_b::config, wb, attention::sliding_window{5});
+  const layer<P, backend::reference> la(layer_a::config, wa);
+  const layer<P, backend::reference, attention::sliding_window> lb(layer_b::config, wb, attention::sliding_window{5});
   const tensor<std::int64_t> tok = test::random_tokens(2, 30, 23, 4);
   tensor<T> h({2, 30, 32});
-  embed_tokens(outer.embedding.data(), tok.span(), h.as_matrix());
+  backend::context<backend::reference> ctx;
+  backend::kernels<backend::reference>::embed(ctx, cmatrix<W>(outer.embedding.data(), 23, 32), tok.data(),
+                                              h.as_matrix());
   h = lb.forward(la.forward(h));
   tensor<T> want({60, 23});
   std::vector<T> scratch(60 * 32);
-  backend::context<backend::reference> ctx;
-  decoder_head<backend::reference, T>(ctx, outer.norm_w.data(), outer.norm_b.data(), static_cast<T>(1e-5),
+  decoder_head<backend::reference, P>(ctx, outer.norm_w.data(), outer.norm_b.data(), static_cast<T>(1e-5),
                                       outer.head.data(), cmatrix<T>(h.as_matrix()), 2, logits_for::all, scratch.data(),
                                       want.as_matrix());
 
@@ -180,6 +184,14 @@ TEMPLATE_TEST_CASE("layers of different shapes and variants compose into one dec
   const double diff = test::max_rel_diff(got.span(), want.span());
   INFO("max|diff| / max|ref| = " << diff);
   CHECK(diff <= (std::is_same_v<T, float> ? 1e-6 : 1e-14));
+
+  // The cpu backend on the same read-only weights (narrow ones widened in registers).
+  const embedded::static_decoder<P, mixed_spec, backend::cpu> fast(p);
+  static embedded::static_state<P, mixed_spec, 64, 2, 8, backend::cpu> st_cpu;
+  st_cpu.reset();
+  tensor<T> got_cpu({60, 23});
+  fast.forward(tok.span(), st_cpu, got_cpu.as_matrix());
+  CHECK(test::max_rel_diff(got_cpu.span(), want.span()) <= (std::is_same_v<T, float> ? 2e-5 : 1e-12));
 }
 
 TEST_CASE("a static decoder reports bad tokens, a full state and a wrong logits view", "[embedded][errors]") {

@@ -6,9 +6,11 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "sessa/backend/cpu/gemm.hpp"
@@ -154,6 +156,34 @@ void run_linear_case(index_t M, index_t N, index_t K, bool with_bias, bool accum
   check_padding(y, fill, what);
 }
 
+/// linear() with w and bias stored as S (bfloat16, float16), against the double product of the widened values.
+template <class T, class S>
+void run_narrow_linear_case(index_t M, index_t N, index_t K, bool with_bias, bool accumulate, index_t pad,
+                            std::mt19937& gen) {
+  const T fill = T(-7.25);
+  strided<T> x(M, K, pad, pad ? 3 : 0, gen);
+  strided<T> y(M, N, pad ? pad + 2 : 0, pad ? 5 : 0, gen, fill);
+  const index_t ldw = K + (pad ? pad + 1 : 0), shift = pad ? 1 : 0;
+  std::vector<S> wstore(static_cast<std::size_t>(N * ldw + shift + 1), S(7.0f));
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  for (index_t j = 0; j < N; ++j)
+    for (index_t k = 0; k < K; ++k) wstore[static_cast<std::size_t>(shift + j * ldw + k)] = S(dist(gen));
+  const cmatrix<S> w{wstore.data() + shift, N, K, ldw};
+  std::vector<S> bias(static_cast<std::size_t>(N) + 1);
+  for (auto& e : bias) e = S(dist(gen));
+  std::vector<T> bias_wide(bias.size());
+  for (std::size_t j = 0; j < bias.size(); ++j) bias_wide[j] = sessa::widen<T>(bias[j]);
+  const double beta = accumulate ? 1.0 : 0.0;
+  const std::vector<double> old = prepare_output(y.view, beta, gen);
+  const std::string what = shape_name("narrow linear", M, N, K, 1, beta) + " storage=" +
+                           std::string(sessa::storage_name<S>()) + " bias=" + std::to_string(with_bias) +
+                           " pad=" + std::to_string(pad) + " threads=" + std::to_string(sessa::num_threads());
+  simd::linear<T, S>(x.c(), w, with_bias ? bias.data() + 1 : nullptr, y.view, accumulate);
+  check_product<T>(x.c(), [&](index_t k, index_t j) { return sessa::widen<T>(w(j, k)); }, old, y.c(), 1.0, beta,
+                   with_bias ? bias_wide.data() + 1 : nullptr, what);
+  check_padding(y, fill, what);
+}
+
 /// Edge sizes of the blocking for T: 0, 1, small primes, MR +- 1, NR +- 1, W +- 1.
 template <class T>
 std::vector<index_t> edge_sizes() {
@@ -238,6 +268,65 @@ TEMPLATE_TEST_CASE("linear matches a double loop with 1 and 2 threads", "[gemm][
           ++n;
         }
   }
+}
+
+TEMPLATE_TEST_CASE("linear with bf16 and f16 weights matches the product of the widened weights", "[gemm][linear]",
+                   (std::pair<float, sessa::bfloat16>), (std::pair<float, sessa::float16>),
+                   (std::pair<double, sessa::bfloat16>)) {
+  using T = typename TestType::first_type;
+  using S = typename TestType::second_type;
+  using P = simd::gemm_detail::blocking<T>;
+  thread_guard guard;
+  std::mt19937 gen(13);
+  struct shape {
+    index_t M, N, K;
+  };
+  // Both paths: the dot-product tiles widening in registers (decode: M <= 16, long K; K tails) and the packed GEMM
+  // widening each panel (full and partial panels, K slices beyond KC, row blocks beyond MC).
+  const shape shapes[] = {
+      {1, 1, 1},    {1, 37, 64},  {1, 9, P::W + 3}, {2, 64, 200},  {3, 17, 100},  {7, 9, 1000}, {16, 67, 800},
+      {11, 63, 577}, {17, 64, 64}, {P::MR + 1, P::NR + 1, P::KC + 1}, {37, 100, 2 * P::KC + 1},
+      {2 * P::MC + 3, 3 * P::NR - 1, 40}, {100, 37, 50},
+  };
+  INFO("widening path: " << (simd::widen_path<T, S>()));
+  for (const int threads : {1, 2}) {
+    sessa::set_num_threads(threads);
+    int n = 0;
+    for (const shape& s : shapes)
+      for (const bool with_bias : {false, true}) {
+        run_narrow_linear_case<T, S>(s.M, s.N, s.K, with_bias, n % 2 == 1, (n % 3) ? 3 : 0, gen);
+        ++n;
+      }
+  }
+}
+
+TEST_CASE("load_widened is exact for every bf16 and f16 bit pattern", "[gemm]") {
+  using batch = xsimd::batch<float>;
+  constexpr std::size_t W = batch::size;
+  index_t bad16 = 0, badbf = 0;
+  std::vector<sessa::float16> h(W);
+  std::vector<sessa::bfloat16> b(W);
+  alignas(64) float got[W];
+  for (std::uint32_t base = 0; base < 65536; base += W) {
+    for (std::size_t i = 0; i < W; ++i) {
+      h[i] = sessa::float16::from_bits(static_cast<std::uint16_t>(base + i));
+      b[i] = sessa::bfloat16::from_bits(static_cast<std::uint16_t>(base + i));
+    }
+    simd::load_widened<float>(h.data()).store_aligned(got);
+    for (std::size_t i = 0; i < W; ++i) {
+      const float want = static_cast<float>(h[i]);
+      bad16 += !(got[i] == want || (std::isnan(got[i]) && std::isnan(want)));
+    }
+    simd::load_widened<float>(b.data()).store_aligned(got);
+    for (std::size_t i = 0; i < W; ++i) {
+      const float want = static_cast<float>(b[i]);
+      badbf += std::memcmp(&got[i], &want, sizeof(float)) != 0;
+    }
+  }
+  INFO("f16 path " << (simd::widen_path<float, sessa::float16>()) << ", bf16 path "
+                   << (simd::widen_path<float, sessa::bfloat16>()));
+  CHECK(bad16 == 0);
+  CHECK(badbf == 0);
 }
 
 TEST_CASE("linear on a prefill-sized product with 2 threads", "[gemm][linear]") {

@@ -404,11 +404,12 @@ void copy_n(SrcPtr src, index_t n, DstPtr dst) {
 //                  format, bfloat16 or float16 (IEEE binary16), that kernels widen to the compute type on load
 //
 // A model's first template parameter is its numeric policy P: a scalar (`float`, `double`: weights and cache in
-// that type, exact) or `precision<Compute, Storage>` (`precision<float, bfloat16>`: bf16 weights and cache,
-// float arithmetic). compute_t<P>, weight_t<P> and cache_t<P> read it; the model code is written against those
-// three names only, so a new storage format (block-quantized int8 with scales, say) is a new storage type and
-// the kernels that read it, not a change to the model. A backend that has no kernel for a storage type fails
-// to compile with a message naming the kernel (backend/kernel_set.hpp).
+// that type, exact) or `precision<Compute, Weight, Cache = Weight>` (`precision<float, bfloat16>`: bf16 weights
+// and cache, float arithmetic; `precision<float, bfloat16, float>`: bf16 weights, float32 cache). compute_t<P>,
+// weight_t<P> and cache_t<P> read it; the model code is written against those three names only, so a new storage
+// format (block-quantized int8 with scales, say) is a new storage type and the kernels that read it, not a change
+// to the model. A backend that has no kernel for a storage type fails to compile with a message naming the kernel
+// (backend/kernel_set.hpp).
 
 #include <concepts>
 #include <cstdint>
@@ -513,16 +514,20 @@ template <class S>
 concept storage_type = std::same_as<S, float> || std::same_as<S, double> || std::same_as<S, bfloat16> ||
                        std::same_as<S, float16>;
 
-/// Compute type Compute (float or double) with weights and cache stored as Storage.
-template <class Compute, class Storage>
+/// Compute type Compute (float or double) with the weights stored as Weight and the cache as Cache (by default
+/// the weights' type): precision<float, bfloat16> keeps both in bf16, precision<float, bfloat16, float> only the
+/// weights (what decode streams most at short contexts), with an exact float32 cache.
+template <class Compute, class Weight, class Cache = Weight>
 struct precision {
   static_assert(std::same_as<Compute, float> || std::same_as<Compute, double>,
-                "sessa::precision<Compute, Storage>: Compute must be float or double");
-  static_assert(storage_type<Storage>, "sessa::precision<Compute, Storage>: Storage must be float, double, "
-                                       "sessa::bfloat16 or sessa::float16");
+                "sessa::precision<Compute, Weight, Cache>: Compute must be float or double");
+  static_assert(storage_type<Weight>, "sessa::precision<Compute, Weight, Cache>: Weight must be float, double, "
+                                      "sessa::bfloat16 or sessa::float16");
+  static_assert(storage_type<Cache>, "sessa::precision<Compute, Weight, Cache>: Cache must be float, double, "
+                                     "sessa::bfloat16 or sessa::float16");
   using compute = Compute;
-  using weight = Storage;
-  using cache = Storage;
+  using weight = Weight;
+  using cache = Cache;
 };
 
 template <class P>
@@ -531,11 +536,11 @@ struct precision_traits {  // a scalar: everything in that type
   using weight = P;
   using cache = P;
 };
-template <class C, class S>
-struct precision_traits<precision<C, S>> {
-  using compute = typename precision<C, S>::compute;
-  using weight = typename precision<C, S>::weight;
-  using cache = typename precision<C, S>::cache;
+template <class C, class W, class K>
+struct precision_traits<precision<C, W, K>> {
+  using compute = C;
+  using weight = W;
+  using cache = K;
 };
 
 template <class P>
@@ -2036,9 +2041,10 @@ class region_errors {
 //   feedback    the blocked feedback solve with partial online-softmax states (feedback.hpp)
 //   feedback_transposed   its transpose, backward in time, blocked the same way (feedback.hpp)
 //   layer_norm, gelu, multiply, rope   O(T D), vectorized and threaded over rows (elementwise.hpp)
-// The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. The fast kernels take
-// weights and cache in the compute type (numeric policies float and double); a narrower storage type has no
-// cpu kernels yet, which verify_kernel_set reports at compile time.
+// The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. Weights may be stored as the
+// compute type or as bfloat16 / float16 (linear and layer_norm widen them in registers: widen.hpp); the cache is
+// the compute type (numeric policies float, double and precision<T, bf16 or f16, T>); a narrower cache has no cpu
+// kernels yet, which verify_kernel_set reports at compile time.
 //
 // context<cpu> adds the thread count to the reference's context: `threads` (0 = the process-wide default,
 // set_num_threads()) caps every parallel region a kernel of this call opens, whichever thread makes the call.
@@ -2121,6 +2127,7 @@ class region_errors {
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include <xsimd/xsimd.hpp>
@@ -2129,6 +2136,145 @@ class region_errors {
 #include <immintrin.h>
 #endif
 
+// ---- begin sessa/backend/cpu/widen.hpp -------------------------------------------------------------------------
+// sessa/backend/cpu/widen.hpp: loading narrow storage (bfloat16, float16) into compute-type SIMD registers.
+//
+// Why this file exists: with weights stored as bf16 or f16 a decode step streams half the bytes, and the widening
+// must cost less than the bytes it saves, so it happens in registers, on the batch just loaded:
+//   bf16 -> f32   zero-extend each 16-bit lane to 32 bits and shift it into the top half (bf16 is the top half of
+//                 an IEEE float32, so this is exact): vpmovzxwd + vpslld (AVX-512 or AVX2)
+//   f16  -> f32   vcvtph2ps (AVX-512F, or F16C beside AVX): exact, subnormals included
+// Every other pairing (a double compute type, a target without these instructions) widens lane by lane through
+// sessa::widen, the same conversion the reference backend does, so every path gives the same values.
+// The instruction path is chosen at compile time from the target, as xsimd chooses its batch width.
+
+#include <type_traits>
+
+#include <xsimd/xsimd.hpp>
+
+#if defined(__AVX512F__) || defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+
+namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
+
+/// The widening path this translation unit compiled for storage S into compute type T: "in-register avx512",
+/// "in-register avx2", "in-register f16c", "identity" (S == T) or "lane by lane".
+template <class T, class S>
+constexpr const char* widen_path() noexcept {
+  constexpr std::size_t W = xsimd::batch<T>::size;
+  if constexpr (std::is_same_v<T, S>) return "identity";
+#if defined(__AVX512F__)
+  else if constexpr (std::is_same_v<T, float> && W == 16 &&
+                     (std::is_same_v<S, bfloat16> || std::is_same_v<S, float16>))
+    return "in-register avx512";
+#endif
+#if defined(__AVX2__)
+  else if constexpr (std::is_same_v<T, float> && W == 8 && std::is_same_v<S, bfloat16>) return "in-register avx2";
+#endif
+#if defined(__F16C__)
+  else if constexpr (std::is_same_v<T, float> && W == 8 && std::is_same_v<S, float16>) return "in-register f16c";
+#endif
+  else return "lane by lane";
+}
+
+/// batch<T>::size values of storage type S at p (unaligned) widened to a batch of compute type T.
+template <class T, class S>
+inline xsimd::batch<T> load_widened(const S* p) noexcept {
+  using batch = xsimd::batch<T>;
+  constexpr std::size_t W = batch::size;
+  if constexpr (std::is_same_v<T, S>) {
+    return batch::load_unaligned(p);
+  }
+#if defined(__AVX512F__)
+  // The zero-masked forms: GCC 12 warns about the unmasked ones, which start from an undefined register.
+  else if constexpr (std::is_same_v<T, float> && W == 16 && std::is_same_v<S, bfloat16>) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return batch(_mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, h), 16)));
+  } else if constexpr (std::is_same_v<T, float> && W == 16 && std::is_same_v<S, float16>) {
+    return batch(_mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+  }
+#endif
+#if defined(__AVX2__)
+  else if constexpr (std::is_same_v<T, float> && W == 8 && std::is_same_v<S, bfloat16>) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return batch(_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+  }
+#endif
+#if defined(__F16C__)
+  else if constexpr (std::is_same_v<T, float> && W == 8 && std::is_same_v<S, float16>) {
+    return batch(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+#endif
+  else {
+    alignas(64) T lanes[W];
+    for (std::size_t i = 0; i < W; ++i) lanes[i] = widen<T>(p[i]);
+    return batch::load_aligned(lanes);
+  }
+}
+
+/// The bf16 pair path of the dot-product tiles (gemm.hpp): one load of 2W bf16 values (a whole register) gives two
+/// float batches with one instruction each, no shuffle: the even elements shifted into the top half, the odd ones
+/// masked in place. The activations they multiply are reordered the same way once per call (pair_order), so a
+/// decode step streams bf16 weights at two cheap ops per 2W values instead of four.
+template <class T, class S>
+inline constexpr bool has_pair_path =
+#if defined(__AVX512F__) || defined(__AVX2__)
+    std::is_same_v<T, float> && std::is_same_v<S, bfloat16>;
+#else
+    false;
+#endif
+
+/// Even and odd elements of the 2W bf16 values at p, as floats: even.lane(i) = p[2i], odd.lane(i) = p[2i + 1].
+template <class T, class S>
+inline void load_pairs(const S* p, xsimd::batch<T>& even, xsimd::batch<T>& odd) noexcept {
+  static_assert(has_pair_path<T, S>, "load_pairs: bf16 -> float on AVX-512 or AVX2 only");
+#if defined(__AVX512F__)
+  if constexpr (xsimd::batch<T>::size == 16) {
+    __m512i raw = _mm512_loadu_si512(static_cast<const void*>(p));
+#if defined(__GNUC__)
+    __asm__("" : "+v"(raw));  // one load: otherwise both uses become memory operands, two loads per line
+#endif
+    even = xsimd::batch<T>(_mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, raw, 16)));
+    odd = xsimd::batch<T>(_mm512_castsi512_ps(_mm512_maskz_and_epi32(0xFFFF, raw, _mm512_set1_epi32(-65536))));
+    return;
+  }
+#endif
+#if defined(__AVX2__)
+  if constexpr (xsimd::batch<T>::size == 8) {
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    even = xsimd::batch<T>(_mm256_castsi256_ps(_mm256_slli_epi32(raw, 16)));
+    odd = xsimd::batch<T>(_mm256_castsi256_ps(_mm256_and_si256(raw, _mm256_set1_epi32(-65536))));
+  }
+#endif
+}
+
+/// dst = src (n values) reordered for load_pairs: each block of 2W values becomes its W even-indexed values, then its
+/// W odd-indexed ones; the n % 2W values after the last whole block keep their order.
+template <class T>
+inline void pair_order(const T* src, index_t n, T* dst) noexcept {
+  constexpr index_t W = static_cast<index_t>(xsimd::batch<T>::size);
+  index_t k = 0;
+  for (; k + 2 * W <= n; k += 2 * W)
+    for (index_t i = 0; i < W; ++i) {
+      dst[k + i] = src[k + 2 * i];
+      dst[k + W + i] = src[k + 2 * i + 1];
+    }
+  for (; k < n; ++k) dst[k] = src[k];
+}
+
+/// dst[0, n) = the values src[0, n) widened to T.
+template <class T, class S>
+inline void widen_n(const S* src, index_t n, T* dst) noexcept {
+  constexpr index_t W = static_cast<index_t>(xsimd::batch<T>::size);
+  index_t i = 0;
+  for (; i + W <= n; i += W) load_widened<T>(src + i).store_unaligned(dst + i);
+  for (; i < n; ++i) dst[i] = widen<T>(src[i]);
+}
+
+}  // namespace sessa::backend::simd::inline SESSA_CPU_ABI
+// ---- end sessa/backend/cpu/widen.hpp ---------------------------------------------------------------------------
 
 namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
@@ -2305,10 +2451,11 @@ inline void transpose4x4(__m256d (&r)[4]) {
 }
 #endif
 
-/// Fast part of the transposing pack: dst (kc, NR) k-major from NR full rows src (NR, kc) with stride ld.
-/// Returns how many leading k it packed (a multiple of the transpose block; 0 without a fast path).
-template <class T>
-inline index_t transpose_pack_fast(const T* src, index_t ld, index_t kc, T* dst) {
+/// Fast part of the transposing pack: dst (kc, NR) k-major from NR full rows src (NR, kc) with stride ld, widened
+/// from storage type S to T. Returns how many leading k it packed (a multiple of the transpose block; 0 without a
+/// fast path).
+template <class T, class S = T>
+inline index_t transpose_pack_fast(const S* src, index_t ld, index_t kc, T* dst) {
   [[maybe_unused]] constexpr index_t NR = blocking<T>::NR;
   index_t k0 = 0;
 #if defined(__AVX512F__)
@@ -2316,11 +2463,11 @@ inline index_t transpose_pack_fast(const T* src, index_t ld, index_t kc, T* dst)
     for (; k0 + 16 <= kc; k0 += 16)
       for (index_t g = 0; g < NR; g += 16) {
         __m512 r[16];
-        for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (g + i) * ld + k0);
+        for (int i = 0; i < 16; ++i) r[i] = load_widened<float>(src + (g + i) * ld + k0);
         transpose16x16(r);
         for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + (k0 + i) * NR + g, r[i]);
       }
-  } else if constexpr (std::is_same_v<T, double> && blocking<T>::W == 8) {
+  } else if constexpr (std::is_same_v<T, double> && std::is_same_v<S, double> && blocking<T>::W == 8) {
     for (; k0 + 8 <= kc; k0 += 8)
       for (index_t g = 0; g < NR; g += 8) {
         __m512d r[8];
@@ -2334,11 +2481,11 @@ inline index_t transpose_pack_fast(const T* src, index_t ld, index_t kc, T* dst)
     for (; k0 + 8 <= kc; k0 += 8)
       for (index_t g = 0; g < NR; g += 8) {
         __m256 r[8];
-        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + (g + i) * ld + k0);
+        for (int i = 0; i < 8; ++i) r[i] = load_widened<float>(src + (g + i) * ld + k0);
         transpose8x8(r);
         for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (k0 + i) * NR + g, r[i]);
       }
-  } else if constexpr (std::is_same_v<T, double> && blocking<T>::W == 4) {
+  } else if constexpr (std::is_same_v<T, double> && std::is_same_v<S, double> && blocking<T>::W == 4) {
     for (; k0 + 4 <= kc; k0 += 4)
       for (index_t g = 0; g < NR; g += 4) {
         __m256d r[4];
@@ -2413,14 +2560,15 @@ inline void pack_a(const T* src, index_t ld, index_t mc, index_t kc, T* dst) {
     std::memcpy(dst + i * blocking<T>::LDA, src + i * ld, static_cast<std::size_t>(kc) * sizeof(T));
 }
 
-/// dst (kc, NR) k-major panel <- the nr <= NR rows src (nr, kc) of b (N, K), stride ld; columns >= nr zero.
-template <class T>
-inline void pack_b_nk(const T* src, index_t ld, index_t nr, index_t kc, T* dst) {
+/// dst (kc, NR) k-major panel <- the nr <= NR rows src (nr, kc) of b (N, K), stride ld, widened from storage type S;
+/// columns >= nr zero. (A narrow b is widened here, once per panel, so the micro-kernel runs at the float rate.)
+template <class T, class S = T>
+inline void pack_b_nk(const S* src, index_t ld, index_t nr, index_t kc, T* dst) {
   constexpr index_t NR = blocking<T>::NR;
-  const index_t k0 = nr == NR ? transpose_pack_fast(src, ld, kc, dst) : 0;
+  const index_t k0 = nr == NR ? transpose_pack_fast<T, S>(src, ld, kc, dst) : 0;
   for (index_t k = k0; k < kc; ++k) {
     T* d = dst + k * NR;
-    for (index_t j = 0; j < nr; ++j) d[j] = src[j * ld + k];
+    for (index_t j = 0; j < nr; ++j) d[j] = widen<T>(src[j * ld + k]);
     for (index_t j = nr; j < NR; ++j) d[j] = T(0);
   }
 }
@@ -2536,9 +2684,11 @@ inline void scale_output(matrix<T> c, T beta, const T* bias) {
 
 enum class b_layout { nk, kn };  // b is (N, K) and enters transposed / b is (K, N)
 
-/// c (M, N) = alpha a (M, K) op(b) + bias + beta c on the calling thread: the packed, blocked GEMM.
-template <class T, b_layout L>
-inline void gemm_blocked(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta, const T* bias) {
+/// c (M, N) = alpha a (M, K) op(b) + bias + beta c on the calling thread: the packed, blocked GEMM. b may be stored
+/// narrower than T (layout nk only): its panels are widened as they are packed.
+template <class T, b_layout L, class S = T>
+inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T beta, const T* bias) {
+  static_assert(L == b_layout::nk || std::is_same_v<S, T>, "gemm_blocked: a narrow b is supported in layout nk");
   using P = blocking<T>;
   const index_t M = c.rows, N = c.cols, K = a.cols;
   if (M == 0 || N == 0) return;
@@ -2549,7 +2699,8 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T bet
   T* abuf = space.a.data();
   T* bbuf = space.b.data();
   // (K, N) operands with a single row tile use B in place (no reuse to pay for a pack); edges still pack.
-  const bool b_in_place = L == b_layout::kn && M <= P::MR;
+  constexpr bool kn = L == b_layout::kn;
+  const bool b_in_place = kn && M <= P::MR;
   const auto& kernels = kernels_by_rows<T>;
   const index_t m_blocks = (M + P::MC - 1) / P::MC;  // near-equal row blocks of at most MC rows
   for (index_t jc = 0; jc < N; jc += P::NC) {
@@ -2559,10 +2710,10 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T bet
       if (!b_in_place)
         for (index_t jr = 0; jr < nc; jr += P::NR) {
           const index_t nr = std::min(P::NR, nc - jr);
-          if constexpr (L == b_layout::nk)
-            pack_b_nk(b.row(jc + jr) + pc, b.ld, nr, kc, bbuf + jr * kc);
-          else
+          if constexpr (kn)
             pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf + jr * kc);
+          else
+            pack_b_nk<T, S>(b.row(jc + jr) + pc, b.ld, nr, kc, bbuf + jr * kc);
         }
       const epilogue<T> ep = pc == 0 ? epilogue<T>{alpha, beta, bias ? bias + jc : nullptr}
                                      : epilogue<T>{alpha, T(1), nullptr};
@@ -2576,13 +2727,15 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T bet
           if (e.bias) e.bias += jr;
           const T* bp = bbuf + jr * kc;
           index_t ldb = P::NR;
-          if (b_in_place) {
-            if (nr == P::NR) {
-              bp = b.row(pc) + jc + jr;
-              ldb = b.ld;
-            } else {
-              pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf);
-              bp = bbuf;
+          if constexpr (kn) {
+            if (b_in_place) {
+              if (nr == P::NR) {
+                bp = b.row(pc) + jc + jr;
+                ldb = b.ld;
+              } else {
+                pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf);
+                bp = bbuf;
+              }
             }
           }
           T* cp = c.row(ic) + jc + jr;
@@ -2598,10 +2751,12 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T bet
 
 /// y (MB, R) = epilogue(x (MB, K) w (R, K)^T): MB x R dot products along K in registers, reduced across
 /// lanes at the end (one shuffle tree per W results) plus a scalar K tail. pf (R rows, stride ldw) is
-/// prefetched along the way: the next rows of w, so short rows still stream at full bandwidth.
-template <class T, int MB, int R>
-inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const T* SESSA_RESTRICT w, index_t ldw, index_t K,
-                     const T* pf, T* y, index_t ldy, const epilogue<T>& ep) {
+/// prefetched along the way: the next rows of w, so short rows still stream at full bandwidth. w is stored as S
+/// (T, or a narrower type widened in registers as it is loaded, widen.hpp). With bf16 weights (has_pair_path) x
+/// arrives in pair order (widen.hpp: pair_order) and whole blocks of 2W weights go through load_pairs.
+template <class T, class S, int MB, int R>
+inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const S* SESSA_RESTRICT w, index_t ldw, index_t K,
+                     const S* pf, T* y, index_t ldy, const epilogue<T>& ep) {
   using batch = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(batch::size);
   constexpr int n = MB * R;
@@ -2610,10 +2765,32 @@ inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const T* SESSA_REST
 SESSA_UNROLL(32)
   for (int i = 0; i < groups * W; ++i) acc[i] = batch(T(0));
   index_t k = 0;
+  if constexpr (has_pair_path<T, S>) {
+    for (; k + 2 * W <= K; k += 2 * W) {
+      batch we[R], wo[R];
+SESSA_UNROLL(8)
+      for (int r = 0; r < R; ++r) {
+        load_pairs<T>(w + r * ldw + k, we[r], wo[r]);
+        we[r] = in_register(we[r]);
+        wo[r] = in_register(wo[r]);
+      }
+#if defined(__GNUC__)
+SESSA_UNROLL(8)
+      for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
+#endif
+SESSA_UNROLL(8)
+      for (int m = 0; m < MB; ++m) {
+        const batch xe = in_register(batch::load_unaligned(x + m * ldx + k));
+        const batch xo = in_register(batch::load_unaligned(x + m * ldx + k + W));
+SESSA_UNROLL(8)
+        for (int r = 0; r < R; ++r) acc[m * R + r] = xsimd::fma(xo, wo[r], xsimd::fma(xe, we[r], acc[m * R + r]));
+      }
+    }
+  }
   for (; k + W <= K; k += W) {
     batch wv[R];
 SESSA_UNROLL(8)
-    for (int r = 0; r < R; ++r) wv[r] = in_register(batch::load_unaligned(w + r * ldw + k));
+    for (int r = 0; r < R; ++r) wv[r] = in_register(load_widened<T>(w + r * ldw + k));
 #if defined(__GNUC__)
 SESSA_UNROLL(8)
     for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
@@ -2630,7 +2807,7 @@ SESSA_UNROLL(8)
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) {
       T s = sums[m * R + r];
-      for (index_t kk = k; kk < K; ++kk) s += x[m * ldx + kk] * w[r * ldw + kk];
+      for (index_t kk = k; kk < K; ++kk) s += x[m * ldx + kk] * widen<T>(w[r * ldw + kk]);
       T* p = y + m * ldy + r;
       T v = ep.alpha * s;
       if (ep.bias) v += ep.bias[r];
@@ -2639,48 +2816,56 @@ SESSA_UNROLL(8)
     }
 }
 
-template <class T>
-using dot_fn = void (*)(const T*, index_t, const T*, index_t, index_t, const T*, T*, index_t, const epilogue<T>&);
+template <class T, class S>
+using dot_fn = void (*)(const T*, index_t, const S*, index_t, index_t, const S*, T*, index_t, const epilogue<T>&);
 
-template <class T, int MB, int... R>
-constexpr std::array<dot_fn<T>, sizeof...(R)> make_dot_row(std::integer_sequence<int, R...>) {
-  return {&dot_tile<T, MB, R + 1>...};
+template <class T, class S, int MB, int... R>
+constexpr std::array<dot_fn<T, S>, sizeof...(R)> make_dot_row(std::integer_sequence<int, R...>) {
+  return {&dot_tile<T, S, MB, R + 1>...};
 }
-template <class T, int... MB>
-constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, sizeof...(MB)> make_dots(
+template <class T, class S, int... MB>
+constexpr std::array<std::array<dot_fn<T, S>, blocking<T>::R>, sizeof...(MB)> make_dots(
     std::integer_sequence<int, MB...>) {
-  return {make_dot_row<T, MB + 1>(std::make_integer_sequence<int, blocking<T>::R>{})...};
+  return {make_dot_row<T, S, MB + 1>(std::make_integer_sequence<int, blocking<T>::R>{})...};
 }
-/// dot_tiles<T>[mb - 1][r - 1] is the dot-product tile for mb rows of x and r rows of w;
-/// dot_row_tiles<T>[r - 1] the one for a single row of x and r <= R1 rows of w.
-template <class T>
-inline constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, blocking<T>::MB> dot_tiles =
-    make_dots<T>(std::make_integer_sequence<int, blocking<T>::MB>{});
-template <class T>
-inline constexpr std::array<dot_fn<T>, blocking<T>::R1> dot_row_tiles =
-    make_dot_row<T, 1>(std::make_integer_sequence<int, blocking<T>::R1>{});
+/// dot_tiles<T, S>[mb - 1][r - 1] is the dot-product tile for mb rows of x and r rows of w (stored as S);
+/// dot_row_tiles<T, S>[r - 1] the one for a single row of x and r <= R1 rows of w.
+template <class T, class S>
+inline constexpr std::array<std::array<dot_fn<T, S>, blocking<T>::R>, blocking<T>::MB> dot_tiles =
+    make_dots<T, S>(std::make_integer_sequence<int, blocking<T>::MB>{});
+template <class T, class S>
+inline constexpr std::array<dot_fn<T, S>, blocking<T>::R1> dot_row_tiles =
+    make_dot_row<T, S, 1>(std::make_integer_sequence<int, blocking<T>::R1>{});
 
 /// y (M, N) = epilogue(x (M, K) w (N, K)^T) on the calling thread with dot-product tiles (no packing):
 /// each R-row block of w is streamed from memory once, then re-read from cache for the other rows of x.
 /// (Cutting K into L1-sized chunks measured slower: it breaks the long sequential streams of w.)
-template <class T>
-inline void gemm_dot(cmatrix<T> x, cmatrix<T> w, matrix<T> y, const epilogue<T>& ep) {
+template <class T, class S = T>
+inline void gemm_dot(cmatrix<T> x, cmatrix<S> w, matrix<T> y, const epilogue<T>& ep) {
   using P = blocking<T>;
   const index_t M = y.rows, N = y.cols, K = x.cols;
   const index_t R = M == 1 ? P::R1 : P::R;  // rows of w per block
+  if constexpr (has_pair_path<T, S>) {
+    if (K >= 2 * P::W) {  // x in pair order, once per call and thread (M K values against N K weights)
+      thread_local buffer<T> xp;
+      xp.reserve(M * K);
+      for (index_t m = 0; m < M; ++m) pair_order(x.row(m), K, xp.data() + m * K);
+      x = cmatrix<T>(xp.data(), M, K, K);
+    }
+  }
   for (index_t j = 0; j < N; j += R) {
     const index_t r = std::min<index_t>(R, N - j);
     epilogue<T> e = ep;
     if (e.bias) e.bias += j;
     // The first row tile prefetches the next r rows of w (when there are that many), the others re-read.
-    const T* next = N - (j + r) >= r ? w.row(j + r) : w.row(j);
+    const S* next = N - (j + r) >= r ? w.row(j + r) : w.row(j);
     if (M == 1) {
-      dot_row_tiles<T>[static_cast<std::size_t>(r - 1)](x.row(0), x.ld, w.row(j), w.ld, K, next, y.row(0) + j, y.ld, e);
+      dot_row_tiles<T, S>[static_cast<std::size_t>(r - 1)](x.row(0), x.ld, w.row(j), w.ld, K, next, y.row(0) + j, y.ld, e);
       continue;
     }
     for (index_t m = 0; m < M; m += P::MB) {
       const index_t mb = std::min<index_t>(P::MB, M - m);
-      dot_tiles<T>[static_cast<std::size_t>(mb - 1)][static_cast<std::size_t>(r - 1)](
+      dot_tiles<T, S>[static_cast<std::size_t>(mb - 1)][static_cast<std::size_t>(r - 1)](
           x.row(m), x.ld, w.row(j), w.ld, K, m == 0 ? next : w.row(j), y.row(m) + j, y.ld, e);
     }
   }
@@ -2747,20 +2932,32 @@ void gemm_nn(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta) {
 }
 
 /// y (M, N) = x (M, K) * w (N, K)^T + bias (N; may be null); with accumulate, y += instead. Up to
-/// max_threads threads (the calling thread alone inside a parallel region).
-template <scalar T>
-void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumulate, int max_threads = num_threads()) {
+/// max_threads threads (the calling thread alone inside a parallel region). w and bias may be stored narrower
+/// than T (bfloat16, float16: storage type S): the decode path widens w in registers as it streams it, the
+/// packed GEMM as it packs each panel, so accumulation is in T either way.
+template <scalar T, class S = T>
+void linear(cmatrix<T> x, cmatrix<S> w, std::type_identity_t<const S*> bias_s, matrix<T> y, bool accumulate,
+            int max_threads = num_threads()) {
   using namespace gemm_detail;
   const index_t M = x.rows, N = w.rows, K = x.cols;
   if (M == 0 || N == 0) return;
+  const T* bias = nullptr;
+  if constexpr (std::is_same_v<S, T>) {
+    bias = bias_s;
+  } else if (bias_s) {  // the epilogue adds a bias of T: widen it once per call
+    thread_local buffer<T> wide;
+    wide.reserve(N);
+    widen_n(bias_s, N, wide.data());
+    bias = wide.data();
+  }
   const T beta = accumulate ? T(1) : T(0);
   const double weights = static_cast<double>(N) * static_cast<double>(K);
-  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * sizeof(T), max_threads);
+  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * sizeof(S), max_threads);
 
   if (use_dot(M, K)) {
     // Decode: bandwidth-bound; threads split the rows of w.
     const epilogue<T> ep{T(1), beta, bias};
-    if (nt == 1) return gemm_dot(x, w, y, ep);
+    if (nt == 1) return gemm_dot<T, S>(x, w, y, ep);
 #if SESSA_HAS_OPENMP
     detail::region_errors errors;  // nothing thrown may leave the region (parallel.hpp)
 #pragma omp parallel num_threads(nt)
@@ -2768,15 +2965,15 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
       const index_t rows = M == 1 ? blocking<T>::R1 : blocking<T>::R;
       const auto [j0, j1] = share(N, rows, omp_get_num_threads(), omp_get_thread_num());
       if (j1 > j0)
-        gemm_dot(x, w.row_block(j0, j1 - j0), y.col_block(j0, j1 - j0),
-                 epilogue<T>{T(1), beta, bias ? bias + j0 : nullptr});
+        gemm_dot<T, S>(x, w.row_block(j0, j1 - j0), y.col_block(j0, j1 - j0),
+                       epilogue<T>{T(1), beta, bias ? bias + j0 : nullptr});
     });
     errors.rethrow_if_failed();
 #endif
     return;
   }
 
-  if (nt == 1) return gemm_blocked<T, b_layout::nk>(x, w, y, T(1), beta, bias);
+  if (nt == 1) return gemm_blocked<T, b_layout::nk, S>(x, w, y, T(1), beta, bias);
 #if SESSA_HAS_OPENMP
   detail::region_errors errors;  // a pack buffer grows inside the region: see parallel.hpp
 #pragma omp parallel num_threads(nt)
@@ -2786,7 +2983,7 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
     const auto [m0, m1] = share(M, blocking<T>::MR, tm, t / tn);
     const auto [n0, n1] = share(N, blocking<T>::NR, tn, t % tn);
     if (m1 > m0 && n1 > n0)
-      gemm_blocked<T, b_layout::nk>(x.row_block(m0, m1 - m0), w.row_block(n0, n1 - n0),
+      gemm_blocked<T, b_layout::nk, S>(x.row_block(m0, m1 - m0), w.row_block(n0, n1 - n0),
                                     y.row_block(m0, m1 - m0).col_block(n0, n1 - n0), T(1), beta,
                                     bias ? bias + n0 : nullptr);
   });
@@ -3342,9 +3539,10 @@ inline buffer<T>& rope_table() {
 
 }  // namespace elementwise_detail
 
-/// y = (x - mean) / sqrt(var + eps) * g + b per row of x (rows, D); y may alias x.
-template <scalar T>
-void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y, int max_threads = num_threads()) {
+/// y = (x - mean) / sqrt(var + eps) * g + b per row of x (rows, D); y may alias x. g and b are stored as W (T or a
+/// narrower storage type, widened as they are loaded).
+template <scalar T, class Wt = T>
+void layer_norm(cmatrix<T> x, const Wt* g, const Wt* b, T eps, matrix<T> y, int max_threads = num_threads()) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   const index_t D = x.cols;
@@ -3371,9 +3569,9 @@ void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y, int ma
       const B iv(inv);
       for (k = 0; k + W <= D; k += W) {
         const B c = (B::load_unaligned(xr + k) - mv) * iv;
-        xsimd::fma(c, B::load_unaligned(g + k), B::load_unaligned(b + k)).store_unaligned(yr + k);
+        xsimd::fma(c, load_widened<T>(g + k), load_widened<T>(b + k)).store_unaligned(yr + k);
       }
-      for (; k < D; ++k) yr[k] = (xr[k] - mean) * inv * g[k] + b[k];
+      for (; k < D; ++k) yr[k] = (xr[k] - mean) * inv * widen<T>(g[k]) + widen<T>(b[k]);
     }
   });
 }
@@ -3900,15 +4098,16 @@ struct context<cpu> : context<reference> {
 
 template <>
 struct kernels<cpu> : kernels<reference> {
-  template <scalar T>
-  static void linear(context<cpu>& ctx, cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y,
+  /// Weights W: the compute type, or bfloat16 / float16 widened in registers (gemm.hpp, widen.hpp).
+  template <scalar T, class W>
+  static void linear(context<cpu>& ctx, cmatrix<T> x, cmatrix<W> w, const W* bias, matrix<T> y,
                      bool accumulate = false) {
-    simd::linear(x, w, bias, y, accumulate, ctx.max_threads());
+    simd::linear<T, W>(x, w, bias, y, accumulate, ctx.max_threads());
   }
 
-  template <scalar T>
-  static void layer_norm(context<cpu>& ctx, cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y) {
-    simd::layer_norm(x, g, b, eps, y, ctx.max_threads());
+  template <scalar T, class W>
+  static void layer_norm(context<cpu>& ctx, cmatrix<T> x, const W* g, const W* b, T eps, matrix<T> y) {
+    simd::layer_norm<T, W>(x, g, b, eps, y, ctx.max_threads());
   }
   template <scalar T>
   static void gelu(context<cpu>& ctx, matrix<T> x) {
@@ -7055,12 +7254,15 @@ void save_model(const std::filesystem::path& path, const Config& c, const Weight
 //   decoder_spec<V, Tied, Layer...>                          embedding, the layers in order, norm, head;
 //                                                            layers may differ in heads, RoPE, gain and
 //                                                            attention variant, not in d_model
-//   decoder_params<T, Spec>                                  pointers to the weights (e.g. constexpr arrays
-//                                                            written by `sessa embed`)
-//   static_state<T, Spec, Capacity, Batch, MaxChunk, Backend>  caches and scratch, stored inline, for a host
+//   decoder_params<W, Spec>                                  pointers to the weights, stored as W (float, double,
+//                                                            bfloat16, float16; e.g. constexpr arrays written by
+//                                                            `sessa embed --dtype`)
+//   static_state<P, Spec, Capacity, Batch, MaxChunk, Backend>  caches and scratch, stored inline, for a host
 //                                                            backend (reference by default, or cpu)
-//   static_decoder<T, Spec, Backend>                         forward / decode_step on a static_state of the same
+//   static_decoder<P, Spec, Backend>                         forward / decode_step on a static_state of the same
 //                                                            backend
+// P is the numeric policy (core/numeric.hpp): `float`, or precision<float, bfloat16, float> for bf16 weights in
+// read-only data (half the bytes) with a float32 cache and float32 arithmetic.
 //
 // The math is the runtime-shaped path's: static_decoder calls the same layer_forward, embed kernel and
 // decoder_head on parameter views, with caches and workspace borrowed from the state's inline arrays.
@@ -7092,7 +7294,7 @@ struct layer_spec {
   static_assert(attention_variant<decltype(Variant)>,
                 "sessa::embedded::layer_spec: Variant must be an attention variant (see attention/variants.hpp)");
 
-  using variant_type = decltype(Variant);
+  using variant_type = std::remove_const_t<decltype(Variant)>;
   static constexpr variant_type variant = Variant;
   static constexpr layer_config config{D, H, Hkv, Rope, GammaMax, LnEps};
   static constexpr index_t d_model = D;
@@ -7124,22 +7326,24 @@ struct decoder_spec {
   static constexpr double norm_eps = std::tuple_element_t<0, layers>::config.ln_eps;
 };
 
-/// Pointers to a decoder's weights (shapes as in decoder_weights; head == embedding when tied).
-template <scalar T, class Spec>
+/// Pointers to a decoder's weights, stored as W (shapes as in decoder_weights; head == embedding when tied).
+template <storage_type W, class Spec>
 struct decoder_params {
-  const T* embedding = nullptr;  // (V, D)
-  std::array<layer_params<T>, Spec::n_layers> layers{};
-  const T* norm_w = nullptr;     // (D)
-  const T* norm_b = nullptr;     // (D)
-  const T* head = nullptr;       // (V, D)
+  const W* embedding = nullptr;  // (V, D)
+  std::array<layer_params<W>, Spec::n_layers> layers{};
+  const W* norm_w = nullptr;     // (D)
+  const W* norm_b = nullptr;     // (D)
+  const W* head = nullptr;       // (V, D)
 };
 
 /// Per-sequence state of a static decoder: one cache per layer and the scratch of a chunk, all stored
 /// inline (declare it static or global for large capacities). Batch rows and Capacity tokens at most;
 /// forward() runs long inputs in chunks of at most MaxChunk tokens.
-template <scalar T, class Spec, index_t Capacity, index_t Batch = 1, index_t MaxChunk = 64,
+template <numeric P, class Spec, index_t Capacity, index_t Batch = 1, index_t MaxChunk = 64,
           backend_tag Backend = backend::reference>
 class static_state {
+  using T = compute_t<P>;
+  using C = cache_t<P>;
   static_assert(Capacity > 0 && Batch > 0 && MaxChunk > 0, "sessa::embedded::static_state: sizes must be positive");
   static_assert(std::is_same_v<space_of<Backend>, memory::host>,
                 "sessa::embedded::static_state: compile-time-shaped models run on host backends (reference, cpu)");
@@ -7148,7 +7352,7 @@ class static_state {
                 "pass of a layer; longer chunks of several sequences need a staging buffer)");
 
   static constexpr index_t cache_elems(std::size_t l) {
-    return layer_cache<T, Backend>::storage_size(Spec::configs[l], Batch, Capacity);
+    return layer_cache<P, Backend>::storage_size(Spec::configs[l], Batch, Capacity);
   }
   static constexpr index_t total_cache() {
     index_t n = 0;
@@ -7166,15 +7370,16 @@ class static_state {
  public:
   static constexpr index_t capacity = Capacity, batch = Batch, max_chunk = MaxChunk;
   /// Bytes held inline (caches, scratch, residual stream).
-  static constexpr index_t storage_bytes =
-      (total_cache() + workspace<T, Backend>::total(layout()) + h_elems) * static_cast<index_t>(sizeof(T));
+  static constexpr index_t storage_bytes = total_cache() * static_cast<index_t>(sizeof(C)) +
+                                           (workspace<T, Backend>::total(layout()) + h_elems) *
+                                               static_cast<index_t>(sizeof(T));
 
   using backend_type = Backend;
 
   static_state() : ws_(workspace<T, Backend>::borrow(ws_store_.data(), layout())) {
-    T* p = cache_store_.data();
+    C* p = cache_store_.data();
     for (std::size_t l = 0; l < caches_.size(); ++l) {
-      caches_[l] = layer_cache<T, Backend>(Spec::configs[l], Batch, Capacity, p);
+      caches_[l] = layer_cache<P, Backend>(Spec::configs[l], Batch, Capacity, p);
       p += cache_elems(l);
     }
   }
@@ -7190,40 +7395,45 @@ class static_state {
     for (auto& c : caches_) c.truncate(n);
   }
 
-  layer_cache<T, Backend>& cache(std::size_t l) noexcept { return caches_[l]; }
+  layer_cache<P, Backend>& cache(std::size_t l) noexcept { return caches_[l]; }
   workspace<T, Backend>& scratch() noexcept { return ws_; }
   matrix<T> residual(index_t rows) noexcept { return {h_store_.data(), rows, Spec::d_model}; }
   std::int64_t* token_scratch() noexcept { return token_store_.data(); }
 
  private:
-  alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(total_cache())> cache_store_{};
+  alignas(buffer_alignment) std::array<C, static_cast<std::size_t>(total_cache())> cache_store_{};
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(workspace<T, Backend>::total(layout()))> ws_store_{};
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(h_elems)> h_store_{};
   std::array<std::int64_t, static_cast<std::size_t>(Batch * MaxChunk)> token_store_{};
-  std::array<layer_cache<T, Backend>, Spec::n_layers> caches_;
+  std::array<layer_cache<P, Backend>, Spec::n_layers> caches_;
   workspace<T, Backend> ws_;
 };
 
-/// A decoder whose shapes are the template arguments of Spec. Holds only pointers to its weights, so a
-/// constexpr decoder_params in read-only data makes a model with no file I/O and no heap.
-template <scalar T, class Spec, backend_tag Backend = backend::reference>
+/// A decoder whose shapes are the template arguments of Spec, numeric policy P (weights stored as weight_t<P>).
+/// Holds only pointers to its weights, so a constexpr decoder_params in read-only data makes a model with no
+/// file I/O and no heap.
+template <numeric P, class Spec, backend_tag Backend = backend::reference>
 class static_decoder {
   static_assert(std::is_same_v<space_of<Backend>, memory::host>,
                 "sessa::embedded::static_decoder: compile-time-shaped models run on host backends (reference, cpu)");
-  static_assert(backend::verify_kernel_set<Backend, T>());
+  static_assert(backend::verify_kernel_set<Backend, P>());
+  using T = compute_t<P>;
+  using W = weight_t<P>;
 
  public:
   using spec = Spec;
+  using policy = P;
   using scalar_type = T;
+  using weight_type = W;
   using backend_type = Backend;
 
-  constexpr explicit static_decoder(const decoder_params<T, Spec>& p) noexcept : p_(p) {}
+  constexpr explicit static_decoder(const decoder_params<W, Spec>& p) noexcept : p_(p) {}
 
   /// tokens (Batch, n) row-major -> logits: (Batch*n, V) with logits_for::all, (Batch, V) with ::last.
   /// Extends the state by n tokens, in chunks of at most MaxChunk. Everything is checked before any state
   /// changes: token ids, the room left in the state, the logits view's shape.
   template <index_t C, index_t B, index_t M>
-  void forward(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st, matrix<T> logits,
+  void forward(std::span<const std::int64_t> tokens, static_state<P, Spec, C, B, M, Backend>& st, matrix<T> logits,
                logits_for which = logits_for::all) const {
     const index_t rows = static_cast<index_t>(tokens.size()), n = rows / B, V = Spec::vocab_size;
     if (rows == 0 || rows % B != 0)
@@ -7250,12 +7460,12 @@ class static_decoder {
 
   /// One token per batch row: tokens (Batch) -> logits (Batch, V).
   template <index_t C, index_t B, index_t M>
-  void decode_step(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st,
+  void decode_step(std::span<const std::int64_t> tokens, static_state<P, Spec, C, B, M, Backend>& st,
                    matrix<T> logits) const {
     forward(tokens, st, logits, logits_for::all);
   }
 
-  const decoder_params<T, Spec>& params() const noexcept { return p_; }
+  const decoder_params<W, Spec>& params() const noexcept { return p_; }
 
  private:
   /// Each layer's attention variant checked (throws config_error: sliding_window{0} is not a variant).
@@ -7265,7 +7475,7 @@ class static_decoder {
   }
 
   template <index_t C, index_t B, index_t M>
-  void run_chunks(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st, matrix<T> logits,
+  void run_chunks(std::span<const std::int64_t> tokens, static_state<P, Spec, C, B, M, Backend>& st, matrix<T> logits,
                   logits_for which, index_t n) const {
     const index_t V = Spec::vocab_size;
     std::int64_t* part = st.token_scratch();  // (B * M) ids of one chunk, inside the state (not the stack)
@@ -7276,16 +7486,16 @@ class static_decoder {
           part[b * c + i] = tokens[static_cast<std::size_t>(b * n + t0 + i)];
       const std::span<const std::int64_t> chunk(part, static_cast<std::size_t>(B * c));
       matrix<T> h = st.residual(B * c);  // (B*c, D)
-      backend::kernels<Backend>::embed(st.scratch().context, cmatrix<T>(p_.embedding, V, Spec::d_model), chunk.data(), h);
+      backend::kernels<Backend>::embed(st.scratch().context, cmatrix<W>(p_.embedding, V, Spec::d_model), chunk.data(), h);
       run_layers(h, st, std::make_index_sequence<Spec::n_layers>{});
       const T eps = static_cast<T>(Spec::norm_eps);
       if (which == logits_for::last) {
         if (t0 + c == n)
-          decoder_head<Backend, T>(st.scratch().context, p_.norm_w, p_.norm_b, eps, p_.head, cmatrix<T>(h), B, which,
+          decoder_head<Backend, P>(st.scratch().context, p_.norm_w, p_.norm_b, eps, p_.head, cmatrix<T>(h), B, which,
                                    st.scratch().u.data(), logits);
       } else {
         for (index_t b = 0; b < B; ++b)  // rows (b, t0 .. t0+c) of the (B*n, V) logits
-          decoder_head<Backend, T>(st.scratch().context, p_.norm_w, p_.norm_b, eps, p_.head,
+          decoder_head<Backend, P>(st.scratch().context, p_.norm_w, p_.norm_b, eps, p_.head,
                                    cmatrix<T>(h.row_block(b * c, c)), 1, which, st.scratch().u.data(),
                                    logits.row_block(b * n + t0, c));
       }
@@ -7294,13 +7504,13 @@ class static_decoder {
 
   template <class State, std::size_t... L>
   void run_layers(matrix<T> h, State& st, std::index_sequence<L...>) const {
-    (layer_forward<Backend, T>(std::tuple_element_t<L, typename Spec::layers>::config, p_.layers[L],
+    (layer_forward<Backend, P>(std::tuple_element_t<L, typename Spec::layers>::config, p_.layers[L],
                             std::tuple_element_t<L, typename Spec::layers>::variant, cmatrix<T>(h), State::batch,
                             st.cache(L), st.scratch(), h),
      ...);
   }
 
-  decoder_params<T, Spec> p_;
+  decoder_params<W, Spec> p_;
 };
 
 }  // namespace sessa::embedded

@@ -8,7 +8,8 @@
 //                  [--config C.json]
 //   sessa eval     [--model M.safetensors] --text FILE [--window N] [--stride S] [--json]
 //                  [--precision f32|f64] [--backend NAME] [--threads N]
-//   sessa embed    --model M.safetensors --name NAME --out NAME_model.hpp
+//   sessa embed    --model M.safetensors --name NAME --out NAME_model.hpp [--dtype f32|bf16|f16]
+//   sessa quantize [--model M.safetensors] --to bf16|f16|f32|f64 --out M2.safetensors
 //   sessa profile  --construction uniform|retrieval | [--model M] --text FILE | --model M --input I
 //                  [--measure feedback|end-to-end] [--sources ..] [--fit LO:HI] [--json] [--svg FILE]
 //   sessa generate [--model M.safetensors] --prompt TEXT | --prompts FILE [--max-tokens N] [--temperature X] [--seed S]
@@ -77,7 +78,12 @@ constexpr const char* usage_text =
     "            [--precision f32|f64] [--backend NAME] [--threads N]\n"
     "            mean cross-entropy of a text (nats per token, bits per byte) in windows of N tokens\n"
     "            (default: the text, at most 512) every S tokens (default N), with tokens/s\n"
-    "  embed     --model M.safetensors --name NAME --out NAME_model.hpp [--config C.json]\n"
+    "  quantize  [--model M.safetensors] --to bf16|f16|f32|f64 --out M2.safetensors [--config C.json]\n"
+    "            write the model with every weight stored as bf16 or f16 (rounded to nearest even from\n"
+    "            the file's values) or f32 / f64; its metadata carries the configuration, the tokenizer and\n"
+    "            sessa.weights; run, generate and eval run such a file with narrow weights (--weights auto)\n"
+    "  embed     --model M.safetensors --name NAME --out NAME_model.hpp [--dtype f32|bf16|f16]\n"
+    "            [--config C.json]\n"
     "            write a header with a decoder's shapes as template arguments and its weights as\n"
     "            constexpr arrays, for sessa::embedded::static_decoder (no file I/O, no heap)\n"
     "  generate  [--model M.safetensors] --prompt TEXT [--max-tokens N] [--temperature X] [--seed S]\n"
@@ -105,6 +111,9 @@ constexpr const char* usage_text =
     "  (examples/models/tiny_decoder.safetensors)\n"
     "\n"
     "  --backend NAME: cpu (default), reference, and in this build also: " SESSA_CLI_EXTRA_BACKENDS "\n"
+    "  --weights auto|bf16|f16|f32|f64 (run, generate, eval): the weights' storage in memory; auto (the\n"
+    "  default) keeps a file's bf16 or f16 weights narrow (float32 arithmetic and cache, cpu and reference\n"
+    "  backends) and otherwise widens them to --precision\n"
     "\n"
     "  --config C.json gives the configuration of a file without sessa.* metadata (a bare state dict):\n"
     "  {\"arch\": \"layer\"|\"decoder\", \"d_model\": .., \"n_heads\": .., \"n_kv_heads\": .., \"use_rope\": true,\n"
@@ -144,20 +153,67 @@ model_source open_model(const options& o, bool builtin_ok = false) {
 
 void set_threads(const options& o) { sessa::tools::apply_threads(o.integer("threads", 0, 0, 1024), "sessa"); }
 
-/// Calls f.template operator()<T, Backend, Variant>() for the runtime choice of precision, backend and variant.
-template <class F>
-void dispatch(const std::string& precision, const std::string& backend_name, const std::string& attention_name,
-              F&& f) {
-  auto with_variant = [&]<class T, class B>() {
-    if (attention_name == "sliding_window") f.template operator()<T, B, attention::sliding_window>();
-    else f.template operator()<T, B, attention::causal>();
+/// The weights' storage a model runs with: --weights f32|f64|bf16|f16, or `auto` (the default): bf16 or f16 when
+/// every floating-point tensor of the file is stored so (a file `sessa quantize` wrote) and the run can keep them
+/// narrow (--precision f32 on the cpu or reference backend), else the compute type. Returns "same" for the compute
+/// type.
+std::string weight_storage(const options& o, const io::safetensors_file& f, const std::string& precision) {
+  std::string w = o.get("weights").value_or("auto");
+  const std::string backend_name = o.get("backend").value_or("cpu");
+  if (w == "auto" && (precision != "f32" || (backend_name != "cpu" && backend_name != "reference"))) {
+    w = "same";
+  } else if (w == "auto") {
+    std::optional<io::dtype> common;
+    bool mixed = false;
+    for (const auto& e : f.entries()) {
+      if (e.type != io::dtype::F32 && e.type != io::dtype::F64 && e.type != io::dtype::BF16 && e.type != io::dtype::F16)
+        continue;
+      if (common && *common != e.type) mixed = true;
+      common = e.type;
+    }
+    w = !mixed && common == io::dtype::BF16 ? "bf16" : !mixed && common == io::dtype::F16 ? "f16" : "same";
+  }
+  if (w == "same" || w == precision) return "same";
+  if (w == "bf16" || w == "f16") {
+    if (precision != "f32")
+      throw usage_error("--weights " + w + " runs with --precision f32 (float32 arithmetic on the narrow weights)");
+    return w;
+  }
+  throw usage_error("unknown --weights '" + w + "' (choose auto, bf16, f16 or the compute type " + precision + ")");
+}
+
+/// Calls f.template operator()<P, Backend, Variant>() for the runtime choice of precision, weight storage (see
+/// weight_storage), backend and variant: P is float, double, or precision<float, bfloat16 / float16, float> (narrow
+/// weights, float32 cache and arithmetic; built for the cpu and reference backends, unless Narrow is false).
+template <bool Narrow = true, class F>
+void dispatch(const std::string& precision, const std::string& weights, const std::string& backend_name,
+              const std::string& attention_name, F&& f) {
+  auto with_variant = [&]<class P, class B>() {
+    if (attention_name == "sliding_window") f.template operator()<P, B, attention::sliding_window>();
+    else f.template operator()<P, B, attention::causal>();
   };
-  auto with_backend = [&]<class T>() {
-    sessa::tools::with_backend(backend_name, [&]<class B>() { with_variant.template operator()<T, B>(); });
+  auto with_backend = [&]<class P>() {
+    sessa::tools::with_backend(backend_name, [&]<class B>() {
+      if constexpr (std::is_same_v<weight_t<P>, compute_t<P>> || std::is_same_v<B, backend::cpu> ||
+                    std::is_same_v<B, backend::reference>)
+        with_variant.template operator()<P, B>();
+      else
+        throw usage_error("--weights " + weights + " runs on the cpu and reference backends in this program (not " +
+                          backend_name + ")");
+    });
   };
-  if (precision == "f32") with_backend.template operator()<float>();
-  else if (precision == "f64") with_backend.template operator()<double>();
-  else throw usage_error("unknown --precision '" + precision + "' (choose f32 or f64)");
+  if (precision == "f32") {
+    if constexpr (Narrow) {
+      if (weights == "bf16") return with_backend.template operator()<sessa::precision<float, bfloat16, float>>();
+      if (weights == "f16") return with_backend.template operator()<sessa::precision<float, float16, float>>();
+    }
+    if (weights != "same") throw usage_error("--weights " + weights + " is not available in this command");
+    with_backend.template operator()<float>();
+  } else if (precision == "f64") {
+    with_backend.template operator()<double>();
+  } else {
+    throw usage_error("unknown --precision '" + precision + "' (choose f32 or f64)");
+  }
 }
 
 /// Parses --mode: 0 = prefill, 1 = decode (chunks of one), N = chunks of N.
@@ -230,11 +286,13 @@ int cmd_run(const options& o) {
   const auto& cfg = m.info.config;
   io::safetensors_writer out;
 
-  dispatch(precision, o.get("backend").value_or("cpu"), m.info.attention, [&]<class T, class B, class A>() {
+  dispatch(precision, weight_storage(o, m.file, precision), o.get("backend").value_or("cpu"), m.info.attention,
+           [&]<class P, class B, class A>() {
+    using T = compute_t<P>;
     const A variant = io::detail::variant_from(m.info, m.file.source(), A{});
     const io::dtype out_type = std::is_same_v<T, float> ? io::dtype::F32 : io::dtype::F64;
     if (dec) {
-      const decoder<T, B, A> model(cfg, io::read_decoder_weights<T>(m.file, cfg), variant);
+      const decoder<P, B, A> model(cfg, io::read_decoder_weights<weight_t<P>>(m.file, cfg), variant);
       const io::tensor_entry* e = in.find("tokens");
       if (!e) throw format_error(in.source() + ": no tensor 'tokens'; a decoder needs tokens, I32 or I64 (B, T)");
       if (e->shape.size() != 2 || e->shape[0] < 1 || e->shape[1] < 1)
@@ -257,7 +315,7 @@ int cmd_run(const options& o) {
       });
       out.add_converted("logits", out_type, logits.shape(), std::vector<double>(logits.data(), logits.data() + logits.size()));
     } else {
-      const layer<T, B, A> model(cfg.layer, io::read_layer_weights<T>(m.file, cfg.layer), variant);
+      const layer<P, B, A> model(cfg.layer, io::read_layer_weights<weight_t<P>>(m.file, cfg.layer), variant);
       const io::tensor_entry* e = in.find("x");
       if (!e) throw format_error(in.source() + ": no tensor 'x'; a layer needs x (B, T, D)");
       detail::check_activation_shape(e->shape, cfg.layer.d_model, (in.source() + ": 'x'").c_str());
@@ -356,12 +414,13 @@ int cmd_generate(const options& o) {
     state_tokens = e.shape.size() == 1 ? e.shape[0] : 0;
   }
   set_threads(o);
-  dispatch(o.get("precision").value_or("f32"), o.get("backend").value_or("cpu"), m.info.attention,
-           [&]<class T, class B, class A>() {
-    using model_type = decoder<T, B, A>;
+  const std::string precision = o.get("precision").value_or("f32");
+  dispatch(precision, weight_storage(o, m.file, precision), o.get("backend").value_or("cpu"), m.info.attention,
+           [&]<class Policy, class B, class A>() {
+    using model_type = decoder<Policy, B, A>;
     using clock = std::chrono::steady_clock;
     const A variant = io::detail::variant_from(m.info, m.file.source(), A{});
-    const model_type model(m.info.config, io::read_decoder_weights<T>(m.file, m.info.config), variant);
+    const model_type model(m.info.config, io::read_decoder_weights<weight_t<Policy>>(m.file, m.info.config), variant);
     if (prompts_file) {
       // A batch (generate_batch): row i samples with seed S + i, so it generates what `--prompt` with `--seed S+i`
       // does alone. When all are done the rows are printed in the order they finished, as "[i] prompt completion"
@@ -459,10 +518,11 @@ int cmd_eval(const options& o) {
   const index_t stride = o.integer("stride", window, 1, prefill_block);
   set_threads(o);
   evaluation r;
-  dispatch(o.get("precision").value_or("f32"), o.get("backend").value_or("cpu"), m.info.attention,
-           [&]<class T, class B, class A>() {
+  const std::string precision = o.get("precision").value_or("f32");
+  dispatch(precision, weight_storage(o, m.file, precision), o.get("backend").value_or("cpu"), m.info.attention,
+           [&]<class P, class B, class A>() {
     const A variant = io::detail::variant_from(m.info, m.file.source(), A{});
-    const decoder<T, B, A> model(m.info.config, io::read_decoder_weights<T>(m.file, m.info.config), variant);
+    const decoder<P, B, A> model(m.info.config, io::read_decoder_weights<weight_t<P>>(m.file, m.info.config), variant);
     try {
       r = evaluate(model, tokens, window, stride, &tok);
     } catch (const value_error& e) {
@@ -520,6 +580,12 @@ std::string hex_float(float v, const std::string& name) {
   return std::string(neg ? "-0x" : "0x") + std::string(buf, r.ptr) + "f";
 }
 
+/// v, unless it is not finite (a weight that cannot be embedded).
+float finite_weight(float v, const std::string& name) {
+  if (!std::isfinite(v)) throw value_error("parameter '" + name + "' holds a non-finite value; cannot embed it");
+  return v;
+}
+
 std::string c_string(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {
@@ -534,6 +600,52 @@ std::string c_string(const std::string& s) {
   return out + "\"";
 }
 
+/// sessa quantize: the model with its weights stored as --to (every parameter through the parameter table, so a
+/// file that does not match its configuration is refused before anything is written).
+int cmd_quantize(const options& o) {
+  const model_source m = open_model(o, true);
+  const std::string to = o.need("to");
+  io::dtype type = io::dtype::F32;
+  if (to == "bf16") type = io::dtype::BF16;
+  else if (to == "f16") type = io::dtype::F16;
+  else if (to == "f32") type = io::dtype::F32;
+  else if (to == "f64") type = io::dtype::F64;
+  else throw usage_error("unknown --to '" + to + "' (choose bf16, f16, f32 or f64)");
+  const std::string out_path = o.need("out");
+  const bool dec = m.info.arch == io::model_arch::decoder;
+  io::safetensors_writer out;
+  // The configuration (also for a bare state dict read with --config), then everything else the file says
+  // (tokenizer, attention variant, provenance), then what this command did.
+  for (auto& [k, v] : dec ? io::config_metadata(m.info.config) : io::config_metadata(m.info.config.layer))
+    out.set_metadata(k, v);
+  if (m.info.attention == "sliding_window") {
+    out.set_metadata("sessa.attention", "sliding_window");
+    out.set_metadata("sessa.window", std::to_string(m.info.window));
+  }
+  for (const auto& [k, v] : m.file.metadata()) out.set_metadata(k, v);
+  out.set_metadata("sessa.weights", to);
+  std::size_t bytes_in = 0, bytes_out = 0, tensors = 0;
+  for (const auto& e : m.file.entries()) bytes_in += e.nbytes;
+  auto add = [&](const std::string& name, const shape_t& shape, const auto& b) {
+    std::vector<double> v(static_cast<std::size_t>(b.size()));
+    for (index_t i = 0; i < b.size(); ++i) v[static_cast<std::size_t>(i)] = static_cast<double>(b.data()[i]);
+    out.add_converted(name, type, shape, v);  // rounds once, from the file's exact value; refuses what overflows
+    bytes_out += v.size() * io::dtype_size(type);
+    ++tensors;
+  };
+  if (dec) {
+    const auto w = io::read_decoder_weights<double>(m.file, m.info.config);
+    for_each_parameter(m.info.config, w, add);
+  } else {
+    const auto w = io::read_layer_weights<double>(m.file, m.info.config.layer);
+    for_each_parameter(m.info.config.layer, w, add);
+  }
+  out.write(out_path);
+  std::printf("%s: %zu tensors as %s, %zu bytes of weights (was %zu)\n", out_path.c_str(), tensors, to.c_str(),
+              bytes_out, bytes_in);
+  return 0;
+}
+
 int cmd_embed(const options& o) {
   const model_source m = open_model(o);
   if (m.info.arch != io::model_arch::decoder)
@@ -543,16 +655,25 @@ int cmd_embed(const options& o) {
       identifier(name) != name)
     throw usage_error("--name must be a C++ identifier, got '" + name + "'");
   const std::string out_path = o.need("out");
+  const std::string dtype = o.get("dtype").value_or("f32");
+  if (dtype != "f32" && dtype != "bf16" && dtype != "f16")
+    throw usage_error("unknown --dtype '" + dtype + "' (choose f32, bf16 or f16)");
+  const bool narrow = dtype != "f32";
+  const std::string wtype = dtype == "bf16" ? "sessa::bfloat16" : dtype == "f16" ? "sessa::float16" : "float";
   const decoder_config& cfg = m.info.config;
   const layer_config& L = cfg.layer;
   decoder_weights<float> w = io::read_decoder_weights<float>(m.file, cfg);
 
   std::ostringstream h;
   h << "// " << name << " model: generated by `sessa embed` from " << m.file.source() << ". Do not edit.\n"
-    << "//\n// " << io::describe(m.info) << ", " << parameter_count(cfg) << " parameters (float32).\n"
-    << "// The weights are exact (hexadecimal float literals of the file's values) and live in read-only data;\n"
+    << "//\n// " << io::describe(m.info) << ", " << parameter_count(cfg) << " parameters ("
+    << (dtype == "bf16" ? "bfloat16" : dtype == "f16" ? "float16" : "float32") << ").\n"
+    << (narrow ? "// The weights are the file's float32 values rounded to nearest even (bit patterns) and live in\n"
+                 "// read-only data; arithmetic and cache are float32;\n"
+               : "// The weights are exact (hexadecimal float literals of the file's values) and live in read-only "
+                 "data;\n")
     << "// " << name << "::model runs them with no file I/O and no heap (sessa/model/embedded.hpp).\n"
-    << "#pragma once\n\n#include <sessa/model/embedded.hpp>\n\nnamespace " << name << " {\n\n";
+    << "#pragma once\n\n#include <cstdint>\n\n#include <sessa/model/embedded.hpp>\n\nnamespace " << name << " {\n\n";
   std::string variant = "sessa::attention::causal{}";
   if (m.info.attention == "sliding_window") variant = "sessa::attention::sliding_window{" + std::to_string(m.info.window) + "}";
   h << "using layer = sessa::embedded::layer_spec<" << L.d_model << ", " << L.n_heads << ", " << L.n_kv_heads << ", "
@@ -561,34 +682,56 @@ int cmd_embed(const options& o) {
   h << "using spec = sessa::embedded::decoder_spec<" << cfg.vocab_size << ", " << (cfg.tie_embeddings ? "true" : "false");
   for (index_t i = 0; i < cfg.n_layers; ++i) h << ", layer";
   h << ">;\n";
-  h << "using model = sessa::embedded::static_decoder<float, spec>;\n\n";
+  h << "/// The numeric policy: the weights' storage type, float32 arithmetic and cache.\n";
+  h << "using policy = " << (narrow ? "sessa::precision<float, " + wtype + ", float>" : std::string("float")) << ";\n";
+  h << "using weight_type = " << wtype << ";\n";
+  h << "using model = sessa::embedded::static_decoder<policy, spec>;\n\n";
+  if (narrow)
+    h << "/// A weight from its bit pattern.\nconstexpr weight_type w(std::uint16_t bits) { return weight_type::from_bits(bits); }\n\n";
   if (auto v = m.file.metadata().find("sessa.vocab"); v != m.file.metadata().end())
     h << "/// Token i is the character vocab[i].\ninline constexpr char vocab[] = " << c_string(v->second) << ";\n\n";
 
   // Every parameter as an aligned constexpr array, named after its parameter, through the parameter table.
   std::map<const float*, std::string> ids;
-  auto emit = [&](const std::string& pname, const float* data, index_t count, const std::string& shape) {
+  // A parameter as weight_type (bit patterns when narrow); the RoPE tables always as float.
+  auto emit = [&](const std::string& pname, const float* data, index_t count, const std::string& shape, bool as_weight) {
     const std::string id = identifier(pname);
     ids[data] = id;
-    h << "alignas(64) inline constexpr float " << id << "[" << count << "] = {  // " << pname << " " << shape << "\n";
-    for (index_t i = 0; i < count; ++i)
-      h << (i % 6 == 0 ? "    " : " ") << hex_float(data[i], pname) << (i + 1 < count ? "," : "")
-        << (i % 6 == 5 || i + 1 == count ? "\n" : "");
+    const bool bits = as_weight && narrow;
+    h << "alignas(64) inline constexpr " << (as_weight ? wtype : std::string("float")) << " " << id << "[" << count
+      << "] = {  // " << pname << " " << shape << "\n";
+    const int per_line = bits ? 10 : 6;
+    for (index_t i = 0; i < count; ++i) {
+      h << (i % per_line == 0 ? "    " : " ");
+      if (bits) {
+        char b[16];
+        const unsigned v = dtype == "bf16" ? bfloat16(finite_weight(data[i], pname)).bits
+                                           : float16(finite_weight(data[i], pname)).bits;
+        if (dtype == "f16" && (v & 0x7C00u) == 0x7C00u)
+          throw value_error(m.file.source() + ": parameter '" + pname + "' holds " + io::shortest(data[i]) +
+                            ", beyond float16's range (65504): use --dtype bf16 or f32");
+        std::snprintf(b, sizeof b, "w(0x%04x)", v);
+        h << b;
+      } else {
+        h << hex_float(data[i], pname);
+      }
+      h << (i + 1 < count ? "," : "") << (i % per_line == per_line - 1 || i + 1 == count ? "\n" : "");
+    }
     h << "};\n";
   };
   for_each_parameter(cfg, w, [&](const std::string& pname, const shape_t& shape, const buffer<float>& b) {
-    emit(pname, b.data(), b.size(), shape_string(shape));
+    emit(pname, b.data(), b.size(), shape_string(shape), true);
   });
   if (L.use_rope)
     for (index_t i = 0; i < cfg.n_layers; ++i) {
       const auto& f = w.layers[static_cast<std::size_t>(i)].mixer.rope_inv_freq;
       emit("layers." + std::to_string(i) + ".mixer.rope_inv_freq", f.data(), static_cast<index_t>(f.size()),
-           shape_string({static_cast<index_t>(f.size())}));
+           shape_string({static_cast<index_t>(f.size())}), false);
     }
   auto ref = [&](const void* p) { return p ? ids.at(static_cast<const float*>(p)) : std::string("nullptr"); };
 
   h << "\n/// Pointers to the arrays above, in the layout static_decoder reads.\n"
-    << "inline constexpr sessa::embedded::decoder_params<float, spec> params{\n"
+    << "inline constexpr sessa::embedded::decoder_params<weight_type, spec> params{\n"
     << "    .embedding = " << ref(w.embedding.data()) << ",\n    .layers = {{\n";
   for (index_t i = 0; i < cfg.n_layers; ++i) {
     const auto& lw = w.layers[static_cast<std::size_t>(i)];
@@ -736,7 +879,7 @@ influence_run profile_model(const options& o, const std::string& measure) {
   if (dec && !o.get("text")) throw usage_error("a decoder is profiled on a text: give --text FILE");
   if (!dec && !o.get("input")) throw usage_error("a layer is profiled on an input: give --input I.safetensors (x: (B, T, D))");
   const index_t count = o.integer("source-count", 8, 1, 1000);
-  dispatch("f64", o.get("backend").value_or("cpu"), m.info.attention, [&]<class T, class B, class A>() {
+  dispatch<false>("f64", "same", o.get("backend").value_or("cpu"), m.info.attention, [&]<class T, class B, class A>() {
     const A variant = io::detail::variant_from(m.info, m.file.source(), A{});
     const auto& cfg = m.info.config;
     if (dec) {
@@ -938,15 +1081,18 @@ int main(int argc, char** argv) {
     if (cmd == "info") return cmd_info(options(argc, argv, 2, {"model", "config"}));
     if (cmd == "run")
       return cmd_run(options(argc, argv, 2,
-                             {"model", "input", "output", "mode", "precision", "backend", "threads", "config"}));
+                             {"model", "input", "output", "mode", "precision", "weights", "backend", "threads",
+                              "config"}));
     if (cmd == "generate")
       return cmd_generate(options(argc, argv, 2,
                                   {"model", "prompt", "prompts", "tokens", "max-tokens", "temperature", "seed", "top-k",
-                                   "top-p", "min-p", "repeat-penalty", "repeat-last-n", "precision", "backend",
+                                   "top-p", "min-p", "repeat-penalty", "repeat-last-n", "precision", "weights", "backend",
                                    "threads", "config", "save-state", "load-state"},
                                   {"stop"}));
     if (cmd == "eval")
-      return cmd_eval(options(argc, argv, 2, {"model", "text", "window", "stride", "precision", "backend", "threads", "config"},
+      return cmd_eval(options(argc, argv, 2,
+                              {"model", "text", "window", "stride", "precision", "weights", "backend", "threads",
+                               "config"},
                               {}, {"json"}));
     if (cmd == "profile")
       return cmd_profile(options(argc, argv, 2,
@@ -954,7 +1100,8 @@ int main(int argc, char** argv) {
                                   "layer", "measure", "sources", "source-count", "probes", "epsilon", "seed", "fit",
                                   "svg", "title", "backend", "threads", "config"},
                                  {}, {"json"}));
-    if (cmd == "embed") return cmd_embed(options(argc, argv, 2, {"model", "name", "out", "config"}));
+    if (cmd == "embed") return cmd_embed(options(argc, argv, 2, {"model", "name", "out", "config", "dtype"}));
+    if (cmd == "quantize") return cmd_quantize(options(argc, argv, 2, {"model", "to", "out", "config"}));
     throw usage_error("unknown command '" + cmd + "'");
   } catch (const usage_error& e) {
     std::fprintf(stderr, "sessa: usage error: %s (see sessa --help)\n", e.what());

@@ -5,11 +5,12 @@
 //                  format, bfloat16 or float16 (IEEE binary16), that kernels widen to the compute type on load
 //
 // A model's first template parameter is its numeric policy P: a scalar (`float`, `double`: weights and cache in
-// that type, exact) or `precision<Compute, Storage>` (`precision<float, bfloat16>`: bf16 weights and cache,
-// float arithmetic). compute_t<P>, weight_t<P> and cache_t<P> read it; the model code is written against those
-// three names only, so a new storage format (block-quantized int8 with scales, say) is a new storage type and
-// the kernels that read it, not a change to the model. A backend that has no kernel for a storage type fails
-// to compile with a message naming the kernel (backend/kernel_set.hpp).
+// that type, exact) or `precision<Compute, Weight, Cache = Weight>` (`precision<float, bfloat16>`: bf16 weights
+// and cache, float arithmetic; `precision<float, bfloat16, float>`: bf16 weights, float32 cache). compute_t<P>,
+// weight_t<P> and cache_t<P> read it; the model code is written against those three names only, so a new storage
+// format (block-quantized int8 with scales, say) is a new storage type and the kernels that read it, not a change
+// to the model. A backend that has no kernel for a storage type fails to compile with a message naming the kernel
+// (backend/kernel_set.hpp).
 #pragma once
 
 #include <concepts>
@@ -116,16 +117,20 @@ template <class S>
 concept storage_type = std::same_as<S, float> || std::same_as<S, double> || std::same_as<S, bfloat16> ||
                        std::same_as<S, float16>;
 
-/// Compute type Compute (float or double) with weights and cache stored as Storage.
-template <class Compute, class Storage>
+/// Compute type Compute (float or double) with the weights stored as Weight and the cache as Cache (by default
+/// the weights' type): precision<float, bfloat16> keeps both in bf16, precision<float, bfloat16, float> only the
+/// weights (what decode streams most at short contexts), with an exact float32 cache.
+template <class Compute, class Weight, class Cache = Weight>
 struct precision {
   static_assert(std::same_as<Compute, float> || std::same_as<Compute, double>,
-                "sessa::precision<Compute, Storage>: Compute must be float or double");
-  static_assert(storage_type<Storage>, "sessa::precision<Compute, Storage>: Storage must be float, double, "
-                                       "sessa::bfloat16 or sessa::float16");
+                "sessa::precision<Compute, Weight, Cache>: Compute must be float or double");
+  static_assert(storage_type<Weight>, "sessa::precision<Compute, Weight, Cache>: Weight must be float, double, "
+                                      "sessa::bfloat16 or sessa::float16");
+  static_assert(storage_type<Cache>, "sessa::precision<Compute, Weight, Cache>: Cache must be float, double, "
+                                     "sessa::bfloat16 or sessa::float16");
   using compute = Compute;
-  using weight = Storage;
-  using cache = Storage;
+  using weight = Weight;
+  using cache = Cache;
 };
 
 template <class P>
@@ -134,11 +139,11 @@ struct precision_traits {  // a scalar: everything in that type
   using weight = P;
   using cache = P;
 };
-template <class C, class S>
-struct precision_traits<precision<C, S>> {
-  using compute = typename precision<C, S>::compute;
-  using weight = typename precision<C, S>::weight;
-  using cache = typename precision<C, S>::cache;
+template <class C, class W, class K>
+struct precision_traits<precision<C, W, K>> {
+  using compute = C;
+  using weight = W;
+  using cache = K;
 };
 
 template <class P>

@@ -5,12 +5,15 @@
 //   decoder_spec<V, Tied, Layer...>                          embedding, the layers in order, norm, head;
 //                                                            layers may differ in heads, RoPE, gain and
 //                                                            attention variant, not in d_model
-//   decoder_params<T, Spec>                                  pointers to the weights (e.g. constexpr arrays
-//                                                            written by `sessa embed`)
-//   static_state<T, Spec, Capacity, Batch, MaxChunk, Backend>  caches and scratch, stored inline, for a host
+//   decoder_params<W, Spec>                                  pointers to the weights, stored as W (float, double,
+//                                                            bfloat16, float16; e.g. constexpr arrays written by
+//                                                            `sessa embed --dtype`)
+//   static_state<P, Spec, Capacity, Batch, MaxChunk, Backend>  caches and scratch, stored inline, for a host
 //                                                            backend (reference by default, or cpu)
-//   static_decoder<T, Spec, Backend>                         forward / decode_step on a static_state of the same
+//   static_decoder<P, Spec, Backend>                         forward / decode_step on a static_state of the same
 //                                                            backend
+// P is the numeric policy (core/numeric.hpp): `float`, or precision<float, bfloat16, float> for bf16 weights in
+// read-only data (half the bytes) with a float32 cache and float32 arithmetic.
 //
 // The math is the runtime-shaped path's: static_decoder calls the same layer_forward, embed kernel and
 // decoder_head on parameter views, with caches and workspace borrowed from the state's inline arrays.
@@ -55,7 +58,7 @@ struct layer_spec {
   static_assert(attention_variant<decltype(Variant)>,
                 "sessa::embedded::layer_spec: Variant must be an attention variant (see attention/variants.hpp)");
 
-  using variant_type = decltype(Variant);
+  using variant_type = std::remove_const_t<decltype(Variant)>;
   static constexpr variant_type variant = Variant;
   static constexpr layer_config config{D, H, Hkv, Rope, GammaMax, LnEps};
   static constexpr index_t d_model = D;
@@ -87,22 +90,24 @@ struct decoder_spec {
   static constexpr double norm_eps = std::tuple_element_t<0, layers>::config.ln_eps;
 };
 
-/// Pointers to a decoder's weights (shapes as in decoder_weights; head == embedding when tied).
-template <scalar T, class Spec>
+/// Pointers to a decoder's weights, stored as W (shapes as in decoder_weights; head == embedding when tied).
+template <storage_type W, class Spec>
 struct decoder_params {
-  const T* embedding = nullptr;  // (V, D)
-  std::array<layer_params<T>, Spec::n_layers> layers{};
-  const T* norm_w = nullptr;     // (D)
-  const T* norm_b = nullptr;     // (D)
-  const T* head = nullptr;       // (V, D)
+  const W* embedding = nullptr;  // (V, D)
+  std::array<layer_params<W>, Spec::n_layers> layers{};
+  const W* norm_w = nullptr;     // (D)
+  const W* norm_b = nullptr;     // (D)
+  const W* head = nullptr;       // (V, D)
 };
 
 /// Per-sequence state of a static decoder: one cache per layer and the scratch of a chunk, all stored
 /// inline (declare it static or global for large capacities). Batch rows and Capacity tokens at most;
 /// forward() runs long inputs in chunks of at most MaxChunk tokens.
-template <scalar T, class Spec, index_t Capacity, index_t Batch = 1, index_t MaxChunk = 64,
+template <numeric P, class Spec, index_t Capacity, index_t Batch = 1, index_t MaxChunk = 64,
           backend_tag Backend = backend::reference>
 class static_state {
+  using T = compute_t<P>;
+  using C = cache_t<P>;
   static_assert(Capacity > 0 && Batch > 0 && MaxChunk > 0, "sessa::embedded::static_state: sizes must be positive");
   static_assert(std::is_same_v<space_of<Backend>, memory::host>,
                 "sessa::embedded::static_state: compile-time-shaped models run on host backends (reference, cpu)");
@@ -111,7 +116,7 @@ class static_state {
                 "pass of a layer; longer chunks of several sequences need a staging buffer)");
 
   static constexpr index_t cache_elems(std::size_t l) {
-    return layer_cache<T, Backend>::storage_size(Spec::configs[l], Batch, Capacity);
+    return layer_cache<P, Backend>::storage_size(Spec::configs[l], Batch, Capacity);
   }
   static constexpr index_t total_cache() {
     index_t n = 0;
@@ -129,15 +134,16 @@ class static_state {
  public:
   static constexpr index_t capacity = Capacity, batch = Batch, max_chunk = MaxChunk;
   /// Bytes held inline (caches, scratch, residual stream).
-  static constexpr index_t storage_bytes =
-      (total_cache() + workspace<T, Backend>::total(layout()) + h_elems) * static_cast<index_t>(sizeof(T));
+  static constexpr index_t storage_bytes = total_cache() * static_cast<index_t>(sizeof(C)) +
+                                           (workspace<T, Backend>::total(layout()) + h_elems) *
+                                               static_cast<index_t>(sizeof(T));
 
   using backend_type = Backend;
 
   static_state() : ws_(workspace<T, Backend>::borrow(ws_store_.data(), layout())) {
-    T* p = cache_store_.data();
+    C* p = cache_store_.data();
     for (std::size_t l = 0; l < caches_.size(); ++l) {
-      caches_[l] = layer_cache<T, Backend>(Spec::configs[l], Batch, Capacity, p);
+      caches_[l] = layer_cache<P, Backend>(Spec::configs[l], Batch, Capacity, p);
       p += cache_elems(l);
     }
   }
@@ -153,40 +159,45 @@ class static_state {
     for (auto& c : caches_) c.truncate(n);
   }
 
-  layer_cache<T, Backend>& cache(std::size_t l) noexcept { return caches_[l]; }
+  layer_cache<P, Backend>& cache(std::size_t l) noexcept { return caches_[l]; }
   workspace<T, Backend>& scratch() noexcept { return ws_; }
   matrix<T> residual(index_t rows) noexcept { return {h_store_.data(), rows, Spec::d_model}; }
   std::int64_t* token_scratch() noexcept { return token_store_.data(); }
 
  private:
-  alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(total_cache())> cache_store_{};
+  alignas(buffer_alignment) std::array<C, static_cast<std::size_t>(total_cache())> cache_store_{};
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(workspace<T, Backend>::total(layout()))> ws_store_{};
   alignas(buffer_alignment) std::array<T, static_cast<std::size_t>(h_elems)> h_store_{};
   std::array<std::int64_t, static_cast<std::size_t>(Batch * MaxChunk)> token_store_{};
-  std::array<layer_cache<T, Backend>, Spec::n_layers> caches_;
+  std::array<layer_cache<P, Backend>, Spec::n_layers> caches_;
   workspace<T, Backend> ws_;
 };
 
-/// A decoder whose shapes are the template arguments of Spec. Holds only pointers to its weights, so a
-/// constexpr decoder_params in read-only data makes a model with no file I/O and no heap.
-template <scalar T, class Spec, backend_tag Backend = backend::reference>
+/// A decoder whose shapes are the template arguments of Spec, numeric policy P (weights stored as weight_t<P>).
+/// Holds only pointers to its weights, so a constexpr decoder_params in read-only data makes a model with no
+/// file I/O and no heap.
+template <numeric P, class Spec, backend_tag Backend = backend::reference>
 class static_decoder {
   static_assert(std::is_same_v<space_of<Backend>, memory::host>,
                 "sessa::embedded::static_decoder: compile-time-shaped models run on host backends (reference, cpu)");
-  static_assert(backend::verify_kernel_set<Backend, T>());
+  static_assert(backend::verify_kernel_set<Backend, P>());
+  using T = compute_t<P>;
+  using W = weight_t<P>;
 
  public:
   using spec = Spec;
+  using policy = P;
   using scalar_type = T;
+  using weight_type = W;
   using backend_type = Backend;
 
-  constexpr explicit static_decoder(const decoder_params<T, Spec>& p) noexcept : p_(p) {}
+  constexpr explicit static_decoder(const decoder_params<W, Spec>& p) noexcept : p_(p) {}
 
   /// tokens (Batch, n) row-major -> logits: (Batch*n, V) with logits_for::all, (Batch, V) with ::last.
   /// Extends the state by n tokens, in chunks of at most MaxChunk. Everything is checked before any state
   /// changes: token ids, the room left in the state, the logits view's shape.
   template <index_t C, index_t B, index_t M>
-  void forward(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st, matrix<T> logits,
+  void forward(std::span<const std::int64_t> tokens, static_state<P, Spec, C, B, M, Backend>& st, matrix<T> logits,
                logits_for which = logits_for::all) const {
     const index_t rows = static_cast<index_t>(tokens.size()), n = rows / B, V = Spec::vocab_size;
     if (rows == 0 || rows % B != 0)
@@ -213,12 +224,12 @@ class static_decoder {
 
   /// One token per batch row: tokens (Batch) -> logits (Batch, V).
   template <index_t C, index_t B, index_t M>
-  void decode_step(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st,
+  void decode_step(std::span<const std::int64_t> tokens, static_state<P, Spec, C, B, M, Backend>& st,
                    matrix<T> logits) const {
     forward(tokens, st, logits, logits_for::all);
   }
 
-  const decoder_params<T, Spec>& params() const noexcept { return p_; }
+  const decoder_params<W, Spec>& params() const noexcept { return p_; }
 
  private:
   /// Each layer's attention variant checked (throws config_error: sliding_window{0} is not a variant).
@@ -228,7 +239,7 @@ class static_decoder {
   }
 
   template <index_t C, index_t B, index_t M>
-  void run_chunks(std::span<const std::int64_t> tokens, static_state<T, Spec, C, B, M, Backend>& st, matrix<T> logits,
+  void run_chunks(std::span<const std::int64_t> tokens, static_state<P, Spec, C, B, M, Backend>& st, matrix<T> logits,
                   logits_for which, index_t n) const {
     const index_t V = Spec::vocab_size;
     std::int64_t* part = st.token_scratch();  // (B * M) ids of one chunk, inside the state (not the stack)
@@ -239,16 +250,16 @@ class static_decoder {
           part[b * c + i] = tokens[static_cast<std::size_t>(b * n + t0 + i)];
       const std::span<const std::int64_t> chunk(part, static_cast<std::size_t>(B * c));
       matrix<T> h = st.residual(B * c);  // (B*c, D)
-      backend::kernels<Backend>::embed(st.scratch().context, cmatrix<T>(p_.embedding, V, Spec::d_model), chunk.data(), h);
+      backend::kernels<Backend>::embed(st.scratch().context, cmatrix<W>(p_.embedding, V, Spec::d_model), chunk.data(), h);
       run_layers(h, st, std::make_index_sequence<Spec::n_layers>{});
       const T eps = static_cast<T>(Spec::norm_eps);
       if (which == logits_for::last) {
         if (t0 + c == n)
-          decoder_head<Backend, T>(st.scratch().context, p_.norm_w, p_.norm_b, eps, p_.head, cmatrix<T>(h), B, which,
+          decoder_head<Backend, P>(st.scratch().context, p_.norm_w, p_.norm_b, eps, p_.head, cmatrix<T>(h), B, which,
                                    st.scratch().u.data(), logits);
       } else {
         for (index_t b = 0; b < B; ++b)  // rows (b, t0 .. t0+c) of the (B*n, V) logits
-          decoder_head<Backend, T>(st.scratch().context, p_.norm_w, p_.norm_b, eps, p_.head,
+          decoder_head<Backend, P>(st.scratch().context, p_.norm_w, p_.norm_b, eps, p_.head,
                                    cmatrix<T>(h.row_block(b * c, c)), 1, which, st.scratch().u.data(),
                                    logits.row_block(b * n + t0, c));
       }
@@ -257,13 +268,13 @@ class static_decoder {
 
   template <class State, std::size_t... L>
   void run_layers(matrix<T> h, State& st, std::index_sequence<L...>) const {
-    (layer_forward<Backend, T>(std::tuple_element_t<L, typename Spec::layers>::config, p_.layers[L],
+    (layer_forward<Backend, P>(std::tuple_element_t<L, typename Spec::layers>::config, p_.layers[L],
                             std::tuple_element_t<L, typename Spec::layers>::variant, cmatrix<T>(h), State::batch,
                             st.cache(L), st.scratch(), h),
      ...);
   }
 
-  decoder_params<T, Spec> p_;
+  decoder_params<W, Spec> p_;
 };
 
 }  // namespace sessa::embedded

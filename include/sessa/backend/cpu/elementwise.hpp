@@ -23,6 +23,7 @@
 #include "../../config.hpp"
 #include "../../core/tensor.hpp"
 #include "attention.hpp"
+#include "widen.hpp"
 
 namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
@@ -55,9 +56,10 @@ inline buffer<T>& rope_table() {
 
 }  // namespace elementwise_detail
 
-/// y = (x - mean) / sqrt(var + eps) * g + b per row of x (rows, D); y may alias x.
-template <scalar T>
-void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y, int max_threads = num_threads()) {
+/// y = (x - mean) / sqrt(var + eps) * g + b per row of x (rows, D); y may alias x. g and b are stored as W (T or a
+/// narrower storage type, widened as they are loaded).
+template <scalar T, class Wt = T>
+void layer_norm(cmatrix<T> x, const Wt* g, const Wt* b, T eps, matrix<T> y, int max_threads = num_threads()) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   const index_t D = x.cols;
@@ -84,9 +86,9 @@ void layer_norm(cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y, int ma
       const B iv(inv);
       for (k = 0; k + W <= D; k += W) {
         const B c = (B::load_unaligned(xr + k) - mv) * iv;
-        xsimd::fma(c, B::load_unaligned(g + k), B::load_unaligned(b + k)).store_unaligned(yr + k);
+        xsimd::fma(c, load_widened<T>(g + k), load_widened<T>(b + k)).store_unaligned(yr + k);
       }
-      for (; k < D; ++k) yr[k] = (xr[k] - mean) * inv * g[k] + b[k];
+      for (; k < D; ++k) yr[k] = (xr[k] - mean) * inv * widen<T>(g[k]) + widen<T>(b[k]);
     }
   });
 }

@@ -33,6 +33,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include <xsimd/xsimd.hpp>
@@ -44,6 +45,7 @@
 #include "../../concepts.hpp"
 #include "../../core/tensor.hpp"
 #include "parallel.hpp"
+#include "widen.hpp"
 
 namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
@@ -220,10 +222,11 @@ inline void transpose4x4(__m256d (&r)[4]) {
 }
 #endif
 
-/// Fast part of the transposing pack: dst (kc, NR) k-major from NR full rows src (NR, kc) with stride ld.
-/// Returns how many leading k it packed (a multiple of the transpose block; 0 without a fast path).
-template <class T>
-inline index_t transpose_pack_fast(const T* src, index_t ld, index_t kc, T* dst) {
+/// Fast part of the transposing pack: dst (kc, NR) k-major from NR full rows src (NR, kc) with stride ld, widened
+/// from storage type S to T. Returns how many leading k it packed (a multiple of the transpose block; 0 without a
+/// fast path).
+template <class T, class S = T>
+inline index_t transpose_pack_fast(const S* src, index_t ld, index_t kc, T* dst) {
   [[maybe_unused]] constexpr index_t NR = blocking<T>::NR;
   index_t k0 = 0;
 #if defined(__AVX512F__)
@@ -231,11 +234,11 @@ inline index_t transpose_pack_fast(const T* src, index_t ld, index_t kc, T* dst)
     for (; k0 + 16 <= kc; k0 += 16)
       for (index_t g = 0; g < NR; g += 16) {
         __m512 r[16];
-        for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + (g + i) * ld + k0);
+        for (int i = 0; i < 16; ++i) r[i] = load_widened<float>(src + (g + i) * ld + k0);
         transpose16x16(r);
         for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + (k0 + i) * NR + g, r[i]);
       }
-  } else if constexpr (std::is_same_v<T, double> && blocking<T>::W == 8) {
+  } else if constexpr (std::is_same_v<T, double> && std::is_same_v<S, double> && blocking<T>::W == 8) {
     for (; k0 + 8 <= kc; k0 += 8)
       for (index_t g = 0; g < NR; g += 8) {
         __m512d r[8];
@@ -249,11 +252,11 @@ inline index_t transpose_pack_fast(const T* src, index_t ld, index_t kc, T* dst)
     for (; k0 + 8 <= kc; k0 += 8)
       for (index_t g = 0; g < NR; g += 8) {
         __m256 r[8];
-        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + (g + i) * ld + k0);
+        for (int i = 0; i < 8; ++i) r[i] = load_widened<float>(src + (g + i) * ld + k0);
         transpose8x8(r);
         for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (k0 + i) * NR + g, r[i]);
       }
-  } else if constexpr (std::is_same_v<T, double> && blocking<T>::W == 4) {
+  } else if constexpr (std::is_same_v<T, double> && std::is_same_v<S, double> && blocking<T>::W == 4) {
     for (; k0 + 4 <= kc; k0 += 4)
       for (index_t g = 0; g < NR; g += 4) {
         __m256d r[4];
@@ -328,14 +331,15 @@ inline void pack_a(const T* src, index_t ld, index_t mc, index_t kc, T* dst) {
     std::memcpy(dst + i * blocking<T>::LDA, src + i * ld, static_cast<std::size_t>(kc) * sizeof(T));
 }
 
-/// dst (kc, NR) k-major panel <- the nr <= NR rows src (nr, kc) of b (N, K), stride ld; columns >= nr zero.
-template <class T>
-inline void pack_b_nk(const T* src, index_t ld, index_t nr, index_t kc, T* dst) {
+/// dst (kc, NR) k-major panel <- the nr <= NR rows src (nr, kc) of b (N, K), stride ld, widened from storage type S;
+/// columns >= nr zero. (A narrow b is widened here, once per panel, so the micro-kernel runs at the float rate.)
+template <class T, class S = T>
+inline void pack_b_nk(const S* src, index_t ld, index_t nr, index_t kc, T* dst) {
   constexpr index_t NR = blocking<T>::NR;
-  const index_t k0 = nr == NR ? transpose_pack_fast(src, ld, kc, dst) : 0;
+  const index_t k0 = nr == NR ? transpose_pack_fast<T, S>(src, ld, kc, dst) : 0;
   for (index_t k = k0; k < kc; ++k) {
     T* d = dst + k * NR;
-    for (index_t j = 0; j < nr; ++j) d[j] = src[j * ld + k];
+    for (index_t j = 0; j < nr; ++j) d[j] = widen<T>(src[j * ld + k]);
     for (index_t j = nr; j < NR; ++j) d[j] = T(0);
   }
 }
@@ -451,9 +455,11 @@ inline void scale_output(matrix<T> c, T beta, const T* bias) {
 
 enum class b_layout { nk, kn };  // b is (N, K) and enters transposed / b is (K, N)
 
-/// c (M, N) = alpha a (M, K) op(b) + bias + beta c on the calling thread: the packed, blocked GEMM.
-template <class T, b_layout L>
-inline void gemm_blocked(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta, const T* bias) {
+/// c (M, N) = alpha a (M, K) op(b) + bias + beta c on the calling thread: the packed, blocked GEMM. b may be stored
+/// narrower than T (layout nk only): its panels are widened as they are packed.
+template <class T, b_layout L, class S = T>
+inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T beta, const T* bias) {
+  static_assert(L == b_layout::nk || std::is_same_v<S, T>, "gemm_blocked: a narrow b is supported in layout nk");
   using P = blocking<T>;
   const index_t M = c.rows, N = c.cols, K = a.cols;
   if (M == 0 || N == 0) return;
@@ -464,7 +470,8 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T bet
   T* abuf = space.a.data();
   T* bbuf = space.b.data();
   // (K, N) operands with a single row tile use B in place (no reuse to pay for a pack); edges still pack.
-  const bool b_in_place = L == b_layout::kn && M <= P::MR;
+  constexpr bool kn = L == b_layout::kn;
+  const bool b_in_place = kn && M <= P::MR;
   const auto& kernels = kernels_by_rows<T>;
   const index_t m_blocks = (M + P::MC - 1) / P::MC;  // near-equal row blocks of at most MC rows
   for (index_t jc = 0; jc < N; jc += P::NC) {
@@ -474,10 +481,10 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T bet
       if (!b_in_place)
         for (index_t jr = 0; jr < nc; jr += P::NR) {
           const index_t nr = std::min(P::NR, nc - jr);
-          if constexpr (L == b_layout::nk)
-            pack_b_nk(b.row(jc + jr) + pc, b.ld, nr, kc, bbuf + jr * kc);
-          else
+          if constexpr (kn)
             pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf + jr * kc);
+          else
+            pack_b_nk<T, S>(b.row(jc + jr) + pc, b.ld, nr, kc, bbuf + jr * kc);
         }
       const epilogue<T> ep = pc == 0 ? epilogue<T>{alpha, beta, bias ? bias + jc : nullptr}
                                      : epilogue<T>{alpha, T(1), nullptr};
@@ -491,13 +498,15 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T bet
           if (e.bias) e.bias += jr;
           const T* bp = bbuf + jr * kc;
           index_t ldb = P::NR;
-          if (b_in_place) {
-            if (nr == P::NR) {
-              bp = b.row(pc) + jc + jr;
-              ldb = b.ld;
-            } else {
-              pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf);
-              bp = bbuf;
+          if constexpr (kn) {
+            if (b_in_place) {
+              if (nr == P::NR) {
+                bp = b.row(pc) + jc + jr;
+                ldb = b.ld;
+              } else {
+                pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf);
+                bp = bbuf;
+              }
             }
           }
           T* cp = c.row(ic) + jc + jr;
@@ -513,10 +522,12 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T bet
 
 /// y (MB, R) = epilogue(x (MB, K) w (R, K)^T): MB x R dot products along K in registers, reduced across
 /// lanes at the end (one shuffle tree per W results) plus a scalar K tail. pf (R rows, stride ldw) is
-/// prefetched along the way: the next rows of w, so short rows still stream at full bandwidth.
-template <class T, int MB, int R>
-inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const T* SESSA_RESTRICT w, index_t ldw, index_t K,
-                     const T* pf, T* y, index_t ldy, const epilogue<T>& ep) {
+/// prefetched along the way: the next rows of w, so short rows still stream at full bandwidth. w is stored as S
+/// (T, or a narrower type widened in registers as it is loaded, widen.hpp). With bf16 weights (has_pair_path) x
+/// arrives in pair order (widen.hpp: pair_order) and whole blocks of 2W weights go through load_pairs.
+template <class T, class S, int MB, int R>
+inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const S* SESSA_RESTRICT w, index_t ldw, index_t K,
+                     const S* pf, T* y, index_t ldy, const epilogue<T>& ep) {
   using batch = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(batch::size);
   constexpr int n = MB * R;
@@ -525,10 +536,32 @@ inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const T* SESSA_REST
 SESSA_UNROLL(32)
   for (int i = 0; i < groups * W; ++i) acc[i] = batch(T(0));
   index_t k = 0;
+  if constexpr (has_pair_path<T, S>) {
+    for (; k + 2 * W <= K; k += 2 * W) {
+      batch we[R], wo[R];
+SESSA_UNROLL(8)
+      for (int r = 0; r < R; ++r) {
+        load_pairs<T>(w + r * ldw + k, we[r], wo[r]);
+        we[r] = in_register(we[r]);
+        wo[r] = in_register(wo[r]);
+      }
+#if defined(__GNUC__)
+SESSA_UNROLL(8)
+      for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
+#endif
+SESSA_UNROLL(8)
+      for (int m = 0; m < MB; ++m) {
+        const batch xe = in_register(batch::load_unaligned(x + m * ldx + k));
+        const batch xo = in_register(batch::load_unaligned(x + m * ldx + k + W));
+SESSA_UNROLL(8)
+        for (int r = 0; r < R; ++r) acc[m * R + r] = xsimd::fma(xo, wo[r], xsimd::fma(xe, we[r], acc[m * R + r]));
+      }
+    }
+  }
   for (; k + W <= K; k += W) {
     batch wv[R];
 SESSA_UNROLL(8)
-    for (int r = 0; r < R; ++r) wv[r] = in_register(batch::load_unaligned(w + r * ldw + k));
+    for (int r = 0; r < R; ++r) wv[r] = in_register(load_widened<T>(w + r * ldw + k));
 #if defined(__GNUC__)
 SESSA_UNROLL(8)
     for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
@@ -545,7 +578,7 @@ SESSA_UNROLL(8)
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) {
       T s = sums[m * R + r];
-      for (index_t kk = k; kk < K; ++kk) s += x[m * ldx + kk] * w[r * ldw + kk];
+      for (index_t kk = k; kk < K; ++kk) s += x[m * ldx + kk] * widen<T>(w[r * ldw + kk]);
       T* p = y + m * ldy + r;
       T v = ep.alpha * s;
       if (ep.bias) v += ep.bias[r];
@@ -554,48 +587,56 @@ SESSA_UNROLL(8)
     }
 }
 
-template <class T>
-using dot_fn = void (*)(const T*, index_t, const T*, index_t, index_t, const T*, T*, index_t, const epilogue<T>&);
+template <class T, class S>
+using dot_fn = void (*)(const T*, index_t, const S*, index_t, index_t, const S*, T*, index_t, const epilogue<T>&);
 
-template <class T, int MB, int... R>
-constexpr std::array<dot_fn<T>, sizeof...(R)> make_dot_row(std::integer_sequence<int, R...>) {
-  return {&dot_tile<T, MB, R + 1>...};
+template <class T, class S, int MB, int... R>
+constexpr std::array<dot_fn<T, S>, sizeof...(R)> make_dot_row(std::integer_sequence<int, R...>) {
+  return {&dot_tile<T, S, MB, R + 1>...};
 }
-template <class T, int... MB>
-constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, sizeof...(MB)> make_dots(
+template <class T, class S, int... MB>
+constexpr std::array<std::array<dot_fn<T, S>, blocking<T>::R>, sizeof...(MB)> make_dots(
     std::integer_sequence<int, MB...>) {
-  return {make_dot_row<T, MB + 1>(std::make_integer_sequence<int, blocking<T>::R>{})...};
+  return {make_dot_row<T, S, MB + 1>(std::make_integer_sequence<int, blocking<T>::R>{})...};
 }
-/// dot_tiles<T>[mb - 1][r - 1] is the dot-product tile for mb rows of x and r rows of w;
-/// dot_row_tiles<T>[r - 1] the one for a single row of x and r <= R1 rows of w.
-template <class T>
-inline constexpr std::array<std::array<dot_fn<T>, blocking<T>::R>, blocking<T>::MB> dot_tiles =
-    make_dots<T>(std::make_integer_sequence<int, blocking<T>::MB>{});
-template <class T>
-inline constexpr std::array<dot_fn<T>, blocking<T>::R1> dot_row_tiles =
-    make_dot_row<T, 1>(std::make_integer_sequence<int, blocking<T>::R1>{});
+/// dot_tiles<T, S>[mb - 1][r - 1] is the dot-product tile for mb rows of x and r rows of w (stored as S);
+/// dot_row_tiles<T, S>[r - 1] the one for a single row of x and r <= R1 rows of w.
+template <class T, class S>
+inline constexpr std::array<std::array<dot_fn<T, S>, blocking<T>::R>, blocking<T>::MB> dot_tiles =
+    make_dots<T, S>(std::make_integer_sequence<int, blocking<T>::MB>{});
+template <class T, class S>
+inline constexpr std::array<dot_fn<T, S>, blocking<T>::R1> dot_row_tiles =
+    make_dot_row<T, S, 1>(std::make_integer_sequence<int, blocking<T>::R1>{});
 
 /// y (M, N) = epilogue(x (M, K) w (N, K)^T) on the calling thread with dot-product tiles (no packing):
 /// each R-row block of w is streamed from memory once, then re-read from cache for the other rows of x.
 /// (Cutting K into L1-sized chunks measured slower: it breaks the long sequential streams of w.)
-template <class T>
-inline void gemm_dot(cmatrix<T> x, cmatrix<T> w, matrix<T> y, const epilogue<T>& ep) {
+template <class T, class S = T>
+inline void gemm_dot(cmatrix<T> x, cmatrix<S> w, matrix<T> y, const epilogue<T>& ep) {
   using P = blocking<T>;
   const index_t M = y.rows, N = y.cols, K = x.cols;
   const index_t R = M == 1 ? P::R1 : P::R;  // rows of w per block
+  if constexpr (has_pair_path<T, S>) {
+    if (K >= 2 * P::W) {  // x in pair order, once per call and thread (M K values against N K weights)
+      thread_local buffer<T> xp;
+      xp.reserve(M * K);
+      for (index_t m = 0; m < M; ++m) pair_order(x.row(m), K, xp.data() + m * K);
+      x = cmatrix<T>(xp.data(), M, K, K);
+    }
+  }
   for (index_t j = 0; j < N; j += R) {
     const index_t r = std::min<index_t>(R, N - j);
     epilogue<T> e = ep;
     if (e.bias) e.bias += j;
     // The first row tile prefetches the next r rows of w (when there are that many), the others re-read.
-    const T* next = N - (j + r) >= r ? w.row(j + r) : w.row(j);
+    const S* next = N - (j + r) >= r ? w.row(j + r) : w.row(j);
     if (M == 1) {
-      dot_row_tiles<T>[static_cast<std::size_t>(r - 1)](x.row(0), x.ld, w.row(j), w.ld, K, next, y.row(0) + j, y.ld, e);
+      dot_row_tiles<T, S>[static_cast<std::size_t>(r - 1)](x.row(0), x.ld, w.row(j), w.ld, K, next, y.row(0) + j, y.ld, e);
       continue;
     }
     for (index_t m = 0; m < M; m += P::MB) {
       const index_t mb = std::min<index_t>(P::MB, M - m);
-      dot_tiles<T>[static_cast<std::size_t>(mb - 1)][static_cast<std::size_t>(r - 1)](
+      dot_tiles<T, S>[static_cast<std::size_t>(mb - 1)][static_cast<std::size_t>(r - 1)](
           x.row(m), x.ld, w.row(j), w.ld, K, m == 0 ? next : w.row(j), y.row(m) + j, y.ld, e);
     }
   }
@@ -662,20 +703,32 @@ void gemm_nn(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta) {
 }
 
 /// y (M, N) = x (M, K) * w (N, K)^T + bias (N; may be null); with accumulate, y += instead. Up to
-/// max_threads threads (the calling thread alone inside a parallel region).
-template <scalar T>
-void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumulate, int max_threads = num_threads()) {
+/// max_threads threads (the calling thread alone inside a parallel region). w and bias may be stored narrower
+/// than T (bfloat16, float16: storage type S): the decode path widens w in registers as it streams it, the
+/// packed GEMM as it packs each panel, so accumulation is in T either way.
+template <scalar T, class S = T>
+void linear(cmatrix<T> x, cmatrix<S> w, std::type_identity_t<const S*> bias_s, matrix<T> y, bool accumulate,
+            int max_threads = num_threads()) {
   using namespace gemm_detail;
   const index_t M = x.rows, N = w.rows, K = x.cols;
   if (M == 0 || N == 0) return;
+  const T* bias = nullptr;
+  if constexpr (std::is_same_v<S, T>) {
+    bias = bias_s;
+  } else if (bias_s) {  // the epilogue adds a bias of T: widen it once per call
+    thread_local buffer<T> wide;
+    wide.reserve(N);
+    widen_n(bias_s, N, wide.data());
+    bias = wide.data();
+  }
   const T beta = accumulate ? T(1) : T(0);
   const double weights = static_cast<double>(N) * static_cast<double>(K);
-  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * sizeof(T), max_threads);
+  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * sizeof(S), max_threads);
 
   if (use_dot(M, K)) {
     // Decode: bandwidth-bound; threads split the rows of w.
     const epilogue<T> ep{T(1), beta, bias};
-    if (nt == 1) return gemm_dot(x, w, y, ep);
+    if (nt == 1) return gemm_dot<T, S>(x, w, y, ep);
 #if SESSA_HAS_OPENMP
     detail::region_errors errors;  // nothing thrown may leave the region (parallel.hpp)
 #pragma omp parallel num_threads(nt)
@@ -683,15 +736,15 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
       const index_t rows = M == 1 ? blocking<T>::R1 : blocking<T>::R;
       const auto [j0, j1] = share(N, rows, omp_get_num_threads(), omp_get_thread_num());
       if (j1 > j0)
-        gemm_dot(x, w.row_block(j0, j1 - j0), y.col_block(j0, j1 - j0),
-                 epilogue<T>{T(1), beta, bias ? bias + j0 : nullptr});
+        gemm_dot<T, S>(x, w.row_block(j0, j1 - j0), y.col_block(j0, j1 - j0),
+                       epilogue<T>{T(1), beta, bias ? bias + j0 : nullptr});
     });
     errors.rethrow_if_failed();
 #endif
     return;
   }
 
-  if (nt == 1) return gemm_blocked<T, b_layout::nk>(x, w, y, T(1), beta, bias);
+  if (nt == 1) return gemm_blocked<T, b_layout::nk, S>(x, w, y, T(1), beta, bias);
 #if SESSA_HAS_OPENMP
   detail::region_errors errors;  // a pack buffer grows inside the region: see parallel.hpp
 #pragma omp parallel num_threads(nt)
@@ -701,7 +754,7 @@ void linear(cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y, bool accumul
     const auto [m0, m1] = share(M, blocking<T>::MR, tm, t / tn);
     const auto [n0, n1] = share(N, blocking<T>::NR, tn, t % tn);
     if (m1 > m0 && n1 > n0)
-      gemm_blocked<T, b_layout::nk>(x.row_block(m0, m1 - m0), w.row_block(n0, n1 - n0),
+      gemm_blocked<T, b_layout::nk, S>(x.row_block(m0, m1 - m0), w.row_block(n0, n1 - n0),
                                     y.row_block(m0, m1 - m0).col_block(n0, n1 - n0), T(1), beta,
                                     bias ? bias + n0 : nullptr);
   });

@@ -7,9 +7,10 @@
 //   feedback    the blocked feedback solve with partial online-softmax states (feedback.hpp)
 //   feedback_transposed   its transpose, backward in time, blocked the same way (feedback.hpp)
 //   layer_norm, gelu, multiply, rope   O(T D), vectorized and threaded over rows (elementwise.hpp)
-// The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. The fast kernels take
-// weights and cache in the compute type (numeric policies float and double); a narrower storage type has no
-// cpu kernels yet, which verify_kernel_set reports at compile time.
+// The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. Weights may be stored as the
+// compute type or as bfloat16 / float16 (linear and layer_norm widen them in registers: widen.hpp); the cache is
+// the compute type (numeric policies float, double and precision<T, bf16 or f16, T>); a narrower cache has no cpu
+// kernels yet, which verify_kernel_set reports at compile time.
 //
 // context<cpu> adds the thread count to the reference's context: `threads` (0 = the process-wide default,
 // set_num_threads()) caps every parallel region a kernel of this call opens, whichever thread makes the call.
@@ -41,15 +42,16 @@ struct context<cpu> : context<reference> {
 
 template <>
 struct kernels<cpu> : kernels<reference> {
-  template <scalar T>
-  static void linear(context<cpu>& ctx, cmatrix<T> x, cmatrix<T> w, const T* bias, matrix<T> y,
+  /// Weights W: the compute type, or bfloat16 / float16 widened in registers (gemm.hpp, widen.hpp).
+  template <scalar T, class W>
+  static void linear(context<cpu>& ctx, cmatrix<T> x, cmatrix<W> w, const W* bias, matrix<T> y,
                      bool accumulate = false) {
-    simd::linear(x, w, bias, y, accumulate, ctx.max_threads());
+    simd::linear<T, W>(x, w, bias, y, accumulate, ctx.max_threads());
   }
 
-  template <scalar T>
-  static void layer_norm(context<cpu>& ctx, cmatrix<T> x, const T* g, const T* b, T eps, matrix<T> y) {
-    simd::layer_norm(x, g, b, eps, y, ctx.max_threads());
+  template <scalar T, class W>
+  static void layer_norm(context<cpu>& ctx, cmatrix<T> x, const W* g, const W* b, T eps, matrix<T> y) {
+    simd::layer_norm<T, W>(x, g, b, eps, y, ctx.max_threads());
   }
   template <scalar T>
   static void gelu(context<cpu>& ctx, matrix<T> x) {
