@@ -8,7 +8,12 @@
 // the caches hold) and "openblas_call" (sgemv for M = 1, where it beats sgemm, else sgemm). Without
 // OpenBLAS (SESSA_BENCH_OPENBLAS undefined) the comparison fields are null.
 //
-// usage: gemm_bench [--quick] [--threads 1,2] [--shape M,N,K] [--time SECONDS]
+// --weights f32,bf16,f16,q8_0 (with --shape, M <= 16) instead compares weight storage types on the decode path in
+// one process: w (N, K) is stored in each type (q8_0: int8 blocks of 32 with a float16 scale, 34 bytes per 32
+// weights), streamed cold, and each line carries "weights", "bytes_per_weight", "gbps" (bytes of storage read per
+// second) and "speedup_vs_f32" (the f32 time of the same run over this one's).
+//
+// usage: gemm_bench [--quick] [--threads 1,2] [--shape M,N,K] [--weights LIST] [--time SECONDS]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -20,6 +25,7 @@
 
 #include "sessa/backend/cpu/gemm.hpp"
 #include "sessa/backend/cpu/parallel.hpp"
+#include "sessa/core/quant.hpp"
 #include "sessa/core/tensor.hpp"
 
 #if SESSA_BENCH_OPENBLAS
@@ -127,6 +133,65 @@ void bench_linear(index_t M, index_t N, index_t K, int threads, bool cold = fals
   print_line(M <= 16 ? "linear_small_m" : "linear", M, N, K, threads, flops / t * 1e-9, ob, extra);
 }
 
+/// Seconds per call of linear (x (M, K), w (N, K) stored as S) with w cold: enough copies rotated to miss the caches.
+template <class S>
+double time_storage(index_t M, index_t N, index_t K, int threads) {
+  const index_t cols = sessa::storage_cols<S>(K);
+  const std::size_t wsize = static_cast<std::size_t>(N * cols);
+  const int copies = static_cast<int>(std::max<std::size_t>(2, (768u << 20) / (wsize * sizeof(S)) + 1));
+  std::vector<S> w(wsize * static_cast<std::size_t>(copies));
+  const std::vector<float> src = random_vector(static_cast<std::size_t>(N * K), 2);
+  for (index_t j = 0; j < N; ++j) {
+    S* row = w.data() + j * cols;
+    if constexpr (sessa::is_block_quantized<S>)
+      sessa::quantize_row_q8_0(src.data() + j * K, K, row);
+    else
+      for (index_t k = 0; k < K; ++k) row[k] = S(src[static_cast<std::size_t>(j * K + k)]);
+  }
+  for (int c = 1; c < copies; ++c) std::copy(w.begin(), w.begin() + static_cast<long>(wsize), w.begin() + static_cast<long>(wsize) * c);
+  std::vector<float> x = random_vector(static_cast<std::size_t>(M * K), 1);
+  std::vector<sessa::vector_storage_t<S>> bias(static_cast<std::size_t>(N));
+  for (std::size_t j = 0; j < bias.size(); ++j) bias[j] = sessa::vector_storage_t<S>(0.5f);
+  std::vector<float> y(static_cast<std::size_t>(M * N));
+  sessa::set_num_threads(threads);
+  int next = 0;
+  return best_seconds([&] {
+    const S* wp = w.data() + wsize * static_cast<std::size_t>(next);
+    next = (next + 1) % copies;
+    sessa::backend::simd::linear<float, S>({x.data(), M, K}, {wp, N, cols}, bias.data(), {y.data(), M, N}, false);
+  });
+}
+
+/// The decode path over each weight storage type in `names`, one process, cold weights.
+int bench_storage(index_t M, index_t N, index_t K, const std::vector<std::string>& names,
+                  const std::vector<int>& threads) {
+  for (int t : threads) {
+    double t_f32 = 0;
+    for (const std::string& name : names) {
+      double sec = 0, bpw = 0;
+      if (name == "f32") sec = time_storage<float>(M, N, K, t), bpw = sessa::bytes_per_weight<float>();
+      else if (name == "bf16") sec = time_storage<sessa::bfloat16>(M, N, K, t), bpw = sessa::bytes_per_weight<sessa::bfloat16>();
+      else if (name == "f16") sec = time_storage<sessa::float16>(M, N, K, t), bpw = sessa::bytes_per_weight<sessa::float16>();
+      else if (name == "q8_0") sec = time_storage<sessa::q8_0>(M, N, K, t), bpw = sessa::bytes_per_weight<sessa::q8_0>();
+      else {
+        std::fprintf(stderr, "gemm_bench: unknown weight storage '%s' (f32, bf16, f16, q8_0)\n", name.c_str());
+        return 2;
+      }
+      if (name == "f32") t_f32 = sec;
+      settle();
+      const double weights = static_cast<double>(N) * static_cast<double>(K);
+      std::printf("{\"kernel\":\"linear_small_m\",\"weights\":\"%s\",\"M\":%lld,\"N\":%lld,\"K\":%lld,\"threads\":%d,"
+                  "\"cold\":true,\"bytes_per_weight\":%.4f,\"gbps\":%.1f,\"gflops\":%.1f,\"speedup_vs_f32\":",
+                  name.c_str(), static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K), t, bpw,
+                  weights * bpw / sec * 1e-9, 2.0 * static_cast<double>(M) * weights / sec * 1e-9);
+      if (t_f32 > 0) std::printf("%.3f}\n", t_f32 / sec);
+      else std::printf("null}\n");
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
 /// One-thread tile products: gemm_nt (a (M,K), b (N,K)) or gemm_nn (a (M,K), b (K,N)).
 void bench_tile(bool nt, index_t M, index_t N, index_t K) {
   std::vector<float> a = random_vector(static_cast<std::size_t>(M * K), 4);
@@ -170,6 +235,7 @@ int main(int argc, char** argv) {
   bool quick = false;
   std::vector<int> threads{1, 2};
   std::vector<int> shape;
+  std::vector<std::string> storages;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--quick")
@@ -180,13 +246,28 @@ int main(int argc, char** argv) {
       shape = parse_list(argv[++i]);
     else if (arg == "--time" && i + 1 < argc)
       g_time = std::atof(argv[++i]);
-    else {
-      std::fprintf(stderr, "usage: %s [--quick] [--threads 1,2] [--shape M,N,K] [--time SECONDS]\n", argv[0]);
+    else if (arg == "--weights" && i + 1 < argc) {
+      const std::string list = argv[++i];
+      for (std::size_t b = 0, e; b <= list.size(); b = e + 1) {
+        e = list.find(',', b);
+        if (e == std::string::npos) e = list.size();
+        storages.push_back(list.substr(b, e - b));
+      }
+    } else {
+      std::fprintf(stderr, "usage: %s [--quick] [--threads 1,2] [--shape M,N,K] [--weights f32,bf16,f16,q8_0] "
+                           "[--time SECONDS]\n", argv[0]);
       return 2;
     }
   }
   if (quick) g_time = std::min(g_time, 0.1);
 
+  if (!storages.empty()) {
+    if (shape.size() != 3 || shape[0] > 16) {
+      std::fprintf(stderr, "gemm_bench: --weights compares the decode path: give --shape M,N,K with M <= 16\n");
+      return 2;
+    }
+    return bench_storage(shape[0], shape[1], shape[2], storages, threads);
+  }
   if (shape.size() == 3) {
     for (int t : threads) bench_linear(shape[0], shape[1], shape[2], t);
     if (shape[0] <= 16)

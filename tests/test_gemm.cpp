@@ -15,6 +15,7 @@
 
 #include "sessa/backend/cpu/gemm.hpp"
 #include "sessa/backend/cpu/parallel.hpp"
+#include "sessa/core/quant.hpp"
 #include "sessa/core/tensor.hpp"
 
 namespace {
@@ -156,21 +157,31 @@ void run_linear_case(index_t M, index_t N, index_t K, bool with_bias, bool accum
   check_padding(y, fill, what);
 }
 
-/// linear() with w and bias stored as S (bfloat16, float16), against the double product of the widened values.
+/// linear() with w stored as S (bfloat16, float16, or q8_0 blocks) and the bias as vector_storage_t<S>, against
+/// the double product of the widened (dequantized) values.
 template <class T, class S>
 void run_narrow_linear_case(index_t M, index_t N, index_t K, bool with_bias, bool accumulate, index_t pad,
                             std::mt19937& gen) {
+  using V = sessa::vector_storage_t<S>;
   const T fill = T(-7.25);
   strided<T> x(M, K, pad, pad ? 3 : 0, gen);
   strided<T> y(M, N, pad ? pad + 2 : 0, pad ? 5 : 0, gen, fill);
-  const index_t ldw = K + (pad ? pad + 1 : 0), shift = pad ? 1 : 0;
-  std::vector<S> wstore(static_cast<std::size_t>(N * ldw + shift + 1), S(7.0f));
+  const index_t cols = sessa::storage_cols<S>(K);
+  const index_t ldw = cols + (pad ? pad + 1 : 0), shift = pad ? 1 : 0;
+  std::vector<S> wstore(static_cast<std::size_t>(N * ldw + shift + 1));
   std::uniform_real_distribution<double> dist(-1.0, 1.0);
-  for (index_t j = 0; j < N; ++j)
-    for (index_t k = 0; k < K; ++k) wstore[static_cast<std::size_t>(shift + j * ldw + k)] = S(dist(gen));
-  const cmatrix<S> w{wstore.data() + shift, N, K, ldw};
-  std::vector<S> bias(static_cast<std::size_t>(N) + 1);
-  for (auto& e : bias) e = S(dist(gen));
+  std::vector<double> row(static_cast<std::size_t>(K));
+  for (index_t j = 0; j < N; ++j) {
+    for (auto& v : row) v = dist(gen);
+    S* dst = wstore.data() + shift + j * ldw;
+    if constexpr (sessa::is_block_quantized<S>)
+      sessa::quantize_row_q8_0(row.data(), K, dst);
+    else
+      for (index_t k = 0; k < K; ++k) dst[k] = S(row[static_cast<std::size_t>(k)]);
+  }
+  const cmatrix<S> w{wstore.data() + shift, N, cols, ldw};
+  std::vector<V> bias(static_cast<std::size_t>(N) + 1);
+  for (auto& e : bias) e = V(dist(gen));
   std::vector<T> bias_wide(bias.size());
   for (std::size_t j = 0; j < bias.size(); ++j) bias_wide[j] = sessa::widen<T>(bias[j]);
   const double beta = accumulate ? 1.0 : 0.0;
@@ -179,8 +190,8 @@ void run_narrow_linear_case(index_t M, index_t N, index_t K, bool with_bias, boo
                            std::string(sessa::storage_name<S>()) + " bias=" + std::to_string(with_bias) +
                            " pad=" + std::to_string(pad) + " threads=" + std::to_string(sessa::num_threads());
   simd::linear<T, S>(x.c(), w, with_bias ? bias.data() + 1 : nullptr, y.view, accumulate);
-  check_product<T>(x.c(), [&](index_t k, index_t j) { return sessa::widen<T>(w(j, k)); }, old, y.c(), 1.0, beta,
-                   with_bias ? bias_wide.data() + 1 : nullptr, what);
+  check_product<T>(x.c(), [&](index_t k, index_t j) { return sessa::weight_at<T>(w.row(j), k); }, old,
+                   y.c(), 1.0, beta, with_bias ? bias_wide.data() + 1 : nullptr, what);
   check_padding(y, fill, what);
 }
 
@@ -270,9 +281,10 @@ TEMPLATE_TEST_CASE("linear matches a double loop with 1 and 2 threads", "[gemm][
   }
 }
 
-TEMPLATE_TEST_CASE("linear with bf16 and f16 weights matches the product of the widened weights", "[gemm][linear]",
+TEMPLATE_TEST_CASE("linear with bf16 / f16 / q8_0 weights matches the product of the widened weights", "[gemm][linear]",
                    (std::pair<float, sessa::bfloat16>), (std::pair<float, sessa::float16>),
-                   (std::pair<double, sessa::bfloat16>)) {
+                   (std::pair<double, sessa::bfloat16>), (std::pair<float, sessa::q8_0>),
+                   (std::pair<double, sessa::q8_0>)) {
   using T = typename TestType::first_type;
   using S = typename TestType::second_type;
   using P = simd::gemm_detail::blocking<T>;
@@ -395,4 +407,109 @@ TEST_CASE("lane reduction and transposing pack agree with scalar code", "[gemm]"
       for (index_t j = 0; j < P::NR; ++j) bad += d[k * P::NR + j] != src[static_cast<std::size_t>(j * ld + k)];
     CHECK(bad == 0);
   }
+}
+
+TEST_CASE("q8_0 quantization: within half a step of each weight, scale max|w| / 127, zero padding", "[gemm][quant]") {
+  std::mt19937 gen(17);
+  std::uniform_real_distribution<double> dist(-3.0, 3.0);
+  for (const index_t n : {1, 5, 31, 32, 33, 64, 100}) {
+    std::vector<double> w(static_cast<std::size_t>(n));
+    for (auto& v : w) v = dist(gen);
+    if (n >= 40) std::fill(w.begin() + 32, w.begin() + 40, 0.0);  // a block with some zeros
+    std::vector<sessa::q8_0> q(static_cast<std::size_t>(sessa::storage_cols<sessa::q8_0>(n)));
+    sessa::quantize_row_q8_0(w.data(), n, q.data());
+    std::vector<double> back(static_cast<std::size_t>(n));
+    sessa::dequantize_row_q8_0(q.data(), n, back.data());
+    for (index_t b = 0; b < static_cast<index_t>(q.size()); ++b) {
+      double amax = 0;
+      const index_t used = std::min<index_t>(32, n - 32 * b);
+      for (index_t i = 0; i < used; ++i) amax = std::max(amax, std::abs(w[static_cast<std::size_t>(32 * b + i)]));
+      const double d = static_cast<double>(static_cast<float>(q[static_cast<std::size_t>(b)].d));
+      CAPTURE(n, b, amax, d);
+      CHECK(std::abs(d - amax / 127.0) <= amax / 127.0 * 1e-3);  // float16 rounding of the scale
+      for (index_t i = 0; i < 32; ++i) {
+        const int qi = q[static_cast<std::size_t>(b)].q[i];
+        if (i >= used) CHECK(qi == 0);
+        else {
+          const std::size_t k = static_cast<std::size_t>(32 * b + i);
+          CHECK(std::abs(back[k] - w[k]) <= 0.5 * d * (1 + 1e-6) + amax * 2e-3 / 127.0);
+          CHECK(std::abs(qi) <= 127);
+        }
+      }
+    }
+    sessa::check_row_q8_0(q.data(), n, "row");  // what the quantizer writes passes the loader's checks
+  }
+  // A block whose values are multiples of a float16 scale is exact; an all-zero block has scale 0.
+  std::vector<float> exact(64, 0.0f);
+  for (int i = 0; i < 32; ++i) exact[static_cast<std::size_t>(i)] = 0.25f * static_cast<float>(i - 16) * (i == 0 ? 0.0f : 1.0f);
+  exact[0] = 0.25f * 127.0f;
+  std::vector<sessa::q8_0> q(2);
+  sessa::quantize_row_q8_0(exact.data(), 64, q.data());
+  CHECK(static_cast<float>(q[0].d) == 0.25f);
+  CHECK(q[0].q[0] == 127);
+  CHECK(q[0].q[1] == -15);
+  CHECK(static_cast<float>(q[1].d) == 0.0f);
+  for (index_t k = 0; k < 64; ++k) CHECK(sessa::dequantize_at<float>(q.data(), k) == exact[static_cast<std::size_t>(k)]);
+}
+
+TEST_CASE("q8_0: non-finite or out-of-range weights and damaged blocks are refused by name", "[gemm][quant]") {
+  std::vector<sessa::q8_0> q(2);
+  std::vector<float> w(40, 1.0f);
+  w[35] = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_AS(sessa::quantize_row_q8_0(w.data(), 40, q.data(), "layers.0.W_in.weight row 3"), sessa::value_error);
+  CHECK_THROWS_WITH(sessa::quantize_row_q8_0(w.data(), 40, q.data(), "layers.0.W_in.weight row 3"),
+                    Catch::Contains("layers.0.W_in.weight row 3") && Catch::Contains("column 35"));
+  w[35] = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_AS(sessa::quantize_row_q8_0(w.data(), 40, q.data()), sessa::value_error);
+  w[35] = 1e7f;  // a scale of 1e7 / 127 > 65504
+  CHECK_THROWS_WITH(sessa::quantize_row_q8_0(w.data(), 40, q.data(), "head"),
+                    Catch::Contains("head") && Catch::Contains("q8_0's range"));
+  w[35] = 8.0e6f;  // 8e6 / 127 = 62992: fits
+  CHECK_NOTHROW(sessa::quantize_row_q8_0(w.data(), 40, q.data()));
+
+  std::vector<float> ok(40, 0.5f);
+  sessa::quantize_row_q8_0(ok.data(), 40, q.data());
+  auto damaged = q;
+  damaged[1].q[20] = 3;  // padding past column 40
+  CHECK_THROWS_WITH(sessa::check_row_q8_0(damaged.data(), 40, "t"), Catch::Contains("padding"));
+  damaged = q;
+  damaged[0].q[4] = -128;
+  CHECK_THROWS_WITH(sessa::check_row_q8_0(damaged.data(), 40, "t"), Catch::Contains("-128"));
+  damaged = q;
+  damaged[1].d = sessa::float16(-1.0f);
+  CHECK_THROWS_WITH(sessa::check_row_q8_0(damaged.data(), 40, "t"), Catch::Contains("block 1"));
+  damaged[1].d = sessa::float16::from_bits(0x7E00);  // NaN
+  CHECK_THROWS_AS(sessa::check_row_q8_0(damaged.data(), 40, "t"), sessa::value_error);
+  // The kernel refuses a block count that does not match K.
+  std::vector<float> x(40, 1.0f), y(2);
+  const auto wrong_blocks = [&] {
+    simd::linear<float, sessa::q8_0>(cmatrix<float>(x.data(), 1, 40), cmatrix<sessa::q8_0>(q.data(), 1, 1), nullptr,
+                                     matrix<float>(y.data(), 1, 1), false);
+  };
+  CHECK_THROWS_AS(wrong_blocks(), sessa::shape_error);
+}
+
+TEST_CASE("load_dequantized is exact for every int8 value and scale position", "[gemm][quant]") {
+  using batch = xsimd::batch<float>;
+  constexpr index_t W = static_cast<index_t>(batch::size);
+  std::vector<sessa::q8_0> row(8);
+  for (std::size_t b = 0; b < row.size(); ++b) {
+    row[b].d = sessa::float16(static_cast<float>(b + 1) * 0.0078125f + (b == 7 ? 3000.0f : 0.0f));
+    for (int i = 0; i < 32; ++i) row[b].q[i] = static_cast<std::int8_t>(static_cast<int>(b) * 32 + i - 128 == -128 ? -127 : static_cast<int>(b) * 32 + i - 128);
+  }
+  alignas(64) float got[64];
+  index_t bad = 0;
+  for (index_t k = 0; k < 256; k += W) {
+    simd::load_dequantized<float>(row.data(), k).store_aligned(got);
+    for (index_t i = 0; i < W; ++i) {
+      const sessa::q8_0& b = row[static_cast<std::size_t>((k + i) / 32)];
+      const float want = static_cast<float>(b.d) * static_cast<float>(b.q[(k + i) % 32]);
+      bad += got[i] != want;
+    }
+  }
+  std::vector<double> wide(200);
+  simd::dequantize_n<double>(row.data(), 32, 200, wide.data());
+  for (index_t k = 0; k < 200; ++k) bad += wide[static_cast<std::size_t>(k)] != sessa::dequantize_at<double>(row.data(), 32 + k);
+  INFO("q8_0 path " << (simd::widen_path<float, sessa::q8_0>()));
+  CHECK(bad == 0);
 }

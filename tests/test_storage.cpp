@@ -102,3 +102,39 @@ TEST_CASE("narrow weights move a layer's outputs by about their rounding", "[sto
   CHECK(h < 3e-3);
   CHECK(h < bf);
 }
+
+TEST_CASE("reference and cpu kernels read q8_0 weights as the float32 matrix of their dequantized values",
+          "[storage][quant]") {
+  const index_t N = 37, K = 70, cols = storage_cols<q8_0>(K);
+  const tensor<float> src = test::random_tensor<float>({N, K}, 31);
+  std::vector<q8_0> q(static_cast<std::size_t>(N * cols));
+  std::vector<float> deq(static_cast<std::size_t>(N * K)), bias(static_cast<std::size_t>(N));
+  for (index_t j = 0; j < N; ++j) {
+    quantize_row_q8_0(src.data() + j * K, K, q.data() + j * cols);
+    dequantize_row_q8_0(q.data() + j * cols, K, deq.data() + j * K);
+    bias[static_cast<std::size_t>(j)] = 0.01f * static_cast<float>(j);
+  }
+  const cmatrix<q8_0> wq(q.data(), N, cols);
+  const cmatrix<float> wf(deq.data(), N, K);
+  backend::context<backend::reference> rctx;
+  backend::context<backend::cpu> cctx;
+  for (const index_t M : {1, 3, 40}) {
+    CAPTURE(M);
+    const tensor<float> x = test::random_tensor<float>({M, K}, 32);
+    tensor<float> yq({M, N}), yf({M, N}), cq({M, N}), cf({M, N});
+    const cmatrix<float> xv(x.data(), M, K);
+    backend::kernels<backend::reference>::linear(rctx, xv, wq, bias.data(), matrix<float>(yq.data(), M, N));
+    backend::kernels<backend::reference>::linear(rctx, xv, wf, bias.data(), matrix<float>(yf.data(), M, N));
+    CHECK(max_rel_diff(yq.span(), yf.span()) <= 1e-6);  // the same products (rounding of the sums may differ)
+    backend::kernels<backend::cpu>::linear(cctx, xv, wq, bias.data(), matrix<float>(cq.data(), M, N));
+    backend::kernels<backend::cpu>::linear(cctx, xv, wf, bias.data(), matrix<float>(cf.data(), M, N));
+    CHECK(max_rel_diff(cq.span(), yf.span()) <= 1e-5);
+    CHECK(max_rel_diff(cf.span(), yf.span()) <= 1e-5);
+  }
+  // embedding rows
+  const std::vector<std::int64_t> tokens{5, 0, 36, 5};
+  tensor<float> hq({4, K}), hf({4, K});
+  backend::kernels<backend::reference>::embed(rctx, wq, tokens.data(), matrix<float>(hq.data(), 4, K));
+  backend::kernels<backend::reference>::embed(rctx, wf, tokens.data(), matrix<float>(hf.data(), 4, K));
+  CHECK(max_rel_diff(hq.span(), hf.span()) == 0.0);
+}

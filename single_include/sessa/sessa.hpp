@@ -401,7 +401,8 @@ void copy_n(SrcPtr src, index_t n, DstPtr dst) {
 //
 //   compute type   what activations, accumulations and every tensor a caller sees are held in: float or double
 //   storage type   what the weights and the cache are stored in: the compute type itself (exact), or a narrower
-//                  format, bfloat16 or float16 (IEEE binary16), that kernels widen to the compute type on load
+//                  format, bfloat16 or float16 (IEEE binary16), that kernels widen to the compute type on load;
+//                  for weights also q8_0, int8 blocks of 32 with a float16 scale each (core/quant.hpp)
 //
 // A model's first template parameter is its numeric policy P: a scalar (`float`, `double`: weights and cache in
 // that type, exact) or `precision<Compute, Weight, Cache = Weight>` (`precision<float, bfloat16>`: bf16 weights
@@ -509,10 +510,55 @@ SESSA_HOST_DEVICE constexpr S narrow(T x) noexcept {
   else return S(static_cast<float>(x));
 }
 
+/// One q8_0 block: 32 weights as int8 with one float16 scale (the weights are d * q[i]).
+struct q8_0 {
+  static constexpr index_t block = 32;  // weights per block, along a row (the input dimension)
+  float16 d{};
+  std::int8_t q[32]{};
+  friend bool operator==(const q8_0&, const q8_0&) = default;
+};
+static_assert(sizeof(q8_0) == 34 && alignof(q8_0) == 2, "q8_0 is 34 bytes, packed: a 2-byte scale, 32 int8");
+
+/// Whether S is a block-quantized storage type (each stored element holds S::block weights).
+template <class S>
+inline constexpr bool is_block_quantized = std::is_same_v<S, q8_0>;
+
+/// What the vector parameters (biases, norms) of a model whose matrices are stored as S are stored as: S itself,
+/// except for a block-quantized S (float32: they are a tiny share of the bytes and feed every output directly).
+template <class S>
+struct vector_storage {
+  using type = S;
+};
+template <>
+struct vector_storage<q8_0> {
+  using type = float;
+};
+template <class S>
+using vector_storage_t = typename vector_storage<S>::type;
+
+/// Elements of storage type S that hold one row of `cols` weights: cols, or its blocks for a quantized S.
+template <class S>
+constexpr index_t storage_cols(index_t cols) noexcept {
+  if constexpr (is_block_quantized<S>) return (cols + S::block - 1) / S::block;
+  else return cols;
+}
+
+/// Bytes of storage type S per weight (for bandwidth models): 34 / 32 for q8_0.
+template <class S>
+constexpr double bytes_per_weight() noexcept {
+  if constexpr (is_block_quantized<S>) return static_cast<double>(sizeof(S)) / static_cast<double>(S::block);
+  else return static_cast<double>(sizeof(S));
+}
+
 /// A storage format a model can keep its weights and cache in.
 template <class S>
 concept storage_type = std::same_as<S, float> || std::same_as<S, double> || std::same_as<S, bfloat16> ||
                        std::same_as<S, float16>;
+
+/// A storage format a model can keep its weights in: a storage_type, or q8_0 blocks (its matrices; the vectors in
+/// vector_storage_t, float32).
+template <class S>
+concept weight_storage_type = storage_type<S> || std::same_as<S, q8_0>;
 
 /// Compute type Compute (float or double) with the weights stored as Weight and the cache as Cache (by default
 /// the weights' type): precision<float, bfloat16> keeps both in bf16, precision<float, bfloat16, float> only the
@@ -521,8 +567,8 @@ template <class Compute, class Weight, class Cache = Weight>
 struct precision {
   static_assert(std::same_as<Compute, float> || std::same_as<Compute, double>,
                 "sessa::precision<Compute, Weight, Cache>: Compute must be float or double");
-  static_assert(storage_type<Weight>, "sessa::precision<Compute, Weight, Cache>: Weight must be float, double, "
-                                      "sessa::bfloat16 or sessa::float16");
+  static_assert(weight_storage_type<Weight>, "sessa::precision<Compute, Weight, Cache>: Weight must be float, "
+                                             "double, sessa::bfloat16, sessa::float16 or sessa::q8_0");
   static_assert(storage_type<Cache>, "sessa::precision<Compute, Weight, Cache>: Cache must be float, double, "
                                      "sessa::bfloat16 or sessa::float16");
   using compute = Compute;
@@ -556,6 +602,7 @@ constexpr std::string_view storage_name() noexcept {
   if constexpr (std::is_same_v<S, float>) return "f32";
   else if constexpr (std::is_same_v<S, double>) return "f64";
   else if constexpr (std::is_same_v<S, bfloat16>) return "bf16";
+  else if constexpr (std::is_same_v<S, q8_0>) return "q8_0";
   else return "f16";
 }
 
@@ -1731,6 +1778,105 @@ SESSA_HOST_DEVICE inline void rotate(T* x, index_t head_dim, index_t pos, const 
 
 }  // namespace sessa::rope
 // ---- end sessa/attention/rope.hpp ------------------------------------------------------------------------------
+// ---- begin sessa/core/quant.hpp --------------------------------------------------------------------------------
+// sessa/core/quant.hpp: block-quantized weight storage: q8_0, int8 weights in blocks of 32 with a scale each.
+//
+// Why this file exists: decode streams every weight once per token, so its speed is bytes over bandwidth. q8_0
+// keeps a Linear weight (out, in) as rows of blocks along the input dimension: 32 signed 8-bit values q and one
+// float16 scale d per block (34 bytes for 32 weights, 1.0625 bytes per weight against 4 for float32), the value
+// of weight i of a block being d * q[i]. Quantization is symmetric: d = max|w| / 127 over the block (rounded to
+// float16), q = round(w / d) clamped to [-127, 127]; an all-zero block has d = 0. A row whose length is not a
+// multiple of 32 ends in a partial block whose unused values are 0, so every shape quantizes.
+//
+// Only matrices are quantized: biases, norms and the gate's scalar stay float32 (vector_storage_t). The kernels
+// (backend/cpu/widen.hpp, gemm.hpp) dequantize a block in registers as they stream it and accumulate in the compute
+// type; d * q is exact in float32 (an 11-bit by 8-bit product), so they compute the same products as a float32
+// matrix holding the dequantized values.
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <type_traits>
+
+
+namespace sessa {
+
+/// Weight k of a q8_0 row (k counted in weights from the row's start), widened to T.
+template <class T>
+SESSA_HOST_DEVICE constexpr T dequantize_at(const q8_0* row, index_t k) noexcept {
+  const q8_0& b = row[k / q8_0::block];
+  return static_cast<T>(static_cast<float>(b.d) * static_cast<float>(b.q[k % q8_0::block]));
+}
+
+/// Weight k of a row stored as S (a scalar storage type, or q8_0 blocks), widened to T: what every kernel that reads
+/// weights one at a time (the reference backend, the vector kernels' tails) reads.
+template <class T, class S>
+SESSA_HOST_DEVICE constexpr T weight_at(const S* row, index_t k) noexcept {
+  if constexpr (is_block_quantized<S>) return dequantize_at<T>(row, k);
+  else return widen<T>(row[k]);
+}
+
+/// Quantizes one row of n finite values into storage_cols<q8_0>(n) blocks (the last one padded with zeros).
+/// Throws value_error naming `what` for a non-finite value or one whose block scale exceeds float16's range
+/// (|w| > 65504 * 127).
+template <class T>
+void quantize_row_q8_0(const T* src, index_t n, q8_0* dst, const std::string& what = "a weight") {
+  for (index_t b0 = 0, blk = 0; b0 < n; b0 += q8_0::block, ++blk) {
+    const index_t len = n - b0 < q8_0::block ? n - b0 : q8_0::block;
+    double amax = 0;
+    for (index_t i = 0; i < len; ++i) {
+      const double v = static_cast<double>(src[b0 + i]);
+      if (!std::isfinite(v))
+        throw value_error(what + " has a non-finite value at column " + std::to_string(b0 + i) +
+                          ": q8_0 quantization needs finite weights");
+      amax = std::fabs(v) > amax ? std::fabs(v) : amax;
+    }
+    q8_0 out{};
+    out.d = float16(static_cast<float>(amax / 127.0));
+    const double d = static_cast<double>(static_cast<float>(out.d));
+    if (!std::isfinite(d))
+      throw value_error(what + " has a block (columns " + std::to_string(b0) + ".." + std::to_string(b0 + len - 1) +
+                        ") with max |w| = " + std::to_string(amax) +
+                        ", beyond q8_0's range (its scale must fit float16: |w| <= 65504 * 127)");
+    if (d > 0)
+      for (index_t i = 0; i < len; ++i) {
+        double q = std::nearbyint(static_cast<double>(src[b0 + i]) / d);
+        q = q > 127 ? 127 : (q < -127 ? -127 : q);
+        out.q[i] = static_cast<std::int8_t>(q);
+      }
+    dst[blk] = out;
+  }
+}
+
+/// The n weights of a q8_0 row, widened to T.
+template <class T>
+void dequantize_row_q8_0(const q8_0* src, index_t n, T* dst) noexcept {
+  for (index_t k = 0; k < n; ++k) dst[k] = dequantize_at<T>(src, k);
+}
+
+/// Checks the blocks of a q8_0 row of n weights loaded from outside: every scale finite and non-negative, the
+/// padding of a partial last block zero, no q of -128. Throws value_error naming `what`.
+inline void check_row_q8_0(const q8_0* row, index_t n, const std::string& what) {
+  const index_t blocks = storage_cols<q8_0>(n);
+  for (index_t b = 0; b < blocks; ++b) {
+    const float d = static_cast<float>(row[b].d);
+    if (!(d >= 0.0f) || !std::isfinite(d))
+      throw value_error(what + ": block " + std::to_string(b) + " has scale " + std::to_string(d) +
+                        " (a q8_0 scale must be finite and >= 0)");
+    const index_t used = n - b * q8_0::block < q8_0::block ? n - b * q8_0::block : q8_0::block;
+    for (index_t i = 0; i < q8_0::block; ++i) {
+      if (row[b].q[i] == -128)
+        throw value_error(what + ": block " + std::to_string(b) + " holds -128 (q8_0 values lie in [-127, 127])");
+      if (i >= used && row[b].q[i] != 0)
+        throw value_error(what + ": the padding of its last block (columns past " + std::to_string(n) +
+                          ") is not zero");
+    }
+  }
+}
+
+}  // namespace sessa
+// ---- end sessa/core/quant.hpp ----------------------------------------------------------------------------------
 
 namespace sessa::backend {
 
@@ -1742,15 +1888,16 @@ struct context<reference> {
 
 template <>
 struct kernels<reference> {
+  /// y (+)= x w^T + bias. w: (N, K) stored as W, or as q8_0 blocks (N, ceil(K / 32)); bias as vector_storage_t<W>.
   template <scalar T, class W>
-  static void linear(context<reference>&, cmatrix<T> x, cmatrix<W> w, const W* bias, matrix<T> y,
+  static void linear(context<reference>&, cmatrix<T> x, cmatrix<W> w, const vector_storage_t<W>* bias, matrix<T> y,
                      bool accumulate = false) {
     for (index_t i = 0; i < x.rows; ++i)
       for (index_t j = 0; j < w.rows; ++j) {
         T acc = 0;
         const T* xr = x.row(i);
         const W* wr = w.row(j);
-        for (index_t k = 0; k < x.cols; ++k) acc += xr[k] * widen<T>(wr[k]);
+        for (index_t k = 0; k < x.cols; ++k) acc += xr[k] * weight_at<T>(wr, k);
         if (bias) acc += widen<T>(bias[j]);
         y(i, j) = accumulate ? y(i, j) + acc : acc;
       }
@@ -1925,10 +2072,11 @@ struct kernels<reference> {
       }
   }
 
+  /// h row r = table row tokens[r] (table (V, D) stored as W, or q8_0 blocks (V, ceil(D / 32))), widened to T.
   template <scalar T, class W>
   static void embed(context<reference>&, cmatrix<W> table, const std::int64_t* tokens, matrix<T> h) {
     for (index_t r = 0; r < h.rows; ++r)
-      for (index_t k = 0; k < h.cols; ++k) h(r, k) = widen<T>(table(tokens[r], k));
+      for (index_t k = 0; k < h.cols; ++k) h(r, k) = weight_at<T>(table.row(tokens[r]), k);
   }
 };
 
@@ -2146,6 +2294,8 @@ class region_errors {
 //   f16  -> f32   vcvtph2ps (AVX-512F, or F16C beside AVX): exact, subnormals included
 // Every other pairing (a double compute type, a target without these instructions) widens lane by lane through
 // sessa::widen, the same conversion the reference backend does, so every path gives the same values.
+//   q8_0 -> f32   sign-extend 8-bit lanes to 32 bits and convert (vpmovsxbd + vcvtdq2ps), times the block's scale
+//                 (widened once per block and row): exact, since d * q fits float32's mantissa
 // The instruction path is chosen at compile time from the target, as xsimd chooses its batch width.
 
 #include <type_traits>
@@ -2169,8 +2319,11 @@ constexpr const char* widen_path() noexcept {
   else if constexpr (std::is_same_v<T, float> && W == 16 &&
                      (std::is_same_v<S, bfloat16> || std::is_same_v<S, float16>))
     return "in-register avx512";
+  else if constexpr (std::is_same_v<T, float> && W == 16 && std::is_same_v<S, q8_0>)
+    return "in-register avx512";
 #endif
 #if defined(__AVX2__)
+  else if constexpr (std::is_same_v<T, float> && W == 8 && std::is_same_v<S, q8_0>) return "in-register avx2";
   else if constexpr (std::is_same_v<T, float> && W == 8 && std::is_same_v<S, bfloat16>) return "in-register avx2";
 #endif
 #if defined(__F16C__)
@@ -2262,6 +2415,56 @@ inline void pair_order(const T* src, index_t n, T* dst) noexcept {
       dst[k + W + i] = src[k + 2 * i + 1];
     }
   for (; k < n; ++k) dst[k] = src[k];
+}
+
+/// The scale of a q8_0 block as float (vcvtph2ps where F16C is compiled for).
+inline float block_scale(const q8_0& b) noexcept {
+#if defined(__F16C__)
+  return _cvtsh_ss(b.d.bits);
+#else
+  return static_cast<float>(b.d);
+#endif
+}
+
+/// The q8_0 weights q[0, W) of one block (W = batch<T>::size, q inside the block), converted to T (not scaled).
+template <class T>
+inline xsimd::batch<T> load_q8(const std::int8_t* q) noexcept {
+  using batch = xsimd::batch<T>;
+  constexpr std::size_t W = batch::size;
+  if constexpr (false) {
+  }
+#if defined(__AVX512F__)
+  else if constexpr (std::is_same_v<T, float> && W == 16) {
+    return batch(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)))));
+  }
+#endif
+#if defined(__AVX2__)
+  else if constexpr (std::is_same_v<T, float> && W == 8) {
+    return batch(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q)))));
+  }
+#endif
+  else {
+    alignas(64) T lanes[W];
+    for (std::size_t i = 0; i < W; ++i) lanes[i] = static_cast<T>(q[i]);
+    return batch::load_aligned(lanes);
+  }
+}
+
+/// The weights [k, k + W) of a row of q8_0 blocks (k a multiple of W; W divides the block), dequantized to T.
+template <class T>
+inline xsimd::batch<T> load_dequantized(const q8_0* row, index_t k) noexcept {
+  const q8_0& b = row[k / q8_0::block];
+  return load_q8<T>(b.q + k % q8_0::block) * xsimd::batch<T>(static_cast<T>(block_scale(b)));
+}
+
+/// dst[0, n) = the weights [k0, k0 + n) of a q8_0 row (k0 a multiple of the block), dequantized to T.
+template <class T>
+inline void dequantize_n(const q8_0* row, index_t k0, index_t n, T* dst) noexcept {
+  constexpr index_t W = static_cast<index_t>(xsimd::batch<T>::size);
+  static_assert(q8_0::block % W == 0, "dequantize_n: the batch width must divide the q8_0 block");
+  index_t i = 0;
+  for (; i + W <= n; i += W) load_dequantized<T>(row, k0 + i).store_unaligned(dst + i);
+  for (index_t rest = n - i, t = 0; t < rest; ++t) dst[i + t] = dequantize_at<T>(row, k0 + i + t);
 }
 
 /// dst[0, n) = the values src[0, n) widened to T.
@@ -2684,12 +2887,23 @@ inline void scale_output(matrix<T> c, T beta, const T* bias) {
 
 enum class b_layout { nk, kn };  // b is (N, K) and enters transposed / b is (K, N)
 
+/// pack_b_nk for q8_0 rows: the nr rows' weights [pc, pc + kc) (pc a multiple of the block) dequantized into a
+/// per-thread (nr, kc) scratch, then packed. src: the first row's blocks, ld blocks apart.
+template <class T>
+inline void pack_b_nk_dequantized(const q8_0* src, index_t ld, index_t pc, index_t nr, index_t kc, T* dst) {
+  thread_local buffer<T> rows;
+  rows.reserve(nr * kc);
+  for (index_t j = 0; j < nr; ++j) dequantize_n<T>(src + j * ld, pc, kc, rows.data() + j * kc);
+  pack_b_nk<T, T>(rows.data(), kc, nr, kc, dst);
+}
+
 /// c (M, N) = alpha a (M, K) op(b) + bias + beta c on the calling thread: the packed, blocked GEMM. b may be stored
 /// narrower than T (layout nk only): its panels are widened as they are packed.
 template <class T, b_layout L, class S = T>
 inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T beta, const T* bias) {
   static_assert(L == b_layout::nk || std::is_same_v<S, T>, "gemm_blocked: a narrow b is supported in layout nk");
   using P = blocking<T>;
+  static_assert(!is_block_quantized<S> || P::KC % q8_0::block == 0, "gemm_blocked: K slices must hold whole blocks");
   const index_t M = c.rows, N = c.cols, K = a.cols;
   if (M == 0 || N == 0) return;
   if (K == 0) return scale_output(c, beta, bias);
@@ -2712,6 +2926,8 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
           const index_t nr = std::min(P::NR, nc - jr);
           if constexpr (kn)
             pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf + jr * kc);
+          else if constexpr (is_block_quantized<S>)
+            pack_b_nk_dequantized<T>(b.row(jc + jr), b.ld, pc, nr, kc, bbuf + jr * kc);
           else
             pack_b_nk<T, S>(b.row(jc + jr) + pc, b.ld, nr, kc, bbuf + jr * kc);
         }
@@ -2787,19 +3003,48 @@ SESSA_UNROLL(8)
       }
     }
   }
-  for (; k + W <= K; k += W) {
-    batch wv[R];
+  if constexpr (is_block_quantized<S>) {
+    // q8_0: per whole block, each row's scale once, then the block's W-wide slices dequantized and multiplied.
+    constexpr index_t B = S::block;
+    static_assert(B % W == 0, "dot_tile: the batch width must divide the q8_0 block");
+    for (; k + B <= K; k += B) {
+      const index_t blk = k / B;
+      batch d[R];
 SESSA_UNROLL(8)
-    for (int r = 0; r < R; ++r) wv[r] = in_register(load_widened<T>(w + r * ldw + k));
+      for (int r = 0; r < R; ++r) d[r] = batch(static_cast<T>(block_scale(w[r * ldw + blk])));
 #if defined(__GNUC__)
 SESSA_UNROLL(8)
-    for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
+      for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + blk, 0, 3);
+#endif
+SESSA_UNROLL(4)
+      for (index_t i = 0; i < B; i += W) {
+        batch wv[R];
+SESSA_UNROLL(8)
+        for (int r = 0; r < R; ++r) wv[r] = in_register(load_q8<T>(w[r * ldw + blk].q + i) * d[r]);
+SESSA_UNROLL(8)
+        for (int m = 0; m < MB; ++m) {
+          const batch xv = in_register(batch::load_unaligned(x + m * ldx + k + i));
+SESSA_UNROLL(8)
+          for (int r = 0; r < R; ++r) acc[m * R + r] = xsimd::fma(xv, wv[r], acc[m * R + r]);
+        }
+      }
+    }
+  }
+  if constexpr (!is_block_quantized<S>) {
+    for (; k + W <= K; k += W) {
+      batch wv[R];
+SESSA_UNROLL(8)
+      for (int r = 0; r < R; ++r) wv[r] = in_register(load_widened<T>(w + r * ldw + k));
+#if defined(__GNUC__)
+SESSA_UNROLL(8)
+      for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
 #endif
 SESSA_UNROLL(8)
-    for (int m = 0; m < MB; ++m) {
-      const batch xv = in_register(batch::load_unaligned(x + m * ldx + k));
+      for (int m = 0; m < MB; ++m) {
+        const batch xv = in_register(batch::load_unaligned(x + m * ldx + k));
 SESSA_UNROLL(8)
-      for (int r = 0; r < R; ++r) acc[m * R + r] = xsimd::fma(xv, wv[r], acc[m * R + r]);
+        for (int r = 0; r < R; ++r) acc[m * R + r] = xsimd::fma(xv, wv[r], acc[m * R + r]);
+      }
     }
   }
   alignas(64) T sums[groups * W];
@@ -2807,7 +3052,7 @@ SESSA_UNROLL(8)
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) {
       T s = sums[m * R + r];
-      for (index_t kk = k; kk < K; ++kk) s += x[m * ldx + kk] * widen<T>(w[r * ldw + kk]);
+      for (index_t kk = k; kk < K; ++kk) s += x[m * ldx + kk] * weight_at<T>(w + r * ldw, kk);
       T* p = y + m * ldy + r;
       T v = ep.alpha * s;
       if (ep.bias) v += ep.bias[r];
@@ -2936,13 +3181,17 @@ void gemm_nn(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta) {
 /// than T (bfloat16, float16: storage type S): the decode path widens w in registers as it streams it, the
 /// packed GEMM as it packs each panel, so accumulation is in T either way.
 template <scalar T, class S = T>
-void linear(cmatrix<T> x, cmatrix<S> w, std::type_identity_t<const S*> bias_s, matrix<T> y, bool accumulate,
-            int max_threads = num_threads()) {
+void linear(cmatrix<T> x, cmatrix<S> w, std::type_identity_t<const vector_storage_t<S>*> bias_s, matrix<T> y,
+            bool accumulate, int max_threads = num_threads()) {
   using namespace gemm_detail;
   const index_t M = x.rows, N = w.rows, K = x.cols;
+  if constexpr (is_block_quantized<S>)
+    if (w.cols != storage_cols<S>(K))
+      throw shape_error("linear: a q8_0 weight matrix for K = " + std::to_string(K) + " holds " +
+                        std::to_string(storage_cols<S>(K)) + " blocks per row, not " + std::to_string(w.cols));
   if (M == 0 || N == 0) return;
   const T* bias = nullptr;
-  if constexpr (std::is_same_v<S, T>) {
+  if constexpr (std::is_same_v<vector_storage_t<S>, T>) {
     bias = bias_s;
   } else if (bias_s) {  // the epilogue adds a bias of T: widen it once per call
     thread_local buffer<T> wide;
@@ -2952,7 +3201,7 @@ void linear(cmatrix<T> x, cmatrix<S> w, std::type_identity_t<const S*> bias_s, m
   }
   const T beta = accumulate ? T(1) : T(0);
   const double weights = static_cast<double>(N) * static_cast<double>(K);
-  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * sizeof(S), max_threads);
+  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * bytes_per_weight<S>(), max_threads);
 
   if (use_dot(M, K)) {
     // Decode: bandwidth-bound; threads split the rows of w.
@@ -4098,9 +4347,10 @@ struct context<cpu> : context<reference> {
 
 template <>
 struct kernels<cpu> : kernels<reference> {
-  /// Weights W: the compute type, or bfloat16 / float16 widened in registers (gemm.hpp, widen.hpp).
+  /// Weights W: the compute type, bfloat16 / float16 widened in registers, or q8_0 blocks dequantized in registers
+  /// (gemm.hpp, widen.hpp); the bias as vector_storage_t<W>.
   template <scalar T, class W>
-  static void linear(context<cpu>& ctx, cmatrix<T> x, cmatrix<W> w, const W* bias, matrix<T> y,
+  static void linear(context<cpu>& ctx, cmatrix<T> x, cmatrix<W> w, const vector_storage_t<W>* bias, matrix<T> y,
                      bool accumulate = false) {
     simd::linear<T, W>(x, w, bias, y, accumulate, ctx.max_threads());
   }

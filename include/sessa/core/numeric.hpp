@@ -2,7 +2,8 @@
 //
 //   compute type   what activations, accumulations and every tensor a caller sees are held in: float or double
 //   storage type   what the weights and the cache are stored in: the compute type itself (exact), or a narrower
-//                  format, bfloat16 or float16 (IEEE binary16), that kernels widen to the compute type on load
+//                  format, bfloat16 or float16 (IEEE binary16), that kernels widen to the compute type on load;
+//                  for weights also q8_0, int8 blocks of 32 with a float16 scale each (core/quant.hpp)
 //
 // A model's first template parameter is its numeric policy P: a scalar (`float`, `double`: weights and cache in
 // that type, exact) or `precision<Compute, Weight, Cache = Weight>` (`precision<float, bfloat16>`: bf16 weights
@@ -112,10 +113,55 @@ SESSA_HOST_DEVICE constexpr S narrow(T x) noexcept {
   else return S(static_cast<float>(x));
 }
 
+/// One q8_0 block: 32 weights as int8 with one float16 scale (the weights are d * q[i]).
+struct q8_0 {
+  static constexpr index_t block = 32;  // weights per block, along a row (the input dimension)
+  float16 d{};
+  std::int8_t q[32]{};
+  friend bool operator==(const q8_0&, const q8_0&) = default;
+};
+static_assert(sizeof(q8_0) == 34 && alignof(q8_0) == 2, "q8_0 is 34 bytes, packed: a 2-byte scale, 32 int8");
+
+/// Whether S is a block-quantized storage type (each stored element holds S::block weights).
+template <class S>
+inline constexpr bool is_block_quantized = std::is_same_v<S, q8_0>;
+
+/// What the vector parameters (biases, norms) of a model whose matrices are stored as S are stored as: S itself,
+/// except for a block-quantized S (float32: they are a tiny share of the bytes and feed every output directly).
+template <class S>
+struct vector_storage {
+  using type = S;
+};
+template <>
+struct vector_storage<q8_0> {
+  using type = float;
+};
+template <class S>
+using vector_storage_t = typename vector_storage<S>::type;
+
+/// Elements of storage type S that hold one row of `cols` weights: cols, or its blocks for a quantized S.
+template <class S>
+constexpr index_t storage_cols(index_t cols) noexcept {
+  if constexpr (is_block_quantized<S>) return (cols + S::block - 1) / S::block;
+  else return cols;
+}
+
+/// Bytes of storage type S per weight (for bandwidth models): 34 / 32 for q8_0.
+template <class S>
+constexpr double bytes_per_weight() noexcept {
+  if constexpr (is_block_quantized<S>) return static_cast<double>(sizeof(S)) / static_cast<double>(S::block);
+  else return static_cast<double>(sizeof(S));
+}
+
 /// A storage format a model can keep its weights and cache in.
 template <class S>
 concept storage_type = std::same_as<S, float> || std::same_as<S, double> || std::same_as<S, bfloat16> ||
                        std::same_as<S, float16>;
+
+/// A storage format a model can keep its weights in: a storage_type, or q8_0 blocks (its matrices; the vectors in
+/// vector_storage_t, float32).
+template <class S>
+concept weight_storage_type = storage_type<S> || std::same_as<S, q8_0>;
 
 /// Compute type Compute (float or double) with the weights stored as Weight and the cache as Cache (by default
 /// the weights' type): precision<float, bfloat16> keeps both in bf16, precision<float, bfloat16, float> only the
@@ -124,8 +170,8 @@ template <class Compute, class Weight, class Cache = Weight>
 struct precision {
   static_assert(std::same_as<Compute, float> || std::same_as<Compute, double>,
                 "sessa::precision<Compute, Weight, Cache>: Compute must be float or double");
-  static_assert(storage_type<Weight>, "sessa::precision<Compute, Weight, Cache>: Weight must be float, double, "
-                                      "sessa::bfloat16 or sessa::float16");
+  static_assert(weight_storage_type<Weight>, "sessa::precision<Compute, Weight, Cache>: Weight must be float, "
+                                             "double, sessa::bfloat16, sessa::float16 or sessa::q8_0");
   static_assert(storage_type<Cache>, "sessa::precision<Compute, Weight, Cache>: Cache must be float, double, "
                                      "sessa::bfloat16 or sessa::float16");
   using compute = Compute;
@@ -159,6 +205,7 @@ constexpr std::string_view storage_name() noexcept {
   if constexpr (std::is_same_v<S, float>) return "f32";
   else if constexpr (std::is_same_v<S, double>) return "f64";
   else if constexpr (std::is_same_v<S, bfloat16>) return "bf16";
+  else if constexpr (std::is_same_v<S, q8_0>) return "q8_0";
   else return "f16";
 }
 

@@ -455,12 +455,23 @@ inline void scale_output(matrix<T> c, T beta, const T* bias) {
 
 enum class b_layout { nk, kn };  // b is (N, K) and enters transposed / b is (K, N)
 
+/// pack_b_nk for q8_0 rows: the nr rows' weights [pc, pc + kc) (pc a multiple of the block) dequantized into a
+/// per-thread (nr, kc) scratch, then packed. src: the first row's blocks, ld blocks apart.
+template <class T>
+inline void pack_b_nk_dequantized(const q8_0* src, index_t ld, index_t pc, index_t nr, index_t kc, T* dst) {
+  thread_local buffer<T> rows;
+  rows.reserve(nr * kc);
+  for (index_t j = 0; j < nr; ++j) dequantize_n<T>(src + j * ld, pc, kc, rows.data() + j * kc);
+  pack_b_nk<T, T>(rows.data(), kc, nr, kc, dst);
+}
+
 /// c (M, N) = alpha a (M, K) op(b) + bias + beta c on the calling thread: the packed, blocked GEMM. b may be stored
 /// narrower than T (layout nk only): its panels are widened as they are packed.
 template <class T, b_layout L, class S = T>
 inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T beta, const T* bias) {
   static_assert(L == b_layout::nk || std::is_same_v<S, T>, "gemm_blocked: a narrow b is supported in layout nk");
   using P = blocking<T>;
+  static_assert(!is_block_quantized<S> || P::KC % q8_0::block == 0, "gemm_blocked: K slices must hold whole blocks");
   const index_t M = c.rows, N = c.cols, K = a.cols;
   if (M == 0 || N == 0) return;
   if (K == 0) return scale_output(c, beta, bias);
@@ -483,6 +494,8 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
           const index_t nr = std::min(P::NR, nc - jr);
           if constexpr (kn)
             pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf + jr * kc);
+          else if constexpr (is_block_quantized<S>)
+            pack_b_nk_dequantized<T>(b.row(jc + jr), b.ld, pc, nr, kc, bbuf + jr * kc);
           else
             pack_b_nk<T, S>(b.row(jc + jr) + pc, b.ld, nr, kc, bbuf + jr * kc);
         }
@@ -558,19 +571,48 @@ SESSA_UNROLL(8)
       }
     }
   }
-  for (; k + W <= K; k += W) {
-    batch wv[R];
+  if constexpr (is_block_quantized<S>) {
+    // q8_0: per whole block, each row's scale once, then the block's W-wide slices dequantized and multiplied.
+    constexpr index_t B = S::block;
+    static_assert(B % W == 0, "dot_tile: the batch width must divide the q8_0 block");
+    for (; k + B <= K; k += B) {
+      const index_t blk = k / B;
+      batch d[R];
 SESSA_UNROLL(8)
-    for (int r = 0; r < R; ++r) wv[r] = in_register(load_widened<T>(w + r * ldw + k));
+      for (int r = 0; r < R; ++r) d[r] = batch(static_cast<T>(block_scale(w[r * ldw + blk])));
 #if defined(__GNUC__)
 SESSA_UNROLL(8)
-    for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
+      for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + blk, 0, 3);
+#endif
+SESSA_UNROLL(4)
+      for (index_t i = 0; i < B; i += W) {
+        batch wv[R];
+SESSA_UNROLL(8)
+        for (int r = 0; r < R; ++r) wv[r] = in_register(load_q8<T>(w[r * ldw + blk].q + i) * d[r]);
+SESSA_UNROLL(8)
+        for (int m = 0; m < MB; ++m) {
+          const batch xv = in_register(batch::load_unaligned(x + m * ldx + k + i));
+SESSA_UNROLL(8)
+          for (int r = 0; r < R; ++r) acc[m * R + r] = xsimd::fma(xv, wv[r], acc[m * R + r]);
+        }
+      }
+    }
+  }
+  if constexpr (!is_block_quantized<S>) {
+    for (; k + W <= K; k += W) {
+      batch wv[R];
+SESSA_UNROLL(8)
+      for (int r = 0; r < R; ++r) wv[r] = in_register(load_widened<T>(w + r * ldw + k));
+#if defined(__GNUC__)
+SESSA_UNROLL(8)
+      for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
 #endif
 SESSA_UNROLL(8)
-    for (int m = 0; m < MB; ++m) {
-      const batch xv = in_register(batch::load_unaligned(x + m * ldx + k));
+      for (int m = 0; m < MB; ++m) {
+        const batch xv = in_register(batch::load_unaligned(x + m * ldx + k));
 SESSA_UNROLL(8)
-      for (int r = 0; r < R; ++r) acc[m * R + r] = xsimd::fma(xv, wv[r], acc[m * R + r]);
+        for (int r = 0; r < R; ++r) acc[m * R + r] = xsimd::fma(xv, wv[r], acc[m * R + r]);
+      }
     }
   }
   alignas(64) T sums[groups * W];
@@ -578,7 +620,7 @@ SESSA_UNROLL(8)
   for (int m = 0; m < MB; ++m)
     for (int r = 0; r < R; ++r) {
       T s = sums[m * R + r];
-      for (index_t kk = k; kk < K; ++kk) s += x[m * ldx + kk] * widen<T>(w[r * ldw + kk]);
+      for (index_t kk = k; kk < K; ++kk) s += x[m * ldx + kk] * weight_at<T>(w + r * ldw, kk);
       T* p = y + m * ldy + r;
       T v = ep.alpha * s;
       if (ep.bias) v += ep.bias[r];
@@ -707,13 +749,17 @@ void gemm_nn(cmatrix<T> a, cmatrix<T> b, matrix<T> c, T alpha, T beta) {
 /// than T (bfloat16, float16: storage type S): the decode path widens w in registers as it streams it, the
 /// packed GEMM as it packs each panel, so accumulation is in T either way.
 template <scalar T, class S = T>
-void linear(cmatrix<T> x, cmatrix<S> w, std::type_identity_t<const S*> bias_s, matrix<T> y, bool accumulate,
-            int max_threads = num_threads()) {
+void linear(cmatrix<T> x, cmatrix<S> w, std::type_identity_t<const vector_storage_t<S>*> bias_s, matrix<T> y,
+            bool accumulate, int max_threads = num_threads()) {
   using namespace gemm_detail;
   const index_t M = x.rows, N = w.rows, K = x.cols;
+  if constexpr (is_block_quantized<S>)
+    if (w.cols != storage_cols<S>(K))
+      throw shape_error("linear: a q8_0 weight matrix for K = " + std::to_string(K) + " holds " +
+                        std::to_string(storage_cols<S>(K)) + " blocks per row, not " + std::to_string(w.cols));
   if (M == 0 || N == 0) return;
   const T* bias = nullptr;
-  if constexpr (std::is_same_v<S, T>) {
+  if constexpr (std::is_same_v<vector_storage_t<S>, T>) {
     bias = bias_s;
   } else if (bias_s) {  // the epilogue adds a bias of T: widen it once per call
     thread_local buffer<T> wide;
@@ -723,7 +769,7 @@ void linear(cmatrix<T> x, cmatrix<S> w, std::type_identity_t<const S*> bias_s, m
   }
   const T beta = accumulate ? T(1) : T(0);
   const double weights = static_cast<double>(N) * static_cast<double>(K);
-  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * sizeof(S), max_threads);
+  const int nt = threads_for(2.0 * static_cast<double>(M) * weights, weights * bytes_per_weight<S>(), max_threads);
 
   if (use_dot(M, K)) {
     // Decode: bandwidth-bound; threads split the rows of w.

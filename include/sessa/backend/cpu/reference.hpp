@@ -25,6 +25,7 @@
 #include "../../concepts.hpp"
 #include "../../core/hparams.hpp"
 #include "../../core/numeric.hpp"
+#include "../../core/quant.hpp"
 #include "../../core/tensor.hpp"
 #include "../../model/cache.hpp"
 #include "../kernels.hpp"
@@ -40,15 +41,16 @@ struct context<reference> {
 
 template <>
 struct kernels<reference> {
+  /// y (+)= x w^T + bias. w: (N, K) stored as W, or as q8_0 blocks (N, ceil(K / 32)); bias as vector_storage_t<W>.
   template <scalar T, class W>
-  static void linear(context<reference>&, cmatrix<T> x, cmatrix<W> w, const W* bias, matrix<T> y,
+  static void linear(context<reference>&, cmatrix<T> x, cmatrix<W> w, const vector_storage_t<W>* bias, matrix<T> y,
                      bool accumulate = false) {
     for (index_t i = 0; i < x.rows; ++i)
       for (index_t j = 0; j < w.rows; ++j) {
         T acc = 0;
         const T* xr = x.row(i);
         const W* wr = w.row(j);
-        for (index_t k = 0; k < x.cols; ++k) acc += xr[k] * widen<T>(wr[k]);
+        for (index_t k = 0; k < x.cols; ++k) acc += xr[k] * weight_at<T>(wr, k);
         if (bias) acc += widen<T>(bias[j]);
         y(i, j) = accumulate ? y(i, j) + acc : acc;
       }
@@ -223,10 +225,11 @@ struct kernels<reference> {
       }
   }
 
+  /// h row r = table row tokens[r] (table (V, D) stored as W, or q8_0 blocks (V, ceil(D / 32))), widened to T.
   template <scalar T, class W>
   static void embed(context<reference>&, cmatrix<W> table, const std::int64_t* tokens, matrix<T> h) {
     for (index_t r = 0; r < h.rows; ++r)
-      for (index_t k = 0; k < h.cols; ++k) h(r, k) = widen<T>(table(tokens[r], k));
+      for (index_t k = 0; k < h.cols; ++k) h(r, k) = weight_at<T>(table.row(tokens[r]), k);
   }
 };
 

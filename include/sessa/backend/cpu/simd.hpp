@@ -42,9 +42,10 @@ struct context<cpu> : context<reference> {
 
 template <>
 struct kernels<cpu> : kernels<reference> {
-  /// Weights W: the compute type, or bfloat16 / float16 widened in registers (gemm.hpp, widen.hpp).
+  /// Weights W: the compute type, bfloat16 / float16 widened in registers, or q8_0 blocks dequantized in registers
+  /// (gemm.hpp, widen.hpp); the bias as vector_storage_t<W>.
   template <scalar T, class W>
-  static void linear(context<cpu>& ctx, cmatrix<T> x, cmatrix<W> w, const W* bias, matrix<T> y,
+  static void linear(context<cpu>& ctx, cmatrix<T> x, cmatrix<W> w, const vector_storage_t<W>* bias, matrix<T> y,
                      bool accumulate = false) {
     simd::linear<T, W>(x, w, bias, y, accumulate, ctx.max_threads());
   }

@@ -7,6 +7,8 @@
 //   f16  -> f32   vcvtph2ps (AVX-512F, or F16C beside AVX): exact, subnormals included
 // Every other pairing (a double compute type, a target without these instructions) widens lane by lane through
 // sessa::widen, the same conversion the reference backend does, so every path gives the same values.
+//   q8_0 -> f32   sign-extend 8-bit lanes to 32 bits and convert (vpmovsxbd + vcvtdq2ps), times the block's scale
+//                 (widened once per block and row): exact, since d * q fits float32's mantissa
 // The instruction path is chosen at compile time from the target, as xsimd chooses its batch width.
 #pragma once
 
@@ -20,6 +22,7 @@
 
 #include "../../config.hpp"
 #include "../../core/numeric.hpp"
+#include "../../core/quant.hpp"
 #include "../../core/tensor.hpp"
 
 namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
@@ -34,8 +37,11 @@ constexpr const char* widen_path() noexcept {
   else if constexpr (std::is_same_v<T, float> && W == 16 &&
                      (std::is_same_v<S, bfloat16> || std::is_same_v<S, float16>))
     return "in-register avx512";
+  else if constexpr (std::is_same_v<T, float> && W == 16 && std::is_same_v<S, q8_0>)
+    return "in-register avx512";
 #endif
 #if defined(__AVX2__)
+  else if constexpr (std::is_same_v<T, float> && W == 8 && std::is_same_v<S, q8_0>) return "in-register avx2";
   else if constexpr (std::is_same_v<T, float> && W == 8 && std::is_same_v<S, bfloat16>) return "in-register avx2";
 #endif
 #if defined(__F16C__)
@@ -127,6 +133,56 @@ inline void pair_order(const T* src, index_t n, T* dst) noexcept {
       dst[k + W + i] = src[k + 2 * i + 1];
     }
   for (; k < n; ++k) dst[k] = src[k];
+}
+
+/// The scale of a q8_0 block as float (vcvtph2ps where F16C is compiled for).
+inline float block_scale(const q8_0& b) noexcept {
+#if defined(__F16C__)
+  return _cvtsh_ss(b.d.bits);
+#else
+  return static_cast<float>(b.d);
+#endif
+}
+
+/// The q8_0 weights q[0, W) of one block (W = batch<T>::size, q inside the block), converted to T (not scaled).
+template <class T>
+inline xsimd::batch<T> load_q8(const std::int8_t* q) noexcept {
+  using batch = xsimd::batch<T>;
+  constexpr std::size_t W = batch::size;
+  if constexpr (false) {
+  }
+#if defined(__AVX512F__)
+  else if constexpr (std::is_same_v<T, float> && W == 16) {
+    return batch(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q)))));
+  }
+#endif
+#if defined(__AVX2__)
+  else if constexpr (std::is_same_v<T, float> && W == 8) {
+    return batch(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q)))));
+  }
+#endif
+  else {
+    alignas(64) T lanes[W];
+    for (std::size_t i = 0; i < W; ++i) lanes[i] = static_cast<T>(q[i]);
+    return batch::load_aligned(lanes);
+  }
+}
+
+/// The weights [k, k + W) of a row of q8_0 blocks (k a multiple of W; W divides the block), dequantized to T.
+template <class T>
+inline xsimd::batch<T> load_dequantized(const q8_0* row, index_t k) noexcept {
+  const q8_0& b = row[k / q8_0::block];
+  return load_q8<T>(b.q + k % q8_0::block) * xsimd::batch<T>(static_cast<T>(block_scale(b)));
+}
+
+/// dst[0, n) = the weights [k0, k0 + n) of a q8_0 row (k0 a multiple of the block), dequantized to T.
+template <class T>
+inline void dequantize_n(const q8_0* row, index_t k0, index_t n, T* dst) noexcept {
+  constexpr index_t W = static_cast<index_t>(xsimd::batch<T>::size);
+  static_assert(q8_0::block % W == 0, "dequantize_n: the batch width must divide the q8_0 block");
+  index_t i = 0;
+  for (; i + W <= n; i += W) load_dequantized<T>(row, k0 + i).store_unaligned(dst + i);
+  for (index_t rest = n - i, t = 0; t < rest; ++t) dst[i + t] = dequantize_at<T>(row, k0 + i + t);
 }
 
 /// dst[0, n) = the values src[0, n) widened to T.
