@@ -18,7 +18,8 @@
 #   REF_MAX_T=2048              largest prefill T for backend::reference (O(T^2) scalar loops)
 #   TORCH_MAX_T=16384           largest prefill T for the torch side-by-side (T=16384 needs ~17 GiB)
 #   SKIP_TORCH=1                skip the torch rows
-#   SKIP_NARROW=1               skip the narrow-weight rows (a 6-layer D = 4096 stack: 3.4 GiB of f32 weights)
+#   SKIP_NARROW=1               skip the narrow-weight rows (f32, bf16, f16, q8_0 weights; a 6-layer D = 4096
+#                               stack: 3.4 GiB of f32 weights)
 # The library build it expects: cmake -S . -B /tmp/build_bench -DCMAKE_BUILD_TYPE=Release -DSESSA_BUILD_TESTS=OFF
 #                               cmake --build /tmp/build_bench --target sessa_bench -j2
 set -euo pipefail
@@ -131,7 +132,7 @@ if f32_big:
     print("| weights | batch | weight bytes | bytes read per token | ms per step | tokens/s | x f32 tokens/s | "
           "in-run stream GB/s | fraction of the streaming floor |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for w in ("f32", "bf16", "f16"):
+    for w in ("f32", "bf16", "f16", "q8_0"):
         for b in (1, 4, 16):
             r = pick(weights=w, batch=b, **big)
             if not r:
@@ -142,12 +143,12 @@ if f32_big:
                   f"{r['ms_per_token']:.4g} | {r['tokens_per_s']:.4g} | {ratio} | {r['stream_gbps']:.1f} | "
                   f"{r['fraction_of_bandwidth_bound']:.3f} |")
 pf = [pick(work="prefill", backend="cpu", threads=2, T=4096, chunk=0, D=512, H=8, Hkv=8, batch=1, precision="f32",
-           layers=1, weights=w) for w in ("f32", "bf16", "f16")]
+           layers=1, weights=w) for w in ("f32", "bf16", "f16", "q8_0")]
 if pf[0]:
     print("\n### Narrow weights: prefill T = 4096 (D = 512, H = Hkv = 8, batch 1, 2 threads)\n")
     print("| weights | seconds | GFLOP/s | in-run sgemm | fraction of sgemm | x f32 speed |")
     print("|---|---|---|---|---|---|")
-    for w, r in zip(("f32", "bf16", "f16"), pf):
+    for w, r in zip(("f32", "bf16", "f16", "q8_0"), pf):
         if r:
             print(f"| {w} | {r['seconds']:.4g} | {r['gflops']:.4g} | {f(r['sgemm_gflops'], '{:.0f}')} | "
                   f"{f(r['fraction_of_sgemm'], '{:.3f}')} | {pf[0]['seconds'] / r['seconds']:.2f}x |")
@@ -209,10 +210,10 @@ done
 # for each storage of the weights and batches 1, 4, 16; prefill T = 4096 with each.
 if [[ -z "${SKIP_NARROW:-}" ]]; then
   big=(--D 4096 --H 32 --Hkv 32 --layers 6 --context 128 --steps 16 --precision f32 --backend cpu --threads 2)
-  for w in f32 bf16 f16; do
+  for w in f32 bf16 f16 q8_0; do
     for b in 1 4 16; do run "$BENCH" decode "${big[@]}" --weights "$w" --batch "$b"; done
   done
-  for w in f32 bf16 f16; do
+  for w in f32 bf16 f16 q8_0; do
     ((MAX_T >= 4096)) && run "$BENCH" prefill --T 4096 "${common[@]}" --backend cpu --threads 2 --weights "$w"
   done
 fi

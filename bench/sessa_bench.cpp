@@ -80,8 +80,9 @@ constexpr const char* usage_text =
     "                              thrust_omp (when built), thrust_cuda (in sessa-bench-cuda)\n"
     "  --precision f32|f64         compute type\n"
     "  --storage same|bf16|f16     weights and cache stored as the compute type (same) or narrower\n"
-    "  --weights same|bf16|f16     the weights' storage alone (default: --storage); bf16 or f16 weights\n"
-    "                              with a compute-type cache run on cpu too\n"
+    "  --weights same|bf16|f16|q8_0  the weights' storage alone (default: --storage); q8_0: int8 blocks\n"
+    "                              of 32 with a float16 scale (f32 compute and cache); bf16, f16 or q8_0\n"
+    "                              weights with a compute-type cache run on cpu too\n"
     "  --cache same|bf16|f16       the cache's storage alone (default: --storage)\n"
     "  --layers 1                  (prefill, decode) a stack of N layers, each with its own weights and\n"
     "                              cache, so the weights can exceed any cache of the machine\n"
@@ -161,7 +162,7 @@ common parse_common(const options& o) {
   sessa::tools::require_backend(c.backend);  // a name this build lacks fails here, before any work
   c.precision = o.word("precision", "f32", {"f32", "f64"});
   const std::string storage = o.word("storage", "same", {"same", "bf16", "f16"});
-  c.weights = o.word("weights", storage, {"same", "f32", "f64", "bf16", "f16"});
+  c.weights = o.word("weights", storage, {"same", "f32", "f64", "bf16", "f16", "q8_0"});
   c.cache = o.word("cache", storage, {"same", "f32", "f64", "bf16", "f16"});
   for (std::string* s : {&c.weights, &c.cache}) {
     if (*s == c.precision) *s = "same";
@@ -205,10 +206,11 @@ void dispatch(const common& c, F&& f) {
     if constexpr (std::is_same_v<T, float>) {
       if (c.cache == "same" && w == "bf16") return with_backend.template operator()<sessa::precision<T, sessa::bfloat16, T>>();
       if (c.cache == "same" && w == "f16") return with_backend.template operator()<sessa::precision<T, sessa::float16, T>>();
+      if (c.cache == "same" && w == "q8_0") return with_backend.template operator()<sessa::precision<T, sessa::q8_0, T>>();
     }
     throw usage_error("--weights " + w + " --cache " + c.cache + " with --precision " + c.precision +
-                      " is not built into sessa-bench (it has: weights and cache alike; and for f32, bf16 or f16 "
-                      "weights with an f32 cache)");
+                      " is not built into sessa-bench (it has: weights and cache alike; and for f32, bf16, f16 or "
+                      "q8_0 weights with an f32 cache)");
   };
   if (c.precision == "f32") with_storage.template operator()<float>();
   else with_storage.template operator()<double>();
@@ -452,7 +454,7 @@ int cmd_prefill(const options& o) {
              2.0 * step_rows * (D + 2)) +
         static_cast<double>(c.layers) *
             (static_cast<double>(sizeof(cache_t<P>)) * layer_cache<P, B>::storage_size(cfg, c.batch, Tn) +
-             static_cast<double>(sizeof(weight_t<P>)) * parameter_count(cfg));
+             static_cast<double>(parameter_bytes<weight_t<P>>(cfg)));
     check_fits(estimate, "this prefill");
 
     const auto stack = make_stack<P, B>(c);
@@ -512,7 +514,7 @@ int cmd_prefill(const options& o) {
         .integer("rss_baseline_bytes", rss_base)
         .integer("model_bytes", model_bytes)
         .integer("cache_bytes", cache_bytes)
-        .integer("weight_bytes", c.layers * parameter_count(cfg) * static_cast<index_t>(sizeof(weight_t<P>)));
+        .integer("weight_bytes", c.layers * static_cast<index_t>(parameter_bytes<weight_t<P>>(cfg)));
     add_gpu_yardstick<B>(j, c, flops / best, 0, 0);
     j.str("version", SESSA_VERSION_STRING).print();
   });
@@ -608,7 +610,7 @@ int cmd_decode(const options& o) {
              workspace<T, B>::total(workspace<T, B>::sizes(cfg, std::max<index_t>(fill_rows, 1), capacity))) +
         static_cast<double>(c.layers) *
             (static_cast<double>(sizeof(cache_t<P>)) * layer_cache<P, B>::storage_size(cfg, c.batch, capacity) +
-             static_cast<double>(sizeof(weight_t<P>)) * parameter_count(cfg));
+             static_cast<double>(parameter_bytes<weight_t<P>>(cfg)));
     check_fits(estimate, "this decode run");
 
     using S = space_of<B>;
@@ -672,8 +674,7 @@ int cmd_decode(const options& o) {
     // Bytes a step must read, averaged over the timed steps (cache length L = context + i before step i):
     // the weights once, then per batch row k and v of L + 1 tokens (the new one included), k_b and s of L.
     const double elt = static_cast<double>(sizeof(cache_t<P>));  // bytes per cached value
-    const double weights = static_cast<double>(c.layers) * static_cast<double>(parameter_count(cfg)) *
-                           static_cast<double>(sizeof(weight_t<P>));
+    const double weights = static_cast<double>(c.layers) * static_cast<double>(parameter_bytes<weight_t<P>>(cfg));
     const double t_mean = static_cast<double>(context) + 0.5 * static_cast<double>(steps - 1);
     const double bytes = weights + static_cast<double>(c.layers) * static_cast<double>(c.batch) * elt *
                                        (2.0 * kv * (t_mean + 1) + 2.0 * D * t_mean);
@@ -702,7 +703,7 @@ int cmd_decode(const options& o) {
         .integer("rss_baseline_bytes", rss_base)
         .integer("model_bytes", model_bytes)
         .integer("cache_bytes", cache_bytes)
-        .integer("weight_bytes", c.layers * parameter_count(cfg) * static_cast<index_t>(sizeof(weight_t<P>)));
+        .integer("weight_bytes", c.layers * static_cast<index_t>(parameter_bytes<weight_t<P>>(cfg)));
     add_gpu_yardstick<B>(j, c, 0, bytes, per_step);
     j.str("version", SESSA_VERSION_STRING).print();
   });
@@ -783,7 +784,7 @@ int cmd_generate(const options& o) {
     sessa_bench::settle();
     const double stream = c.yardstick == "off" || on_gpu<B>() ? nan_v : sessa_bench::stream_read_gbps(stream_bytes, 5);
     // Bytes the batch must read per step: the weights once, and every row's cache (its mean length over the run).
-    const double weights = static_cast<double>(parameter_count(dcfg)) * static_cast<double>(sizeof(weight_t<P>));
+    const double weights = static_cast<double>(parameter_bytes<weight_t<P>>(dcfg));
     double cache_read = 0;
     for (index_t i = 0; i < rows; ++i)
       cache_read += static_cast<double>(n_layers) * sizeof(cache_t<P>) *

@@ -1,6 +1,7 @@
 # Runs the embedded example and `sessa generate` on the same prompt with the same (reference) backend and
 # float32 arithmetic, and fails unless both print the same text. -DWEIGHTS=bf16 runs the runtime model with the
-# weights rounded to bf16 as they load, the rounding `sessa embed --dtype bf16` applies.
+# weights rounded to bf16 as they load, the rounding `sessa embed --dtype bf16` applies; -DWEIGHTS=q8_0 quantizes
+# them as they load, as `sessa embed --dtype q8_0` does.
 if(NOT WEIGHTS)
   set(WEIGHTS f32)
 endif()

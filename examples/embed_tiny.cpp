@@ -1,6 +1,7 @@
 // A Sessa decoder compiled into the executable: its shapes are template arguments and its weights are
 // constexpr arrays in read-only data (tiny_model.hpp, written at build time by `sessa embed` through
-// the sessa_embed_model() CMake helper; as float32, or as bf16 with DTYPE bf16: example_embed_tiny_bf16). No file
+// the sessa_embed_model() CMake helper; as float32, as bf16 with DTYPE bf16: example_embed_tiny_bf16, or as q8_0
+// int8 blocks with DTYPE q8_0: example_embed_tiny_q8). No file
 // is read and no heap is touched at run time: the caches and scratch live in one static object.
 //
 //   example_embed_tiny ["PROMPT" [N_TOKENS]]
@@ -10,6 +11,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 namespace {
 // Caches for up to 512 tokens of one sequence, and the scratch of a 64-token chunk, all inline.
@@ -53,11 +55,13 @@ int main(int argc, char** argv) {
   text[len] = '\0';
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("text: %s\n", text);
-  std::printf("model: %lld parameters in read-only data (%zu bytes); state: %lld bytes inline; %ld tokens in %.2f ms\n",
-              static_cast<long long>(sessa::parameter_count(sessa::decoder_config{tiny::layer::config, tiny::spec::vocab_size,
-                                                                                  tiny::spec::n_layers, tiny::spec::tie_embeddings})),
-              sizeof(tiny::weight_type) * static_cast<std::size_t>(sessa::parameter_count(sessa::decoder_config{
-                                  tiny::layer::config, tiny::spec::vocab_size, tiny::spec::n_layers, tiny::spec::tie_embeddings})),
+  const sessa::decoder_config config{tiny::layer::config, tiny::spec::vocab_size, tiny::spec::n_layers,
+                                     tiny::spec::tie_embeddings};
+  std::printf("model: %lld parameters in read-only data (%llu bytes as %s); state: %lld bytes inline; %ld tokens in "
+              "%.2f ms\n",
+              static_cast<long long>(sessa::parameter_count(config)),
+              static_cast<unsigned long long>(sessa::parameter_bytes<tiny::weight_type>(config)),
+              std::string(sessa::storage_name<tiny::weight_type>()).c_str(),
               static_cast<long long>(decltype(state)::storage_bytes), P + n_new, s * 1e3);
   return 0;
 }

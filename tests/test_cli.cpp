@@ -508,17 +508,138 @@ TEST_CASE("sessa quantize: bf16 and f16 files that run, generate and evaluate wi
   }
   // Errors: one line, no output file.
   const fs::path out = scratch / "q_err.safetensors";
-  expect_failure("quantize --to q4 --out '" + out.string() + "'", 2, "unknown --to 'q4' (choose bf16, f16, f32 or f64)",
-                 out);
+  expect_failure("quantize --to q4 --out '" + out.string() + "'", 2,
+                 "unknown --to 'q4' (choose bf16, f16, q8_0, f32 or f64)", out);
   expect_failure("quantize --to bf16", 2, "--out", out);
   expect_failure("quantize --model '" + damaged(shipped, "cut.safetensors", 5000).string() + "' --to bf16 --out '" +
                      out.string() + "'",
                  1, "cut.safetensors", out);
-  expect_failure("eval --model '" + shipped + "'" + text + " --weights q8", 2, "unknown --weights 'q8'");
+  expect_failure("eval --model '" + shipped + "'" + text + " --weights q4", 2, "unknown --weights 'q4'");
+  expect_failure("eval --model '" + shipped + "'" + text + " --weights q8_0 --precision f64", 2,
+                 "--weights q8_0 runs with --precision f32");
   expect_failure("eval --model '" + shipped + "'" + text + " --weights bf16 --precision f64", 2,
                  "--weights bf16 runs with --precision f32");
 #if defined(SESSA_CLI_HAS_THRUST_OMP)
   expect_failure("eval --model '" + shipped + "'" + text + " --weights bf16 --backend thrust_omp", 2,
                  "--weights bf16 runs on the cpu and reference backends");
+  expect_failure("eval --model '" + shipped + "'" + text + " --weights q8_0 --backend thrust_omp", 2,
+                 "--weights q8_0 runs on the cpu and reference backends");
 #endif
+}
+
+TEST_CASE("sessa quantize --to q8_0: int8 blocks with float16 scales that run, generate, evaluate and convert back",
+          "[cli]") {
+  const std::string data = SESSA_TEST_DATA_DIR;
+  const std::string shipped = std::string(SESSA_SOURCE_DIR) + "/examples/models/tiny_decoder.safetensors";
+  const std::string text = " --text '" + data + "/eval_text.txt' --window 128 --stride 128 --json";
+  const result base = cli("eval --model '" + shipped + "'" + text);
+  REQUIRE(base.status == 0);
+  const double bpb = json_number(base.out, "bits_per_byte");
+  const fs::path q = scratch / "tiny_q8_0.safetensors";
+  fs::remove(q);
+  const result r = cli("quantize --to q8_0 --out '" + q.string() + "'");
+  INFO(r.err << r.out);
+  REQUIRE(r.status == 0);
+  CHECK(r.out.find("tensors as q8_0") != std::string::npos);
+  const io::safetensors_file f = io::safetensors_file::load(q);
+  CHECK(f.metadata().at("sessa.weights") == "q8_0");
+  CHECK(f.metadata().count("sessa.vocab") == 1);
+  index_t matrices = 0;
+  for (const auto& e : f.entries()) {
+    const bool scale = e.name.size() > 6 && e.name.compare(e.name.size() - 6, 6, ".scale") == 0;
+    if (e.type == io::dtype::I8) {
+      ++matrices;
+      REQUIRE(e.shape.size() == 2);
+      const io::tensor_entry* s = f.find(e.name + ".scale");
+      REQUIRE(s);
+      CHECK(s->type == io::dtype::F16);
+      CHECK(s->shape == shape_t{e.shape[0], (e.shape[1] + 31) / 32});
+    } else {
+      CHECK((scale || e.type == io::dtype::F32));
+      CHECK((scale || e.shape.size() <= 1));  // only the vectors stay float
+    }
+  }
+  CHECK(matrices == 3 * 8 + 1);  // per layer W_in, q, k, v, out_proj, proj_fb, gamma_ctx, W_out; the (tied) table
+  CHECK(fs::file_size(q) < fs::file_size(shipped) * 30 / 100);
+  // Bits per byte within 2% of float32 (the whole held-out text: +0.004%, docs/PERFORMANCE.md), q8_0 in memory
+  // (auto), quantized while loading a float32 file (--weights q8_0: the same blocks, the same numbers), and widened
+  // to float32 (--weights f32).
+  const result e = cli("eval --model '" + q.string() + "'" + text);
+  REQUIRE(e.status == 0);
+  const double qbpb = json_number(e.out, "bits_per_byte");
+  CHECK(std::abs(qbpb - bpb) <= 2e-2 * bpb);
+  CHECK(qbpb != bpb);
+  const result onload = cli("eval --model '" + shipped + "'" + text + " --weights q8_0");
+  REQUIRE(onload.status == 0);
+  CHECK(json_number(onload.out, "nats_per_token") == json_number(e.out, "nats_per_token"));
+  const result wide = cli("eval --model '" + q.string() + "'" + text + " --weights f32");
+  REQUIRE(wide.status == 0);
+  CHECK(std::abs(json_number(wide.out, "nats_per_token") - json_number(e.out, "nats_per_token")) <=
+        2e-6 * json_number(e.out, "nats_per_token"));
+  const result ref = cli("eval --model '" + q.string() + "'" + text + " --backend reference");
+  REQUIRE(ref.status == 0);
+  CHECK(std::abs(json_number(ref.out, "nats_per_token") - json_number(e.out, "nats_per_token")) <=
+        2e-6 * json_number(e.out, "nats_per_token"));
+  // The same greedy text as float32 on the demo prompt.
+  const std::string prompt = " --prompt 'And the LORD' --max-tokens 60";
+  const result greedy = cli("generate --model '" + shipped + "'" + prompt);
+  const result g = cli("generate --model '" + q.string() + "'" + prompt);
+  REQUIRE(g.status == 0);
+  CHECK(g.out == greedy.out);
+  // Back to f32: every weight is d * q exactly; and to q8_0 again: the same blocks.
+  const fs::path back = scratch / "tiny_q8_0_f32.safetensors", again = scratch / "tiny_q8_0_again.safetensors";
+  REQUIRE(cli("quantize --model '" + q.string() + "' --to f32 --out '" + back.string() + "'").status == 0);
+  REQUIRE(cli("quantize --model '" + back.string() + "' --to q8_0 --out '" + again.string() + "'").status == 0);
+  const io::safetensors_file fb = io::safetensors_file::load(back), fa = io::safetensors_file::load(again);
+  const std::vector<std::int32_t> qv = f.read_as<std::int32_t>("layers.1.W_in.weight");
+  const std::vector<double> dv = f.read_as<double>("layers.1.W_in.weight.scale");
+  const std::vector<double> wv = fb.read_as<double>("layers.1.W_in.weight");
+  const index_t cols = f.find("layers.1.W_in.weight")->shape[1], nb = (cols + 31) / 32;
+  index_t wrong = 0;
+  for (std::size_t i = 0; i < wv.size(); ++i) {
+    const index_t row = static_cast<index_t>(i) / cols, col = static_cast<index_t>(i) % cols;
+    wrong += wv[i] != static_cast<double>(static_cast<float>(dv[static_cast<std::size_t>(row * nb + col / 32)]) *
+                                          static_cast<float>(qv[i]));
+  }
+  CHECK(wrong == 0);
+  for (const auto& t : f.entries()) {
+    if (t.type == io::dtype::I8) CHECK(fa.read_as<std::int32_t>(t.name) == f.read_as<std::int32_t>(t.name));
+    else CHECK(fa.read_as<double>(t.name) == f.read_as<double>(t.name));
+  }
+}
+
+TEST_CASE("sessa embed: q8_0 blocks and narrow bit patterns in the header, and its errors", "[cli]") {
+  const std::string shipped = std::string(SESSA_SOURCE_DIR) + "/examples/models/tiny_decoder.safetensors";
+  const fs::path hq = scratch / "tiny_q8_model.hpp", hf = scratch / "tiny_f32_model.hpp";
+  REQUIRE(cli("embed --model '" + shipped + "' --name tiny --dtype q8_0 --out '" + hq.string() + "'").status == 0);
+  REQUIRE(cli("embed --model '" + shipped + "' --name tiny --out '" + hf.string() + "'").status == 0);
+  const std::string q = slurp(hq);
+  CHECK(q.find("using policy = sessa::precision<float, sessa::q8_0, float>;") != std::string::npos);
+  CHECK(q.find("inline constexpr sessa::q8_0 layers_0_W_in_weight[896] = {") != std::string::npos);  // 224 rows x 4
+  CHECK(q.find("inline constexpr float layers_0_W_in_bias[224]") != std::string::npos);  // vectors stay float
+  CHECK(q.size() < slurp(hf).size());
+  // A file already in q8_0 embeds its own blocks: the same header.
+  const fs::path qfile = scratch / "embed_q8.safetensors", hq2 = scratch / "tiny_q8_again_model.hpp";
+  REQUIRE(cli("quantize --to q8_0 --out '" + qfile.string() + "'").status == 0);
+  REQUIRE(cli("embed --model '" + qfile.string() + "' --name tiny --dtype q8_0 --out '" + hq2.string() + "'").status == 0);
+  const std::string q2 = slurp(hq2);
+  CHECK(q2.substr(q2.find("using layer")) == q.substr(q.find("using layer")));  // all but the source line
+
+  const fs::path out = scratch / "embed_err.hpp";
+  expect_failure("embed --model '" + shipped + "' --name tiny --dtype q4 --out '" + out.string() + "'", 2,
+                 "unknown --dtype 'q4' (choose f32, bf16, f16 or q8_0)", out);
+  // Values a storage type cannot hold are refused by parameter name.
+  const decoder_config dc{{32, 2, 2, false, 0.99, 1e-5}, 16, 1, true};
+  decoder_weights<float> w = random_decoder_weights<float>(dc, 3);
+  w.layers[0].out_w.data()[5] = 1.0e5f;  // beyond float16's 65504
+  const fs::path big = scratch / "big_weight.safetensors";
+  io::save_model(big, dc, w);
+  expect_failure("embed --model '" + big.string() + "' --name big --dtype f16 --out '" + out.string() + "'", 1,
+                 "layers.0.W_out.weight", out);
+  w.layers[0].out_w.data()[5] = 1.0e7f;  // a q8_0 scale beyond float16's range
+  io::save_model(big, dc, w);
+  expect_failure("embed --model '" + big.string() + "' --name big --dtype q8_0 --out '" + out.string() + "'", 1,
+                 "layers.0.W_out.weight", out);
+  expect_failure("quantize --model '" + big.string() + "' --to q8_0 --out '" + out.string() + "'", 1, "q8_0's range",
+                 out);
 }

@@ -146,7 +146,7 @@ using mixed_spec = embedded::decoder_spec<23, false, layer_a, layer_b>;
 }  // namespace
 
 TEMPLATE_TEST_CASE("layers of different shapes and variants compose into one decoder", "[embedded]", float, double,
-                   (precision<float, bfloat16, float>)) {
+                   (precision<float, bfloat16, float>), (precision<float, q8_0, float>)) {
   using P = TestType;
   using T = compute_t<P>;
   using W = weight_t<P>;
@@ -170,8 +170,8 @@ TEMPLATE_TEST_CASE("layers of different shapes and variants compose into one dec
   const tensor<std::int64_t> tok = test::random_tokens(2, 30, 23, 4);
   tensor<T> h({2, 30, 32});
   backend::context<backend::reference> ctx;
-  backend::kernels<backend::reference>::embed(ctx, cmatrix<W>(outer.embedding.data(), 23, 32), tok.data(),
-                                              h.as_matrix());
+  backend::kernels<backend::reference>::embed(ctx, weight_matrix<W, memory::host>(outer.embedding.data(), 23, 32),
+                                              tok.data(), h.as_matrix());
   h = lb.forward(la.forward(h));
   tensor<T> want({60, 23});
   std::vector<T> scratch(60 * 32);

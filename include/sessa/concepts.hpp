@@ -29,7 +29,7 @@ concept scalar = std::same_as<T, float> || std::same_as<T, double>;
 /// A model's numeric policy: a scalar (weights and cache in that type), or precision<Compute, Storage>
 /// (core/numeric.hpp).
 template <class P>
-concept numeric = scalar<compute_t<P>> && storage_type<weight_t<P>> && storage_type<cache_t<P>>;
+concept numeric = scalar<compute_t<P>> && weight_storage_type<weight_t<P>> && storage_type<cache_t<P>>;
 
 template <class B>
 concept backend_tag = std::is_empty_v<B> && std::default_initializable<B> && requires {

@@ -405,12 +405,12 @@ void copy_n(SrcPtr src, index_t n, DstPtr dst) {
 //                  for weights also q8_0, int8 blocks of 32 with a float16 scale each (core/quant.hpp)
 //
 // A model's first template parameter is its numeric policy P: a scalar (`float`, `double`: weights and cache in
-// that type, exact) or `precision<Compute, Weight, Cache = Weight>` (`precision<float, bfloat16>`: bf16 weights
-// and cache, float arithmetic; `precision<float, bfloat16, float>`: bf16 weights, float32 cache). compute_t<P>,
-// weight_t<P> and cache_t<P> read it; the model code is written against those three names only, so a new storage
-// format (block-quantized int8 with scales, say) is a new storage type and the kernels that read it, not a change
-// to the model. A backend that has no kernel for a storage type fails to compile with a message naming the kernel
-// (backend/kernel_set.hpp).
+// that type, exact) or `precision<Compute, Weight, Cache = vector_storage_t<Weight>>` (`precision<float, bfloat16>`:
+// bf16 weights and cache, float arithmetic; `precision<float, bfloat16, float>`: bf16 weights, float32 cache;
+// `precision<float, q8_0>`: q8_0 matrices, float32 vectors and cache). compute_t<P>, weight_t<P> and cache_t<P> read
+// it; the model code is written against those names only (and vector_storage_t<weight_t<P>> for biases and norms),
+// so a storage format is a storage type and the kernels that read it, not a change to the model. A backend that has
+// no kernel for a storage type fails to compile with a message naming the kernel (backend/kernel_set.hpp).
 
 #include <concepts>
 #include <cstdint>
@@ -563,7 +563,7 @@ concept weight_storage_type = storage_type<S> || std::same_as<S, q8_0>;
 /// Compute type Compute (float or double) with the weights stored as Weight and the cache as Cache (by default
 /// the weights' type): precision<float, bfloat16> keeps both in bf16, precision<float, bfloat16, float> only the
 /// weights (what decode streams most at short contexts), with an exact float32 cache.
-template <class Compute, class Weight, class Cache = Weight>
+template <class Compute, class Weight, class Cache = vector_storage_t<Weight>>
 struct precision {
   static_assert(std::same_as<Compute, float> || std::same_as<Compute, double>,
                 "sessa::precision<Compute, Weight, Cache>: Compute must be float or double");
@@ -617,7 +617,7 @@ concept scalar = std::same_as<T, float> || std::same_as<T, double>;
 /// A model's numeric policy: a scalar (weights and cache in that type), or precision<Compute, Storage>
 /// (core/numeric.hpp).
 template <class P>
-concept numeric = scalar<compute_t<P>> && storage_type<weight_t<P>> && storage_type<cache_t<P>>;
+concept numeric = scalar<compute_t<P>> && weight_storage_type<weight_t<P>> && storage_type<cache_t<P>>;
 
 template <class B>
 concept backend_tag = std::is_empty_v<B> && std::default_initializable<B> && requires {
@@ -1263,9 +1263,10 @@ struct context {
 // W = weight_t<P>, C = cache_t<P> (core/numeric.hpp), kernels<B> has these static member functions; every one
 // takes the execution context `context<B>& ctx` first and views of space S only:
 //
-//   linear(ctx, cmatrix<T,S> x, cmatrix<W,S> w, pointer<const W,S> bias, matrix<T,S> y, bool accumulate)
+//   linear(ctx, cmatrix<T,S> x, cmatrix<W,S> w, pointer<const V,S> bias, matrix<T,S> y, bool accumulate)
 //       y (M, N) = x (M, K) w (N, K)^T + bias (N; may be null); with accumulate, y += instead of y =.
-//   layer_norm(ctx, cmatrix<T,S> x, pointer<const W,S> g, pointer<const W,S> b, T eps, matrix<T,S> y)
+//       V = vector_storage_t<W> (W itself, float for q8_0); a q8_0 w is (N, ceil(K / 32)) blocks.
+//   layer_norm(ctx, cmatrix<T,S> x, pointer<const V,S> g, pointer<const V,S> b, T eps, matrix<T,S> y)
 //       per row: (x - mean) / sqrt(biased variance + eps) * g + b; y may alias x.
 //   gelu(ctx, matrix<T,S> x)                  x <- 0.5 x (1 + erf(x / sqrt 2)), in place
 //   multiply(ctx, cmatrix<T,S> a, cmatrix<T,S> b, matrix<T,S> out)      out = a * b elementwise (may alias)
@@ -1621,10 +1622,13 @@ class layer_cache {
 namespace sessa::backend {
 
 template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class W = weight_t<P>>
-concept has_linear = requires(context<B>& ctx, cmatrix<T, S> x, cmatrix<W, S> w, pointer<const W, S> bias,
-                              matrix<T, S> y) { kernels<B>::linear(ctx, x, w, bias, y, true); };
+concept has_linear = requires(context<B>& ctx, cmatrix<T, S> x, cmatrix<W, S> w,
+                              pointer<const vector_storage_t<W>, S> bias, matrix<T, S> y) {
+  kernels<B>::linear(ctx, x, w, bias, y, true);
+};
 template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class W = weight_t<P>>
-concept has_layer_norm = requires(context<B>& ctx, cmatrix<T, S> x, pointer<const W, S> g, matrix<T, S> y, T eps) {
+concept has_layer_norm = requires(context<B>& ctx, cmatrix<T, S> x, pointer<const vector_storage_t<W>, S> g,
+                                  matrix<T, S> y, T eps) {
   kernels<B>::layer_norm(ctx, x, g, g, eps, y);
 };
 template <class B, class P, class S = space_of<B>, class T = compute_t<P>>
@@ -1897,7 +1901,16 @@ struct kernels<reference> {
         T acc = 0;
         const T* xr = x.row(i);
         const W* wr = w.row(j);
-        for (index_t k = 0; k < x.cols; ++k) acc += xr[k] * weight_at<T>(wr, k);
+        if constexpr (is_block_quantized<W>) {  // block by block: one scale per 32 weights, the same products
+          for (index_t k0 = 0; k0 < x.cols; k0 += W::block) {
+            const W& blk = wr[k0 / W::block];
+            const float d = static_cast<float>(blk.d);
+            const index_t len = std::min<index_t>(W::block, x.cols - k0);
+            for (index_t i = 0; i < len; ++i) acc += xr[k0 + i] * static_cast<T>(d * static_cast<float>(blk.q[i]));
+          }
+        } else {
+          for (index_t k = 0; k < x.cols; ++k) acc += xr[k] * widen<T>(wr[k]);
+        }
         if (bias) acc += widen<T>(bias[j]);
         y(i, j) = accumulate ? y(i, j) + acc : acc;
       }
@@ -2190,8 +2203,9 @@ class region_errors {
 //   feedback_transposed   its transpose, backward in time, blocked the same way (feedback.hpp)
 //   layer_norm, gelu, multiply, rope   O(T D), vectorized and threaded over rows (elementwise.hpp)
 // The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. Weights may be stored as the
-// compute type or as bfloat16 / float16 (linear and layer_norm widen them in registers: widen.hpp); the cache is
-// the compute type (numeric policies float, double and precision<T, bf16 or f16, T>); a narrower cache has no cpu
+// compute type, as bfloat16 / float16 (linear and layer_norm widen them in registers: widen.hpp) or as q8_0 blocks
+// (linear dequantizes them in registers; the vectors are float32); the cache is the compute type (numeric policies
+// float, double, precision<T, bf16 or f16, T> and precision<float, q8_0, float>); a narrower cache has no cpu
 // kernels yet, which verify_kernel_set reports at compile time.
 //
 // context<cpu> adds the thread count to the reference's context: `threads` (0 = the process-wide default,
@@ -4409,6 +4423,7 @@ struct kernels<cpu> : kernels<reference> {
 // buffers: the loader, the writer, the random initializer and the parameter count all walk it, so a
 // name or a shape is written down exactly once.
 
+#include <cstdint>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -4417,67 +4432,82 @@ struct kernels<cpu> : kernels<reference> {
 
 namespace sessa {
 
-template <storage_type T, class S = memory::host>
+template <weight_storage_type T, class S = memory::host>
 struct mixer_weights {
   using value_type = T;
+  using vector_type = vector_storage_t<T>;  // biases and the gate's scalar: T, or float32 for q8_0 matrices
   using space = S;
-  buffer<T, S> q_w;         // (D, D)          mixer.q_proj.weight
-  buffer<T, S> q_b;         // (D)             mixer.q_proj.bias
-  buffer<T, S> k_w;         // (Hkv*d, D)      mixer.k_proj.weight
-  buffer<T, S> k_b;         // (Hkv*d)         mixer.k_proj.bias
-  buffer<T, S> v_w;         // (Hkv*d, D)      mixer.v_proj.weight
-  buffer<T, S> v_b;         // (Hkv*d)         mixer.v_proj.bias
-  buffer<T, S> out_w;       // (D, D)          mixer.out_proj.weight, only when H > 1 (empty otherwise)
-  buffer<T, S> fb_w;        // (2D, D)         mixer.proj_fb.weight: rows [0, D) -> q_b, [D, 2D) -> k_b
-  buffer<T, S> fb_b;        // (2D)            mixer.proj_fb.bias
-  buffer<T, S> gamma_bias;  // ()  one value   mixer.gamma_bias
-  buffer<T, S> gamma_ctx;   // (1, D)          mixer.gamma_ctx.weight
-  buffer<float, S> rope_inv_freq;  // (d/2) float32 omega_i; filled by the loader or rope::inv_freq
+  buffer<T, S> q_w;                  // (D, D)          mixer.q_proj.weight
+  buffer<vector_type, S> q_b;        // (D)             mixer.q_proj.bias
+  buffer<T, S> k_w;                  // (Hkv*d, D)      mixer.k_proj.weight
+  buffer<vector_type, S> k_b;        // (Hkv*d)         mixer.k_proj.bias
+  buffer<T, S> v_w;                  // (Hkv*d, D)      mixer.v_proj.weight
+  buffer<vector_type, S> v_b;        // (Hkv*d)         mixer.v_proj.bias
+  buffer<T, S> out_w;                // (D, D)          mixer.out_proj.weight, only when H > 1 (empty otherwise)
+  buffer<T, S> fb_w;                 // (2D, D)         mixer.proj_fb.weight: rows [0, D) -> q_b, [D, 2D) -> k_b
+  buffer<vector_type, S> fb_b;       // (2D)            mixer.proj_fb.bias
+  buffer<vector_type, S> gamma_bias; // ()  one value   mixer.gamma_bias
+  buffer<T, S> gamma_ctx;            // (1, D)          mixer.gamma_ctx.weight
+  buffer<float, S> rope_inv_freq;    // (d/2) float32 omega_i; filled by the loader or rope::inv_freq
 };
 
-template <storage_type T, class S = memory::host>
+template <weight_storage_type T, class S = memory::host>
 struct layer_weights {
   using value_type = T;
+  using vector_type = vector_storage_t<T>;
   using space = S;
-  buffer<T, S> ln_w;   // (D)       ln.weight
-  buffer<T, S> ln_b;   // (D)       ln.bias
-  buffer<T, S> in_w;   // (2D, D)   W_in.weight: rows [0, D) -> a, [D, 2D) -> z
-  buffer<T, S> in_b;   // (2D)      W_in.bias
+  buffer<vector_type, S> ln_w;  // (D)       ln.weight
+  buffer<vector_type, S> ln_b;  // (D)       ln.bias
+  buffer<T, S> in_w;            // (2D, D)   W_in.weight: rows [0, D) -> a, [D, 2D) -> z
+  buffer<vector_type, S> in_b;  // (2D)      W_in.bias
   mixer_weights<T, S> mixer;
-  buffer<T, S> out_w;  // (D, D)    W_out.weight
-  buffer<T, S> out_b;  // (D)       W_out.bias
+  buffer<T, S> out_w;           // (D, D)    W_out.weight
+  buffer<vector_type, S> out_b; // (D)       W_out.bias
 };
 
-template <storage_type T, class S = memory::host>
+template <weight_storage_type T, class S = memory::host>
 struct decoder_weights {
   using value_type = T;
+  using vector_type = vector_storage_t<T>;
   using space = S;
-  buffer<T, S> embedding;  // (V, D)  embedding.weight
+  buffer<T, S> embedding;          // (V, D)  embedding.weight
   std::vector<layer_weights<T, S>> layers;
-  buffer<T, S> norm_w;     // (D)     norm_f.weight
-  buffer<T, S> norm_b;     // (D)     norm_f.bias
-  buffer<T, S> head;       // (V, D)  lm_head.weight; empty when the embeddings are tied
+  buffer<vector_type, S> norm_w;   // (D)     norm_f.weight
+  buffer<vector_type, S> norm_b;   // (D)     norm_f.bias
+  buffer<T, S> head;               // (V, D)  lm_head.weight; empty when the embeddings are tied
   const buffer<T, S>& head_matrix() const noexcept { return head.empty() ? embedding : head; }
 };
 
 /// Read-only view of a mixer's parameters (shapes as in mixer_weights; out_w null when H == 1,
 /// rope_inv_freq null when RoPE is off).
-template <storage_type T, class S = memory::host>
+template <weight_storage_type T, class S = memory::host>
 struct mixer_params {
-  using ptr = pointer<const T, S>;
-  ptr q_w{}, q_b{}, k_w{}, k_b{}, v_w{}, v_b{};
+  using ptr = pointer<const T, S>;                      // matrices
+  using vptr = pointer<const vector_storage_t<T>, S>;  // vectors
+  ptr q_w{};
+  vptr q_b{};
+  ptr k_w{};
+  vptr k_b{};
+  ptr v_w{};
+  vptr v_b{};
   ptr out_w{};
-  ptr fb_w{}, fb_b{}, gamma_bias{}, gamma_ctx{};
+  ptr fb_w{};
+  vptr fb_b{}, gamma_bias{};
+  ptr gamma_ctx{};
   pointer<const float, S> rope_inv_freq{};  // (d/2)
 };
 
 /// Read-only view of a layer's parameters.
-template <storage_type T, class S = memory::host>
+template <weight_storage_type T, class S = memory::host>
 struct layer_params {
   using ptr = pointer<const T, S>;
-  ptr ln_w{}, ln_b{}, in_w{}, in_b{};
+  using vptr = pointer<const vector_storage_t<T>, S>;
+  vptr ln_w{}, ln_b{};
+  ptr in_w{};
+  vptr in_b{};
   mixer_params<T, S> mixer;
-  ptr out_w{}, out_b{};
+  ptr out_w{};
+  vptr out_b{};
 };
 
 template <class T, class S>
@@ -4498,6 +4528,25 @@ layer_params<T, S> params(const layer_weights<T, S>& w, const mixer_weights<T, S
   p.mixer = params(m);
   p.out_w = w.out_w.data(), p.out_b = w.out_b.data();
   return p;
+}
+
+/// The (rows, cols) weight matrix at p stored as W in space S, as the kernels take it: (rows, storage_cols<W>(cols))
+/// elements, which for q8_0 are the blocks of each row.
+template <class W, class S, class Ptr>
+cmatrix<W, S> weight_matrix(Ptr p, index_t rows, index_t cols) noexcept {
+  return cmatrix<W, S>(p, rows, storage_cols<W>(cols));
+}
+
+/// Elements of storage type E that hold a parameter of shape s: its values, or for a block-quantized E the blocks of
+/// its rows (the last dimension cut into blocks; a matrix (rows, cols) takes rows * ceil(cols / 32) q8_0 blocks).
+template <class E>
+index_t storage_numel(const shape_t& s) {
+  if constexpr (is_block_quantized<E>) {
+    if (s.empty()) return 1;
+    return shape_numel(s) / std::max<index_t>(1, s.back()) * storage_cols<E>(s.back());
+  } else {
+    return shape_numel(s);
+  }
 }
 
 /// Calls fn(name, shape, buffer) for every parameter of a mixer, in SPEC.md's order. `MW` is
@@ -4561,6 +4610,25 @@ index_t parameter_count(const Config& c) {
   return n;
 }
 
+/// Bytes of a layer's / decoder's parameters with matrices stored as T and vectors as vector_storage_t<T>.
+template <weight_storage_type T, class Config>
+std::uint64_t parameter_bytes(const Config& c) {
+  std::uint64_t n = 0;
+  auto count = [&](const std::string&, const shape_t& s, auto& b) {
+    using E = typename std::remove_reference_t<decltype(b)>::value_type;
+    n += static_cast<std::uint64_t>(storage_numel<E>(s)) * sizeof(E);
+  };
+  if constexpr (std::is_same_v<Config, decoder_config>) {
+    decoder_weights<T> shapes_only;
+    shapes_only.layers.resize(static_cast<std::size_t>(c.n_layers));
+    for_each_parameter(c, shapes_only, count);
+  } else {
+    layer_weights<T> shapes_only;
+    for_each_parameter(c, shapes_only, count);
+  }
+  return n;
+}
+
 namespace detail {
 template <class T, class S>
 void check_rope_table(const layer_config& c, const mixer_weights<T, S>& m, const std::string& prefix) {
@@ -4570,9 +4638,11 @@ void check_rope_table(const layer_config& c, const mixer_weights<T, S>& m, const
 }
 inline auto size_checker() {
   return [](const std::string& name, const shape_t& s, const auto& b) {
-    if (b.size() != shape_numel(s))
-      throw shape_error("parameter '" + name + "' has " + std::to_string(b.size()) + " values, shape " +
-                        shape_string(s) + " needs " + std::to_string(shape_numel(s)));
+    using E = typename std::decay_t<decltype(b)>::value_type;
+    if (b.size() != storage_numel<E>(s))
+      throw shape_error("parameter '" + name + "' has " + std::to_string(b.size()) + " " +
+                        (is_block_quantized<E> ? "blocks" : "values") + ", shape " + shape_string(s) + " needs " +
+                        std::to_string(storage_numel<E>(s)));
   };
 }
 }  // namespace detail
@@ -4619,6 +4689,80 @@ void copy_weights(const Config& c, const W& w, DW& out) {
   });
 }
 }  // namespace detail
+
+namespace detail {
+/// The `cols` values of a row stored as E, as doubles.
+template <class E>
+void row_values(const E* row, index_t cols, double* out) {
+  for (index_t k = 0; k < cols; ++k) out[k] = weight_at<double>(row, k);
+}
+/// `cols` values stored into a row of E: rounded once (narrow types), or quantized (q8_0; value_error naming `what`
+/// for a weight q8_0 cannot hold).
+template <class E>
+void store_row(const double* v, index_t cols, E* row, const std::string& what) {
+  if constexpr (is_block_quantized<E>) quantize_row_q8_0(v, cols, row, what);
+  else
+    for (index_t k = 0; k < cols; ++k) row[k] = narrow<E>(v[k]);
+}
+/// Rows and columns of a parameter of shape s as its storage sees it: matrices (rank 2) are rows of their last
+/// dimension, everything else one row.
+inline std::pair<index_t, index_t> rows_cols(const shape_t& s) {
+  if (s.size() == 2) return {s[0], s[1]};
+  return {1, shape_numel(s)};
+}
+
+/// out = w (host) with every matrix stored as U and every vector as vector_storage_t<U>, through doubles.
+template <class U, class T, class DW, class Config>
+void convert_weights(const Config& c, const T& w, DW& out) {
+  std::vector<const void*> src;
+  for_each_parameter(c, w, [&](const std::string&, const shape_t&, const auto& b) { src.push_back(&b); });
+  std::size_t i = 0;
+  std::vector<double> row;
+  for_each_parameter(c, out, [&](const std::string& name, const shape_t& s, auto& b) {
+    using E = typename std::remove_reference_t<decltype(b)>::value_type;  // U or vector_storage_t<U>
+    using SrcM = typename T::value_type;
+    const std::pair<index_t, index_t> rc = rows_cols(s);
+    const index_t rows = rc.first, cols = rc.second;
+    const void* from = src[i++];
+    auto convert = [&](const auto* src_buffer) {
+      using Src = typename std::remove_pointer_t<decltype(src_buffer)>::value_type;
+      b = buffer<E>(rows * storage_cols<E>(cols));
+      row.resize(static_cast<std::size_t>(cols));
+      for (index_t r = 0; r < rows; ++r) {
+        row_values<Src>(src_buffer->data() + r * storage_cols<Src>(cols), cols, row.data());
+        store_row<E>(row.data(), cols, b.data() + r * storage_cols<E>(cols),
+                     name + (rows > 1 ? " row " + std::to_string(r) : std::string()));
+      }
+    };
+    // Matrices (rank 2) are stored as the weights' type, vectors as its vector type, on both sides.
+    if (s.size() == 2) convert(static_cast<const buffer<SrcM>*>(from));
+    else convert(static_cast<const buffer<vector_storage_t<SrcM>>*>(from));
+  });
+}
+}  // namespace detail
+
+/// The same layer weights with matrices stored as U (float, double, bfloat16, float16, q8_0) and vectors as
+/// vector_storage_t<U>: values rounded once, or quantized per row of 32-weight blocks; a q8_0 source is dequantized
+/// exactly first. Host memory. value_error naming the parameter for a weight U cannot hold.
+template <weight_storage_type U, class T>
+layer_weights<U> convert_weights(const layer_config& c, const layer_weights<T>& w) {
+  check_weights(c, w);
+  layer_weights<U> out;
+  detail::convert_weights<U>(c, w, out);
+  out.mixer.rope_inv_freq = w.mixer.rope_inv_freq;
+  return out;
+}
+
+/// The same decoder weights with matrices stored as U and vectors as vector_storage_t<U> (see the layer form).
+template <weight_storage_type U, class T>
+decoder_weights<U> convert_weights(const decoder_config& c, const decoder_weights<T>& w) {
+  check_weights(c, w);
+  decoder_weights<U> out;
+  out.layers.resize(w.layers.size());
+  detail::convert_weights<U>(c, w, out);
+  for (std::size_t l = 0; l < w.layers.size(); ++l) out.layers[l].mixer.rope_inv_freq = w.layers[l].mixer.rope_inv_freq;
+  return out;
+}
 
 /// A copy of a layer's weights in memory space Dst (the upload of weights loaded on the host).
 template <class Dst, class T, class Src>
@@ -4703,11 +4847,11 @@ void mixer_extend_segments(const layer_config& cfg, const mixer_params<weight_t<
   matrix<T, S> gam(ws.gamma.data(), rows, 1);      // (rows, 1)
   matrix<T, S> f(ws.f.data(), rows, D);            // (rows, D)
 
-  kernels::linear(ctx, a, cmatrix<W, S>(w.q_w, D, D), w.q_b, q, false);
-  kernels::linear(ctx, a, cmatrix<W, S>(w.k_w, kv, D), w.k_b, kvm.col_block(0, kv), false);
-  kernels::linear(ctx, a, cmatrix<W, S>(w.v_w, kv, D), w.v_b, kvm.col_block(kv, kv), false);
-  kernels::linear(ctx, a, cmatrix<W, S>(w.fb_w, 2 * D, D), w.fb_b, qbkb, false);
-  kernels::linear(ctx, a, cmatrix<W, S>(w.gamma_ctx, 1, D), w.gamma_bias, gam, false);
+  kernels::linear(ctx, a, weight_matrix<W, S>(w.q_w, D, D), w.q_b, q, false);
+  kernels::linear(ctx, a, weight_matrix<W, S>(w.k_w, kv, D), w.k_b, kvm.col_block(0, kv), false);
+  kernels::linear(ctx, a, weight_matrix<W, S>(w.v_w, kv, D), w.v_b, kvm.col_block(kv, kv), false);
+  kernels::linear(ctx, a, weight_matrix<W, S>(w.fb_w, 2 * D, D), w.fb_b, qbkb, false);
+  kernels::linear(ctx, a, weight_matrix<W, S>(w.gamma_ctx, 1, D), w.gamma_bias, gam, false);
   kernels::gain(ctx, gam.data, rows, static_cast<T>(cfg.gamma_max));
   for (const auto& g : segments) {
     const index_t pos0 = g.cache->length(), r = g.batch * g.n;
@@ -4725,7 +4869,8 @@ void mixer_extend_segments(const layer_config& cfg, const mixer_params<weight_t<
   cmatrix<T, S> f_out = f;
   if (cfg.has_out_proj()) {
     matrix<T, S> f2(ws.f2.data(), rows, D);
-    kernels::linear(ctx, cmatrix<T, S>(f), cmatrix<W, S>(w.out_w, D, D), pointer<const W, S>{}, f2, false);
+    kernels::linear(ctx, cmatrix<T, S>(f), weight_matrix<W, S>(w.out_w, D, D), pointer<const vector_storage_t<W>, S>{},
+                    f2, false);
     f_out = f2;
   }
   for (const auto& g : segments) {
@@ -4849,12 +4994,12 @@ void layer_pass_segments(const layer_config& cfg, const layer_params<weight_t<P>
   matrix<T, S> az(ws.az.data(), rows, 2 * D);  // (rows, 2D)  [a | z]
   matrix<T, S> s(ws.s.data(), rows, D);        // (rows, D)   mixer output
   kernels::layer_norm(ctx, x, w.ln_w, w.ln_b, static_cast<T>(cfg.ln_eps), u);
-  kernels::linear(ctx, cmatrix<T, S>(u), cmatrix<W, S>(w.in_w, 2 * D, D), w.in_b, az, false);
+  kernels::linear(ctx, cmatrix<T, S>(u), weight_matrix<W, S>(w.in_w, 2 * D, D), w.in_b, az, false);
   kernels::gelu(ctx, az.col_block(0, D));
   mixer_extend_segments<Backend, P>(cfg, w.mixer, variant, cmatrix<T, S>(az.col_block(0, D)), segments, ws, s);
   kernels::multiply(ctx, cmatrix<T, S>(s), cmatrix<T, S>(az.col_block(D, D)), u);
   if (raw(y.data) != raw(x.data)) kernels::copy(ctx, x, y);
-  kernels::linear(ctx, cmatrix<T, S>(u), cmatrix<W, S>(w.out_w, D, D), w.out_b, y, /*accumulate=*/true);
+  kernels::linear(ctx, cmatrix<T, S>(u), weight_matrix<W, S>(w.out_w, D, D), w.out_b, y, /*accumulate=*/true);
 }
 
 /// One pass over n = x.rows / batch tokens per sequence of one cache.
@@ -5154,8 +5299,8 @@ void embed_tokens(const T* embedding, std::span<const std::int64_t> tokens, matr
 /// logits (out_rows, V) = LayerNorm(h; norm_w, norm_b) head (V, D)^T over every row of h (batch*n, D), or
 /// over the last row of each batch row with logits_for::last. `scratch` holds >= out_rows * D values.
 template <backend_tag Backend, numeric P>
-void decoder_head(backend::context<Backend>& ctx, pointer<const weight_t<P>, space_of<Backend>> norm_w,
-                  pointer<const weight_t<P>, space_of<Backend>> norm_b, compute_t<P> eps,
+void decoder_head(backend::context<Backend>& ctx, pointer<const vector_storage_t<weight_t<P>>, space_of<Backend>> norm_w,
+                  pointer<const vector_storage_t<weight_t<P>>, space_of<Backend>> norm_b, compute_t<P> eps,
                   pointer<const weight_t<P>, space_of<Backend>> head, cmatrix<compute_t<P>, space_of<Backend>> h,
                   index_t batch, logits_for which, pointer<compute_t<P>, space_of<Backend>> scratch,
                   matrix<compute_t<P>, space_of<Backend>> logits) {
@@ -5167,7 +5312,8 @@ void decoder_head(backend::context<Backend>& ctx, pointer<const weight_t<P>, spa
   matrix<T, S> hn(scratch, logits.rows, D);  // (out_rows, D)
   if (which == logits_for::all) kernels::layer_norm(ctx, h, norm_w, norm_b, eps, hn);
   else kernels::layer_norm(ctx, cmatrix<T, S>(h.data + (n - 1) * D, batch, D, n * D), norm_w, norm_b, eps, hn);  // row n-1 of each
-  kernels::linear(ctx, cmatrix<T, S>(hn), cmatrix<W, S>(head, logits.cols, D), pointer<const W, S>{}, logits, false);
+  kernels::linear(ctx, cmatrix<T, S>(hn), weight_matrix<W, S>(head, logits.cols, D),
+                  pointer<const vector_storage_t<W>, S>{}, logits, false);
 }
 
 template <numeric P, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
@@ -5284,7 +5430,8 @@ class decoder {
       auto& ctx = cache.scratch.context;
       cache.h.reserve(rows * D);
       matrix<T, space> h(cache.h.data(), rows, D);  // (rows, D) residual stream
-      backend::kernels<Backend>::embed(ctx, cmatrix<W, space>(w_.embedding.data(), V, D), token_ids(tokens, cache), h);
+      backend::kernels<Backend>::embed(ctx, weight_matrix<W, space>(w_.embedding.data(), V, D),
+                                       token_ids(tokens, cache), h);
       for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].forward(h, batch, cache.layers[l], cache.scratch, h);
       // The head in row blocks of at most prefill_block rows, so its scratch stays bounded like the layers'.
       const T eps = static_cast<T>(cfg_.layer.ln_eps);
@@ -5375,7 +5522,7 @@ class decoder {
       auto& ctx = scratch.ws.context;
       scratch.h.reserve(m * D);
       matrix<T, space> h(scratch.h.data(), m, D);  // (m, D) residual stream, row i of sequence i
-      backend::kernels<Backend>::embed(ctx, cmatrix<W, space>(w_.embedding.data(), V, D),
+      backend::kernels<Backend>::embed(ctx, weight_matrix<W, space>(w_.embedding.data(), V, D),
                                        token_ids(tokens, scratch.tokens), h);
       std::vector<layer_cache<P, Backend>*> lc(caches.size());
       for (std::size_t l = 0; l < layers_.size(); ++l) {
@@ -5456,9 +5603,12 @@ class decoder {
 // splitmix64 stream, so the same seed gives the same weights on every platform, in float and double
 // (doubles are the float values promoted, like weights trained in float32).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 
 namespace sessa {
@@ -5486,10 +5636,9 @@ class random_stream {
 };
 
 namespace detail {
-template <storage_type T>
-auto random_filler(random_stream& rng) {
-  return [&rng](const std::string& name, const shape_t& s, buffer<T>& b) {
-    b.resize(shape_numel(s));
+inline auto random_filler(random_stream& rng) {
+  return [&rng](const std::string& name, const shape_t& s, auto& b) {
+    using T = typename std::remove_reference_t<decltype(b)>::value_type;  // the parameter's storage type
     const auto ends_with = [&](const char* suffix) {
       const std::string x(suffix);
       return name.size() >= x.size() && name.compare(name.size() - x.size(), x.size(), x) == 0;
@@ -5506,28 +5655,39 @@ auto random_filler(random_stream& rng) {
     } else {
       sd = 1.0 / std::sqrt(static_cast<double>(s.back()));  // Linear: (out, in)
     }
-    for (index_t i = 0; i < b.size(); ++i) b[i] = narrow<T>(static_cast<float>(mean + sd * rng.normal()));
+    if constexpr (is_block_quantized<T>) {  // draw the values as for float32, then quantize each row
+      const index_t cols = s.empty() ? 1 : s.back(), rows = shape_numel(s) / std::max<index_t>(1, cols);
+      b.resize(rows * storage_cols<T>(cols));
+      std::vector<float> row(static_cast<std::size_t>(cols));
+      for (index_t r = 0; r < rows; ++r) {
+        for (float& v : row) v = static_cast<float>(mean + sd * rng.normal());
+        quantize_row_q8_0(row.data(), cols, b.data() + r * storage_cols<T>(cols), name);
+      }
+    } else {
+      b.resize(shape_numel(s));
+      for (index_t i = 0; i < b.size(); ++i) b[i] = narrow<T>(static_cast<float>(mean + sd * rng.normal()));
+    }
   };
 }
 }  // namespace detail
 
-template <storage_type T>
+template <weight_storage_type T>
 layer_weights<T> random_layer_weights(const layer_config& c, std::uint64_t seed) {
   c.check();
   random_stream rng(seed);
   layer_weights<T> w;
-  for_each_parameter(c, w, detail::random_filler<T>(rng));
+  for_each_parameter(c, w, detail::random_filler(rng));
   if (c.use_rope) w.mixer.rope_inv_freq = rope::inv_freq_table(c.head_dim());
   return w;
 }
 
-template <storage_type T>
+template <weight_storage_type T>
 decoder_weights<T> random_decoder_weights(const decoder_config& c, std::uint64_t seed) {
   c.check();
   random_stream rng(seed);
   decoder_weights<T> w;
   w.layers.resize(static_cast<std::size_t>(c.n_layers));
-  for_each_parameter(c, w, detail::random_filler<T>(rng));
+  for_each_parameter(c, w, detail::random_filler(rng));
   if (c.layer.use_rope)
     for (auto& l : w.layers) l.mixer.rope_inv_freq = rope::inv_freq_table(c.layer.head_dim());
   return w;
@@ -6251,7 +6411,7 @@ inline std::string serialize(const value& v, bool ascii_only = false) {
 // the problem. Failing to open or read a file is an io_error.
 //
 // read_as<T>() converts to the working type: float/double from F32, F64, F16 or BF16 (exact decoding,
-// subnormals, infinities and NaNs included), int64/int32 from I64 or I32 (range-checked). Data need not
+// subnormals, infinities and NaNs included), int64/int32 from I64, I32 or I8 (range-checked). Data need not
 // be aligned (a header length that is not a multiple of 8 is legal), so every load goes through memcpy.
 //
 // safetensors_writer writes what the Python reference (shared/reference/sessa_torch.py) writes, byte for
@@ -6457,7 +6617,7 @@ class safetensors_file {
   }
 
   /// The tensor's elements converted to T, row-major. T is float or double (from F32, F64, F16, BF16) or
-  /// std::int64_t or std::int32_t (from I64, I32; range-checked when narrowing). Any other dtype is a
+  /// std::int64_t or std::int32_t (from I64, I32, I8; range-checked when narrowing). Any other dtype is a
   /// format_error naming the tensor, its dtype and the dtypes accepted.
   template <class T>
   std::vector<T> read_as(std::string_view name) const;
@@ -6748,7 +6908,10 @@ std::vector<T> safetensors_file::read_as(std::string_view name) const {
       case dtype::I32:
         for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<std::int32_t>(load_le<std::uint32_t>(p + 4 * i)));
         break;
-      default: reject(target, "I64, I32");
+      case dtype::I8:
+        for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<std::int8_t>(std::to_integer<std::uint8_t>(p[i])));
+        break;
+      default: reject(target, "I64, I32, I8");
     }
   }
   return out;
@@ -6761,6 +6924,9 @@ std::vector<T> safetensors_file::read_as(std::string_view name) const {
 /// is a format_error at the call that causes it.
 class safetensors_writer {
  public:
+  /// Tensors added so far.
+  std::size_t size() const noexcept { return tensors_.size(); }
+
   /// Sets (or replaces) one __metadata__ entry.
   void set_metadata(std::string key, std::string value) {
     for (const std::string* s : {&key, &value})
@@ -7200,17 +7366,21 @@ inline std::map<std::string, std::string> config_metadata(const decoder_config& 
   return m;
 }
 
+/// Name suffix of the scales of a q8_0 tensor in a model file: tensor `name` (I8, the parameter's shape (rows,
+/// cols)) holds the int8 values q, tensor `name.scale` (F16, (rows, ceil(cols / 32))) the block scales d.
+inline constexpr const char* q8_0_scale_suffix = ".scale";
+
 namespace detail {
 
 inline const layer_config& cfg_layer(const layer_config& c) { return c; }
 inline const layer_config& cfg_layer(const decoder_config& c) { return c.layer; }
 
 /// The mixer whose buffer `name` belongs to ("mixer.x" for a layer, "layers.{i}.mixer.x" for a decoder).
-template <storage_type T>
+template <weight_storage_type T>
 mixer_weights<T>* mixer_for(const layer_config&, layer_weights<T>& w, const std::string& name) {
   return name.rfind("mixer.", 0) == 0 ? &w.mixer : nullptr;
 }
-template <storage_type T>
+template <weight_storage_type T>
 mixer_weights<T>* mixer_for(const decoder_config& c, decoder_weights<T>& w, const std::string& name) {
   if (name.rfind("layers.", 0) != 0) return nullptr;
   index_t i = 0;
@@ -7238,6 +7408,62 @@ buffer<T> read_storage(const safetensors_file& f, const std::string& name) {
   }
 }
 
+/// A q8_0 tensor of the file (I8 values and their F16 scales) as storage E: the blocks themselves for q8_0, else
+/// the values d * q rounded once to E. format_error for a missing or mis-typed scale tensor; value_error naming the
+/// row for a damaged block (a scale that is negative or not finite, a value of -128).
+template <class E>
+buffer<E> read_q8_0(const safetensors_file& f, const std::string& name, const shape_t& shape) {
+  if (shape.size() != 2)
+    throw format_error(f.source() + ": tensor '" + name + "' is I8 (q8_0) but the parameter is not a matrix: " +
+                       "only matrices are stored quantized");
+  const index_t rows = shape[0], cols = shape[1], nb = storage_cols<q8_0>(cols);
+  const std::string sname = name + q8_0_scale_suffix;
+  const shape_t sshape{rows, nb};
+  const tensor_entry* se = f.find(sname);
+  if (!se)
+    throw format_error(f.source() + ": q8_0 tensor '" + name + "' has no scales: tensor '" + sname + "' (F16 " +
+                       shape_string(sshape) + ") is missing");
+  if (se->type != dtype::F16 || se->shape != sshape)
+    throw format_error(f.source() + ": the scales '" + sname + "' of q8_0 tensor '" + name + "' must be F16 " +
+                       shape_string(sshape) + ", got " + std::string(dtype_name(se->type)) + " " +
+                       shape_string(se->shape));
+  const std::vector<std::int32_t> q = f.template read_as<std::int32_t>(name);
+  const std::vector<float> d = f.template read_as<float>(sname);  // float16 decoded exactly
+  std::vector<q8_0> row(static_cast<std::size_t>(nb));
+  buffer<E> out(rows * storage_cols<E>(cols));
+  std::vector<double> values(static_cast<std::size_t>(cols));
+  for (index_t r = 0; r < rows; ++r) {
+    for (index_t b = 0; b < nb; ++b) {
+      q8_0& blk = row[static_cast<std::size_t>(b)];
+      blk = q8_0{};
+      blk.d = float16(d[static_cast<std::size_t>(r * nb + b)]);
+      for (index_t i = 0; i < q8_0::block && b * q8_0::block + i < cols; ++i)
+        blk.q[i] = static_cast<std::int8_t>(q[static_cast<std::size_t>(r * cols + b * q8_0::block + i)]);
+    }
+    check_row_q8_0(row.data(), cols, f.source() + ": q8_0 tensor '" + name + "' row " + std::to_string(r));
+    if constexpr (is_block_quantized<E>) {
+      std::copy(row.begin(), row.end(), out.data() + r * nb);
+    } else {
+      dequantize_row_q8_0(row.data(), cols, values.data());
+      for (index_t k = 0; k < cols; ++k) out.data()[r * cols + k] = narrow<E>(values[static_cast<std::size_t>(k)]);
+    }
+  }
+  return out;
+}
+
+/// A floating-point tensor of the file quantized to q8_0 as it loads (per row of the last dimension); value_error
+/// naming the row and column of a weight q8_0 cannot hold.
+template <class E>
+buffer<E> quantize_tensor(const safetensors_file& f, const std::string& name, const shape_t& shape) {
+  const std::vector<double> v = f.template read_as<double>(name);
+  const index_t cols = shape.empty() ? 1 : shape.back(), rows = shape_numel(shape) / std::max<index_t>(1, cols);
+  buffer<E> out(rows * storage_cols<E>(cols));
+  for (index_t r = 0; r < rows; ++r)
+    quantize_row_q8_0(v.data() + r * cols, cols, out.data() + r * storage_cols<E>(cols),
+                      f.source() + ": tensor '" + name + "' row " + std::to_string(r));
+  return out;
+}
+
 /// The index of the first NaN or infinity in a weight buffer, or -1.
 template <storage_type T>
 index_t first_non_finite(const buffer<T>& b) {
@@ -7257,23 +7483,43 @@ std::string non_finite_weight(const safetensors_file& f, const std::string& name
   return at + " is " + (std::isnan(v) ? "NaN" : v > 0 ? "+infinity" : "-infinity") + " (weights must be finite)";
 }
 
-template <storage_type T, class Config, class Weights>
+template <weight_storage_type T, class Config, class Weights>
 void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, const std::string& describe) {
   std::vector<std::string> missing, misshaped, unexpected, other;
   std::set<std::string> used;
-  for_each_parameter(cfg, w, [&](const std::string& name, const shape_t& shape, buffer<T>& b) {
+  for_each_parameter(cfg, w, [&](const std::string& name, const shape_t& shape, auto& b) {
+    using E = typename std::remove_reference_t<decltype(b)>::value_type;  // T, or vector_storage_t<T>
     const tensor_entry* e = f.find(name);
     if (!e) return missing.push_back(name);
     used.insert(name);
     if (e->shape != shape)
       return misshaped.push_back(name + " is " + shape_string(e->shape) + ", expected " + shape_string(shape));
+    const bool q8_file = e->type == dtype::I8;
     try {
-      b = read_storage<T>(f, name);
+      if (q8_file) {
+        used.insert(name + q8_0_scale_suffix);
+        b = read_q8_0<E>(f, name, shape);
+      } else if constexpr (is_block_quantized<E>) {
+        b = quantize_tensor<E>(f, name, shape);
+      } else {
+        b = read_storage<E>(f, name);
+      }
     } catch (const format_error& err) {
       return other.push_back(err.what());
+    } catch (const value_error& err) {
+      return other.push_back(err.what());
     }
-    // A weight that is not finite poisons every output it touches: refused at load, by name and index.
-    if (const index_t i = first_non_finite(b); i >= 0) other.push_back(non_finite_weight<T>(f, name, i));
+    // A weight that is not finite poisons every output it touches: refused at load, by name and index. (q8_0 is
+    // checked as it is made: quantize_row_q8_0 and check_row_q8_0 refuse what is not finite.)
+    if constexpr (!is_block_quantized<E>) {
+      if (const index_t i = first_non_finite(b); i >= 0) {
+        if (q8_file)
+          other.push_back(name + "[" + std::to_string(i) + "] (a q8_0 weight) overflows the storage type " +
+                          std::string(storage_name<E>()));
+        else
+          other.push_back(non_finite_weight<E>(f, name, i));
+      }
+    }
   });
   // The public modules' buffers: rope_inv_freq (used when present) and the causal masks.
   const index_t half = (cfg_layer(cfg).d_model / cfg_layer(cfg).n_heads) / 2;
@@ -7340,13 +7586,13 @@ inline std::string describe(const decoder_config& c) {
 namespace detail {
 /// What reading the weights of `c` in storage type T allocates: the parameters, and the largest tensor once more
 /// as read from the file (as double, the widest conversion).
-template <storage_type T, class Config>
+template <weight_storage_type T, class Config>
 memory_plan weights_plan(const Config& c) {
   const auto D = static_cast<std::uint64_t>(cfg_layer(c).d_model);
   std::uint64_t largest = 2 * D * D;  // W_in, proj_fb
   if constexpr (std::is_same_v<Config, decoder_config>) largest = std::max(largest, static_cast<std::uint64_t>(c.vocab_size) * D);
   memory_plan p("the weights of " + describe(c));
-  p.add("parameters", static_cast<std::uint64_t>(parameter_count(c)), sizeof(T));
+  p.add("parameters", parameter_bytes<T>(c), 1);
   p.add("the largest tensor as read", largest, sizeof(double));
   return p;
 }
@@ -7354,7 +7600,7 @@ memory_plan weights_plan(const Config& c) {
 
 /// Layer weights from an opened file, checked against `c`, in storage type T (float, double, bfloat16, float16).
 /// `c` is validated first.
-template <storage_type T>
+template <weight_storage_type T>
 layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_config& c) {
   c.check();
   detail::weights_plan<T>(c).check();
@@ -7365,7 +7611,7 @@ layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_confi
 }
 
 /// Decoder weights from an opened file, checked against `c`, in storage type T. `c` is validated first.
-template <storage_type T>
+template <weight_storage_type T>
 decoder_weights<T> read_decoder_weights(const safetensors_file& f, const decoder_config& c) {
   c.check();
   // The layers the file holds, counted from its tensor names before anything is sized by the configuration: a
@@ -7480,17 +7726,48 @@ decoder<T, B, A> load_decoder(const std::filesystem::path& path, std::optional<d
   return load_decoder<T, B, A>(safetensors_file::load(path), config, variant);
 }
 
-/// Writes a layer's (or a decoder's) parameters as F32 (or `type`: F64, F16, BF16) with its configuration
-/// in __metadata__. `Config` is layer_config with layer_weights<T>, or decoder_config with decoder_weights<T>.
+/// Adds a layer's (or a decoder's) parameters to `out`: q8_0 matrices as their I8 values and F16 scales (tensors
+/// `name` and `name.scale`, see q8_0_scale_suffix), everything else converted to `type` (F32, F64, F16 or BF16;
+/// rounded once, and refused by name when a value overflows it). Returns the bytes of tensor data added.
+template <class Config, class Weights>
+std::size_t add_parameters(safetensors_writer& out, const Config& c, const Weights& w, dtype type = dtype::F32) {
+  std::size_t bytes = 0;
+  for_each_parameter(c, w, [&](const std::string& name, const shape_t& s, const auto& b) {
+    using E = typename std::remove_cvref_t<decltype(b)>::value_type;
+    if constexpr (is_block_quantized<E>) {
+      const index_t rows = s[0], cols = s[1], nb = storage_cols<E>(cols);
+      std::vector<std::byte> q(static_cast<std::size_t>(rows * cols)), d(static_cast<std::size_t>(rows * nb) * 2);
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t blk = 0; blk < nb; ++blk) {
+          const q8_0& x = b.data()[r * nb + blk];
+          const std::size_t at = static_cast<std::size_t>(r * nb + blk) * 2;
+          d[at] = static_cast<std::byte>(x.d.bits & 0xFFu);
+          d[at + 1] = static_cast<std::byte>(x.d.bits >> 8);
+          for (index_t i = 0; i < q8_0::block && blk * q8_0::block + i < cols; ++i)
+            q[static_cast<std::size_t>(r * cols + blk * q8_0::block + i)] = static_cast<std::byte>(static_cast<std::uint8_t>(x.q[i]));
+        }
+      out.add(name, dtype::I8, s, q);
+      out.add(name + q8_0_scale_suffix, dtype::F16, shape_t{rows, nb}, d);
+      bytes += q.size() + d.size();
+    } else {
+      std::vector<double> v(static_cast<std::size_t>(b.size()));
+      for (index_t i = 0; i < b.size(); ++i) v[static_cast<std::size_t>(i)] = static_cast<double>(b.data()[i]);
+      out.add_converted(name, type, s, v);
+      bytes += v.size() * dtype_size(type);
+    }
+  });
+  return bytes;
+}
+
+/// Writes a layer's (or a decoder's) parameters as F32 (or `type`: F64, F16, BF16; q8_0 matrices as I8 values with
+/// F16 scales, add_parameters) with its configuration in __metadata__ (and sessa.weights = q8_0 for q8_0 weights).
+/// `Config` is layer_config with layer_weights<T>, or decoder_config with decoder_weights<T>.
 template <class Config, class Weights>
 void save_model(const std::filesystem::path& path, const Config& c, const Weights& w, dtype type = dtype::F32) {
   safetensors_writer out;
   for (auto& [k, v] : config_metadata(c)) out.set_metadata(k, v);
-  for_each_parameter(c, w, [&](const std::string& name, const shape_t& s, const auto& b) {
-    std::vector<double> v(static_cast<std::size_t>(b.size()));
-    for (index_t i = 0; i < b.size(); ++i) v[static_cast<std::size_t>(i)] = static_cast<double>(b[i]);
-    out.add_converted(name, type, s, v);
-  });
+  if constexpr (is_block_quantized<typename Weights::value_type>) out.set_metadata("sessa.weights", "q8_0");
+  add_parameters(out, c, w, type);
   out.write(path);
 }
 
@@ -7577,13 +7854,13 @@ struct decoder_spec {
 };
 
 /// Pointers to a decoder's weights, stored as W (shapes as in decoder_weights; head == embedding when tied).
-template <storage_type W, class Spec>
+template <weight_storage_type W, class Spec>
 struct decoder_params {
-  const W* embedding = nullptr;  // (V, D)
+  const W* embedding = nullptr;                   // (V, D)
   std::array<layer_params<W>, Spec::n_layers> layers{};
-  const W* norm_w = nullptr;     // (D)
-  const W* norm_b = nullptr;     // (D)
-  const W* head = nullptr;       // (V, D)
+  const vector_storage_t<W>* norm_w = nullptr;   // (D)
+  const vector_storage_t<W>* norm_b = nullptr;   // (D)
+  const W* head = nullptr;                        // (V, D)
 };
 
 /// Per-sequence state of a static decoder: one cache per layer and the scratch of a chunk, all stored
@@ -7736,7 +8013,8 @@ class static_decoder {
           part[b * c + i] = tokens[static_cast<std::size_t>(b * n + t0 + i)];
       const std::span<const std::int64_t> chunk(part, static_cast<std::size_t>(B * c));
       matrix<T> h = st.residual(B * c);  // (B*c, D)
-      backend::kernels<Backend>::embed(st.scratch().context, cmatrix<W>(p_.embedding, V, Spec::d_model), chunk.data(), h);
+      backend::kernels<Backend>::embed(st.scratch().context, weight_matrix<W, memory::host>(p_.embedding, V, Spec::d_model),
+                                       chunk.data(), h);
       run_layers(h, st, std::make_index_sequence<Spec::n_layers>{});
       const T eps = static_cast<T>(Spec::norm_eps);
       if (which == logits_for::last) {

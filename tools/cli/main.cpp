@@ -8,8 +8,8 @@
 //                  [--config C.json]
 //   sessa eval     [--model M.safetensors] --text FILE [--window N] [--stride S] [--json]
 //                  [--precision f32|f64] [--backend NAME] [--threads N]
-//   sessa embed    --model M.safetensors --name NAME --out NAME_model.hpp [--dtype f32|bf16|f16]
-//   sessa quantize [--model M.safetensors] --to bf16|f16|f32|f64 --out M2.safetensors
+//   sessa embed    --model M.safetensors --name NAME --out NAME_model.hpp [--dtype f32|bf16|f16|q8_0]
+//   sessa quantize [--model M.safetensors] --to bf16|f16|q8_0|f32|f64 --out M2.safetensors
 //   sessa profile  --construction uniform|retrieval | [--model M] --text FILE | --model M --input I
 //                  [--measure feedback|end-to-end] [--sources ..] [--fit LO:HI] [--json] [--svg FILE]
 //   sessa generate [--model M.safetensors] --prompt TEXT | --prompts FILE [--max-tokens N] [--temperature X] [--seed S]
@@ -78,11 +78,13 @@ constexpr const char* usage_text =
     "            [--precision f32|f64] [--backend NAME] [--threads N]\n"
     "            mean cross-entropy of a text (nats per token, bits per byte) in windows of N tokens\n"
     "            (default: the text, at most 512) every S tokens (default N), with tokens/s\n"
-    "  quantize  [--model M.safetensors] --to bf16|f16|f32|f64 --out M2.safetensors [--config C.json]\n"
+    "  quantize  [--model M.safetensors] --to bf16|f16|q8_0|f32|f64 --out M2.safetensors [--config C.json]\n"
     "            write the model with every weight stored as bf16 or f16 (rounded to nearest even from\n"
-    "            the file's values) or f32 / f64; its metadata carries the configuration, the tokenizer and\n"
-    "            sessa.weights; run, generate and eval run such a file with narrow weights (--weights auto)\n"
-    "  embed     --model M.safetensors --name NAME --out NAME_model.hpp [--dtype f32|bf16|f16]\n"
+    "            the file's values), q8_0 (each matrix as int8 blocks of 32 along a row with a float16\n"
+    "            scale each: tensors NAME (I8) and NAME.scale (F16); vectors stay F32) or f32 / f64; its\n"
+    "            metadata carries the configuration, the tokenizer and sessa.weights; run, generate and\n"
+    "            eval run such a file with narrow weights (--weights auto)\n"
+    "  embed     --model M.safetensors --name NAME --out NAME_model.hpp [--dtype f32|bf16|f16|q8_0]\n"
     "            [--config C.json]\n"
     "            write a header with a decoder's shapes as template arguments and its weights as\n"
     "            constexpr arrays, for sessa::embedded::static_decoder (no file I/O, no heap)\n"
@@ -111,9 +113,9 @@ constexpr const char* usage_text =
     "  (examples/models/tiny_decoder.safetensors)\n"
     "\n"
     "  --backend NAME: cpu (default), reference, and in this build also: " SESSA_CLI_EXTRA_BACKENDS "\n"
-    "  --weights auto|bf16|f16|f32|f64 (run, generate, eval): the weights' storage in memory; auto (the\n"
-    "  default) keeps a file's bf16 or f16 weights narrow (float32 arithmetic and cache, cpu and reference\n"
-    "  backends) and otherwise widens them to --precision\n"
+    "  --weights auto|bf16|f16|q8_0|f32|f64 (run, generate, eval): the weights' storage in memory; auto\n"
+    "  (the default) keeps a file's bf16, f16 or q8_0 weights so (float32 arithmetic and cache, cpu and\n"
+    "  reference backends) and otherwise widens them to --precision; q8_0 quantizes a float file as it loads\n"
     "\n"
     "  --config C.json gives the configuration of a file without sessa.* metadata (a bare state dict):\n"
     "  {\"arch\": \"layer\"|\"decoder\", \"d_model\": .., \"n_heads\": .., \"n_kv_heads\": .., \"use_rope\": true,\n"
@@ -153,8 +155,9 @@ model_source open_model(const options& o, bool builtin_ok = false) {
 
 void set_threads(const options& o) { sessa::tools::apply_threads(o.integer("threads", 0, 0, 1024), "sessa"); }
 
-/// The weights' storage a model runs with: --weights f32|f64|bf16|f16, or `auto` (the default): bf16 or f16 when
-/// every floating-point tensor of the file is stored so (a file `sessa quantize` wrote) and the run can keep them
+/// The weights' storage a model runs with: --weights f32|f64|bf16|f16|q8_0, or `auto` (the default): q8_0 when the
+/// file holds I8 tensors, bf16 or f16 when every floating-point tensor of the file is stored so (files `sessa
+/// quantize` wrote), and the run can keep them
 /// narrow (--precision f32 on the cpu or reference backend), else the compute type. Returns "same" for the compute
 /// type.
 std::string weight_storage(const options& o, const io::safetensors_file& f, const std::string& precision) {
@@ -164,22 +167,24 @@ std::string weight_storage(const options& o, const io::safetensors_file& f, cons
     w = "same";
   } else if (w == "auto") {
     std::optional<io::dtype> common;
-    bool mixed = false;
+    bool mixed = false, q8 = false;
     for (const auto& e : f.entries()) {
+      q8 = q8 || e.type == io::dtype::I8;  // q8_0 matrices (sessa quantize --to q8_0)
       if (e.type != io::dtype::F32 && e.type != io::dtype::F64 && e.type != io::dtype::BF16 && e.type != io::dtype::F16)
         continue;
       if (common && *common != e.type) mixed = true;
       common = e.type;
     }
-    w = !mixed && common == io::dtype::BF16 ? "bf16" : !mixed && common == io::dtype::F16 ? "f16" : "same";
+    w = q8 ? "q8_0" : !mixed && common == io::dtype::BF16 ? "bf16" : !mixed && common == io::dtype::F16 ? "f16" : "same";
   }
+  if (w == "q8") w = "q8_0";
   if (w == "same" || w == precision) return "same";
-  if (w == "bf16" || w == "f16") {
+  if (w == "bf16" || w == "f16" || w == "q8_0") {
     if (precision != "f32")
       throw usage_error("--weights " + w + " runs with --precision f32 (float32 arithmetic on the narrow weights)");
     return w;
   }
-  throw usage_error("unknown --weights '" + w + "' (choose auto, bf16, f16 or the compute type " + precision + ")");
+  throw usage_error("unknown --weights '" + w + "' (choose auto, bf16, f16, q8_0 or the compute type " + precision + ")");
 }
 
 /// Calls f.template operator()<P, Backend, Variant>() for the runtime choice of precision, weight storage (see
@@ -206,6 +211,7 @@ void dispatch(const std::string& precision, const std::string& weights, const st
     if constexpr (Narrow) {
       if (weights == "bf16") return with_backend.template operator()<sessa::precision<float, bfloat16, float>>();
       if (weights == "f16") return with_backend.template operator()<sessa::precision<float, float16, float>>();
+      if (weights == "q8_0") return with_backend.template operator()<sessa::precision<float, q8_0, float>>();
     }
     if (weights != "same") throw usage_error("--weights " + weights + " is not available in this command");
     with_backend.template operator()<float>();
@@ -606,11 +612,12 @@ int cmd_quantize(const options& o) {
   const model_source m = open_model(o, true);
   const std::string to = o.need("to");
   io::dtype type = io::dtype::F32;
+  const bool q8 = to == "q8_0" || to == "q8";
   if (to == "bf16") type = io::dtype::BF16;
   else if (to == "f16") type = io::dtype::F16;
-  else if (to == "f32") type = io::dtype::F32;
+  else if (to == "f32" || q8) type = io::dtype::F32;  // q8_0: the matrices quantized, the vectors F32
   else if (to == "f64") type = io::dtype::F64;
-  else throw usage_error("unknown --to '" + to + "' (choose bf16, f16, f32 or f64)");
+  else throw usage_error("unknown --to '" + to + "' (choose bf16, f16, q8_0, f32 or f64)");
   const std::string out_path = o.need("out");
   const bool dec = m.info.arch == io::model_arch::decoder;
   io::safetensors_writer out;
@@ -623,26 +630,23 @@ int cmd_quantize(const options& o) {
     out.set_metadata("sessa.window", std::to_string(m.info.window));
   }
   for (const auto& [k, v] : m.file.metadata()) out.set_metadata(k, v);
-  out.set_metadata("sessa.weights", to);
-  std::size_t bytes_in = 0, bytes_out = 0, tensors = 0;
+  out.set_metadata("sessa.weights", q8 ? "q8_0" : to);
+  std::size_t bytes_in = 0, bytes_out = 0;
   for (const auto& e : m.file.entries()) bytes_in += e.nbytes;
-  auto add = [&](const std::string& name, const shape_t& shape, const auto& b) {
-    std::vector<double> v(static_cast<std::size_t>(b.size()));
-    for (index_t i = 0; i < b.size(); ++i) v[static_cast<std::size_t>(i)] = static_cast<double>(b.data()[i]);
-    out.add_converted(name, type, shape, v);  // rounds once, from the file's exact value; refuses what overflows
-    bytes_out += v.size() * io::dtype_size(type);
-    ++tensors;
-  };
+  // Every weight read as double (a q8_0 file's values dequantized exactly), then rounded once to --to (the writer
+  // refuses what overflows it, by name), or quantized per row (value_error naming the row for what q8_0 cannot hold).
   if (dec) {
     const auto w = io::read_decoder_weights<double>(m.file, m.info.config);
-    for_each_parameter(m.info.config, w, add);
+    bytes_out = q8 ? io::add_parameters(out, m.info.config, convert_weights<q8_0>(m.info.config, w), type)
+                   : io::add_parameters(out, m.info.config, w, type);
   } else {
     const auto w = io::read_layer_weights<double>(m.file, m.info.config.layer);
-    for_each_parameter(m.info.config.layer, w, add);
+    bytes_out = q8 ? io::add_parameters(out, m.info.config.layer, convert_weights<q8_0>(m.info.config.layer, w), type)
+                   : io::add_parameters(out, m.info.config.layer, w, type);
   }
   out.write(out_path);
-  std::printf("%s: %zu tensors as %s, %zu bytes of weights (was %zu)\n", out_path.c_str(), tensors, to.c_str(),
-              bytes_out, bytes_in);
+  std::printf("%s: %zu tensors as %s, %zu bytes of weights (was %zu)\n", out_path.c_str(), out.size(),
+              q8 ? "q8_0" : to.c_str(), bytes_out, bytes_in);
   return 0;
 }
 
@@ -655,21 +659,25 @@ int cmd_embed(const options& o) {
       identifier(name) != name)
     throw usage_error("--name must be a C++ identifier, got '" + name + "'");
   const std::string out_path = o.need("out");
-  const std::string dtype = o.get("dtype").value_or("f32");
-  if (dtype != "f32" && dtype != "bf16" && dtype != "f16")
-    throw usage_error("unknown --dtype '" + dtype + "' (choose f32, bf16 or f16)");
-  const bool narrow = dtype != "f32";
-  const std::string wtype = dtype == "bf16" ? "sessa::bfloat16" : dtype == "f16" ? "sessa::float16" : "float";
+  std::string dtype = o.get("dtype").value_or("f32");
+  if (dtype == "q8") dtype = "q8_0";
+  if (dtype != "f32" && dtype != "bf16" && dtype != "f16" && dtype != "q8_0")
+    throw usage_error("unknown --dtype '" + dtype + "' (choose f32, bf16, f16 or q8_0)");
+  const bool q8 = dtype == "q8_0";
+  const bool narrow = dtype == "bf16" || dtype == "f16";
+  const std::string wtype = dtype == "bf16" ? "sessa::bfloat16" : dtype == "f16" ? "sessa::float16" : q8 ? "sessa::q8_0" : "float";
   const decoder_config& cfg = m.info.config;
   const layer_config& L = cfg.layer;
-  decoder_weights<float> w = io::read_decoder_weights<float>(m.file, cfg);
 
   std::ostringstream h;
   h << "// " << name << " model: generated by `sessa embed` from " << m.file.source() << ". Do not edit.\n"
     << "//\n// " << io::describe(m.info) << ", " << parameter_count(cfg) << " parameters ("
-    << (dtype == "bf16" ? "bfloat16" : dtype == "f16" ? "float16" : "float32") << ").\n"
+    << (dtype == "bf16" ? "bfloat16" : dtype == "f16" ? "float16" : q8 ? "q8_0 matrices, float32 vectors" : "float32")
+    << ").\n"
     << (narrow ? "// The weights are the file's float32 values rounded to nearest even (bit patterns) and live in\n"
                  "// read-only data; arithmetic and cache are float32;\n"
+        : q8   ? "// The matrices are int8 blocks of 32 with a float16 scale each (the file's q8_0 blocks, or its values\n"
+                 "// quantized per row), the vectors exact float32, all in read-only data; arithmetic and cache are float32;\n"
                : "// The weights are exact (hexadecimal float literals of the file's values) and live in read-only "
                  "data;\n")
     << "// " << name << "::model runs them with no file I/O and no heap (sessa/model/embedded.hpp).\n"
@@ -683,17 +691,19 @@ int cmd_embed(const options& o) {
   for (index_t i = 0; i < cfg.n_layers; ++i) h << ", layer";
   h << ">;\n";
   h << "/// The numeric policy: the weights' storage type, float32 arithmetic and cache.\n";
-  h << "using policy = " << (narrow ? "sessa::precision<float, " + wtype + ", float>" : std::string("float")) << ";\n";
+  h << "using policy = " << (narrow || q8 ? "sessa::precision<float, " + wtype + ", float>" : std::string("float")) << ";\n";
   h << "using weight_type = " << wtype << ";\n";
   h << "using model = sessa::embedded::static_decoder<policy, spec>;\n\n";
   if (narrow)
     h << "/// A weight from its bit pattern.\nconstexpr weight_type w(std::uint16_t bits) { return weight_type::from_bits(bits); }\n\n";
+  if (q8)
+    h << "/// A block's float16 scale from its bit pattern.\nconstexpr sessa::float16 d(std::uint16_t bits) { return sessa::float16::from_bits(bits); }\n\n";
   if (auto v = m.file.metadata().find("sessa.vocab"); v != m.file.metadata().end())
     h << "/// Token i is the character vocab[i].\ninline constexpr char vocab[] = " << c_string(v->second) << ";\n\n";
 
   // Every parameter as an aligned constexpr array, named after its parameter, through the parameter table.
-  std::map<const float*, std::string> ids;
-  // A parameter as weight_type (bit patterns when narrow); the RoPE tables always as float.
+  std::map<const void*, std::string> ids;
+  // A float parameter as weight_type (bit patterns when narrow) or as float (as_weight false: q8_0 vectors, RoPE).
   auto emit = [&](const std::string& pname, const float* data, index_t count, const std::string& shape, bool as_weight) {
     const std::string id = identifier(pname);
     ids[data] = id;
@@ -719,35 +729,56 @@ int cmd_embed(const options& o) {
     }
     h << "};\n";
   };
-  for_each_parameter(cfg, w, [&](const std::string& pname, const shape_t& shape, const buffer<float>& b) {
-    emit(pname, b.data(), b.size(), shape_string(shape), true);
-  });
-  if (L.use_rope)
-    for (index_t i = 0; i < cfg.n_layers; ++i) {
-      const auto& f = w.layers[static_cast<std::size_t>(i)].mixer.rope_inv_freq;
-      emit("layers." + std::to_string(i) + ".mixer.rope_inv_freq", f.data(), static_cast<index_t>(f.size()),
-           shape_string({static_cast<index_t>(f.size())}), false);
+  // A q8_0 matrix: one line per block, {d(scale bits), {32 int8 values}}.
+  auto emit_blocks = [&](const std::string& pname, const q8_0* data, index_t count, const std::string& shape) {
+    const std::string id = identifier(pname);
+    ids[data] = id;
+    h << "alignas(64) inline constexpr sessa::q8_0 " << id << "[" << count << "] = {  // " << pname << " " << shape
+      << ", " << count << " blocks\n";
+    for (index_t i = 0; i < count; ++i) {
+      char b[32];
+      std::snprintf(b, sizeof b, "    {d(0x%04x), {", static_cast<unsigned>(data[i].d.bits));
+      h << b;
+      for (index_t k = 0; k < q8_0::block; ++k) h << (k ? "," : "") << static_cast<int>(data[i].q[k]);
+      h << "}}" << (i + 1 < count ? ",\n" : "\n");
     }
-  auto ref = [&](const void* p) { return p ? ids.at(static_cast<const float*>(p)) : std::string("nullptr"); };
+    h << "};\n";
+  };
+  auto write_all = [&](const auto& w) {
+    for_each_parameter(cfg, w, [&](const std::string& pname, const shape_t& shape, const auto& b) {
+      using E = typename std::remove_cvref_t<decltype(b)>::value_type;
+      if constexpr (is_block_quantized<E>) emit_blocks(pname, b.data(), b.size(), shape_string(shape));
+      else emit(pname, b.data(), b.size(), shape_string(shape), !q8);
+    });
+    if (L.use_rope)
+      for (index_t i = 0; i < cfg.n_layers; ++i) {
+        const auto& f = w.layers[static_cast<std::size_t>(i)].mixer.rope_inv_freq;
+        emit("layers." + std::to_string(i) + ".mixer.rope_inv_freq", f.data(), static_cast<index_t>(f.size()),
+             shape_string({static_cast<index_t>(f.size())}), false);
+      }
+    auto ref = [&](const void* p) { return p ? ids.at(p) : std::string("nullptr"); };
 
-  h << "\n/// Pointers to the arrays above, in the layout static_decoder reads.\n"
-    << "inline constexpr sessa::embedded::decoder_params<weight_type, spec> params{\n"
-    << "    .embedding = " << ref(w.embedding.data()) << ",\n    .layers = {{\n";
-  for (index_t i = 0; i < cfg.n_layers; ++i) {
-    const auto& lw = w.layers[static_cast<std::size_t>(i)];
-    const layer_params<float> p = params(lw, lw.mixer);
-    const mixer_params<float>& mp = p.mixer;
-    h << "        {.ln_w = " << ref(p.ln_w) << ", .ln_b = " << ref(p.ln_b) << ", .in_w = " << ref(p.in_w)
-      << ", .in_b = " << ref(p.in_b) << ",\n         .mixer = {.q_w = " << ref(mp.q_w) << ", .q_b = " << ref(mp.q_b)
-      << ", .k_w = " << ref(mp.k_w) << ", .k_b = " << ref(mp.k_b) << ", .v_w = " << ref(mp.v_w)
-      << ", .v_b = " << ref(mp.v_b) << ",\n                   .out_w = " << ref(mp.out_w) << ", .fb_w = " << ref(mp.fb_w)
-      << ", .fb_b = " << ref(mp.fb_b) << ", .gamma_bias = " << ref(mp.gamma_bias)
-      << ",\n                   .gamma_ctx = " << ref(mp.gamma_ctx) << ", .rope_inv_freq = " << ref(mp.rope_inv_freq)
-      << "},\n         .out_w = " << ref(p.out_w) << ", .out_b = " << ref(p.out_b) << "}"
-      << (i + 1 < cfg.n_layers ? "," : "") << "\n";
-  }
-  h << "    }},\n    .norm_w = " << ref(w.norm_w.data()) << ",\n    .norm_b = " << ref(w.norm_b.data())
-    << ",\n    .head = " << ref(w.head_matrix().data()) << "};\n\n}  // namespace " << name << "\n";
+    h << "\n/// Pointers to the arrays above, in the layout static_decoder reads.\n"
+      << "inline constexpr sessa::embedded::decoder_params<weight_type, spec> params{\n"
+      << "    .embedding = " << ref(w.embedding.data()) << ",\n    .layers = {{\n";
+    for (index_t i = 0; i < cfg.n_layers; ++i) {
+      const auto& lw = w.layers[static_cast<std::size_t>(i)];
+      const auto p = params(lw, lw.mixer);
+      const auto& mp = p.mixer;
+      h << "        {.ln_w = " << ref(p.ln_w) << ", .ln_b = " << ref(p.ln_b) << ", .in_w = " << ref(p.in_w)
+        << ", .in_b = " << ref(p.in_b) << ",\n         .mixer = {.q_w = " << ref(mp.q_w) << ", .q_b = " << ref(mp.q_b)
+        << ", .k_w = " << ref(mp.k_w) << ", .k_b = " << ref(mp.k_b) << ", .v_w = " << ref(mp.v_w)
+        << ", .v_b = " << ref(mp.v_b) << ",\n                   .out_w = " << ref(mp.out_w) << ", .fb_w = " << ref(mp.fb_w)
+        << ", .fb_b = " << ref(mp.fb_b) << ", .gamma_bias = " << ref(mp.gamma_bias)
+        << ",\n                   .gamma_ctx = " << ref(mp.gamma_ctx) << ", .rope_inv_freq = " << ref(mp.rope_inv_freq)
+        << "},\n         .out_w = " << ref(p.out_w) << ", .out_b = " << ref(p.out_b) << "}"
+        << (i + 1 < cfg.n_layers ? "," : "") << "\n";
+    }
+    h << "    }},\n    .norm_w = " << ref(w.norm_w.data()) << ",\n    .norm_b = " << ref(w.norm_b.data())
+      << ",\n    .head = " << ref(w.head_matrix().data()) << "};\n\n}  // namespace " << name << "\n";
+  };
+  if (q8) write_all(io::read_decoder_weights<q8_0>(m.file, cfg));  // a q8_0 file's own blocks, or quantized here
+  else write_all(io::read_decoder_weights<float>(m.file, cfg));
 
   write_file_whole(out_path, h.str());
   return 0;

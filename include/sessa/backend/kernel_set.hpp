@@ -5,9 +5,10 @@
 // W = weight_t<P>, C = cache_t<P> (core/numeric.hpp), kernels<B> has these static member functions; every one
 // takes the execution context `context<B>& ctx` first and views of space S only:
 //
-//   linear(ctx, cmatrix<T,S> x, cmatrix<W,S> w, pointer<const W,S> bias, matrix<T,S> y, bool accumulate)
+//   linear(ctx, cmatrix<T,S> x, cmatrix<W,S> w, pointer<const V,S> bias, matrix<T,S> y, bool accumulate)
 //       y (M, N) = x (M, K) w (N, K)^T + bias (N; may be null); with accumulate, y += instead of y =.
-//   layer_norm(ctx, cmatrix<T,S> x, pointer<const W,S> g, pointer<const W,S> b, T eps, matrix<T,S> y)
+//       V = vector_storage_t<W> (W itself, float for q8_0); a q8_0 w is (N, ceil(K / 32)) blocks.
+//   layer_norm(ctx, cmatrix<T,S> x, pointer<const V,S> g, pointer<const V,S> b, T eps, matrix<T,S> y)
 //       per row: (x - mean) / sqrt(biased variance + eps) * g + b; y may alias x.
 //   gelu(ctx, matrix<T,S> x)                  x <- 0.5 x (1 + erf(x / sqrt 2)), in place
 //   multiply(ctx, cmatrix<T,S> a, cmatrix<T,S> b, matrix<T,S> out)      out = a * b elementwise (may alias)
@@ -62,10 +63,13 @@
 namespace sessa::backend {
 
 template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class W = weight_t<P>>
-concept has_linear = requires(context<B>& ctx, cmatrix<T, S> x, cmatrix<W, S> w, pointer<const W, S> bias,
-                              matrix<T, S> y) { kernels<B>::linear(ctx, x, w, bias, y, true); };
+concept has_linear = requires(context<B>& ctx, cmatrix<T, S> x, cmatrix<W, S> w,
+                              pointer<const vector_storage_t<W>, S> bias, matrix<T, S> y) {
+  kernels<B>::linear(ctx, x, w, bias, y, true);
+};
 template <class B, class P, class S = space_of<B>, class T = compute_t<P>, class W = weight_t<P>>
-concept has_layer_norm = requires(context<B>& ctx, cmatrix<T, S> x, pointer<const W, S> g, matrix<T, S> y, T eps) {
+concept has_layer_norm = requires(context<B>& ctx, cmatrix<T, S> x, pointer<const vector_storage_t<W>, S> g,
+                                  matrix<T, S> y, T eps) {
   kernels<B>::layer_norm(ctx, x, g, g, eps, y);
 };
 template <class B, class P, class S = space_of<B>, class T = compute_t<P>>

@@ -6,12 +6,12 @@
 //                  for weights also q8_0, int8 blocks of 32 with a float16 scale each (core/quant.hpp)
 //
 // A model's first template parameter is its numeric policy P: a scalar (`float`, `double`: weights and cache in
-// that type, exact) or `precision<Compute, Weight, Cache = Weight>` (`precision<float, bfloat16>`: bf16 weights
-// and cache, float arithmetic; `precision<float, bfloat16, float>`: bf16 weights, float32 cache). compute_t<P>,
-// weight_t<P> and cache_t<P> read it; the model code is written against those three names only, so a new storage
-// format (block-quantized int8 with scales, say) is a new storage type and the kernels that read it, not a change
-// to the model. A backend that has no kernel for a storage type fails to compile with a message naming the kernel
-// (backend/kernel_set.hpp).
+// that type, exact) or `precision<Compute, Weight, Cache = vector_storage_t<Weight>>` (`precision<float, bfloat16>`:
+// bf16 weights and cache, float arithmetic; `precision<float, bfloat16, float>`: bf16 weights, float32 cache;
+// `precision<float, q8_0>`: q8_0 matrices, float32 vectors and cache). compute_t<P>, weight_t<P> and cache_t<P> read
+// it; the model code is written against those names only (and vector_storage_t<weight_t<P>> for biases and norms),
+// so a storage format is a storage type and the kernels that read it, not a change to the model. A backend that has
+// no kernel for a storage type fails to compile with a message naming the kernel (backend/kernel_set.hpp).
 #pragma once
 
 #include <concepts>
@@ -166,7 +166,7 @@ concept weight_storage_type = storage_type<S> || std::same_as<S, q8_0>;
 /// Compute type Compute (float or double) with the weights stored as Weight and the cache as Cache (by default
 /// the weights' type): precision<float, bfloat16> keeps both in bf16, precision<float, bfloat16, float> only the
 /// weights (what decode streams most at short contexts), with an exact float32 cache.
-template <class Compute, class Weight, class Cache = Weight>
+template <class Compute, class Weight, class Cache = vector_storage_t<Weight>>
 struct precision {
   static_assert(std::same_as<Compute, float> || std::same_as<Compute, double>,
                 "sessa::precision<Compute, Weight, Cache>: Compute must be float or double");

@@ -279,17 +279,21 @@ inline std::map<std::string, std::string> config_metadata(const decoder_config& 
   return m;
 }
 
+/// Name suffix of the scales of a q8_0 tensor in a model file: tensor `name` (I8, the parameter's shape (rows,
+/// cols)) holds the int8 values q, tensor `name.scale` (F16, (rows, ceil(cols / 32))) the block scales d.
+inline constexpr const char* q8_0_scale_suffix = ".scale";
+
 namespace detail {
 
 inline const layer_config& cfg_layer(const layer_config& c) { return c; }
 inline const layer_config& cfg_layer(const decoder_config& c) { return c.layer; }
 
 /// The mixer whose buffer `name` belongs to ("mixer.x" for a layer, "layers.{i}.mixer.x" for a decoder).
-template <storage_type T>
+template <weight_storage_type T>
 mixer_weights<T>* mixer_for(const layer_config&, layer_weights<T>& w, const std::string& name) {
   return name.rfind("mixer.", 0) == 0 ? &w.mixer : nullptr;
 }
-template <storage_type T>
+template <weight_storage_type T>
 mixer_weights<T>* mixer_for(const decoder_config& c, decoder_weights<T>& w, const std::string& name) {
   if (name.rfind("layers.", 0) != 0) return nullptr;
   index_t i = 0;
@@ -317,6 +321,62 @@ buffer<T> read_storage(const safetensors_file& f, const std::string& name) {
   }
 }
 
+/// A q8_0 tensor of the file (I8 values and their F16 scales) as storage E: the blocks themselves for q8_0, else
+/// the values d * q rounded once to E. format_error for a missing or mis-typed scale tensor; value_error naming the
+/// row for a damaged block (a scale that is negative or not finite, a value of -128).
+template <class E>
+buffer<E> read_q8_0(const safetensors_file& f, const std::string& name, const shape_t& shape) {
+  if (shape.size() != 2)
+    throw format_error(f.source() + ": tensor '" + name + "' is I8 (q8_0) but the parameter is not a matrix: " +
+                       "only matrices are stored quantized");
+  const index_t rows = shape[0], cols = shape[1], nb = storage_cols<q8_0>(cols);
+  const std::string sname = name + q8_0_scale_suffix;
+  const shape_t sshape{rows, nb};
+  const tensor_entry* se = f.find(sname);
+  if (!se)
+    throw format_error(f.source() + ": q8_0 tensor '" + name + "' has no scales: tensor '" + sname + "' (F16 " +
+                       shape_string(sshape) + ") is missing");
+  if (se->type != dtype::F16 || se->shape != sshape)
+    throw format_error(f.source() + ": the scales '" + sname + "' of q8_0 tensor '" + name + "' must be F16 " +
+                       shape_string(sshape) + ", got " + std::string(dtype_name(se->type)) + " " +
+                       shape_string(se->shape));
+  const std::vector<std::int32_t> q = f.template read_as<std::int32_t>(name);
+  const std::vector<float> d = f.template read_as<float>(sname);  // float16 decoded exactly
+  std::vector<q8_0> row(static_cast<std::size_t>(nb));
+  buffer<E> out(rows * storage_cols<E>(cols));
+  std::vector<double> values(static_cast<std::size_t>(cols));
+  for (index_t r = 0; r < rows; ++r) {
+    for (index_t b = 0; b < nb; ++b) {
+      q8_0& blk = row[static_cast<std::size_t>(b)];
+      blk = q8_0{};
+      blk.d = float16(d[static_cast<std::size_t>(r * nb + b)]);
+      for (index_t i = 0; i < q8_0::block && b * q8_0::block + i < cols; ++i)
+        blk.q[i] = static_cast<std::int8_t>(q[static_cast<std::size_t>(r * cols + b * q8_0::block + i)]);
+    }
+    check_row_q8_0(row.data(), cols, f.source() + ": q8_0 tensor '" + name + "' row " + std::to_string(r));
+    if constexpr (is_block_quantized<E>) {
+      std::copy(row.begin(), row.end(), out.data() + r * nb);
+    } else {
+      dequantize_row_q8_0(row.data(), cols, values.data());
+      for (index_t k = 0; k < cols; ++k) out.data()[r * cols + k] = narrow<E>(values[static_cast<std::size_t>(k)]);
+    }
+  }
+  return out;
+}
+
+/// A floating-point tensor of the file quantized to q8_0 as it loads (per row of the last dimension); value_error
+/// naming the row and column of a weight q8_0 cannot hold.
+template <class E>
+buffer<E> quantize_tensor(const safetensors_file& f, const std::string& name, const shape_t& shape) {
+  const std::vector<double> v = f.template read_as<double>(name);
+  const index_t cols = shape.empty() ? 1 : shape.back(), rows = shape_numel(shape) / std::max<index_t>(1, cols);
+  buffer<E> out(rows * storage_cols<E>(cols));
+  for (index_t r = 0; r < rows; ++r)
+    quantize_row_q8_0(v.data() + r * cols, cols, out.data() + r * storage_cols<E>(cols),
+                      f.source() + ": tensor '" + name + "' row " + std::to_string(r));
+  return out;
+}
+
 /// The index of the first NaN or infinity in a weight buffer, or -1.
 template <storage_type T>
 index_t first_non_finite(const buffer<T>& b) {
@@ -336,23 +396,43 @@ std::string non_finite_weight(const safetensors_file& f, const std::string& name
   return at + " is " + (std::isnan(v) ? "NaN" : v > 0 ? "+infinity" : "-infinity") + " (weights must be finite)";
 }
 
-template <storage_type T, class Config, class Weights>
+template <weight_storage_type T, class Config, class Weights>
 void fill_weights(const safetensors_file& f, const Config& cfg, Weights& w, const std::string& describe) {
   std::vector<std::string> missing, misshaped, unexpected, other;
   std::set<std::string> used;
-  for_each_parameter(cfg, w, [&](const std::string& name, const shape_t& shape, buffer<T>& b) {
+  for_each_parameter(cfg, w, [&](const std::string& name, const shape_t& shape, auto& b) {
+    using E = typename std::remove_reference_t<decltype(b)>::value_type;  // T, or vector_storage_t<T>
     const tensor_entry* e = f.find(name);
     if (!e) return missing.push_back(name);
     used.insert(name);
     if (e->shape != shape)
       return misshaped.push_back(name + " is " + shape_string(e->shape) + ", expected " + shape_string(shape));
+    const bool q8_file = e->type == dtype::I8;
     try {
-      b = read_storage<T>(f, name);
+      if (q8_file) {
+        used.insert(name + q8_0_scale_suffix);
+        b = read_q8_0<E>(f, name, shape);
+      } else if constexpr (is_block_quantized<E>) {
+        b = quantize_tensor<E>(f, name, shape);
+      } else {
+        b = read_storage<E>(f, name);
+      }
     } catch (const format_error& err) {
       return other.push_back(err.what());
+    } catch (const value_error& err) {
+      return other.push_back(err.what());
     }
-    // A weight that is not finite poisons every output it touches: refused at load, by name and index.
-    if (const index_t i = first_non_finite(b); i >= 0) other.push_back(non_finite_weight<T>(f, name, i));
+    // A weight that is not finite poisons every output it touches: refused at load, by name and index. (q8_0 is
+    // checked as it is made: quantize_row_q8_0 and check_row_q8_0 refuse what is not finite.)
+    if constexpr (!is_block_quantized<E>) {
+      if (const index_t i = first_non_finite(b); i >= 0) {
+        if (q8_file)
+          other.push_back(name + "[" + std::to_string(i) + "] (a q8_0 weight) overflows the storage type " +
+                          std::string(storage_name<E>()));
+        else
+          other.push_back(non_finite_weight<E>(f, name, i));
+      }
+    }
   });
   // The public modules' buffers: rope_inv_freq (used when present) and the causal masks.
   const index_t half = (cfg_layer(cfg).d_model / cfg_layer(cfg).n_heads) / 2;
@@ -419,13 +499,13 @@ inline std::string describe(const decoder_config& c) {
 namespace detail {
 /// What reading the weights of `c` in storage type T allocates: the parameters, and the largest tensor once more
 /// as read from the file (as double, the widest conversion).
-template <storage_type T, class Config>
+template <weight_storage_type T, class Config>
 memory_plan weights_plan(const Config& c) {
   const auto D = static_cast<std::uint64_t>(cfg_layer(c).d_model);
   std::uint64_t largest = 2 * D * D;  // W_in, proj_fb
   if constexpr (std::is_same_v<Config, decoder_config>) largest = std::max(largest, static_cast<std::uint64_t>(c.vocab_size) * D);
   memory_plan p("the weights of " + describe(c));
-  p.add("parameters", static_cast<std::uint64_t>(parameter_count(c)), sizeof(T));
+  p.add("parameters", parameter_bytes<T>(c), 1);
   p.add("the largest tensor as read", largest, sizeof(double));
   return p;
 }
@@ -433,7 +513,7 @@ memory_plan weights_plan(const Config& c) {
 
 /// Layer weights from an opened file, checked against `c`, in storage type T (float, double, bfloat16, float16).
 /// `c` is validated first.
-template <storage_type T>
+template <weight_storage_type T>
 layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_config& c) {
   c.check();
   detail::weights_plan<T>(c).check();
@@ -444,7 +524,7 @@ layer_weights<T> read_layer_weights(const safetensors_file& f, const layer_confi
 }
 
 /// Decoder weights from an opened file, checked against `c`, in storage type T. `c` is validated first.
-template <storage_type T>
+template <weight_storage_type T>
 decoder_weights<T> read_decoder_weights(const safetensors_file& f, const decoder_config& c) {
   c.check();
   // The layers the file holds, counted from its tensor names before anything is sized by the configuration: a
@@ -559,17 +639,48 @@ decoder<T, B, A> load_decoder(const std::filesystem::path& path, std::optional<d
   return load_decoder<T, B, A>(safetensors_file::load(path), config, variant);
 }
 
-/// Writes a layer's (or a decoder's) parameters as F32 (or `type`: F64, F16, BF16) with its configuration
-/// in __metadata__. `Config` is layer_config with layer_weights<T>, or decoder_config with decoder_weights<T>.
+/// Adds a layer's (or a decoder's) parameters to `out`: q8_0 matrices as their I8 values and F16 scales (tensors
+/// `name` and `name.scale`, see q8_0_scale_suffix), everything else converted to `type` (F32, F64, F16 or BF16;
+/// rounded once, and refused by name when a value overflows it). Returns the bytes of tensor data added.
+template <class Config, class Weights>
+std::size_t add_parameters(safetensors_writer& out, const Config& c, const Weights& w, dtype type = dtype::F32) {
+  std::size_t bytes = 0;
+  for_each_parameter(c, w, [&](const std::string& name, const shape_t& s, const auto& b) {
+    using E = typename std::remove_cvref_t<decltype(b)>::value_type;
+    if constexpr (is_block_quantized<E>) {
+      const index_t rows = s[0], cols = s[1], nb = storage_cols<E>(cols);
+      std::vector<std::byte> q(static_cast<std::size_t>(rows * cols)), d(static_cast<std::size_t>(rows * nb) * 2);
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t blk = 0; blk < nb; ++blk) {
+          const q8_0& x = b.data()[r * nb + blk];
+          const std::size_t at = static_cast<std::size_t>(r * nb + blk) * 2;
+          d[at] = static_cast<std::byte>(x.d.bits & 0xFFu);
+          d[at + 1] = static_cast<std::byte>(x.d.bits >> 8);
+          for (index_t i = 0; i < q8_0::block && blk * q8_0::block + i < cols; ++i)
+            q[static_cast<std::size_t>(r * cols + blk * q8_0::block + i)] = static_cast<std::byte>(static_cast<std::uint8_t>(x.q[i]));
+        }
+      out.add(name, dtype::I8, s, q);
+      out.add(name + q8_0_scale_suffix, dtype::F16, shape_t{rows, nb}, d);
+      bytes += q.size() + d.size();
+    } else {
+      std::vector<double> v(static_cast<std::size_t>(b.size()));
+      for (index_t i = 0; i < b.size(); ++i) v[static_cast<std::size_t>(i)] = static_cast<double>(b.data()[i]);
+      out.add_converted(name, type, s, v);
+      bytes += v.size() * dtype_size(type);
+    }
+  });
+  return bytes;
+}
+
+/// Writes a layer's (or a decoder's) parameters as F32 (or `type`: F64, F16, BF16; q8_0 matrices as I8 values with
+/// F16 scales, add_parameters) with its configuration in __metadata__ (and sessa.weights = q8_0 for q8_0 weights).
+/// `Config` is layer_config with layer_weights<T>, or decoder_config with decoder_weights<T>.
 template <class Config, class Weights>
 void save_model(const std::filesystem::path& path, const Config& c, const Weights& w, dtype type = dtype::F32) {
   safetensors_writer out;
   for (auto& [k, v] : config_metadata(c)) out.set_metadata(k, v);
-  for_each_parameter(c, w, [&](const std::string& name, const shape_t& s, const auto& b) {
-    std::vector<double> v(static_cast<std::size_t>(b.size()));
-    for (index_t i = 0; i < b.size(); ++i) v[static_cast<std::size_t>(i)] = static_cast<double>(b[i]);
-    out.add_converted(name, type, s, v);
-  });
+  if constexpr (is_block_quantized<typename Weights::value_type>) out.set_metadata("sessa.weights", "q8_0");
+  add_parameters(out, c, w, type);
   out.write(path);
 }
 

@@ -9,7 +9,7 @@
 // the problem. Failing to open or read a file is an io_error.
 //
 // read_as<T>() converts to the working type: float/double from F32, F64, F16 or BF16 (exact decoding,
-// subnormals, infinities and NaNs included), int64/int32 from I64 or I32 (range-checked). Data need not
+// subnormals, infinities and NaNs included), int64/int32 from I64, I32 or I8 (range-checked). Data need not
 // be aligned (a header length that is not a multiple of 8 is legal), so every load goes through memcpy.
 //
 // safetensors_writer writes what the Python reference (shared/reference/sessa_torch.py) writes, byte for
@@ -221,7 +221,7 @@ class safetensors_file {
   }
 
   /// The tensor's elements converted to T, row-major. T is float or double (from F32, F64, F16, BF16) or
-  /// std::int64_t or std::int32_t (from I64, I32; range-checked when narrowing). Any other dtype is a
+  /// std::int64_t or std::int32_t (from I64, I32, I8; range-checked when narrowing). Any other dtype is a
   /// format_error naming the tensor, its dtype and the dtypes accepted.
   template <class T>
   std::vector<T> read_as(std::string_view name) const;
@@ -512,7 +512,10 @@ std::vector<T> safetensors_file::read_as(std::string_view name) const {
       case dtype::I32:
         for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<std::int32_t>(load_le<std::uint32_t>(p + 4 * i)));
         break;
-      default: reject(target, "I64, I32");
+      case dtype::I8:
+        for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<std::int8_t>(std::to_integer<std::uint8_t>(p[i])));
+        break;
+      default: reject(target, "I64, I32, I8");
     }
   }
   return out;
@@ -525,6 +528,9 @@ std::vector<T> safetensors_file::read_as(std::string_view name) const {
 /// is a format_error at the call that causes it.
 class safetensors_writer {
  public:
+  /// Tensors added so far.
+  std::size_t size() const noexcept { return tensors_.size(); }
+
   /// Sets (or replaces) one __metadata__ entry.
   void set_metadata(std::string key, std::string value) {
     for (const std::string* s : {&key, &value})

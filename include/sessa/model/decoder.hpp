@@ -95,8 +95,8 @@ void embed_tokens(const T* embedding, std::span<const std::int64_t> tokens, matr
 /// logits (out_rows, V) = LayerNorm(h; norm_w, norm_b) head (V, D)^T over every row of h (batch*n, D), or
 /// over the last row of each batch row with logits_for::last. `scratch` holds >= out_rows * D values.
 template <backend_tag Backend, numeric P>
-void decoder_head(backend::context<Backend>& ctx, pointer<const weight_t<P>, space_of<Backend>> norm_w,
-                  pointer<const weight_t<P>, space_of<Backend>> norm_b, compute_t<P> eps,
+void decoder_head(backend::context<Backend>& ctx, pointer<const vector_storage_t<weight_t<P>>, space_of<Backend>> norm_w,
+                  pointer<const vector_storage_t<weight_t<P>>, space_of<Backend>> norm_b, compute_t<P> eps,
                   pointer<const weight_t<P>, space_of<Backend>> head, cmatrix<compute_t<P>, space_of<Backend>> h,
                   index_t batch, logits_for which, pointer<compute_t<P>, space_of<Backend>> scratch,
                   matrix<compute_t<P>, space_of<Backend>> logits) {
@@ -108,7 +108,8 @@ void decoder_head(backend::context<Backend>& ctx, pointer<const weight_t<P>, spa
   matrix<T, S> hn(scratch, logits.rows, D);  // (out_rows, D)
   if (which == logits_for::all) kernels::layer_norm(ctx, h, norm_w, norm_b, eps, hn);
   else kernels::layer_norm(ctx, cmatrix<T, S>(h.data + (n - 1) * D, batch, D, n * D), norm_w, norm_b, eps, hn);  // row n-1 of each
-  kernels::linear(ctx, cmatrix<T, S>(hn), cmatrix<W, S>(head, logits.cols, D), pointer<const W, S>{}, logits, false);
+  kernels::linear(ctx, cmatrix<T, S>(hn), weight_matrix<W, S>(head, logits.cols, D),
+                  pointer<const vector_storage_t<W>, S>{}, logits, false);
 }
 
 template <numeric P, backend_tag Backend = backend::default_cpu, attention_variant Variant = attention::causal>
@@ -225,7 +226,8 @@ class decoder {
       auto& ctx = cache.scratch.context;
       cache.h.reserve(rows * D);
       matrix<T, space> h(cache.h.data(), rows, D);  // (rows, D) residual stream
-      backend::kernels<Backend>::embed(ctx, cmatrix<W, space>(w_.embedding.data(), V, D), token_ids(tokens, cache), h);
+      backend::kernels<Backend>::embed(ctx, weight_matrix<W, space>(w_.embedding.data(), V, D),
+                                       token_ids(tokens, cache), h);
       for (std::size_t l = 0; l < layers_.size(); ++l) layers_[l].forward(h, batch, cache.layers[l], cache.scratch, h);
       // The head in row blocks of at most prefill_block rows, so its scratch stays bounded like the layers'.
       const T eps = static_cast<T>(cfg_.layer.ln_eps);
@@ -316,7 +318,7 @@ class decoder {
       auto& ctx = scratch.ws.context;
       scratch.h.reserve(m * D);
       matrix<T, space> h(scratch.h.data(), m, D);  // (m, D) residual stream, row i of sequence i
-      backend::kernels<Backend>::embed(ctx, cmatrix<W, space>(w_.embedding.data(), V, D),
+      backend::kernels<Backend>::embed(ctx, weight_matrix<W, space>(w_.embedding.data(), V, D),
                                        token_ids(tokens, scratch.tokens), h);
       std::vector<layer_cache<P, Backend>*> lc(caches.size());
       for (std::size_t l = 0; l < layers_.size(); ++l) {

@@ -91,13 +91,13 @@ struct decoder_spec {
 };
 
 /// Pointers to a decoder's weights, stored as W (shapes as in decoder_weights; head == embedding when tied).
-template <storage_type W, class Spec>
+template <weight_storage_type W, class Spec>
 struct decoder_params {
-  const W* embedding = nullptr;  // (V, D)
+  const W* embedding = nullptr;                   // (V, D)
   std::array<layer_params<W>, Spec::n_layers> layers{};
-  const W* norm_w = nullptr;     // (D)
-  const W* norm_b = nullptr;     // (D)
-  const W* head = nullptr;       // (V, D)
+  const vector_storage_t<W>* norm_w = nullptr;   // (D)
+  const vector_storage_t<W>* norm_b = nullptr;   // (D)
+  const W* head = nullptr;                        // (V, D)
 };
 
 /// Per-sequence state of a static decoder: one cache per layer and the scratch of a chunk, all stored
@@ -250,7 +250,8 @@ class static_decoder {
           part[b * c + i] = tokens[static_cast<std::size_t>(b * n + t0 + i)];
       const std::span<const std::int64_t> chunk(part, static_cast<std::size_t>(B * c));
       matrix<T> h = st.residual(B * c);  // (B*c, D)
-      backend::kernels<Backend>::embed(st.scratch().context, cmatrix<W>(p_.embedding, V, Spec::d_model), chunk.data(), h);
+      backend::kernels<Backend>::embed(st.scratch().context, weight_matrix<W, memory::host>(p_.embedding, V, Spec::d_model),
+                                       chunk.data(), h);
       run_layers(h, st, std::make_index_sequence<Spec::n_layers>{});
       const T eps = static_cast<T>(Spec::norm_eps);
       if (which == logits_for::last) {

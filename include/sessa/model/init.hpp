@@ -6,9 +6,12 @@
 // (doubles are the float values promoted, like weights trained in float32).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "../concepts.hpp"
 #include "../core/hparams.hpp"
@@ -41,10 +44,9 @@ class random_stream {
 };
 
 namespace detail {
-template <storage_type T>
-auto random_filler(random_stream& rng) {
-  return [&rng](const std::string& name, const shape_t& s, buffer<T>& b) {
-    b.resize(shape_numel(s));
+inline auto random_filler(random_stream& rng) {
+  return [&rng](const std::string& name, const shape_t& s, auto& b) {
+    using T = typename std::remove_reference_t<decltype(b)>::value_type;  // the parameter's storage type
     const auto ends_with = [&](const char* suffix) {
       const std::string x(suffix);
       return name.size() >= x.size() && name.compare(name.size() - x.size(), x.size(), x) == 0;
@@ -61,28 +63,39 @@ auto random_filler(random_stream& rng) {
     } else {
       sd = 1.0 / std::sqrt(static_cast<double>(s.back()));  // Linear: (out, in)
     }
-    for (index_t i = 0; i < b.size(); ++i) b[i] = narrow<T>(static_cast<float>(mean + sd * rng.normal()));
+    if constexpr (is_block_quantized<T>) {  // draw the values as for float32, then quantize each row
+      const index_t cols = s.empty() ? 1 : s.back(), rows = shape_numel(s) / std::max<index_t>(1, cols);
+      b.resize(rows * storage_cols<T>(cols));
+      std::vector<float> row(static_cast<std::size_t>(cols));
+      for (index_t r = 0; r < rows; ++r) {
+        for (float& v : row) v = static_cast<float>(mean + sd * rng.normal());
+        quantize_row_q8_0(row.data(), cols, b.data() + r * storage_cols<T>(cols), name);
+      }
+    } else {
+      b.resize(shape_numel(s));
+      for (index_t i = 0; i < b.size(); ++i) b[i] = narrow<T>(static_cast<float>(mean + sd * rng.normal()));
+    }
   };
 }
 }  // namespace detail
 
-template <storage_type T>
+template <weight_storage_type T>
 layer_weights<T> random_layer_weights(const layer_config& c, std::uint64_t seed) {
   c.check();
   random_stream rng(seed);
   layer_weights<T> w;
-  for_each_parameter(c, w, detail::random_filler<T>(rng));
+  for_each_parameter(c, w, detail::random_filler(rng));
   if (c.use_rope) w.mixer.rope_inv_freq = rope::inv_freq_table(c.head_dim());
   return w;
 }
 
-template <storage_type T>
+template <weight_storage_type T>
 decoder_weights<T> random_decoder_weights(const decoder_config& c, std::uint64_t seed) {
   c.check();
   random_stream rng(seed);
   decoder_weights<T> w;
   w.layers.resize(static_cast<std::size_t>(c.n_layers));
-  for_each_parameter(c, w, detail::random_filler<T>(rng));
+  for_each_parameter(c, w, detail::random_filler(rng));
   if (c.layer.use_rope)
     for (auto& l : w.layers) l.mixer.rope_inv_freq = rope::inv_freq_table(c.layer.head_dim());
   return w;

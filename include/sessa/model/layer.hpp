@@ -66,12 +66,12 @@ void layer_pass_segments(const layer_config& cfg, const layer_params<weight_t<P>
   matrix<T, S> az(ws.az.data(), rows, 2 * D);  // (rows, 2D)  [a | z]
   matrix<T, S> s(ws.s.data(), rows, D);        // (rows, D)   mixer output
   kernels::layer_norm(ctx, x, w.ln_w, w.ln_b, static_cast<T>(cfg.ln_eps), u);
-  kernels::linear(ctx, cmatrix<T, S>(u), cmatrix<W, S>(w.in_w, 2 * D, D), w.in_b, az, false);
+  kernels::linear(ctx, cmatrix<T, S>(u), weight_matrix<W, S>(w.in_w, 2 * D, D), w.in_b, az, false);
   kernels::gelu(ctx, az.col_block(0, D));
   mixer_extend_segments<Backend, P>(cfg, w.mixer, variant, cmatrix<T, S>(az.col_block(0, D)), segments, ws, s);
   kernels::multiply(ctx, cmatrix<T, S>(s), cmatrix<T, S>(az.col_block(D, D)), u);
   if (raw(y.data) != raw(x.data)) kernels::copy(ctx, x, y);
-  kernels::linear(ctx, cmatrix<T, S>(u), cmatrix<W, S>(w.out_w, D, D), w.out_b, y, /*accumulate=*/true);
+  kernels::linear(ctx, cmatrix<T, S>(u), weight_matrix<W, S>(w.out_w, D, D), w.out_b, y, /*accumulate=*/true);
 }
 
 /// One pass over n = x.rows / batch tokens per sequence of one cache.

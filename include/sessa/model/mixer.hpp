@@ -69,11 +69,11 @@ void mixer_extend_segments(const layer_config& cfg, const mixer_params<weight_t<
   matrix<T, S> gam(ws.gamma.data(), rows, 1);      // (rows, 1)
   matrix<T, S> f(ws.f.data(), rows, D);            // (rows, D)
 
-  kernels::linear(ctx, a, cmatrix<W, S>(w.q_w, D, D), w.q_b, q, false);
-  kernels::linear(ctx, a, cmatrix<W, S>(w.k_w, kv, D), w.k_b, kvm.col_block(0, kv), false);
-  kernels::linear(ctx, a, cmatrix<W, S>(w.v_w, kv, D), w.v_b, kvm.col_block(kv, kv), false);
-  kernels::linear(ctx, a, cmatrix<W, S>(w.fb_w, 2 * D, D), w.fb_b, qbkb, false);
-  kernels::linear(ctx, a, cmatrix<W, S>(w.gamma_ctx, 1, D), w.gamma_bias, gam, false);
+  kernels::linear(ctx, a, weight_matrix<W, S>(w.q_w, D, D), w.q_b, q, false);
+  kernels::linear(ctx, a, weight_matrix<W, S>(w.k_w, kv, D), w.k_b, kvm.col_block(0, kv), false);
+  kernels::linear(ctx, a, weight_matrix<W, S>(w.v_w, kv, D), w.v_b, kvm.col_block(kv, kv), false);
+  kernels::linear(ctx, a, weight_matrix<W, S>(w.fb_w, 2 * D, D), w.fb_b, qbkb, false);
+  kernels::linear(ctx, a, weight_matrix<W, S>(w.gamma_ctx, 1, D), w.gamma_bias, gam, false);
   kernels::gain(ctx, gam.data, rows, static_cast<T>(cfg.gamma_max));
   for (const auto& g : segments) {
     const index_t pos0 = g.cache->length(), r = g.batch * g.n;
@@ -91,7 +91,8 @@ void mixer_extend_segments(const layer_config& cfg, const mixer_params<weight_t<
   cmatrix<T, S> f_out = f;
   if (cfg.has_out_proj()) {
     matrix<T, S> f2(ws.f2.data(), rows, D);
-    kernels::linear(ctx, cmatrix<T, S>(f), cmatrix<W, S>(w.out_w, D, D), pointer<const W, S>{}, f2, false);
+    kernels::linear(ctx, cmatrix<T, S>(f), weight_matrix<W, S>(w.out_w, D, D), pointer<const vector_storage_t<W>, S>{},
+                    f2, false);
     f_out = f2;
   }
   for (const auto& g : segments) {

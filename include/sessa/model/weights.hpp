@@ -11,6 +11,7 @@
 // name or a shape is written down exactly once.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -19,71 +20,87 @@
 #include "../concepts.hpp"
 #include "../core/hparams.hpp"
 #include "../core/numeric.hpp"
+#include "../core/quant.hpp"
 #include "../core/tensor.hpp"
 
 namespace sessa {
 
-template <storage_type T, class S = memory::host>
+template <weight_storage_type T, class S = memory::host>
 struct mixer_weights {
   using value_type = T;
+  using vector_type = vector_storage_t<T>;  // biases and the gate's scalar: T, or float32 for q8_0 matrices
   using space = S;
-  buffer<T, S> q_w;         // (D, D)          mixer.q_proj.weight
-  buffer<T, S> q_b;         // (D)             mixer.q_proj.bias
-  buffer<T, S> k_w;         // (Hkv*d, D)      mixer.k_proj.weight
-  buffer<T, S> k_b;         // (Hkv*d)         mixer.k_proj.bias
-  buffer<T, S> v_w;         // (Hkv*d, D)      mixer.v_proj.weight
-  buffer<T, S> v_b;         // (Hkv*d)         mixer.v_proj.bias
-  buffer<T, S> out_w;       // (D, D)          mixer.out_proj.weight, only when H > 1 (empty otherwise)
-  buffer<T, S> fb_w;        // (2D, D)         mixer.proj_fb.weight: rows [0, D) -> q_b, [D, 2D) -> k_b
-  buffer<T, S> fb_b;        // (2D)            mixer.proj_fb.bias
-  buffer<T, S> gamma_bias;  // ()  one value   mixer.gamma_bias
-  buffer<T, S> gamma_ctx;   // (1, D)          mixer.gamma_ctx.weight
-  buffer<float, S> rope_inv_freq;  // (d/2) float32 omega_i; filled by the loader or rope::inv_freq
+  buffer<T, S> q_w;                  // (D, D)          mixer.q_proj.weight
+  buffer<vector_type, S> q_b;        // (D)             mixer.q_proj.bias
+  buffer<T, S> k_w;                  // (Hkv*d, D)      mixer.k_proj.weight
+  buffer<vector_type, S> k_b;        // (Hkv*d)         mixer.k_proj.bias
+  buffer<T, S> v_w;                  // (Hkv*d, D)      mixer.v_proj.weight
+  buffer<vector_type, S> v_b;        // (Hkv*d)         mixer.v_proj.bias
+  buffer<T, S> out_w;                // (D, D)          mixer.out_proj.weight, only when H > 1 (empty otherwise)
+  buffer<T, S> fb_w;                 // (2D, D)         mixer.proj_fb.weight: rows [0, D) -> q_b, [D, 2D) -> k_b
+  buffer<vector_type, S> fb_b;       // (2D)            mixer.proj_fb.bias
+  buffer<vector_type, S> gamma_bias; // ()  one value   mixer.gamma_bias
+  buffer<T, S> gamma_ctx;            // (1, D)          mixer.gamma_ctx.weight
+  buffer<float, S> rope_inv_freq;    // (d/2) float32 omega_i; filled by the loader or rope::inv_freq
 };
 
-template <storage_type T, class S = memory::host>
+template <weight_storage_type T, class S = memory::host>
 struct layer_weights {
   using value_type = T;
+  using vector_type = vector_storage_t<T>;
   using space = S;
-  buffer<T, S> ln_w;   // (D)       ln.weight
-  buffer<T, S> ln_b;   // (D)       ln.bias
-  buffer<T, S> in_w;   // (2D, D)   W_in.weight: rows [0, D) -> a, [D, 2D) -> z
-  buffer<T, S> in_b;   // (2D)      W_in.bias
+  buffer<vector_type, S> ln_w;  // (D)       ln.weight
+  buffer<vector_type, S> ln_b;  // (D)       ln.bias
+  buffer<T, S> in_w;            // (2D, D)   W_in.weight: rows [0, D) -> a, [D, 2D) -> z
+  buffer<vector_type, S> in_b;  // (2D)      W_in.bias
   mixer_weights<T, S> mixer;
-  buffer<T, S> out_w;  // (D, D)    W_out.weight
-  buffer<T, S> out_b;  // (D)       W_out.bias
+  buffer<T, S> out_w;           // (D, D)    W_out.weight
+  buffer<vector_type, S> out_b; // (D)       W_out.bias
 };
 
-template <storage_type T, class S = memory::host>
+template <weight_storage_type T, class S = memory::host>
 struct decoder_weights {
   using value_type = T;
+  using vector_type = vector_storage_t<T>;
   using space = S;
-  buffer<T, S> embedding;  // (V, D)  embedding.weight
+  buffer<T, S> embedding;          // (V, D)  embedding.weight
   std::vector<layer_weights<T, S>> layers;
-  buffer<T, S> norm_w;     // (D)     norm_f.weight
-  buffer<T, S> norm_b;     // (D)     norm_f.bias
-  buffer<T, S> head;       // (V, D)  lm_head.weight; empty when the embeddings are tied
+  buffer<vector_type, S> norm_w;   // (D)     norm_f.weight
+  buffer<vector_type, S> norm_b;   // (D)     norm_f.bias
+  buffer<T, S> head;               // (V, D)  lm_head.weight; empty when the embeddings are tied
   const buffer<T, S>& head_matrix() const noexcept { return head.empty() ? embedding : head; }
 };
 
 /// Read-only view of a mixer's parameters (shapes as in mixer_weights; out_w null when H == 1,
 /// rope_inv_freq null when RoPE is off).
-template <storage_type T, class S = memory::host>
+template <weight_storage_type T, class S = memory::host>
 struct mixer_params {
-  using ptr = pointer<const T, S>;
-  ptr q_w{}, q_b{}, k_w{}, k_b{}, v_w{}, v_b{};
+  using ptr = pointer<const T, S>;                      // matrices
+  using vptr = pointer<const vector_storage_t<T>, S>;  // vectors
+  ptr q_w{};
+  vptr q_b{};
+  ptr k_w{};
+  vptr k_b{};
+  ptr v_w{};
+  vptr v_b{};
   ptr out_w{};
-  ptr fb_w{}, fb_b{}, gamma_bias{}, gamma_ctx{};
+  ptr fb_w{};
+  vptr fb_b{}, gamma_bias{};
+  ptr gamma_ctx{};
   pointer<const float, S> rope_inv_freq{};  // (d/2)
 };
 
 /// Read-only view of a layer's parameters.
-template <storage_type T, class S = memory::host>
+template <weight_storage_type T, class S = memory::host>
 struct layer_params {
   using ptr = pointer<const T, S>;
-  ptr ln_w{}, ln_b{}, in_w{}, in_b{};
+  using vptr = pointer<const vector_storage_t<T>, S>;
+  vptr ln_w{}, ln_b{};
+  ptr in_w{};
+  vptr in_b{};
   mixer_params<T, S> mixer;
-  ptr out_w{}, out_b{};
+  ptr out_w{};
+  vptr out_b{};
 };
 
 template <class T, class S>
@@ -104,6 +121,25 @@ layer_params<T, S> params(const layer_weights<T, S>& w, const mixer_weights<T, S
   p.mixer = params(m);
   p.out_w = w.out_w.data(), p.out_b = w.out_b.data();
   return p;
+}
+
+/// The (rows, cols) weight matrix at p stored as W in space S, as the kernels take it: (rows, storage_cols<W>(cols))
+/// elements, which for q8_0 are the blocks of each row.
+template <class W, class S, class Ptr>
+cmatrix<W, S> weight_matrix(Ptr p, index_t rows, index_t cols) noexcept {
+  return cmatrix<W, S>(p, rows, storage_cols<W>(cols));
+}
+
+/// Elements of storage type E that hold a parameter of shape s: its values, or for a block-quantized E the blocks of
+/// its rows (the last dimension cut into blocks; a matrix (rows, cols) takes rows * ceil(cols / 32) q8_0 blocks).
+template <class E>
+index_t storage_numel(const shape_t& s) {
+  if constexpr (is_block_quantized<E>) {
+    if (s.empty()) return 1;
+    return shape_numel(s) / std::max<index_t>(1, s.back()) * storage_cols<E>(s.back());
+  } else {
+    return shape_numel(s);
+  }
 }
 
 /// Calls fn(name, shape, buffer) for every parameter of a mixer, in SPEC.md's order. `MW` is
@@ -167,6 +203,25 @@ index_t parameter_count(const Config& c) {
   return n;
 }
 
+/// Bytes of a layer's / decoder's parameters with matrices stored as T and vectors as vector_storage_t<T>.
+template <weight_storage_type T, class Config>
+std::uint64_t parameter_bytes(const Config& c) {
+  std::uint64_t n = 0;
+  auto count = [&](const std::string&, const shape_t& s, auto& b) {
+    using E = typename std::remove_reference_t<decltype(b)>::value_type;
+    n += static_cast<std::uint64_t>(storage_numel<E>(s)) * sizeof(E);
+  };
+  if constexpr (std::is_same_v<Config, decoder_config>) {
+    decoder_weights<T> shapes_only;
+    shapes_only.layers.resize(static_cast<std::size_t>(c.n_layers));
+    for_each_parameter(c, shapes_only, count);
+  } else {
+    layer_weights<T> shapes_only;
+    for_each_parameter(c, shapes_only, count);
+  }
+  return n;
+}
+
 namespace detail {
 template <class T, class S>
 void check_rope_table(const layer_config& c, const mixer_weights<T, S>& m, const std::string& prefix) {
@@ -176,9 +231,11 @@ void check_rope_table(const layer_config& c, const mixer_weights<T, S>& m, const
 }
 inline auto size_checker() {
   return [](const std::string& name, const shape_t& s, const auto& b) {
-    if (b.size() != shape_numel(s))
-      throw shape_error("parameter '" + name + "' has " + std::to_string(b.size()) + " values, shape " +
-                        shape_string(s) + " needs " + std::to_string(shape_numel(s)));
+    using E = typename std::decay_t<decltype(b)>::value_type;
+    if (b.size() != storage_numel<E>(s))
+      throw shape_error("parameter '" + name + "' has " + std::to_string(b.size()) + " " +
+                        (is_block_quantized<E> ? "blocks" : "values") + ", shape " + shape_string(s) + " needs " +
+                        std::to_string(storage_numel<E>(s)));
   };
 }
 }  // namespace detail
@@ -225,6 +282,80 @@ void copy_weights(const Config& c, const W& w, DW& out) {
   });
 }
 }  // namespace detail
+
+namespace detail {
+/// The `cols` values of a row stored as E, as doubles.
+template <class E>
+void row_values(const E* row, index_t cols, double* out) {
+  for (index_t k = 0; k < cols; ++k) out[k] = weight_at<double>(row, k);
+}
+/// `cols` values stored into a row of E: rounded once (narrow types), or quantized (q8_0; value_error naming `what`
+/// for a weight q8_0 cannot hold).
+template <class E>
+void store_row(const double* v, index_t cols, E* row, const std::string& what) {
+  if constexpr (is_block_quantized<E>) quantize_row_q8_0(v, cols, row, what);
+  else
+    for (index_t k = 0; k < cols; ++k) row[k] = narrow<E>(v[k]);
+}
+/// Rows and columns of a parameter of shape s as its storage sees it: matrices (rank 2) are rows of their last
+/// dimension, everything else one row.
+inline std::pair<index_t, index_t> rows_cols(const shape_t& s) {
+  if (s.size() == 2) return {s[0], s[1]};
+  return {1, shape_numel(s)};
+}
+
+/// out = w (host) with every matrix stored as U and every vector as vector_storage_t<U>, through doubles.
+template <class U, class T, class DW, class Config>
+void convert_weights(const Config& c, const T& w, DW& out) {
+  std::vector<const void*> src;
+  for_each_parameter(c, w, [&](const std::string&, const shape_t&, const auto& b) { src.push_back(&b); });
+  std::size_t i = 0;
+  std::vector<double> row;
+  for_each_parameter(c, out, [&](const std::string& name, const shape_t& s, auto& b) {
+    using E = typename std::remove_reference_t<decltype(b)>::value_type;  // U or vector_storage_t<U>
+    using SrcM = typename T::value_type;
+    const std::pair<index_t, index_t> rc = rows_cols(s);
+    const index_t rows = rc.first, cols = rc.second;
+    const void* from = src[i++];
+    auto convert = [&](const auto* src_buffer) {
+      using Src = typename std::remove_pointer_t<decltype(src_buffer)>::value_type;
+      b = buffer<E>(rows * storage_cols<E>(cols));
+      row.resize(static_cast<std::size_t>(cols));
+      for (index_t r = 0; r < rows; ++r) {
+        row_values<Src>(src_buffer->data() + r * storage_cols<Src>(cols), cols, row.data());
+        store_row<E>(row.data(), cols, b.data() + r * storage_cols<E>(cols),
+                     name + (rows > 1 ? " row " + std::to_string(r) : std::string()));
+      }
+    };
+    // Matrices (rank 2) are stored as the weights' type, vectors as its vector type, on both sides.
+    if (s.size() == 2) convert(static_cast<const buffer<SrcM>*>(from));
+    else convert(static_cast<const buffer<vector_storage_t<SrcM>>*>(from));
+  });
+}
+}  // namespace detail
+
+/// The same layer weights with matrices stored as U (float, double, bfloat16, float16, q8_0) and vectors as
+/// vector_storage_t<U>: values rounded once, or quantized per row of 32-weight blocks; a q8_0 source is dequantized
+/// exactly first. Host memory. value_error naming the parameter for a weight U cannot hold.
+template <weight_storage_type U, class T>
+layer_weights<U> convert_weights(const layer_config& c, const layer_weights<T>& w) {
+  check_weights(c, w);
+  layer_weights<U> out;
+  detail::convert_weights<U>(c, w, out);
+  out.mixer.rope_inv_freq = w.mixer.rope_inv_freq;
+  return out;
+}
+
+/// The same decoder weights with matrices stored as U and vectors as vector_storage_t<U> (see the layer form).
+template <weight_storage_type U, class T>
+decoder_weights<U> convert_weights(const decoder_config& c, const decoder_weights<T>& w) {
+  check_weights(c, w);
+  decoder_weights<U> out;
+  out.layers.resize(w.layers.size());
+  detail::convert_weights<U>(c, w, out);
+  for (std::size_t l = 0; l < w.layers.size(); ++l) out.layers[l].mixer.rope_inv_freq = w.layers[l].mixer.rope_inv_freq;
+  return out;
+}
 
 /// A copy of a layer's weights in memory space Dst (the upload of weights loaded on the host).
 template <class Dst, class T, class Src>

@@ -50,7 +50,16 @@ struct kernels<reference> {
         T acc = 0;
         const T* xr = x.row(i);
         const W* wr = w.row(j);
-        for (index_t k = 0; k < x.cols; ++k) acc += xr[k] * weight_at<T>(wr, k);
+        if constexpr (is_block_quantized<W>) {  // block by block: one scale per 32 weights, the same products
+          for (index_t k0 = 0; k0 < x.cols; k0 += W::block) {
+            const W& blk = wr[k0 / W::block];
+            const float d = static_cast<float>(blk.d);
+            const index_t len = std::min<index_t>(W::block, x.cols - k0);
+            for (index_t i = 0; i < len; ++i) acc += xr[k0 + i] * static_cast<T>(d * static_cast<float>(blk.q[i]));
+          }
+        } else {
+          for (index_t k = 0; k < x.cols; ++k) acc += xr[k] * widen<T>(wr[k]);
+        }
         if (bias) acc += widen<T>(bias[j]);
         y(i, j) = accumulate ? y(i, j) + acc : acc;
       }

@@ -8,8 +8,9 @@
 //   feedback_transposed   its transpose, backward in time, blocked the same way (feedback.hpp)
 //   layer_norm, gelu, multiply, rope   O(T D), vectorized and threaded over rows (elementwise.hpp)
 // The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. Weights may be stored as the
-// compute type or as bfloat16 / float16 (linear and layer_norm widen them in registers: widen.hpp); the cache is
-// the compute type (numeric policies float, double and precision<T, bf16 or f16, T>); a narrower cache has no cpu
+// compute type, as bfloat16 / float16 (linear and layer_norm widen them in registers: widen.hpp) or as q8_0 blocks
+// (linear dequantizes them in registers; the vectors are float32); the cache is the compute type (numeric policies
+// float, double, precision<T, bf16 or f16, T> and precision<float, q8_0, float>); a narrower cache has no cpu
 // kernels yet, which verify_kernel_set reports at compile time.
 //
 // context<cpu> adds the thread count to the reference's context: `threads` (0 = the process-wide default,
