@@ -85,9 +85,10 @@ TEST_CASE("numeric policies name compute, weight and cache types", "[core][numer
                 std::is_same_v<cache_t<P>, bfloat16>);
   static_assert(numeric<float> && numeric<P> && numeric<precision<double, float16>> && !numeric<int>);
   static_assert(storage_name<bfloat16>() == "bf16" && storage_name<float16>() == "f16");
-  // The reference backend reads every storage type; the cpu backend computes in the storage type.
+  // The reference and cpu backends read every storage type, weights and cache.
   static_assert(backend::kernel_set<backend::reference, P>);
-  static_assert(backend::kernel_set<backend::cpu, double> && !backend::kernel_set<backend::cpu, P>);
+  static_assert(backend::kernel_set<backend::cpu, double> && backend::kernel_set<backend::cpu, P> &&
+                backend::kernel_set<backend::cpu, precision<double, double, float16>>);
 }
 
 TEST_CASE("host memory: buffers, borrowing, transfers and the scratch arena", "[core][memory]") {

@@ -34,17 +34,21 @@ struct settings_guard {
   }
 };
 
+/// The cache of compute type T stored as C (C = T, or bfloat16 / float16).
+template <class T, class C>
+using cache_of = layer_cache<std::conditional_t<std::is_same_v<T, C>, T, precision<T, T, C>>>;
+
 /// A cache of capacity pos0 + n + 3 whose k, v, kb hold random values for positions [0, pos0 + n) and s for
 /// [0, pos0); every other value is NaN.
-template <class T>
-layer_cache<T> random_cache(const layer_config& c, index_t batch, index_t pos0, index_t n, std::uint64_t seed,
+template <class T, class C = T>
+cache_of<T, C> random_cache(const layer_config& c, index_t batch, index_t pos0, index_t n, std::uint64_t seed,
                             double scale) {
-  layer_cache<T> cache(c, batch, pos0 + n + 3);
+  cache_of<T, C> cache(c, batch, pos0 + n + 3);
   random_stream rng(seed);
   const T nan = std::numeric_limits<T>::quiet_NaN();
-  auto fill = [&](matrix<T> m, index_t valid, double sd) {
+  auto fill = [&](matrix<C> m, index_t valid, double sd) {
     for (index_t t = 0; t < m.rows; ++t)
-      for (index_t k = 0; k < m.cols; ++k) m(t, k) = t < valid ? static_cast<T>(sd * rng.normal()) : nan;
+      for (index_t k = 0; k < m.cols; ++k) m(t, k) = narrow<C>(t < valid ? static_cast<T>(sd * rng.normal()) : nan);
   };
   for (index_t b = 0; b < batch; ++b) {
     for (index_t h = 0; h < c.n_kv_heads; ++h) {
@@ -77,9 +81,9 @@ struct padded {
 
 /// Runs `check` (which returns an error) at 1 thread with default tiles, 2 threads with default tiles
 /// (forced parallel even on small inputs, split-K from 16 keys) and 2 threads with tiny tiles (many tiles
-/// and blocks on small inputs), and CHECKs each error against the kernel tolerance.
+/// and blocks on small inputs), and CHECKs each error against tol.
 template <class T, class F>
-void over_settings(F&& check) {
+void over_settings(F&& check, double tol = kernel_tol<T>()) {
   for (int mode = 0; mode < 3; ++mode) {
     settings_guard guard;
     auto& p = backend::simd::flash_params;
@@ -96,15 +100,16 @@ void over_settings(F&& check) {
       p.few_rows_tile = 256;
     }
     CAPTURE(mode);
-    CHECK(check() <= kernel_tol<T>());
+    CHECK(check() <= tol);
   }
 }
 
-/// The forward branch on one random case: the reference once, the cpu kernel in every setting.
-template <class T, class A>
+/// The forward branch on one random case (the cache stored as C): the reference once, the cpu kernel in every
+/// setting.
+template <class T, class A, class C = T>
 void check_attention(const layer_config& c, const A& variant, index_t batch, index_t pos0, index_t n,
                      std::uint64_t seed, double scale) {
-  const layer_cache<T> cache = random_cache<T>(c, batch, pos0, n, seed, scale);
+  const cache_of<T, C> cache = random_cache<T, C>(c, batch, pos0, n, seed, scale);
   const index_t D = c.n_heads * c.head_dim(), rows = batch * n;
   const padded<T> q(rows, D, 3, seed + 1, scale);
   padded<T> ref(rows, D, 5, seed + 2, 1.0);
@@ -119,12 +124,13 @@ void check_attention(const layer_config& c, const A& variant, index_t batch, ind
   });
 }
 
-/// The feedback solve on one random case: its output and the s rows it writes to the cache (and no row
-/// past them), the reference once, the cpu kernel in every setting.
-template <class T>
-void check_feedback(const layer_config& c, index_t batch, index_t pos0, index_t n, std::uint64_t seed, double scale) {
-  const layer_cache<T> cache0 = random_cache<T>(c, batch, pos0, n, seed, scale);
-  layer_cache<T> cache_ref = cache0;
+/// The feedback solve on one random case (the cache stored as C): its output and the s rows it writes to the
+/// cache (and no row past them), the reference once, the cpu kernel in every setting, within tol.
+template <class T, class C = T>
+void check_feedback(const layer_config& c, index_t batch, index_t pos0, index_t n, std::uint64_t seed, double scale,
+                    double tol = kernel_tol<T>()) {
+  const cache_of<T, C> cache0 = random_cache<T, C>(c, batch, pos0, n, seed, scale);
+  cache_of<T, C> cache_ref = cache0;
   const index_t D = c.d_model, rows = batch * n;
   const padded<T> qb(rows, D, 7, seed + 1, scale), f(rows, D, 2, seed + 2, 1.0);
   std::vector<T> gamma(static_cast<std::size_t>(rows));
@@ -136,25 +142,25 @@ void check_feedback(const layer_config& c, index_t batch, index_t pos0, index_t 
   backend::kernels<backend::reference>::feedback(rctx, c, cmatrix<T>(qb.view), gamma.data(), cmatrix<T>(f.view),
                                                  cache_ref.view(), pos0, n, ref.view);
   const std::vector<double> want = ref.values();
-  auto cache_rows = [&](const layer_cache<T>& cache) {
+  auto cache_rows = [&](const cache_of<T, C>& cache) {
     std::vector<double> v;
     for (index_t b = 0; b < batch; ++b)
       for (index_t t = 0; t < pos0 + n; ++t)
-        for (index_t k = 0; k < D; ++k) v.push_back(static_cast<double>(cache.s(b)(t, k)));
+        for (index_t k = 0; k < D; ++k) v.push_back(widen<double>(cache.s(b)(t, k)));
     return v;
   };
   const std::vector<double> want_s = cache_rows(cache_ref);
   over_settings<T>([&] {
-    layer_cache<T> cache = cache0;
+    cache_of<T, C> cache = cache0;
     padded<T> got(rows, D, 4, seed + 5, 1.0);
     backend::kernels<backend::cpu>::feedback(ctx, c, cmatrix<T>(qb.view), gamma.data(), cmatrix<T>(f.view), cache.view(),
                                              pos0, n, got.view);
     double err = std::max(max_rel_diff(got.values(), want), max_rel_diff(cache_rows(cache), want_s));
     for (index_t b = 0; b < batch; ++b)
       for (index_t k = 0; k < D; ++k)
-        if (!std::isnan(cache.s(b)(pos0 + n, k))) err = INFINITY;
+        if (!std::isnan(widen<double>(cache.s(b)(pos0 + n, k)))) err = INFINITY;
     return err;
-  });
+  }, tol);
 }
 
 struct shape_case {
@@ -238,6 +244,39 @@ TEMPLATE_TEST_CASE("cpu kernels: wide feedback and long decode", "[cpu][feedback
   }
 }
 
+// A bfloat16 / float16 cache: the kernels widen what they read and round the s they write exactly as the reference
+// does, and every row of a chunk reads the s of earlier rows as the cache stores them. In double the cpu kernels
+// agree with the reference to the double tolerance (a rounding of s that the two summation orders push to different
+// sides of a C rounding boundary is then vanishingly rare); in float (the in-register widening) such a flip moves a
+// value by one unit of C's last place, so the bound is a few of those.
+namespace {
+// Compute type and cache type (named without a comma: test names are filters).
+using f64_bf16_cache = std::pair<double, bfloat16>;
+using f64_f16_cache = std::pair<double, float16>;
+using f32_bf16_cache = std::pair<float, bfloat16>;
+using f32_f16_cache = std::pair<float, float16>;
+}  // namespace
+
+TEMPLATE_TEST_CASE("cpu kernels on a bfloat16 or float16 cache match the reference kernel", "[cpu][attention][feedback]",
+                   f64_bf16_cache, f64_f16_cache, f32_bf16_cache, f32_f16_cache) {
+  using T = typename TestType::first_type;
+  using C = typename TestType::second_type;
+  const double tol = std::is_same_v<T, double> ? kernel_tol<T>() : (std::is_same_v<C, bfloat16> ? 3e-2 : 4e-3);
+  const index_t Bk = backend::simd::flash_tuning{}.fb_block;
+  std::uint64_t seed = 1300;
+  for (const auto& cfg : kernel_shapes)
+    for (const shape_case sc : {shape_case{1, 0, 1}, shape_case{3, 333, 1}, shape_case{1, 700, 1}, shape_case{3, 0, 7},
+                                shape_case{1, 5, 13}, shape_case{3, 200, 40}, shape_case{1, 37, Bk + 1},
+                                shape_case{1, 0, 2 * Bk + 3}}) {
+      if (skip(cfg, sc)) continue;
+      CAPTURE(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, sc.batch, sc.pos0, sc.n, storage_name<C>());
+      check_attention<T, attention::causal, C>(cfg, attention::causal{}, sc.batch, sc.pos0, sc.n, ++seed, 1.0);
+      check_attention<T, attention::sliding_window, C>(cfg, attention::sliding_window{5}, sc.batch, sc.pos0, sc.n, ++seed,
+                                                       1.0);
+      check_feedback<T, C>(cfg, sc.batch, sc.pos0, sc.n, ++seed, 1.0, tol);
+    }
+}
+
 TEMPLATE_TEST_CASE("cpu kernels leave their scratch grown: a second call allocates nothing new", "[cpu]", float, double) {
   using T = TestType;
   settings_guard guard;
@@ -263,14 +302,14 @@ TEMPLATE_TEST_CASE("cpu kernels leave their scratch grown: a second call allocat
 
 namespace {
 
-template <class T, class A>
-void check_layers(const layer_config& cfg, const A& variant, index_t batch, index_t Tn) {
-  const auto w = random_layer_weights<T>(cfg, 77);
-  const layer<T, backend::reference, A> R(cfg, w, variant);
-  const layer<T, backend::cpu, A> C(cfg, w, variant);
+/// Numeric policy P (compute type T; weights and cache as P stores them): layer<P, cpu> against layer<P, reference>.
+template <class T, class A, class P = T>
+void check_layers(const layer_config& cfg, const A& variant, index_t batch, index_t Tn, double tol = test::tolerance<T>()) {
+  const auto w = random_layer_weights<weight_t<P>>(cfg, 77);
+  const layer<P, backend::reference, A> R(cfg, w, variant);
+  const layer<P, backend::cpu, A> C(cfg, w, variant);
   const tensor<T> x = test::random_tensor<T>({batch, Tn, cfg.d_model}, 78);
   const tensor<T> ref = R.forward(x);
-  const double tol = test::tolerance<T>();
   // Prefill.
   CHECK(max_rel_diff(C.forward(x).span(), ref.span()) <= tol);
   // Chunked prefill: uneven chunks extending the cache.
@@ -314,5 +353,14 @@ TEMPLATE_TEST_CASE("layer<cpu> matches layer<reference>: prefill, chunked prefil
     check_layers<T>(layer_config{64, 4, 2, true, 0.999, 1e-5}, attention::causal{}, 2, 150);
     check_layers<T>(layer_config{32, 1, 1, false, 0.9, 1e-5}, attention::causal{}, 1, 140);
     check_layers<T>(layer_config{48, 6, 1, true, 0.99, 1e-5}, attention::sliding_window{9}, 3, 70);
+    // bfloat16 / float16 caches (with float32 or narrow weights): in double exact to the double tolerance; in float
+    // within a few units of the cache type's last place (see the kernel test above).
+    using bf16_cache = precision<T, T, bfloat16>;
+    using f16_all = precision<T, float16>;
+    const bool dbl = std::is_same_v<T, double>;
+    check_layers<T, attention::causal, bf16_cache>(layer_config{64, 4, 2, true, 0.999, 1e-5}, attention::causal{}, 2, 150,
+                                                   dbl ? test::tolerance<T>() : 3e-2);
+    check_layers<T, attention::sliding_window, f16_all>(layer_config{48, 6, 1, true, 0.99, 1e-5},
+                                                        attention::sliding_window{9}, 3, 70, dbl ? test::tolerance<T>() : 4e-3);
   }
 }

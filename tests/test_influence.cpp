@@ -75,20 +75,22 @@ double max_abs(const std::vector<double>& v) {
   return m;
 }
 
-/// kernels<B>::feedback_transposed on a random case against Minv^T g.
-template <class B>
+/// kernels<B>::feedback_transposed on a random case against Minv^T g, the cache stored as C (double, or bfloat16 /
+/// float16: the keys are then drawn as values C holds exactly, so the explicit inverse sees what the cache holds).
+template <class B, class C = double>
 void check_transposed_kernel(index_t batch, index_t pos0, index_t n, index_t D, std::uint64_t seed) {
   using T = double;
   using S = space_of<B>;
   const layer_config c{D, 1, 1, false, 0.999, 1e-5};
   const index_t len = pos0 + n, kv = c.kv_dim();
   random_stream rng(seed);
-  const std::vector<double> kb = normals(rng, batch * len * D, 1.5), qb = normals(rng, batch * n * D, 1.5),
-                            g = normals(rng, batch * n * D, 1.0);
+  std::vector<double> kb = normals(rng, batch * len * D, 1.5);
+  for (double& e : kb) e = widen<double>(narrow<C>(e));
+  const std::vector<double> qb = normals(rng, batch * n * D, 1.5), g = normals(rng, batch * n * D, 1.0);
   std::vector<double> gam(static_cast<std::size_t>(batch * n));
   for (auto& e : gam) e = 0.95 * std::tanh(static_cast<double>(rng.normal()));
 
-  layer_cache<T, B> cache(c, batch, len);
+  layer_cache<precision<T, T, C>, B> cache(c, batch, len);
   backend::context<B> ctx;
   const buffer<T, S> kvd = to_space<S>(buffer<T>(std::vector<T>(static_cast<std::size_t>(batch * len * 2 * kv), 0.0)));
   const buffer<T, S> kbd = to_space<S>(buffer<T>(kb)), qbd = to_space<S>(buffer<T>(qb)), gd = to_space<S>(buffer<T>(g)),
@@ -122,7 +124,8 @@ void check_transposed_kernel(index_t batch, index_t pos0, index_t n, index_t D, 
       err = std::max(err, std::abs(out[b * n * D + r] - want[static_cast<std::size_t>(r)]));
       err_in = std::max(err_in, std::abs(in[b * n * D + r] - want[static_cast<std::size_t>(r)]));
     }
-    INFO("batch row " << b << " of " << batch << ", pos0 " << pos0 << ", n " << n << ", D " << D);
+    INFO("batch row " << b << " of " << batch << ", pos0 " << pos0 << ", n " << n << ", D " << D << ", cache "
+                       << storage_name<C>());
     CHECK(err / scale < 1e-11);
     CHECK(err_in / scale < 1e-11);
   }
@@ -176,9 +179,16 @@ TEMPLATE_LIST_TEST_CASE("feedback_transposed equals the explicit (I - Gamma A)^-
     backend::simd::flash_params.key_tile = 8;
     backend::simd::flash_params.parallel_flops = 0;
     for (const auto& [batch, pos0, n, D] : {std::tuple<index_t, index_t, index_t, index_t>{1, 0, 70, 6}, {2, 21, 53, 6},
-                                            {3, 9, 100, 19}, {1, 0, 33, 40}})
+                                            {3, 9, 100, 19}, {1, 0, 33, 40}}) {
       check_transposed_kernel<B>(batch, pos0, n, D, ++seed);
+      check_transposed_kernel<B, bfloat16>(batch, pos0, n, D, ++seed);  // the widened k_b tiles
+    }
     backend::simd::flash_params = saved;
+  }
+  // A bfloat16 / float16 cache: every backend reads its k_b as stored.
+  for (const auto& [batch, pos0, n] : {std::tuple<index_t, index_t, index_t>{1, 0, 9}, {2, 13, 17}, {1, 5, 1}}) {
+    check_transposed_kernel<B, bfloat16>(batch, pos0, n, 6, ++seed);
+    check_transposed_kernel<B, float16>(batch, pos0, n, 6, ++seed);
   }
 }
 

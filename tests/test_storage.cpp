@@ -95,6 +95,81 @@ TEST_CASE("narrow weights move a layer's outputs by about their rounding", "[sto
   CHECK(h < bf);
 }
 
+namespace {
+// Numeric policies with a narrow cache (named without commas: test names are filters).
+using f64_bf16_cache = precision<double, double, bfloat16>;
+using f64_f16_all = precision<double, float16>;
+using f32_q8_bf16_cache = precision<float, q8_0, bfloat16>;
+}  // namespace
+
+TEMPLATE_TEST_CASE("cpu decoder with a bfloat16 or float16 cache matches the reference decoder in every form",
+                   "[storage][cache]", f64_bf16_cache, f64_f16_all, f32_q8_bf16_cache) {
+  // In double the two backends agree to the double tolerance: both round each cached value the same way, and
+  // every row reads the s of earlier rows as the cache holds them, so prefill, chunks and decode steps are one
+  // computation. In float a value the two summation orders round to different sides of a bf16 boundary moves
+  // by one unit in bf16's last place, hence the looser bound.
+  using P = TestType;
+  using T = compute_t<P>;
+  using W = weight_t<P>;
+  STATIC_REQUIRE(backend::kernel_set<backend::cpu, P>);
+  const double tol = std::is_same_v<T, double> ? 1e-11 : 3e-2;
+  const decoder_config dc{{32, 4, 2, true, 0.99, 1e-5}, 50, 2, false};
+  const decoder_weights<W> w = std::is_same_v<W, q8_0> ? convert_weights<W>(dc, random_decoder_weights<float>(dc, 5))
+                                                       : random_decoder_weights<W>(dc, 5);
+  const test::host_model<decoder<P, backend::cpu>> fast(dc, w);
+  const test::host_model<decoder<P, backend::reference>> ref(dc, w);
+  const index_t n = 45;
+  std::vector<std::int64_t> ids(static_cast<std::size_t>(2 * n));
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::int64_t>((i * 7 + 3) % 50);
+  const tensor<std::int64_t> tokens({2, n}, std::span<const std::int64_t>(ids));
+  const tensor<T> want = ref.forward(tokens);
+  CHECK(max_rel_diff(fast.forward(tokens).span(), want.span()) <= tol);
+  // Decode, token by token.
+  auto cache = fast.init_cache(2, n);
+  tensor<T> got(want.shape());
+  for (index_t t = 0; t < n; ++t) {
+    std::vector<std::int64_t> col = {ids[static_cast<std::size_t>(t)], ids[static_cast<std::size_t>(n + t)]};
+    test::put_tokens(got, fast.forward(tensor<std::int64_t>({2, 1}, std::span<const std::int64_t>(col)), cache), t);
+  }
+  CHECK(max_rel_diff(got.span(), want.span()) <= tol);
+  // Chunks of 13 over tiny tiles: blocks and key tiles cross inside every chunk.
+  const backend::simd::flash_tuning saved = backend::simd::flash_params;
+  backend::simd::flash_params.fb_block = 4;
+  backend::simd::flash_params.key_tile = 8;
+  backend::simd::flash_params.query_rows = 8;
+  auto cache2 = fast.init_cache(2, n);
+  tensor<T> chunked(want.shape());
+  for (index_t t0 = 0; t0 < n; t0 += 13) {
+    const index_t m = std::min<index_t>(13, n - t0);
+    std::vector<std::int64_t> part;
+    for (index_t b = 0; b < 2; ++b)
+      for (index_t t = t0; t < t0 + m; ++t) part.push_back(ids[static_cast<std::size_t>(b * n + t)]);
+    test::put_tokens(chunked, fast.forward(tensor<std::int64_t>({2, m}, std::span<const std::int64_t>(part)), cache2), t0);
+  }
+  backend::simd::flash_params = saved;
+  CHECK(max_rel_diff(chunked.span(), want.span()) <= tol);
+}
+
+TEST_CASE("a narrow cache moves a layer's outputs by about its rounding", "[storage][cache]") {
+  // The float32 layer with its cache (k, v, k_b and the recurrent s) stored as bf16 / f16: the outputs differ by
+  // the cache's rounding, amplified by a few through attention and the feedback recurrence, never more.
+  const layer_config cfg{64, 4, 4, true, 0.99, 1e-5};
+  const layer_weights<float> w = random_layer_weights<float>(cfg, 3);
+  const tensor<float> x = test::random_tensor<float>({1, 200, cfg.d_model}, 4);
+  const tensor<float> y = test::host_model<layer<float, backend::cpu>>(cfg, w).forward(x);
+  auto narrowed = [&]<class C>() {
+    return test::host_model<layer<precision<float, float, C>, backend::cpu>>(cfg, w).forward(x);
+  };
+  const double bf = max_rel_diff(narrowed.template operator()<bfloat16>().span(), y.span());
+  const double h = max_rel_diff(narrowed.template operator()<float16>().span(), y.span());
+  CAPTURE(bf, h);
+  CHECK(bf > 1e-4);  // the rounding is there (a cache silently kept in float32 would show 0)
+  CHECK(bf < 3e-2);
+  CHECK(h > 1e-5);
+  CHECK(h < 4e-3);
+  CHECK(h < bf);
+}
+
 TEST_CASE("reference and cpu kernels read q8_0 weights as the float32 matrix of their dequantized values",
           "[storage][quant]") {
   const index_t N = 37, K = 70, cols = storage_cols<q8_0>(K);

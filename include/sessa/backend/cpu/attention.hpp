@@ -35,6 +35,7 @@
 #include <limits>
 #include <numeric>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include <xsimd/xsimd.hpp>
@@ -45,6 +46,7 @@
 #include "../../model/cache.hpp"
 #include "gemm.hpp"
 #include "parallel.hpp"
+#include "widen.hpp"
 
 namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
@@ -80,6 +82,7 @@ struct thread_buffers {
   buffer<T> s;            // (rows, keys)       scores, then probabilities, of one tile
   buffer<T> state;        // (rows, dv + 2)     acc | m, l of a tile's rows
   buffer<index_t> range;  // (2, positions)     first key | one past the last key of each query position
+  buffer<T> kw, vw;       // (keys, cols)       a key tile and its value tile widened from a narrow cache
 };
 template <class T>
 inline thread_buffers<T>& thread_scratch() {
@@ -182,11 +185,24 @@ inline void scale_row(T* x, index_t n, T a) {
   for (; j < n; ++j) x[j] *= a;
 }
 
+/// Rows [r0, r0 + n) of m in the compute type T: a view of m itself when it holds T; otherwise (a bfloat16 or
+/// float16 cache) the rows widened into buf, which holds at least n * m.cols values (widen.hpp: exact).
+template <class T, class C>
+inline cmatrix<T> rows_as(cmatrix<C> m, index_t r0, index_t n, T* buf) noexcept {
+  if constexpr (std::is_same_v<T, C>) {
+    (void)buf;
+    return m.row_block(r0, n);
+  } else {
+    for (index_t j = 0; j < n; ++j) widen_n<T>(m.row(r0 + j), m.cols, buf + j * m.cols);
+    return cmatrix<T>(buf, n, m.cols);
+  }
+}
+
 /// Prefetches rows [j0, j1) of a (positions, cols) view into the cache hierarchy (the next key tile, while
 /// the current one is in the softmax).
-template <class T>
-inline void prefetch_rows(cmatrix<T> m, index_t j0, index_t j1) {
-  constexpr index_t line = static_cast<index_t>(64 / sizeof(T));
+template <class C>
+inline void prefetch_rows(cmatrix<C> m, index_t j0, index_t j1) {
+  constexpr index_t line = static_cast<index_t>(64 / sizeof(C));
   for (index_t j = j0; j < j1; ++j)
     for (index_t k = 0; k < m.cols; k += line) __builtin_prefetch(m.row(j) + k, 0, 2);
 }
@@ -211,16 +227,17 @@ inline void accumulate_few(cmatrix<T> p, cmatrix<T> v, matrix<T> acc) {
   }
 }
 
-/// Absorbs keys [j0, j1) (absolute positions, j1 - j0 <= the tile) of k (positions, dk) and v (positions,
-/// dv) into the state st of the rows q (rows, dk):
+/// Absorbs the keys kt (nk, dk) and values vt (nk, dv) of absolute positions [j0, j0 + nk) into the state st
+/// of the rows q (rows, dk):
 ///   S = alpha q k^T (gemm_nt), online-softmax update of m and l (lazy rescaling of acc), acc += P v (gemm_nn).
 /// Under a mask only the rows from the first to the last one that sees a key of the tile take part (rows
-/// are in position order, so a diagonal tile skips the rows above it). Keys [next0, next1) are prefetched.
-/// s_buf: at least rows * (j1 - j0) values of scratch.
-template <class T>
-inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, index_t j1, T alpha, const key_mask& mask,
-                        T* s_buf, const softmax_state<T>& st, index_t next0 = 0, index_t next1 = 0) {
-  const index_t nk = j1 - j0, dv = v.cols;
+/// are in position order, so a diagonal tile skips the rows above it). Rows [next0, next1) of pk and pv (the
+/// stored keys and values, any storage type) are prefetched. s_buf: at least rows * nk values of scratch.
+template <class T, class C = T>
+inline void absorb_tile(cmatrix<T> q, cmatrix<T> kt, cmatrix<T> vt, index_t j0, T alpha, const key_mask& mask,
+                        T* s_buf, const softmax_state<T>& st, cmatrix<C> pk = {}, cmatrix<C> pv = {},
+                        index_t next0 = 0, index_t next1 = 0) {
+  const index_t nk = kt.rows, j1 = j0 + nk, dv = vt.cols;
   index_t r0 = 0, r1 = q.rows;
   const bool full = mask.lo == nullptr || (mask.lo_max <= j0 && j1 <= mask.hi_min);
   if (!full) {
@@ -231,14 +248,14 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, in
   const index_t rows = r1 - r0;
   if (rows <= 0 || nk <= 0) return;
   const matrix<T> s(s_buf, rows, nk);  // (rows, nk) scores, then probabilities
-  gemm_nt(q.row_block(r0, rows), k.row_block(j0, nk), s, alpha, T(0));
+  gemm_nt(q.row_block(r0, rows), kt, s, alpha, T(0));
   // Prefetch spread over the softmax rows; a few rows (decode) stream in order and leave it to the hardware.
   const index_t pf_per_row = next1 > next0 && rows > 16 ? (next1 - next0 + rows - 1) / rows : 0;
   for (index_t i = 0; i < rows; ++i) {
     if (pf_per_row > 0) {
       const index_t p0 = std::min(next1, next0 + i * pf_per_row), p1 = std::min(next1, p0 + pf_per_row);
-      prefetch_rows(k, p0, p1);
-      prefetch_rows(v, p0, p1);
+      prefetch_rows(pk, p0, p1);
+      prefetch_rows(pv, p0, p1);
     }
     const index_t r = r0 + i;
     T* sr = s.row(i);
@@ -265,7 +282,6 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, in
     }
     st.l[r] += exp_shifted(sr + a, b - a, m);
   }
-  const cmatrix<T> vt = v.row_block(j0, nk);
   if (!full && !all_finite(vt)) {
     // A key a row may not see has probability 0, but 0 * inf and 0 * NaN are NaN: a non-finite value at a later
     // position of the same chunk must not reach earlier rows (causality holds for every input). Only inputs or
@@ -294,14 +310,17 @@ inline index_t pass_tile(index_t rows, index_t dk, const flash_tuning& tp) {
   return std::clamp<index_t>(tp.few_rows_tile / (dk * static_cast<index_t>(sizeof(T))), 4, 1024);
 }
 
-/// Absorbs keys [k_lo, k_hi) in tiles of `tile` keys, from the last tile back (the diagonal first),
-/// prefetching each next tile.
-template <class T>
-inline void flash_pass(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t k_lo, index_t k_hi, index_t tile, T alpha,
-                       const key_mask& mask, T* s_buf, const softmax_state<T>& st) {
+/// Absorbs keys [k_lo, k_hi) of k (positions, dk) and v (positions, dv), stored as C, in tiles of `tile` keys,
+/// from the last tile back (the diagonal first), prefetching each next tile. A narrow C is widened tile by tile
+/// into kbuf and vbuf (each at least tile * cols values; unused when C is T).
+template <class T, class C>
+inline void flash_pass(cmatrix<T> q, cmatrix<C> k, cmatrix<C> v, index_t k_lo, index_t k_hi, index_t tile, T alpha,
+                       const key_mask& mask, T* s_buf, const softmax_state<T>& st, T* kbuf = nullptr,
+                       T* vbuf = nullptr) {
   for (index_t j1 = k_hi; j1 > k_lo; j1 -= tile) {
-    const index_t j0 = std::max(k_lo, j1 - tile);
-    absorb_tile(q, k, v, j0, j1, alpha, mask, s_buf, st, std::max(k_lo, j0 - tile), j0);
+    const index_t j0 = std::max(k_lo, j1 - tile), nk = j1 - j0;
+    absorb_tile<T, C>(q, rows_as<T>(k, j0, nk, kbuf), rows_as<T>(v, j0, nk, vbuf), j0, alpha, mask, s_buf, st, k, v,
+                      std::max(k_lo, j0 - tile), j0);
   }
 }
 
@@ -438,10 +457,11 @@ inline std::pair<index_t, index_t> part_range(index_t lo, index_t hi, index_t p,
 }  // namespace flash_detail
 
 /// Forward branch, kernels<reference>::attention's contract: q (batch*n, H*d) -> out (batch*n, H*d); the
-/// query at position t = pos0 + i of head h reads keys [variant.first_key(t), t] of kv head h / g.
+/// query at position t = pos0 + i of head h reads keys [variant.first_key(t), t] of kv head h / g. The cache
+/// holds T, or bfloat16 / float16 widened tile by tile as the pass reads it.
 /// Scratch: slot 3 of `scratch` holds the split-K partial states. Up to max_threads threads.
-template <scalar T, attention_variant A>
-void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view<const T> cache, index_t pos0,
+template <scalar T, class C, attention_variant A>
+void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view<const C> cache, index_t pos0,
                index_t n, matrix<T> out, scratch_arena<memory::host>& scratch, int max_threads = num_threads()) {
   using namespace flash_detail;
   const index_t Hkv = c.n_kv_heads, d = c.head_dim(), g = c.group_size(), batch = cache.batch();
@@ -477,6 +497,10 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
       tb.s.reserve(rows_max * Bk);
       tb.state.reserve(slot);
       tb.range.reserve(2 * std::min(n, Bq));
+      if constexpr (!std::is_same_v<T, C>) {
+        tb.kw.reserve(Bk * d);
+        tb.vw.reserve(Bk * d);
+      }
     });
 
     tm.for_dynamic(items * ks, [&](index_t u) {
@@ -509,7 +533,8 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
 
       const softmax_state<T> st = state_in(ks > 1 ? partials + u * slot : tb.state.data(), rows, d);
       st.clear();
-      flash_pass(qs, cache.k(b, h), cache.v(b, h), k_lo, k_hi, Bk, scale, mask, tb.s.data(), st);
+      flash_pass<T, C>(qs, cache.k(b, h), cache.v(b, h), k_lo, k_hi, Bk, scale, mask, tb.s.data(), st, tb.kw.data(),
+                       tb.vw.data());
       if (ks == 1)
         for (index_t r = 0; r < rows; ++r) {
           T* o = out.row(b * n + i0 + r / g) + (h * g + r % g) * d;

@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <utility>
 
 #include <xsimd/xsimd.hpp>
@@ -35,6 +36,7 @@
 #include "attention.hpp"
 #include "gemm.hpp"
 #include "parallel.hpp"
+#include "widen.hpp"
 
 namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 
@@ -51,15 +53,32 @@ struct solve_slice {
   index_t lda;
   const T* f;      // (Bk, ldf)  forward branch, at the slice's first column
   index_t ldf;
-  T* s;            // (Bk, lds)  cache rows of s for the block, at the slice's first column
+  T* s;            // (Bk, lds)  the block's s as later rows read it (rounded to the cache type), at the slice's
+                   //            first column: the cache rows themselves when the cache holds T
   index_t lds;
   T* out;          // (Bk, ldo)  output rows, at the slice's first column
   index_t ldo;
 };
 
+/// x rounded to the cache type C and widened back: what a later row reads of a value the cache stores (exact
+/// sessa::narrow / sessa::widen, lane by lane; the identity when C is T).
+template <class C, class T>
+inline xsimd::batch<T> as_stored(xsimd::batch<T> x) noexcept {
+  if constexpr (std::is_same_v<T, C>) {
+    return x;
+  } else {
+    constexpr std::size_t W = xsimd::batch<T>::size;
+    alignas(64) T lanes[W];
+    x.store_aligned(lanes);
+    for (std::size_t i = 0; i < W; ++i) lanes[i] = widen<T>(narrow<C>(lanes[i]));
+    return xsimd::batch<T>::load_aligned(lanes);
+  }
+}
+
 /// Rows [i0, i0 + RB) of the in-block solve for NB batches of columns: all earlier rows of the block are
-/// final in x.s; the RB rows are solved in registers, each reading the ones before it.
-template <class T, int NB, int RB>
+/// final in x.s; the RB rows are solved in registers, each reading the ones before it as the cache stores them
+/// (C): out gets s_i, x.s and the later rows its value rounded to C.
+template <class T, class C, int NB, int RB>
 inline void solve_rows(const solve_slice<T>& x, index_t i0) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
@@ -94,50 +113,51 @@ SESSA_UNROLL(4)
 SESSA_UNROLL(4)
     for (int v = 0; v < NB; ++v) {
       r[k][v] = xsimd::fma(ck, r[k][v], B::load_unaligned(x.f + i * x.ldf + v * W));
-      r[k][v].store_unaligned(x.s + i * x.lds + v * W);
       r[k][v].store_unaligned(x.out + i * x.ldo + v * W);
+      r[k][v] = as_stored<C>(r[k][v]);
+      r[k][v].store_unaligned(x.s + i * x.lds + v * W);
     }
   }
 }
 
 /// The whole block (nrows rows, in order) for NB batches of columns.
-template <class T, int NB>
+template <class T, class C, int NB>
 inline void solve_block(const solve_slice<T>& x, index_t nrows) {
   index_t i0 = 0;
-  for (; i0 + 4 <= nrows; i0 += 4) solve_rows<T, NB, 4>(x, i0);
+  for (; i0 + 4 <= nrows; i0 += 4) solve_rows<T, C, NB, 4>(x, i0);
   switch (nrows - i0) {
-    case 3: solve_rows<T, NB, 3>(x, i0); break;
-    case 2: solve_rows<T, NB, 2>(x, i0); break;
-    case 1: solve_rows<T, NB, 1>(x, i0); break;
+    case 3: solve_rows<T, C, NB, 3>(x, i0); break;
+    case 2: solve_rows<T, C, NB, 2>(x, i0); break;
+    case 1: solve_rows<T, C, NB, 1>(x, i0); break;
     default: break;
   }
 }
 
 /// The block for `cols` columns (fewer than one batch), scalar.
-template <class T>
+template <class T, class C>
 inline void solve_block_scalar(const solve_slice<T>& x, index_t nrows, index_t cols) {
   for (index_t i = 0; i < nrows; ++i)
     for (index_t c = 0; c < cols; ++c) {
       T a = x.alpha[i] * x.acc[i * x.lda + c];
       for (index_t j = 0; j < i; ++j) a += x.p[i * x.ldp + j] * x.s[j * x.lds + c];
       const T v = x.f[i * x.ldf + c] + x.coef[i] * a;
-      x.s[i * x.lds + c] = v;
+      x.s[i * x.lds + c] = widen<T>(narrow<C>(v));
       x.out[i * x.ldo + c] = v;
     }
 }
 
 /// The block for `cols` columns starting at the slice: 4-batch slices are the unit of work; a narrower
 /// tail takes the widest kernel that fits, then scalar columns.
-template <class T>
+template <class T, class C>
 inline void solve_columns(solve_slice<T> x, index_t nrows, index_t cols) {
   constexpr index_t W = static_cast<index_t>(xsimd::batch<T>::size);
   const index_t nb = cols / W;
   switch (nb) {
     case 0: break;
-    case 1: solve_block<T, 1>(x, nrows); break;
-    case 2: solve_block<T, 2>(x, nrows); break;
-    case 3: solve_block<T, 3>(x, nrows); break;
-    default: solve_block<T, 4>(x, nrows); break;
+    case 1: solve_block<T, C, 1>(x, nrows); break;
+    case 2: solve_block<T, C, 2>(x, nrows); break;
+    case 3: solve_block<T, C, 3>(x, nrows); break;
+    default: solve_block<T, C, 4>(x, nrows); break;
   }
   const index_t done = std::min<index_t>(nb, 4) * W;
   if (cols > done) {
@@ -145,7 +165,7 @@ inline void solve_columns(solve_slice<T> x, index_t nrows, index_t cols) {
     x.f += done;
     x.s += done;
     x.out += done;
-    solve_block_scalar(x, nrows, cols - done);
+    solve_block_scalar<T, C>(x, nrows, cols - done);
   }
 }
 
@@ -196,11 +216,13 @@ inline void solve_block_transposed(const T* w, index_t ldw, T* o, index_t ldo, i
 
 /// Feedback solve, kernels<reference>::feedback's contract: qb (batch*n, D), gamma (batch*n), f (batch*n, D)
 /// -> out (batch*n, D) and cache.s rows [pos0, pos0 + n); the strict past [0, t) is read from the cache
-/// (k_b of the chunk included).
-/// Scratch: slots 1 (row states), 2 (diagonal blocks) and 3 (split-K partial states) of `scratch`. Up to
-/// max_threads threads.
-template <scalar T>
-void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, cache_view<T> cache, index_t pos0,
+/// (k_b of the chunk included). A cache of bfloat16 / float16 (C) is widened tile by tile as it is read; each
+/// block's k_b rows are widened once, and its s rows kept as the cache rounds them, so every row reads s_j
+/// exactly as a later decode step reads it from the cache.
+/// Scratch: slots 1 (row states), 2 (diagonal blocks; with a narrow cache also the block's widened k_b and s)
+/// and 3 (split-K partial states) of `scratch`. Up to max_threads threads.
+template <scalar T, class C>
+void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, cache_view<C> cache, index_t pos0,
               index_t n, matrix<T> out, scratch_arena<memory::host>& scratch, int max_threads = num_threads()) {
   using namespace flash_detail;
   using feedback_detail::solve_slice;
@@ -212,11 +234,22 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   const index_t Bk = std::max<index_t>(1, tp.fb_block), Mt = std::max<index_t>(1, tp.fb_rows);
   const index_t nblocks = (n + Bk - 1) / Bk;
   const int nt = threads_for(4.0 * static_cast<double>(D * batch * n) * (static_cast<double>(pos0) + 0.5 * static_cast<double>(n)), max_threads);
-  const cache_view<const T> cc = cache;
+  const cache_view<const C> cc = cache;
+  constexpr bool narrow_cache = !std::is_same_v<T, C>;
 
   const softmax_state<T> state = state_in(scratch.get<T>(1, rows * (D + 2)), rows, D);  // row b * n + i
-  const index_t bstride = Bk * (Bk + 2);
-  T* const blocks = scratch.get<T>(2, batch * bstride);  // per batch row: p (Bk, Bk) | alpha (Bk) | coef (Bk)
+  // Per batch row: p (Bk, Bk) | alpha (Bk) | coef (Bk), and with a narrow cache k_b (Bk, D) | s (Bk, D) of the block.
+  const index_t bstride = Bk * (Bk + 2) + (narrow_cache ? 2 * Bk * D : 0);
+  T* const blocks = scratch.get<T>(2, batch * bstride);
+  // Block J's k_b rows (from pos0 + J0) and s rows as the chunk's rows read them, in T.
+  auto block_kb = [&](index_t b, index_t J0, index_t nJ) -> cmatrix<T> {
+    if constexpr (narrow_cache) return cmatrix<T>(blocks + b * bstride + Bk * (Bk + 2), nJ, D);
+    else return cc.kb(b).row_block(pos0 + J0, nJ);
+  };
+  auto block_s = [&](index_t b, index_t J0, index_t nJ) -> matrix<T> {
+    if constexpr (narrow_cache) return matrix<T>(blocks + b * bstride + Bk * (Bk + 2) + Bk * D, nJ, D);
+    else return cache.s(b).row_block(pos0 + J0, nJ);
+  };
 
   // The pass over the past: row tiles of Mt rows, split over the keys when they are few.
   const index_t ptiles = (n + Mt - 1) / Mt, pitems = batch * ptiles, prows = std::min(n, Mt);
@@ -230,7 +263,13 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
-    tm.guard([&] { tb.s.reserve(std::max(prows * Bp, prows * Bk)); });
+    tm.guard([&] {
+      tb.s.reserve(std::max(prows * Bp, prows * Bk));
+      if constexpr (narrow_cache) {
+        tb.kw.reserve(Bp * D);
+        tb.vw.reserve(Bp * D);
+      }
+    });
     const index_t P = tm.size();
 
     // (0) every row's state over the cached past [0, pos0).
@@ -243,7 +282,8 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
         const softmax_state<T> st = ks > 1 ? state_in(partials + u * slot, nr, D) : state.rows(b * n + r0, nr);
         st.clear();
         const auto [ka, kb] = part_range(0, pos0, part, ks);
-        flash_pass<T>(qb.row_block(b * n + r0, nr), cc.kb(b), cc.s(b), ka, kb, Bp, scale, key_mask{}, tb.s.data(), st);
+        flash_pass<T, C>(qb.row_block(b * n + r0, nr), cc.kb(b), cc.s(b), ka, kb, Bp, scale, key_mask{}, tb.s.data(), st,
+                         tb.kw.data(), tb.vw.data());
       });
       if (ks > 1)
         tm.for_static(pitems, [&](index_t item) {
@@ -257,6 +297,13 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
     for (index_t J = 0; J < nblocks; ++J) {
       const index_t J0 = J * Bk, nJ = std::min(Bk, n - J0), J1 = J0 + nJ;
 
+      // (a0) a narrow cache: the block's k_b rows widened once for (a1) and (b).
+      if constexpr (narrow_cache)
+        tm.for_static(batch * nJ, [&](index_t u) {
+          const index_t b = u / nJ, i = u % nJ;
+          widen_n<T>(cc.kb(b).row(pos0 + J0 + i), D, blocks + b * bstride + Bk * (Bk + 2) + i * D);
+        });
+
       // (a1) diagonal logits, the rows' final max, in-block probabilities, alpha and coef.
       const index_t parts1 = std::min(nJ, P);
       tm.for_static(batch * parts1, [&](index_t u) {
@@ -267,7 +314,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
         T* const coef = alpha + Bk;
         const index_t nk = nJ - 1;  // keys J0 .. J1 - 2 are the in-block past of some row
         if (nk > 0 && rb > ra)
-          gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), cc.kb(b).row_block(pos0 + J0, nk),
+          gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), block_kb(b, J0, nJ).row_block(0, nk),
                   matrix<T>(p + ra * Bk, rb - ra, nk, Bk), scale, T(0));
         for (index_t i = ra; i < rb; ++i) {
           const index_t r = b * n + J0 + i;
@@ -288,8 +335,9 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 
       // (a2) the in-block solve, column slices in parallel; writes s to the cache and to out.
       tm.for_static(batch * col_items, [&](index_t u) {
-        const index_t b = u / col_items, c0 = (u % col_items) * CW, r = b * n + J0;
+        const index_t b = u / col_items, c0 = (u % col_items) * CW, r = b * n + J0, cols = std::min(CW, D - c0);
         const T* p = blocks + b * bstride;
+        const matrix<T> sJ = block_s(b, J0, nJ);
         const solve_slice<T> x{p,
                                Bk,
                                p + Bk * Bk,
@@ -298,11 +346,17 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
                                state.acc.ld,
                                f.row(r) + c0,
                                f.ld,
-                               cache.s(b).row(pos0 + J0) + c0,
-                               cache.s(b).ld,
+                               sJ.row(0) + c0,
+                               sJ.ld,
                                out.row(r) + c0,
                                out.ld};
-        feedback_detail::solve_columns(x, nJ, std::min(CW, D - c0));
+        feedback_detail::solve_columns<T, C>(x, nJ, cols);
+        if constexpr (narrow_cache)  // the values are C's already: narrow is exact here
+          for (index_t i = 0; i < nJ; ++i) {
+            C* dst = cache.s(b).row(pos0 + J0 + i) + c0;
+            const T* src = sJ.row(i) + c0;
+            for (index_t k = 0; k < cols; ++k) dst[k] = narrow<C>(src[k]);
+          }
       });
 
       // (b) block J into every later row of the chunk.
@@ -312,8 +366,8 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
           const index_t b = u / parts;
           const auto [ra, rb] = part_range(J1, n, u % parts, parts);
           if (rb > ra)
-            absorb_tile<T>(qb.row_block(b * n + ra, rb - ra), cc.kb(b), cc.s(b), pos0 + J0, pos0 + J1, scale, key_mask{},
-                           tb.s.data(), state.rows(b * n + ra, rb - ra));
+            absorb_tile<T>(qb.row_block(b * n + ra, rb - ra), block_kb(b, J0, nJ), cmatrix<T>(block_s(b, J0, nJ)),
+                           pos0 + J0, scale, key_mask{}, tb.s.data(), state.rows(b * n + ra, rb - ra));
         });
       }
     }
@@ -331,9 +385,10 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 ///   (3) the in-block backward solve o_j += sum_{i > j in J} w_ij o_i, column slices in parallel;
 ///   (4) block J pushed into every earlier row j of the chunk: S^T = K_j Q_J^T (gemm_nt), the weights by
 ///       column statistics, o_j += W^T o_J (gemm_nn), earlier rows split evenly over the threads.
+/// A cache of bfloat16 / float16 (C) is widened as its k_b rows are read.
 /// Scratch: slots 1 (statistics) and 2 (diagonal blocks) of `scratch`. Up to max_threads threads.
-template <scalar T>
-void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> g, cache_view<const T> cache,
+template <scalar T, class C>
+void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> g, cache_view<const C> cache,
                          index_t pos0, index_t n, matrix<T> out, scratch_arena<memory::host>& scratch,
                          int max_threads = num_threads()) {
   using namespace flash_detail;
@@ -355,7 +410,10 @@ void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, c
 
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
-    tm.guard([&] { tb.s.reserve(std::max(Mt * Bp, Mt * Bk)); });
+    tm.guard([&] {
+      tb.s.reserve(std::max(Mt * Bp, Mt * Bk));
+      if constexpr (!std::is_same_v<T, C>) tb.kw.reserve(std::max({Mt, Bp, Bk}) * D);
+    });
     const index_t P = tm.size();
     if (!alias) tm.for_static(rows, [&](index_t r) { std::copy_n(g.row(r), D, out.row(r)); });
 
@@ -371,7 +429,7 @@ void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, c
         if (first >= i0 + nr) continue;
         const index_t m = i0 + nr - first;
         const matrix<T> sc(tb.s.data(), m, nk);
-        gemm_nt(qb.row_block(b * n + first, m), cache.kb(b).row_block(j0, nk), sc, scale, T(0));
+        gemm_nt(qb.row_block(b * n + first, m), rows_as<T>(cache.kb(b), j0, nk, tb.kw.data()), sc, scale, T(0));
         for (index_t k = 0; k < m; ++k) {
           const index_t r = b * n + first + k, e = std::min(nk, pos0 + first + k - j0);
           T* sr = sc.row(k);
@@ -400,7 +458,7 @@ void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, c
         ra = std::max<index_t>(ra, 1);  // row 0 of the block has no in-block past
         if (rb <= ra) return;
         T* const w = blocks + b * Bk * Bk;
-        gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), cache.kb(b).row_block(pos0 + J0, nJ - 1),
+        gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), rows_as<T>(cache.kb(b), pos0 + J0, nJ - 1, tb.kw.data()),
                 matrix<T>(w + ra * Bk, rb - ra, nJ - 1, Bk), scale, T(0));
         for (index_t i = ra; i < rb; ++i) {
           const index_t r = b * n + J0 + i;
@@ -425,7 +483,8 @@ void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, c
           const auto [ja, jb] = part_range(0, J0, u % parts, parts);
           if (jb <= ja) return;
           const matrix<T> sc(tb.s.data(), jb - ja, nJ);
-          gemm_nt(cache.kb(b).row_block(pos0 + ja, jb - ja), qb.row_block(b * n + J0, nJ), sc, scale, T(0));
+          gemm_nt(rows_as<T>(cache.kb(b), pos0 + ja, jb - ja, tb.kw.data()), qb.row_block(b * n + J0, nJ), sc, scale,
+                  T(0));
           for (index_t k = 0; k < jb - ja; ++k)
             feedback_detail::weights_from_stats(sc.row(k), nJ, mrow + b * n + J0, crow + b * n + J0);
           gemm_nn(cmatrix<T>(sc), cmatrix<T>(out.row_block(b * n + J0, nJ)), out.row_block(b * n + ja, jb - ja), T(1),

@@ -9,9 +9,10 @@
 //   layer_norm, gelu, multiply, rope   O(T D), vectorized and threaded over rows (elementwise.hpp)
 // The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. Weights may be stored as the
 // compute type, as bfloat16 / float16 (linear and layer_norm widen them in registers: widen.hpp) or as q8_0 blocks
-// (linear dequantizes them in registers; the vectors are float32); the cache is the compute type (numeric policies
-// float, double, precision<T, bf16 or f16, T> and precision<float, q8_0, float>); a narrower cache has no cpu
-// kernels yet, which verify_kernel_set reports at compile time.
+// (linear dequantizes them in registers; the vectors are float32); the cache is the compute type or bfloat16 /
+// float16 (attention and feedback widen its tiles as they read them and keep each block's s rounded as the cache
+// stores it, so a chunk reads its own s exactly as a later decode step does): every numeric policy of
+// core/numeric.hpp runs here.
 //
 // context<cpu> adds the thread count to the reference's context: `threads` (0 = the process-wide default,
 // set_num_threads()) caps every parallel region a kernel of this call opens, whichever thread makes the call.
@@ -69,23 +70,23 @@ struct kernels<cpu> : kernels<reference> {
   }
 
   /// Forward branch (flash style, attention.hpp); same contract as kernels<reference>::attention.
-  template <scalar T, attention_variant A>
+  template <scalar T, class C, attention_variant A>
   static void attention(context<cpu>& ctx, const A& variant, const layer_config& c, cmatrix<T> q,
-                        cache_view<const T> cache, index_t pos0, index_t n, matrix<T> out) {
+                        cache_view<const C> cache, index_t pos0, index_t n, matrix<T> out) {
     simd::attention(variant, c, q, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 
   /// Feedback solve (blocked, feedback.hpp); same contract as kernels<reference>::feedback.
-  template <scalar T>
+  template <scalar T, class C>
   static void feedback(context<cpu>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f,
-                       cache_view<T> cache, index_t pos0, index_t n, matrix<T> out) {
+                       cache_view<C> cache, index_t pos0, index_t n, matrix<T> out) {
     simd::feedback(c, qb, gamma, f, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 
   /// Transposed feedback solve (blocked, feedback.hpp); same contract as kernels<reference>::feedback_transposed.
-  template <scalar T>
+  template <scalar T, class C>
   static void feedback_transposed(context<cpu>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma,
-                                  cmatrix<T> g, cache_view<const T> cache, index_t pos0, index_t n, matrix<T> out) {
+                                  cmatrix<T> g, cache_view<const C> cache, index_t pos0, index_t n, matrix<T> out) {
     simd::feedback_transposed(c, qb, gamma, g, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 };
