@@ -81,9 +81,9 @@ constexpr const char* usage_text =
     "  --precision f32|f64         compute type\n"
     "  --storage same|bf16|f16     weights and cache stored as the compute type (same) or narrower\n"
     "  --weights same|bf16|f16|q8_0  the weights' storage alone (default: --storage); q8_0: int8 blocks\n"
-    "                              of 32 with a float16 scale (f32 compute and cache); bf16, f16 or q8_0\n"
-    "                              weights with a compute-type cache run on cpu too\n"
-    "  --cache same|bf16|f16       the cache's storage alone (default: --storage)\n"
+    "                              of 32 with a float16 scale (f32 compute; cpu and reference)\n"
+    "  --cache same|bf16|f16       the cache's storage alone (default: --storage); with f32 compute:\n"
+    "                              f32 weights with a bf16 / f16 cache, q8_0 weights with a bf16 cache\n"
     "  --layers 1                  (prefill, decode) a stack of N layers, each with its own weights and\n"
     "                              cache, so the weights can exceed any cache of the machine\n"
     "  --threads N                 OpenMP threads for the layer, OpenBLAS threads for the yardstick\n"
@@ -192,8 +192,7 @@ void dispatch(const common& c, F&& f) {
       if constexpr (backend::kernel_set<B, P>) f.template operator()<P, B>();
       else
         throw usage_error("backend " + c.backend + " has no kernels for --weights " + c.weights + " --cache " +
-                          c.cache + " (the cpu backend runs narrow weights with a " + c.precision +
-                          " cache; narrow caches run on reference, the Thrust backends and cuda)");
+                          c.cache + " (q8_0 weights run on the cpu and reference backends)");
     });
   };
   auto with_storage = [&]<class T>() {
@@ -207,10 +206,14 @@ void dispatch(const common& c, F&& f) {
       if (c.cache == "same" && w == "bf16") return with_backend.template operator()<sessa::precision<T, sessa::bfloat16, T>>();
       if (c.cache == "same" && w == "f16") return with_backend.template operator()<sessa::precision<T, sessa::float16, T>>();
       if (c.cache == "same" && w == "q8_0") return with_backend.template operator()<sessa::precision<T, sessa::q8_0, T>>();
+      if (w == "same" && c.cache == "bf16") return with_backend.template operator()<sessa::precision<T, T, sessa::bfloat16>>();
+      if (w == "same" && c.cache == "f16") return with_backend.template operator()<sessa::precision<T, T, sessa::float16>>();
+      if (w == "q8_0" && c.cache == "bf16") return with_backend.template operator()<sessa::precision<T, sessa::q8_0, sessa::bfloat16>>();
     }
     throw usage_error("--weights " + w + " --cache " + c.cache + " with --precision " + c.precision +
-                      " is not built into sessa-bench (it has: weights and cache alike; and for f32, bf16, f16 or "
-                      "q8_0 weights with an f32 cache)");
+                      " is not built into sessa-bench (it has: weights and cache alike; for f32 compute also bf16, f16 "
+                      "or q8_0 weights with an f32 cache, f32 weights with a bf16 or f16 cache, and q8_0 weights with "
+                      "a bf16 cache)");
   };
   if (c.precision == "f32") with_storage.template operator()<float>();
   else with_storage.template operator()<double>();

@@ -2204,9 +2204,10 @@ class region_errors {
 //   layer_norm, gelu, multiply, rope   O(T D), vectorized and threaded over rows (elementwise.hpp)
 // The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. Weights may be stored as the
 // compute type, as bfloat16 / float16 (linear and layer_norm widen them in registers: widen.hpp) or as q8_0 blocks
-// (linear dequantizes them in registers; the vectors are float32); the cache is the compute type (numeric policies
-// float, double, precision<T, bf16 or f16, T> and precision<float, q8_0, float>); a narrower cache has no cpu
-// kernels yet, which verify_kernel_set reports at compile time.
+// (linear dequantizes them in registers; the vectors are float32); the cache is the compute type or bfloat16 /
+// float16 (attention and feedback widen its tiles as they read them and keep each block's s rounded as the cache
+// stores it, so a chunk reads its own s exactly as a later decode step does): every numeric policy of
+// core/numeric.hpp runs here.
 //
 // context<cpu> adds the thread count to the reference's context: `threads` (0 = the process-wide default,
 // set_num_threads()) caps every parallel region a kernel of this call opens, whichever thread makes the call.
@@ -2250,6 +2251,7 @@ class region_errors {
 #include <limits>
 #include <numeric>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 #include <xsimd/xsimd.hpp>
@@ -3291,6 +3293,7 @@ struct thread_buffers {
   buffer<T> s;            // (rows, keys)       scores, then probabilities, of one tile
   buffer<T> state;        // (rows, dv + 2)     acc | m, l of a tile's rows
   buffer<index_t> range;  // (2, positions)     first key | one past the last key of each query position
+  buffer<T> kw, vw;       // (keys, cols)       a key tile and its value tile widened from a narrow cache
 };
 template <class T>
 inline thread_buffers<T>& thread_scratch() {
@@ -3333,14 +3336,15 @@ struct key_mask {
 };
 
 /// True when every value of m is finite (x * 0 is 0 for finite x, NaN for an infinity or a NaN).
-template <class T>
-inline bool all_finite(cmatrix<T> m) {
-  T z = 0;
+template <class C>
+inline bool all_finite(cmatrix<C> m) {
+  using F = std::conditional_t<std::is_floating_point_v<C>, C, float>;  // bfloat16, float16: as float (exact)
+  F z = 0;
   for (index_t r = 0; r < m.rows; ++r) {
-    const T* p = m.row(r);
-    for (index_t c = 0; c < m.cols; ++c) z += p[c] * T(0);
+    const C* p = m.row(r);
+    for (index_t c = 0; c < m.cols; ++c) z += widen<F>(p[c]) * F(0);
   }
-  return z == T(0);
+  return z == F(0);
 }
 
 /// max of x[0, n), n >= 1.
@@ -3393,45 +3397,62 @@ inline void scale_row(T* x, index_t n, T a) {
   for (; j < n; ++j) x[j] *= a;
 }
 
+/// Rows [r0, r0 + n) of m in the compute type T: a view of m itself when it holds T; otherwise (a bfloat16 or
+/// float16 cache) the rows widened into buf, which holds at least n * m.cols values (widen.hpp: exact).
+template <class T, class C>
+inline cmatrix<T> rows_as(cmatrix<C> m, index_t r0, index_t n, T* buf) noexcept {
+  if constexpr (std::is_same_v<T, C>) {
+    (void)buf;
+    return m.row_block(r0, n);
+  } else {
+    for (index_t j = 0; j < n; ++j) widen_n<T>(m.row(r0 + j), m.cols, buf + j * m.cols);
+    return cmatrix<T>(buf, n, m.cols);
+  }
+}
+
 /// Prefetches rows [j0, j1) of a (positions, cols) view into the cache hierarchy (the next key tile, while
 /// the current one is in the softmax).
-template <class T>
-inline void prefetch_rows(cmatrix<T> m, index_t j0, index_t j1) {
-  constexpr index_t line = static_cast<index_t>(64 / sizeof(T));
+template <class C>
+inline void prefetch_rows(cmatrix<C> m, index_t j0, index_t j1) {
+  constexpr index_t line = static_cast<index_t>(64 / sizeof(C));
   for (index_t j = j0; j < j1; ++j)
     for (index_t k = 0; k < m.cols; k += line) __builtin_prefetch(m.row(j) + k, 0, 2);
 }
 
-/// acc (rows, dv) += p (rows, nk) v (nk, dv) for a few rows (decode): v is streamed row after row, each
-/// read once and in order, while acc stays in L1.
-template <class T>
-inline void accumulate_few(cmatrix<T> p, cmatrix<T> v, matrix<T> acc) {
+/// acc (rows, dv) += p (rows, nk) v (nk, dv) for a few rows (decode): v (stored as C: T, or bfloat16 / float16
+/// widened in registers) is streamed row after row, each read once and in order, while acc stays in L1.
+template <class T, class C>
+inline void accumulate_few(cmatrix<T> p, cmatrix<C> v, matrix<T> acc) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   const index_t dv = v.cols;
   for (index_t j = 0; j < v.rows; ++j) {
-    const T* vj = v.row(j);
+    const C* vj = v.row(j);
     for (index_t r = 0; r < p.rows; ++r) {
       const T pj = p(r, j);
       const B pv(pj);
       T* a = acc.row(r);
       index_t c = 0;
-      for (; c + W <= dv; c += W) xsimd::fma(pv, B::load_unaligned(vj + c), B::load_unaligned(a + c)).store_unaligned(a + c);
-      for (; c < dv; ++c) a[c] += pj * vj[c];
+      for (; c + W <= dv; c += W) xsimd::fma(pv, load_widened<T>(vj + c), B::load_unaligned(a + c)).store_unaligned(a + c);
+      for (; c < dv; ++c) a[c] += pj * widen<T>(vj[c]);
     }
   }
 }
 
-/// Absorbs keys [j0, j1) (absolute positions, j1 - j0 <= the tile) of k (positions, dk) and v (positions,
-/// dv) into the state st of the rows q (rows, dk):
+/// Absorbs the keys kt (nk, dk) and values vt (nk, dv) of absolute positions [j0, j0 + nk), stored as C, into
+/// the state st of the rows q (rows, dk):
 ///   S = alpha q k^T (gemm_nt), online-softmax update of m and l (lazy rescaling of acc), acc += P v (gemm_nn).
-/// Under a mask only the rows from the first to the last one that sees a key of the tile take part (rows
-/// are in position order, so a diagonal tile skips the rows above it). Keys [next0, next1) are prefetched.
-/// s_buf: at least rows * (j1 - j0) values of scratch.
-template <class T>
-inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, index_t j1, T alpha, const key_mask& mask,
-                        T* s_buf, const softmax_state<T>& st, index_t next0 = 0, index_t next1 = 0) {
-  const index_t nk = j1 - j0, dv = v.cols;
+/// A narrow C (bfloat16, float16) is widened in registers where the rows are few (the dot-product scores and
+/// accumulate_few: a decode step reads the narrow cache itself), otherwise into kbuf / vbuf (each at least
+/// nk * cols values) for the GEMM tiles. Under a mask only the rows from the first to the last one that sees a key
+/// of the tile take part (rows are in position order, so a diagonal tile skips the rows above it). Rows
+/// [next0, next1) of pk and pv (the whole stored keys and values) are prefetched. s_buf: at least rows * nk
+/// values of scratch.
+template <class T, class C = T>
+inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, T alpha, const key_mask& mask,
+                        T* s_buf, const softmax_state<T>& st, T* kbuf = nullptr, T* vbuf = nullptr,
+                        cmatrix<C> pk = {}, cmatrix<C> pv = {}, index_t next0 = 0, index_t next1 = 0) {
+  const index_t nk = kt.rows, j1 = j0 + nk, dv = vt.cols;
   index_t r0 = 0, r1 = q.rows;
   const bool full = mask.lo == nullptr || (mask.lo_max <= j0 && j1 <= mask.hi_min);
   if (!full) {
@@ -3442,14 +3463,20 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, in
   const index_t rows = r1 - r0;
   if (rows <= 0 || nk <= 0) return;
   const matrix<T> s(s_buf, rows, nk);  // (rows, nk) scores, then probabilities
-  gemm_nt(q.row_block(r0, rows), k.row_block(j0, nk), s, alpha, T(0));
+  if constexpr (std::is_same_v<T, C>) {
+    gemm_nt(q.row_block(r0, rows), kt, s, alpha, T(0));
+  } else if (gemm_detail::use_dot(rows, kt.cols)) {
+    gemm_detail::gemm_dot<T, C>(q.row_block(r0, rows), kt, s, gemm_detail::epilogue<T>{alpha, T(0), nullptr});
+  } else {
+    gemm_nt(q.row_block(r0, rows), rows_as<T>(kt, 0, nk, kbuf), s, alpha, T(0));
+  }
   // Prefetch spread over the softmax rows; a few rows (decode) stream in order and leave it to the hardware.
   const index_t pf_per_row = next1 > next0 && rows > 16 ? (next1 - next0 + rows - 1) / rows : 0;
   for (index_t i = 0; i < rows; ++i) {
     if (pf_per_row > 0) {
       const index_t p0 = std::min(next1, next0 + i * pf_per_row), p1 = std::min(next1, p0 + pf_per_row);
-      prefetch_rows(k, p0, p1);
-      prefetch_rows(v, p0, p1);
+      prefetch_rows(pk, p0, p1);
+      prefetch_rows(pv, p0, p1);
     }
     const index_t r = r0 + i;
     T* sr = s.row(i);
@@ -3476,7 +3503,6 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, in
     }
     st.l[r] += exp_shifted(sr + a, b - a, m);
   }
-  const cmatrix<T> vt = v.row_block(j0, nk);
   if (!full && !all_finite(vt)) {
     // A key a row may not see has probability 0, but 0 * inf and 0 * NaN are NaN: a non-finite value at a later
     // position of the same chunk must not reach earlier rows (causality holds for every input). Only inputs or
@@ -3491,7 +3517,7 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t j0, in
   } else if (rows <= 4) {
     accumulate_few(cmatrix<T>(s), vt, st.acc.row_block(r0, rows));
   } else {
-    gemm_nn(cmatrix<T>(s), vt, st.acc.row_block(r0, rows), T(1), T(1));
+    gemm_nn(cmatrix<T>(s), rows_as<T>(vt, 0, nk, vbuf), st.acc.row_block(r0, rows), T(1), T(1));
   }
 }
 
@@ -3505,14 +3531,17 @@ inline index_t pass_tile(index_t rows, index_t dk, const flash_tuning& tp) {
   return std::clamp<index_t>(tp.few_rows_tile / (dk * static_cast<index_t>(sizeof(T))), 4, 1024);
 }
 
-/// Absorbs keys [k_lo, k_hi) in tiles of `tile` keys, from the last tile back (the diagonal first),
-/// prefetching each next tile.
-template <class T>
-inline void flash_pass(cmatrix<T> q, cmatrix<T> k, cmatrix<T> v, index_t k_lo, index_t k_hi, index_t tile, T alpha,
-                       const key_mask& mask, T* s_buf, const softmax_state<T>& st) {
+/// Absorbs keys [k_lo, k_hi) of k (positions, dk) and v (positions, dv), stored as C, in tiles of `tile` keys,
+/// from the last tile back (the diagonal first), prefetching each next tile. kbuf and vbuf: absorb_tile's (at
+/// least tile * cols values each when C is narrower than T).
+template <class T, class C>
+inline void flash_pass(cmatrix<T> q, cmatrix<C> k, cmatrix<C> v, index_t k_lo, index_t k_hi, index_t tile, T alpha,
+                       const key_mask& mask, T* s_buf, const softmax_state<T>& st, T* kbuf = nullptr,
+                       T* vbuf = nullptr) {
   for (index_t j1 = k_hi; j1 > k_lo; j1 -= tile) {
-    const index_t j0 = std::max(k_lo, j1 - tile);
-    absorb_tile(q, k, v, j0, j1, alpha, mask, s_buf, st, std::max(k_lo, j0 - tile), j0);
+    const index_t j0 = std::max(k_lo, j1 - tile), nk = j1 - j0;
+    absorb_tile<T, C>(q, k.row_block(j0, nk), v.row_block(j0, nk), j0, alpha, mask, s_buf, st, kbuf, vbuf, k, v,
+                      std::max(k_lo, j0 - tile), j0);
   }
 }
 
@@ -3649,10 +3678,11 @@ inline std::pair<index_t, index_t> part_range(index_t lo, index_t hi, index_t p,
 }  // namespace flash_detail
 
 /// Forward branch, kernels<reference>::attention's contract: q (batch*n, H*d) -> out (batch*n, H*d); the
-/// query at position t = pos0 + i of head h reads keys [variant.first_key(t), t] of kv head h / g.
+/// query at position t = pos0 + i of head h reads keys [variant.first_key(t), t] of kv head h / g. The cache
+/// holds T, or bfloat16 / float16 widened tile by tile as the pass reads it.
 /// Scratch: slot 3 of `scratch` holds the split-K partial states. Up to max_threads threads.
-template <scalar T, attention_variant A>
-void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view<const T> cache, index_t pos0,
+template <scalar T, class C, attention_variant A>
+void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view<const C> cache, index_t pos0,
                index_t n, matrix<T> out, scratch_arena<memory::host>& scratch, int max_threads = num_threads()) {
   using namespace flash_detail;
   const index_t Hkv = c.n_kv_heads, d = c.head_dim(), g = c.group_size(), batch = cache.batch();
@@ -3688,6 +3718,10 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
       tb.s.reserve(rows_max * Bk);
       tb.state.reserve(slot);
       tb.range.reserve(2 * std::min(n, Bq));
+      if constexpr (!std::is_same_v<T, C>) {
+        tb.kw.reserve(Bk * d);
+        tb.vw.reserve(Bk * d);
+      }
     });
 
     tm.for_dynamic(items * ks, [&](index_t u) {
@@ -3720,7 +3754,8 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
 
       const softmax_state<T> st = state_in(ks > 1 ? partials + u * slot : tb.state.data(), rows, d);
       st.clear();
-      flash_pass(qs, cache.k(b, h), cache.v(b, h), k_lo, k_hi, Bk, scale, mask, tb.s.data(), st);
+      flash_pass<T, C>(qs, cache.k(b, h), cache.v(b, h), k_lo, k_hi, Bk, scale, mask, tb.s.data(), st, tb.kw.data(),
+                       tb.vw.data());
       if (ks == 1)
         for (index_t r = 0; r < rows; ++r) {
           T* o = out.row(b * n + i0 + r / g) + (h * g + r % g) * d;
@@ -3940,6 +3975,7 @@ void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <utility>
 
 #include <xsimd/xsimd.hpp>
@@ -3960,15 +3996,32 @@ struct solve_slice {
   index_t lda;
   const T* f;      // (Bk, ldf)  forward branch, at the slice's first column
   index_t ldf;
-  T* s;            // (Bk, lds)  cache rows of s for the block, at the slice's first column
+  T* s;            // (Bk, lds)  the block's s as later rows read it (rounded to the cache type), at the slice's
+                   //            first column: the cache rows themselves when the cache holds T
   index_t lds;
   T* out;          // (Bk, ldo)  output rows, at the slice's first column
   index_t ldo;
 };
 
+/// x rounded to the cache type C and widened back: what a later row reads of a value the cache stores (exact
+/// sessa::narrow / sessa::widen, lane by lane; the identity when C is T).
+template <class C, class T>
+inline xsimd::batch<T> as_stored(xsimd::batch<T> x) noexcept {
+  if constexpr (std::is_same_v<T, C>) {
+    return x;
+  } else {
+    constexpr std::size_t W = xsimd::batch<T>::size;
+    alignas(64) T lanes[W];
+    x.store_aligned(lanes);
+    for (std::size_t i = 0; i < W; ++i) lanes[i] = widen<T>(narrow<C>(lanes[i]));
+    return xsimd::batch<T>::load_aligned(lanes);
+  }
+}
+
 /// Rows [i0, i0 + RB) of the in-block solve for NB batches of columns: all earlier rows of the block are
-/// final in x.s; the RB rows are solved in registers, each reading the ones before it.
-template <class T, int NB, int RB>
+/// final in x.s; the RB rows are solved in registers, each reading the ones before it as the cache stores them
+/// (C): out gets s_i, x.s and the later rows its value rounded to C.
+template <class T, class C, int NB, int RB>
 inline void solve_rows(const solve_slice<T>& x, index_t i0) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
@@ -4003,50 +4056,51 @@ SESSA_UNROLL(4)
 SESSA_UNROLL(4)
     for (int v = 0; v < NB; ++v) {
       r[k][v] = xsimd::fma(ck, r[k][v], B::load_unaligned(x.f + i * x.ldf + v * W));
-      r[k][v].store_unaligned(x.s + i * x.lds + v * W);
       r[k][v].store_unaligned(x.out + i * x.ldo + v * W);
+      r[k][v] = as_stored<C>(r[k][v]);
+      r[k][v].store_unaligned(x.s + i * x.lds + v * W);
     }
   }
 }
 
 /// The whole block (nrows rows, in order) for NB batches of columns.
-template <class T, int NB>
+template <class T, class C, int NB>
 inline void solve_block(const solve_slice<T>& x, index_t nrows) {
   index_t i0 = 0;
-  for (; i0 + 4 <= nrows; i0 += 4) solve_rows<T, NB, 4>(x, i0);
+  for (; i0 + 4 <= nrows; i0 += 4) solve_rows<T, C, NB, 4>(x, i0);
   switch (nrows - i0) {
-    case 3: solve_rows<T, NB, 3>(x, i0); break;
-    case 2: solve_rows<T, NB, 2>(x, i0); break;
-    case 1: solve_rows<T, NB, 1>(x, i0); break;
+    case 3: solve_rows<T, C, NB, 3>(x, i0); break;
+    case 2: solve_rows<T, C, NB, 2>(x, i0); break;
+    case 1: solve_rows<T, C, NB, 1>(x, i0); break;
     default: break;
   }
 }
 
 /// The block for `cols` columns (fewer than one batch), scalar.
-template <class T>
+template <class T, class C>
 inline void solve_block_scalar(const solve_slice<T>& x, index_t nrows, index_t cols) {
   for (index_t i = 0; i < nrows; ++i)
     for (index_t c = 0; c < cols; ++c) {
       T a = x.alpha[i] * x.acc[i * x.lda + c];
       for (index_t j = 0; j < i; ++j) a += x.p[i * x.ldp + j] * x.s[j * x.lds + c];
       const T v = x.f[i * x.ldf + c] + x.coef[i] * a;
-      x.s[i * x.lds + c] = v;
+      x.s[i * x.lds + c] = widen<T>(narrow<C>(v));
       x.out[i * x.ldo + c] = v;
     }
 }
 
 /// The block for `cols` columns starting at the slice: 4-batch slices are the unit of work; a narrower
 /// tail takes the widest kernel that fits, then scalar columns.
-template <class T>
+template <class T, class C>
 inline void solve_columns(solve_slice<T> x, index_t nrows, index_t cols) {
   constexpr index_t W = static_cast<index_t>(xsimd::batch<T>::size);
   const index_t nb = cols / W;
   switch (nb) {
     case 0: break;
-    case 1: solve_block<T, 1>(x, nrows); break;
-    case 2: solve_block<T, 2>(x, nrows); break;
-    case 3: solve_block<T, 3>(x, nrows); break;
-    default: solve_block<T, 4>(x, nrows); break;
+    case 1: solve_block<T, C, 1>(x, nrows); break;
+    case 2: solve_block<T, C, 2>(x, nrows); break;
+    case 3: solve_block<T, C, 3>(x, nrows); break;
+    default: solve_block<T, C, 4>(x, nrows); break;
   }
   const index_t done = std::min<index_t>(nb, 4) * W;
   if (cols > done) {
@@ -4054,7 +4108,7 @@ inline void solve_columns(solve_slice<T> x, index_t nrows, index_t cols) {
     x.f += done;
     x.s += done;
     x.out += done;
-    solve_block_scalar(x, nrows, cols - done);
+    solve_block_scalar<T, C>(x, nrows, cols - done);
   }
 }
 
@@ -4105,11 +4159,13 @@ inline void solve_block_transposed(const T* w, index_t ldw, T* o, index_t ldo, i
 
 /// Feedback solve, kernels<reference>::feedback's contract: qb (batch*n, D), gamma (batch*n), f (batch*n, D)
 /// -> out (batch*n, D) and cache.s rows [pos0, pos0 + n); the strict past [0, t) is read from the cache
-/// (k_b of the chunk included).
-/// Scratch: slots 1 (row states), 2 (diagonal blocks) and 3 (split-K partial states) of `scratch`. Up to
-/// max_threads threads.
-template <scalar T>
-void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, cache_view<T> cache, index_t pos0,
+/// (k_b of the chunk included). A cache of bfloat16 / float16 (C) is widened tile by tile as it is read; each
+/// block's k_b rows are widened once, and its s rows kept as the cache rounds them, so every row reads s_j
+/// exactly as a later decode step reads it from the cache.
+/// Scratch: slots 1 (row states), 2 (diagonal blocks; with a narrow cache also the block's widened k_b and s)
+/// and 3 (split-K partial states) of `scratch`. Up to max_threads threads.
+template <scalar T, class C>
+void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, cache_view<C> cache, index_t pos0,
               index_t n, matrix<T> out, scratch_arena<memory::host>& scratch, int max_threads = num_threads()) {
   using namespace flash_detail;
   using feedback_detail::solve_slice;
@@ -4121,11 +4177,22 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   const index_t Bk = std::max<index_t>(1, tp.fb_block), Mt = std::max<index_t>(1, tp.fb_rows);
   const index_t nblocks = (n + Bk - 1) / Bk;
   const int nt = threads_for(4.0 * static_cast<double>(D * batch * n) * (static_cast<double>(pos0) + 0.5 * static_cast<double>(n)), max_threads);
-  const cache_view<const T> cc = cache;
+  const cache_view<const C> cc = cache;
+  constexpr bool narrow_cache = !std::is_same_v<T, C>;
 
   const softmax_state<T> state = state_in(scratch.get<T>(1, rows * (D + 2)), rows, D);  // row b * n + i
-  const index_t bstride = Bk * (Bk + 2);
-  T* const blocks = scratch.get<T>(2, batch * bstride);  // per batch row: p (Bk, Bk) | alpha (Bk) | coef (Bk)
+  // Per batch row: p (Bk, Bk) | alpha (Bk) | coef (Bk), and with a narrow cache k_b (Bk, D) | s (Bk, D) of the block.
+  const index_t bstride = Bk * (Bk + 2) + (narrow_cache ? 2 * Bk * D : 0);
+  T* const blocks = scratch.get<T>(2, batch * bstride);
+  // Block J's k_b rows (from pos0 + J0) and s rows as the chunk's rows read them, in T.
+  auto block_kb = [&](index_t b, index_t J0, index_t nJ) -> cmatrix<T> {
+    if constexpr (narrow_cache) return cmatrix<T>(blocks + b * bstride + Bk * (Bk + 2), nJ, D);
+    else return cc.kb(b).row_block(pos0 + J0, nJ);
+  };
+  auto block_s = [&](index_t b, index_t J0, index_t nJ) -> matrix<T> {
+    if constexpr (narrow_cache) return matrix<T>(blocks + b * bstride + Bk * (Bk + 2) + Bk * D, nJ, D);
+    else return cache.s(b).row_block(pos0 + J0, nJ);
+  };
 
   // The pass over the past: row tiles of Mt rows, split over the keys when they are few.
   const index_t ptiles = (n + Mt - 1) / Mt, pitems = batch * ptiles, prows = std::min(n, Mt);
@@ -4139,7 +4206,13 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
-    tm.guard([&] { tb.s.reserve(std::max(prows * Bp, prows * Bk)); });
+    tm.guard([&] {
+      tb.s.reserve(std::max(prows * Bp, prows * Bk));
+      if constexpr (narrow_cache) {
+        tb.kw.reserve(Bp * D);
+        tb.vw.reserve(Bp * D);
+      }
+    });
     const index_t P = tm.size();
 
     // (0) every row's state over the cached past [0, pos0).
@@ -4152,7 +4225,8 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
         const softmax_state<T> st = ks > 1 ? state_in(partials + u * slot, nr, D) : state.rows(b * n + r0, nr);
         st.clear();
         const auto [ka, kb] = part_range(0, pos0, part, ks);
-        flash_pass<T>(qb.row_block(b * n + r0, nr), cc.kb(b), cc.s(b), ka, kb, Bp, scale, key_mask{}, tb.s.data(), st);
+        flash_pass<T, C>(qb.row_block(b * n + r0, nr), cc.kb(b), cc.s(b), ka, kb, Bp, scale, key_mask{}, tb.s.data(), st,
+                         tb.kw.data(), tb.vw.data());
       });
       if (ks > 1)
         tm.for_static(pitems, [&](index_t item) {
@@ -4166,6 +4240,14 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
     for (index_t J = 0; J < nblocks; ++J) {
       const index_t J0 = J * Bk, nJ = std::min(Bk, n - J0), J1 = J0 + nJ;
 
+      // (a0) a narrow cache: the block's k_b rows widened once for (a1) and (b).
+      if constexpr (narrow_cache) {
+        tm.for_static(batch * nJ, [&](index_t u) {
+          const index_t b = u / nJ, i = u % nJ;
+          widen_n<T>(cc.kb(b).row(pos0 + J0 + i), D, blocks + b * bstride + Bk * (Bk + 2) + i * D);
+        });
+      }
+
       // (a1) diagonal logits, the rows' final max, in-block probabilities, alpha and coef.
       const index_t parts1 = std::min(nJ, P);
       tm.for_static(batch * parts1, [&](index_t u) {
@@ -4176,7 +4258,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
         T* const coef = alpha + Bk;
         const index_t nk = nJ - 1;  // keys J0 .. J1 - 2 are the in-block past of some row
         if (nk > 0 && rb > ra)
-          gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), cc.kb(b).row_block(pos0 + J0, nk),
+          gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), block_kb(b, J0, nJ).row_block(0, nk),
                   matrix<T>(p + ra * Bk, rb - ra, nk, Bk), scale, T(0));
         for (index_t i = ra; i < rb; ++i) {
           const index_t r = b * n + J0 + i;
@@ -4197,8 +4279,9 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 
       // (a2) the in-block solve, column slices in parallel; writes s to the cache and to out.
       tm.for_static(batch * col_items, [&](index_t u) {
-        const index_t b = u / col_items, c0 = (u % col_items) * CW, r = b * n + J0;
+        const index_t b = u / col_items, c0 = (u % col_items) * CW, r = b * n + J0, cols = std::min(CW, D - c0);
         const T* p = blocks + b * bstride;
+        const matrix<T> sJ = block_s(b, J0, nJ);
         const solve_slice<T> x{p,
                                Bk,
                                p + Bk * Bk,
@@ -4207,11 +4290,18 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
                                state.acc.ld,
                                f.row(r) + c0,
                                f.ld,
-                               cache.s(b).row(pos0 + J0) + c0,
-                               cache.s(b).ld,
+                               sJ.row(0) + c0,
+                               sJ.ld,
                                out.row(r) + c0,
                                out.ld};
-        feedback_detail::solve_columns(x, nJ, std::min(CW, D - c0));
+        feedback_detail::solve_columns<T, C>(x, nJ, cols);
+        if constexpr (narrow_cache) {  // the values are C's already: narrow is exact here
+          for (index_t i = 0; i < nJ; ++i) {
+            C* dst = cache.s(b).row(pos0 + J0 + i) + c0;
+            const T* src = sJ.row(i) + c0;
+            for (index_t k = 0; k < cols; ++k) dst[k] = sessa::narrow<C>(src[k]);
+          }
+        }
       });
 
       // (b) block J into every later row of the chunk.
@@ -4221,8 +4311,8 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
           const index_t b = u / parts;
           const auto [ra, rb] = part_range(J1, n, u % parts, parts);
           if (rb > ra)
-            absorb_tile<T>(qb.row_block(b * n + ra, rb - ra), cc.kb(b), cc.s(b), pos0 + J0, pos0 + J1, scale, key_mask{},
-                           tb.s.data(), state.rows(b * n + ra, rb - ra));
+            absorb_tile<T>(qb.row_block(b * n + ra, rb - ra), block_kb(b, J0, nJ), cmatrix<T>(block_s(b, J0, nJ)),
+                           pos0 + J0, scale, key_mask{}, tb.s.data(), state.rows(b * n + ra, rb - ra));
         });
       }
     }
@@ -4240,9 +4330,10 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
 ///   (3) the in-block backward solve o_j += sum_{i > j in J} w_ij o_i, column slices in parallel;
 ///   (4) block J pushed into every earlier row j of the chunk: S^T = K_j Q_J^T (gemm_nt), the weights by
 ///       column statistics, o_j += W^T o_J (gemm_nn), earlier rows split evenly over the threads.
+/// A cache of bfloat16 / float16 (C) is widened as its k_b rows are read.
 /// Scratch: slots 1 (statistics) and 2 (diagonal blocks) of `scratch`. Up to max_threads threads.
-template <scalar T>
-void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> g, cache_view<const T> cache,
+template <scalar T, class C>
+void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> g, cache_view<const C> cache,
                          index_t pos0, index_t n, matrix<T> out, scratch_arena<memory::host>& scratch,
                          int max_threads = num_threads()) {
   using namespace flash_detail;
@@ -4264,7 +4355,10 @@ void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, c
 
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
-    tm.guard([&] { tb.s.reserve(std::max(Mt * Bp, Mt * Bk)); });
+    tm.guard([&] {
+      tb.s.reserve(std::max(Mt * Bp, Mt * Bk));
+      if constexpr (!std::is_same_v<T, C>) tb.kw.reserve(std::max({Mt, Bp, Bk}) * D);
+    });
     const index_t P = tm.size();
     if (!alias) tm.for_static(rows, [&](index_t r) { std::copy_n(g.row(r), D, out.row(r)); });
 
@@ -4280,7 +4374,7 @@ void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, c
         if (first >= i0 + nr) continue;
         const index_t m = i0 + nr - first;
         const matrix<T> sc(tb.s.data(), m, nk);
-        gemm_nt(qb.row_block(b * n + first, m), cache.kb(b).row_block(j0, nk), sc, scale, T(0));
+        gemm_nt(qb.row_block(b * n + first, m), rows_as<T>(cache.kb(b), j0, nk, tb.kw.data()), sc, scale, T(0));
         for (index_t k = 0; k < m; ++k) {
           const index_t r = b * n + first + k, e = std::min(nk, pos0 + first + k - j0);
           T* sr = sc.row(k);
@@ -4309,7 +4403,7 @@ void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, c
         ra = std::max<index_t>(ra, 1);  // row 0 of the block has no in-block past
         if (rb <= ra) return;
         T* const w = blocks + b * Bk * Bk;
-        gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), cache.kb(b).row_block(pos0 + J0, nJ - 1),
+        gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), rows_as<T>(cache.kb(b), pos0 + J0, nJ - 1, tb.kw.data()),
                 matrix<T>(w + ra * Bk, rb - ra, nJ - 1, Bk), scale, T(0));
         for (index_t i = ra; i < rb; ++i) {
           const index_t r = b * n + J0 + i;
@@ -4334,7 +4428,8 @@ void feedback_transposed(const layer_config& c, cmatrix<T> qb, const T* gamma, c
           const auto [ja, jb] = part_range(0, J0, u % parts, parts);
           if (jb <= ja) return;
           const matrix<T> sc(tb.s.data(), jb - ja, nJ);
-          gemm_nt(cache.kb(b).row_block(pos0 + ja, jb - ja), qb.row_block(b * n + J0, nJ), sc, scale, T(0));
+          gemm_nt(rows_as<T>(cache.kb(b), pos0 + ja, jb - ja, tb.kw.data()), qb.row_block(b * n + J0, nJ), sc, scale,
+                  T(0));
           for (index_t k = 0; k < jb - ja; ++k)
             feedback_detail::weights_from_stats(sc.row(k), nJ, mrow + b * n + J0, crow + b * n + J0);
           gemm_nn(cmatrix<T>(sc), cmatrix<T>(out.row_block(b * n + J0, nJ)), out.row_block(b * n + ja, jb - ja), T(1),
@@ -4387,23 +4482,23 @@ struct kernels<cpu> : kernels<reference> {
   }
 
   /// Forward branch (flash style, attention.hpp); same contract as kernels<reference>::attention.
-  template <scalar T, attention_variant A>
+  template <scalar T, class C, attention_variant A>
   static void attention(context<cpu>& ctx, const A& variant, const layer_config& c, cmatrix<T> q,
-                        cache_view<const T> cache, index_t pos0, index_t n, matrix<T> out) {
+                        cache_view<const C> cache, index_t pos0, index_t n, matrix<T> out) {
     simd::attention(variant, c, q, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 
   /// Feedback solve (blocked, feedback.hpp); same contract as kernels<reference>::feedback.
-  template <scalar T>
+  template <scalar T, class C>
   static void feedback(context<cpu>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f,
-                       cache_view<T> cache, index_t pos0, index_t n, matrix<T> out) {
+                       cache_view<C> cache, index_t pos0, index_t n, matrix<T> out) {
     simd::feedback(c, qb, gamma, f, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 
   /// Transposed feedback solve (blocked, feedback.hpp); same contract as kernels<reference>::feedback_transposed.
-  template <scalar T>
+  template <scalar T, class C>
   static void feedback_transposed(context<cpu>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma,
-                                  cmatrix<T> g, cache_view<const T> cache, index_t pos0, index_t n, matrix<T> out) {
+                                  cmatrix<T> g, cache_view<const C> cache, index_t pos0, index_t n, matrix<T> out) {
     simd::feedback_transposed(c, qb, gamma, g, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 };

@@ -125,14 +125,15 @@ struct key_mask {
 };
 
 /// True when every value of m is finite (x * 0 is 0 for finite x, NaN for an infinity or a NaN).
-template <class T>
-inline bool all_finite(cmatrix<T> m) {
-  T z = 0;
+template <class C>
+inline bool all_finite(cmatrix<C> m) {
+  using F = std::conditional_t<std::is_floating_point_v<C>, C, float>;  // bfloat16, float16: as float (exact)
+  F z = 0;
   for (index_t r = 0; r < m.rows; ++r) {
-    const T* p = m.row(r);
-    for (index_t c = 0; c < m.cols; ++c) z += p[c] * T(0);
+    const C* p = m.row(r);
+    for (index_t c = 0; c < m.cols; ++c) z += widen<F>(p[c]) * F(0);
   }
-  return z == T(0);
+  return z == F(0);
 }
 
 /// max of x[0, n), n >= 1.
@@ -207,36 +208,39 @@ inline void prefetch_rows(cmatrix<C> m, index_t j0, index_t j1) {
     for (index_t k = 0; k < m.cols; k += line) __builtin_prefetch(m.row(j) + k, 0, 2);
 }
 
-/// acc (rows, dv) += p (rows, nk) v (nk, dv) for a few rows (decode): v is streamed row after row, each
-/// read once and in order, while acc stays in L1.
-template <class T>
-inline void accumulate_few(cmatrix<T> p, cmatrix<T> v, matrix<T> acc) {
+/// acc (rows, dv) += p (rows, nk) v (nk, dv) for a few rows (decode): v (stored as C: T, or bfloat16 / float16
+/// widened in registers) is streamed row after row, each read once and in order, while acc stays in L1.
+template <class T, class C>
+inline void accumulate_few(cmatrix<T> p, cmatrix<C> v, matrix<T> acc) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   const index_t dv = v.cols;
   for (index_t j = 0; j < v.rows; ++j) {
-    const T* vj = v.row(j);
+    const C* vj = v.row(j);
     for (index_t r = 0; r < p.rows; ++r) {
       const T pj = p(r, j);
       const B pv(pj);
       T* a = acc.row(r);
       index_t c = 0;
-      for (; c + W <= dv; c += W) xsimd::fma(pv, B::load_unaligned(vj + c), B::load_unaligned(a + c)).store_unaligned(a + c);
-      for (; c < dv; ++c) a[c] += pj * vj[c];
+      for (; c + W <= dv; c += W) xsimd::fma(pv, load_widened<T>(vj + c), B::load_unaligned(a + c)).store_unaligned(a + c);
+      for (; c < dv; ++c) a[c] += pj * widen<T>(vj[c]);
     }
   }
 }
 
-/// Absorbs the keys kt (nk, dk) and values vt (nk, dv) of absolute positions [j0, j0 + nk) into the state st
-/// of the rows q (rows, dk):
+/// Absorbs the keys kt (nk, dk) and values vt (nk, dv) of absolute positions [j0, j0 + nk), stored as C, into
+/// the state st of the rows q (rows, dk):
 ///   S = alpha q k^T (gemm_nt), online-softmax update of m and l (lazy rescaling of acc), acc += P v (gemm_nn).
-/// Under a mask only the rows from the first to the last one that sees a key of the tile take part (rows
-/// are in position order, so a diagonal tile skips the rows above it). Rows [next0, next1) of pk and pv (the
-/// stored keys and values, any storage type) are prefetched. s_buf: at least rows * nk values of scratch.
+/// A narrow C (bfloat16, float16) is widened in registers where the rows are few (the dot-product scores and
+/// accumulate_few: a decode step reads the narrow cache itself), otherwise into kbuf / vbuf (each at least
+/// nk * cols values) for the GEMM tiles. Under a mask only the rows from the first to the last one that sees a key
+/// of the tile take part (rows are in position order, so a diagonal tile skips the rows above it). Rows
+/// [next0, next1) of pk and pv (the whole stored keys and values) are prefetched. s_buf: at least rows * nk
+/// values of scratch.
 template <class T, class C = T>
-inline void absorb_tile(cmatrix<T> q, cmatrix<T> kt, cmatrix<T> vt, index_t j0, T alpha, const key_mask& mask,
-                        T* s_buf, const softmax_state<T>& st, cmatrix<C> pk = {}, cmatrix<C> pv = {},
-                        index_t next0 = 0, index_t next1 = 0) {
+inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, T alpha, const key_mask& mask,
+                        T* s_buf, const softmax_state<T>& st, T* kbuf = nullptr, T* vbuf = nullptr,
+                        cmatrix<C> pk = {}, cmatrix<C> pv = {}, index_t next0 = 0, index_t next1 = 0) {
   const index_t nk = kt.rows, j1 = j0 + nk, dv = vt.cols;
   index_t r0 = 0, r1 = q.rows;
   const bool full = mask.lo == nullptr || (mask.lo_max <= j0 && j1 <= mask.hi_min);
@@ -248,7 +252,13 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> kt, cmatrix<T> vt, index_t j0, 
   const index_t rows = r1 - r0;
   if (rows <= 0 || nk <= 0) return;
   const matrix<T> s(s_buf, rows, nk);  // (rows, nk) scores, then probabilities
-  gemm_nt(q.row_block(r0, rows), kt, s, alpha, T(0));
+  if constexpr (std::is_same_v<T, C>) {
+    gemm_nt(q.row_block(r0, rows), kt, s, alpha, T(0));
+  } else if (gemm_detail::use_dot(rows, kt.cols)) {
+    gemm_detail::gemm_dot<T, C>(q.row_block(r0, rows), kt, s, gemm_detail::epilogue<T>{alpha, T(0), nullptr});
+  } else {
+    gemm_nt(q.row_block(r0, rows), rows_as<T>(kt, 0, nk, kbuf), s, alpha, T(0));
+  }
   // Prefetch spread over the softmax rows; a few rows (decode) stream in order and leave it to the hardware.
   const index_t pf_per_row = next1 > next0 && rows > 16 ? (next1 - next0 + rows - 1) / rows : 0;
   for (index_t i = 0; i < rows; ++i) {
@@ -296,7 +306,7 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<T> kt, cmatrix<T> vt, index_t j0, 
   } else if (rows <= 4) {
     accumulate_few(cmatrix<T>(s), vt, st.acc.row_block(r0, rows));
   } else {
-    gemm_nn(cmatrix<T>(s), vt, st.acc.row_block(r0, rows), T(1), T(1));
+    gemm_nn(cmatrix<T>(s), rows_as<T>(vt, 0, nk, vbuf), st.acc.row_block(r0, rows), T(1), T(1));
   }
 }
 
@@ -311,15 +321,15 @@ inline index_t pass_tile(index_t rows, index_t dk, const flash_tuning& tp) {
 }
 
 /// Absorbs keys [k_lo, k_hi) of k (positions, dk) and v (positions, dv), stored as C, in tiles of `tile` keys,
-/// from the last tile back (the diagonal first), prefetching each next tile. A narrow C is widened tile by tile
-/// into kbuf and vbuf (each at least tile * cols values; unused when C is T).
+/// from the last tile back (the diagonal first), prefetching each next tile. kbuf and vbuf: absorb_tile's (at
+/// least tile * cols values each when C is narrower than T).
 template <class T, class C>
 inline void flash_pass(cmatrix<T> q, cmatrix<C> k, cmatrix<C> v, index_t k_lo, index_t k_hi, index_t tile, T alpha,
                        const key_mask& mask, T* s_buf, const softmax_state<T>& st, T* kbuf = nullptr,
                        T* vbuf = nullptr) {
   for (index_t j1 = k_hi; j1 > k_lo; j1 -= tile) {
     const index_t j0 = std::max(k_lo, j1 - tile), nk = j1 - j0;
-    absorb_tile<T, C>(q, rows_as<T>(k, j0, nk, kbuf), rows_as<T>(v, j0, nk, vbuf), j0, alpha, mask, s_buf, st, k, v,
+    absorb_tile<T, C>(q, k.row_block(j0, nk), v.row_block(j0, nk), j0, alpha, mask, s_buf, st, kbuf, vbuf, k, v,
                       std::max(k_lo, j0 - tile), j0);
   }
 }

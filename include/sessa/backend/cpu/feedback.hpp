@@ -298,11 +298,12 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
       const index_t J0 = J * Bk, nJ = std::min(Bk, n - J0), J1 = J0 + nJ;
 
       // (a0) a narrow cache: the block's k_b rows widened once for (a1) and (b).
-      if constexpr (narrow_cache)
+      if constexpr (narrow_cache) {
         tm.for_static(batch * nJ, [&](index_t u) {
           const index_t b = u / nJ, i = u % nJ;
           widen_n<T>(cc.kb(b).row(pos0 + J0 + i), D, blocks + b * bstride + Bk * (Bk + 2) + i * D);
         });
+      }
 
       // (a1) diagonal logits, the rows' final max, in-block probabilities, alpha and coef.
       const index_t parts1 = std::min(nJ, P);
@@ -351,12 +352,13 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
                                out.row(r) + c0,
                                out.ld};
         feedback_detail::solve_columns<T, C>(x, nJ, cols);
-        if constexpr (narrow_cache)  // the values are C's already: narrow is exact here
+        if constexpr (narrow_cache) {  // the values are C's already: narrow is exact here
           for (index_t i = 0; i < nJ; ++i) {
             C* dst = cache.s(b).row(pos0 + J0 + i) + c0;
             const T* src = sJ.row(i) + c0;
-            for (index_t k = 0; k < cols; ++k) dst[k] = narrow<C>(src[k]);
+            for (index_t k = 0; k < cols; ++k) dst[k] = sessa::narrow<C>(src[k]);
           }
+        }
       });
 
       // (b) block J into every later row of the chunk.
