@@ -57,7 +57,7 @@ def gib(b):
         return ""
     return f"{b / 2**20:.0f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
 
-base = dict(D=512, H=8, Hkv=8, batch=1, precision="f32", weights="f32", layers=1)
+base = dict(D=512, H=8, Hkv=8, batch=1, precision="f32", weights="f32", cache="f32", layers=1)
 y = pick(work="yardstick", threads=2)
 if y:
     print(f"Yardstick (2 threads): OpenBLAS sgemm {f(y['sgemm_gflops'], '{:.0f}')} GFLOP/s "
@@ -92,7 +92,7 @@ print("| context | ms/token | tok/s | bytes/step | GB/s | in-run stream | fracti
       "vs torch (this run) | vs public modules (BASELINES) |")
 print("|---|---|---|---|---|---|---|---|---|")
 for C in (1024, 4096, 16384, 65536):
-    r = pick(work="decode", context=C, backend="cpu", threads=2, **base)
+    r = pick(work="decode", context=C, backend="cpu", threads=2, steps=64, **base)
     if not r:
         continue
     tor = pick(work="decode", context=C, backend="torch", threads=2, **base)
@@ -120,8 +120,9 @@ print("\n### Thread scaling\n")
 print("| work | 1 thread | 2 threads | speed-up |")
 print("|---|---|---|---|")
 for work, key, n, field, unit in (("prefill", "T", 4096, "seconds", "s"), ("decode", "context", 4096, "ms_per_token", "ms/token")):
-    one = pick(work=work, backend="cpu", threads=1, **{key: n}, **base)
-    two = pick(work=work, backend="cpu", threads=2, **{key: n}, **base)
+    steps = {"steps": 64} if work == "decode" else {}
+    one = pick(work=work, backend="cpu", threads=1, **{key: n}, **steps, **base)
+    two = pick(work=work, backend="cpu", threads=2, **{key: n}, **steps, **base)
     if one and two and (work == "decode" or two.get("chunk") == 0):
         print(f"| {work} {key}={n} | {one[field]:.4g} {unit} | {two[field]:.4g} {unit} | {one[field] / two[field]:.2f}x |")
 
@@ -152,6 +153,22 @@ if pf[0]:
         if r:
             print(f"| {w} | {r['seconds']:.4g} | {r['gflops']:.4g} | {f(r['sgemm_gflops'], '{:.0f}')} | "
                   f"{f(r['fraction_of_sgemm'], '{:.3f}')} | {pf[0]['seconds'] / r['seconds']:.2f}x |")
+cache_rows = [(C, c, pick(work="decode", backend="cpu", threads=2, context=C, steps=16, D=512, H=8, Hkv=8, batch=1,
+                          precision="f32", layers=1, weights="f32", cache=c))
+              for C in (4096, 32768) for c in ("f32", "bf16", "f16")]
+if any(r for _, _, r in cache_rows):
+    print("\n### Narrow caches: decode (D = 512, H = Hkv = 8, one layer, batch 1, f32 weights, 2 threads)\n")
+    print("| context | cache | cache bytes | bytes read per token | tokens/s | x f32 cache | in-run stream GB/s | "
+          "fraction of the streaming floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    for C, c, r in cache_rows:
+        if not r:
+            continue
+        one = pick(work="decode", backend="cpu", threads=2, context=C, steps=16, D=512, H=8, Hkv=8, batch=1,
+                   precision="f32", layers=1, weights="f32", cache="f32")
+        ratio = f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x" if one else ""
+        print(f"| {C} | {c} | {gib(r['cache_bytes'])} | {r['bytes_per_token'] / 2**20:.0f} MiB | {r['tokens_per_s']:.4g} | "
+              f"{ratio} | {r['stream_gbps']:.1f} | {r['fraction_of_bandwidth_bound']:.3f} |")
 PY
 }
 
@@ -216,6 +233,14 @@ if [[ -z "${SKIP_NARROW:-}" ]]; then
   for w in f32 bf16 f16 q8_0; do
     ((MAX_T >= 4096)) && run "$BENCH" prefill --T 4096 "${common[@]}" --backend cpu --threads 2 --weights "$w"
   done
+  # Narrow caches: decode from long contexts (one layer D = 512: the cache is 8 KiB per token in f32), and prefill.
+  for C in 4096 32768; do
+    ((C <= MAX_CONTEXT)) || continue
+    for c in f32 bf16 f16; do
+      run "$BENCH" decode --context "$C" --steps 16 --repeat 5 "${common[@]}" --backend cpu --threads 2 --cache "$c"
+    done
+  done
+  ((MAX_T >= 4096)) && run "$BENCH" prefill --T 4096 "${common[@]}" --backend cpu --threads 2 --cache bf16
 fi
 
 # The PyTorch side-by-side.

@@ -10,9 +10,9 @@
 // The rest (gain: T values; copy, append_cache, embed: row moves) is the reference's. Weights may be stored as the
 // compute type, as bfloat16 / float16 (linear and layer_norm widen them in registers: widen.hpp) or as q8_0 blocks
 // (linear dequantizes them in registers; the vectors are float32); the cache is the compute type or bfloat16 /
-// float16 (attention and feedback widen its tiles as they read them and keep each block's s rounded as the cache
-// stores it, so a chunk reads its own s exactly as a later decode step does): every numeric policy of
-// core/numeric.hpp runs here.
+// float16 (attention and feedback widen it as they read it, in registers on the decode path and per tile for the
+// prefill GEMMs, and keep each block's s rounded as the cache stores it, so a chunk reads its own s exactly as a
+// later decode step does): every numeric policy of core/numeric.hpp runs here.
 //
 // context<cpu> adds the thread count to the reference's context: `threads` (0 = the process-wide default,
 // set_num_threads()) caps every parallel region a kernel of this call opens, whichever thread makes the call.
