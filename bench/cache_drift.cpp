@@ -11,17 +11,20 @@
 //   cache_drift [MODEL.safetensors] [TEXT] [--tokens N]
 //
 // The defaults are the shipped model and its held-out text (tests/data/kjv_heldout.txt, 31,769 characters in one
-// context: 500 times the model's training windows).
+// context: about 250 times the model's 128-token training windows).
 #include <sessa/io/model_file.hpp>
 #include <sessa/sessa.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
-#include <sstream>
+#include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {

@@ -18,8 +18,8 @@
 #   REF_MAX_T=2048              largest prefill T for backend::reference (O(T^2) scalar loops)
 #   TORCH_MAX_T=16384           largest prefill T for the torch side-by-side (T=16384 needs ~17 GiB)
 #   SKIP_TORCH=1                skip the torch rows
-#   SKIP_NARROW=1               skip the narrow-weight rows (f32, bf16, f16, q8_0 weights; a 6-layer D = 4096
-#                               stack: 3.4 GiB of f32 weights)
+#   SKIP_NARROW=1               skip the narrow-storage rows (f32, bf16, f16, q8_0 weights: a 6-layer D = 4096
+#                               stack, 3.4 GiB of f32 weights; f32, bf16, f16 caches at 4k and 32k tokens)
 # The library build it expects: cmake -S . -B /tmp/build_bench -DCMAKE_BUILD_TYPE=Release -DSESSA_BUILD_TESTS=OFF
 #                               cmake --build /tmp/build_bench --target sessa_bench -j2
 set -euo pipefail
@@ -109,7 +109,7 @@ print("| T | chunk | peak RSS | RSS before activations | model bytes (x, y, cach
 print("|---|---|---|---|---|---|---|")
 for r in rows:
     if r.get("work") != "prefill" or r.get("backend") != "cpu" or r.get("threads") != 2 or \
-            get(r, "weights") != "f32" or get(r, "layers") != 1 or r.get("D") != 512:
+            get(r, "weights") != "f32" or get(r, "cache") != "f32" or get(r, "layers") != 1 or r.get("D") != 512:
         continue
     tor = pick(work="prefill", T=r["T"], backend="torch", threads=2, **base) if r["chunk"] == 0 else None
     tor_rss = gib(tor["peak_rss_bytes"]) if tor and tor.get("peak_rss_bytes") else ""
@@ -141,10 +141,10 @@ if f32_big:
             one = pick(weights="f32", batch=b, **big)
             ratio = f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x" if one else ""
             print(f"| {w} | {b} | {gib(r['weight_bytes'])} | {r['bytes_per_token'] / 2**20:.0f} MiB | "
-                  f"{r['ms_per_token']:.4g} | {r['tokens_per_s']:.4g} | {ratio} | {r['stream_gbps']:.1f} | "
-                  f"{r['fraction_of_bandwidth_bound']:.3f} |")
+                  f"{r['ms_per_token']:.4g} | {r['tokens_per_s']:.4g} | {ratio} | {f(r['stream_gbps'], '{:.1f}')} | "
+                  f"{f(r['fraction_of_bandwidth_bound'], '{:.3f}')} |")
 pf = [pick(work="prefill", backend="cpu", threads=2, T=4096, chunk=0, D=512, H=8, Hkv=8, batch=1, precision="f32",
-           layers=1, weights=w) for w in ("f32", "bf16", "f16", "q8_0")]
+           layers=1, weights=w, cache="f32") for w in ("f32", "bf16", "f16", "q8_0")]
 if pf[0]:
     print("\n### Narrow weights: prefill T = 4096 (D = 512, H = Hkv = 8, batch 1, 2 threads)\n")
     print("| weights | seconds | GFLOP/s | in-run sgemm | fraction of sgemm | x f32 speed |")
@@ -168,7 +168,16 @@ if any(r for _, _, r in cache_rows):
                    precision="f32", layers=1, weights="f32", cache="f32")
         ratio = f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x" if one else ""
         print(f"| {C} | {c} | {gib(r['cache_bytes'])} | {r['bytes_per_token'] / 2**20:.0f} MiB | {r['tokens_per_s']:.4g} | "
-              f"{ratio} | {r['stream_gbps']:.1f} | {r['fraction_of_bandwidth_bound']:.3f} |")
+              f"{ratio} | {f(r['stream_gbps'], '{:.1f}')} | {f(r['fraction_of_bandwidth_bound'], '{:.3f}')} |")
+pc = [pick(work="prefill", backend="cpu", threads=2, T=4096, chunk=0, D=512, H=8, Hkv=8, batch=1, precision="f32",
+           layers=1, weights="f32", cache=c) for c in ("f32", "bf16")]
+if pc[0] and pc[1]:
+    print("\n### Narrow caches: prefill T = 4096 (D = 512, H = Hkv = 8, batch 1, f32 weights, 2 threads)\n")
+    print("| cache | seconds | GFLOP/s | in-run sgemm | fraction of sgemm | x f32 cache speed |")
+    print("|---|---|---|---|---|---|")
+    for c, r in zip(("f32", "bf16"), pc):
+        print(f"| {c} | {r['seconds']:.4g} | {r['gflops']:.4g} | {f(r['sgemm_gflops'], '{:.0f}')} | "
+              f"{f(r['fraction_of_sgemm'], '{:.3f}')} | {pc[0]['seconds'] / r['seconds']:.2f}x |")
 PY
 }
 

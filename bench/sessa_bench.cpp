@@ -339,15 +339,19 @@ double max_rel_diff(const T* a, const T* b, index_t n) {
 
 /// The validation bar of a backend against the reference running the same numeric policy: SPEC.md's bars for
 /// exact storage; with narrow storage on cuda, whose tensor cores also round the activations to the storage type,
-/// the bar of tests/test_thrust.cpp.
+/// the bar of tests/test_thrust.cpp; with a bf16 / f16 cache in float, a few units in the cache type's last place
+/// (a value the two summation orders round to different sides of a boundary differs by one: tests/test_storage.cpp).
 template <class P, class B>
 constexpr double tolerance() {
   using T = compute_t<P>;
+  double bar = std::is_same_v<T, float> ? 1e-4 : 1e-9;
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<cache_t<P>, sessa::bfloat16>) bar = std::max(bar, 3e-2);
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<cache_t<P>, sessa::float16>) bar = std::max(bar, 4e-3);
 #if defined(SESSA_WITH_THRUST_CUDA)
   if constexpr (std::is_same_v<B, backend::cuda> && std::is_same_v<T, float> && !std::is_same_v<weight_t<P>, float>)
-    return std::is_same_v<weight_t<P>, sessa::bfloat16> ? 3e-2 : 5e-3;
+    bar = std::max(bar, std::is_same_v<weight_t<P>, sessa::bfloat16> ? 3e-2 : 5e-3);
 #endif
-  return std::is_same_v<T, float> ? 1e-4 : 1e-9;
+  return bar;
 }
 
 /// Validation: `Tp` prefill tokens (in the chunk pattern to be timed), then `steps` decode steps, on Backend and on

@@ -238,8 +238,10 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   constexpr bool narrow_cache = !std::is_same_v<T, C>;
 
   const softmax_state<T> state = state_in(scratch.get<T>(1, rows * (D + 2)), rows, D);  // row b * n + i
-  // Per batch row: p (Bk, Bk) | alpha (Bk) | coef (Bk), and with a narrow cache k_b (Bk, D) | s (Bk, D) of the block.
-  const index_t bstride = Bk * (Bk + 2) + (narrow_cache ? 2 * Bk * D : 0);
+  // Per batch row: p (Bk, Bk) | alpha (Bk) | coef (Bk), and with a narrow cache k_b (Bn, D) | s (Bn, D) of the block
+  // (Bn = min(Bk, n) rows: a decode step keeps one).
+  const index_t Bn = std::min(Bk, n);
+  const index_t bstride = Bk * (Bk + 2) + (narrow_cache ? 2 * Bn * D : 0);
   T* const blocks = scratch.get<T>(2, batch * bstride);
   // Block J's k_b rows (from pos0 + J0) and s rows as the chunk's rows read them, in T.
   auto block_kb = [&](index_t b, index_t J0, index_t nJ) -> cmatrix<T> {
@@ -247,7 +249,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
     else return cc.kb(b).row_block(pos0 + J0, nJ);
   };
   auto block_s = [&](index_t b, index_t J0, index_t nJ) -> matrix<T> {
-    if constexpr (narrow_cache) return matrix<T>(blocks + b * bstride + Bk * (Bk + 2) + Bk * D, nJ, D);
+    if constexpr (narrow_cache) return matrix<T>(blocks + b * bstride + Bk * (Bk + 2) + Bn * D, nJ, D);
     else return cache.s(b).row_block(pos0 + J0, nJ);
   };
 
