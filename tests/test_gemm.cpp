@@ -119,11 +119,12 @@ std::string shape_name(const char* f, index_t M, index_t N, index_t K, double al
          " alpha=" + std::to_string(alpha) + " beta=" + std::to_string(beta);
 }
 
+/// a_pad < 0: a is padded like the others (pad); otherwise a's row stride is K + a_pad.
 template <class T>
 void run_gemm_case(bool nt, index_t M, index_t N, index_t K, double alpha, double beta, index_t pad,
-                   std::mt19937& gen) {
+                   std::mt19937& gen, index_t a_pad = -1) {
   const T fill = T(-7.25);
-  strided<T> a(M, K, pad, pad ? 3 : 0, gen);
+  strided<T> a(M, K, a_pad < 0 ? pad : a_pad, pad ? 3 : 0, gen);
   strided<T> b(nt ? N : K, nt ? K : N, pad ? pad + 1 : 0, pad ? 1 : 0, gen);
   strided<T> c(M, N, pad ? pad + 2 : 0, pad ? 5 : 0, gen, fill);
   const std::vector<double> old = prepare_output(c.view, beta, gen);
@@ -247,6 +248,25 @@ TEMPLATE_TEST_CASE("gemm_nt and gemm_nn cross the cache blocks", "[gemm]", float
         run_gemm_case<TestType>(nt, s.M, s.N, s.K, n % 2 ? 0.75 : 1.0, beta, (n % 3) ? 2 : 0, gen);
         ++n;
       }
+}
+
+TEMPLATE_TEST_CASE("an a operand in the packed layout is read in place and matches a double loop", "[gemm]", float,
+                   double) {
+  // The flash tiles keep their queries and probabilities with row stride packed_lda (the packed A block's), which
+  // gemm_blocked reads without a copy when K fits one K slice; one K past the slice, the same stride is packed.
+  using P = simd::gemm_detail::blocking<TestType>;
+  STATIC_REQUIRE(simd::gemm_detail::packed_lda<TestType>(P::KC) == P::LDA);
+  STATIC_REQUIRE(simd::gemm_detail::packed_lda<TestType>(P::KC + 1) == 0);
+  std::mt19937 gen(11);
+  int n = 0;
+  for (const bool nt : {true, false})
+    for (const index_t M : {index_t{1}, index_t{P::MR}, index_t{P::MR + 1}, index_t{40}, index_t{P::MC + 3}})
+      for (const index_t K : {index_t{1}, index_t{64}, index_t{P::KC - 1}, index_t{P::KC}, index_t{P::KC + 1}})
+        for (const index_t N : {index_t{P::NR}, index_t{2 * P::NR + 5}}) {
+          const double beta = n % 3 == 0 ? 0.0 : n % 3 == 1 ? 1.0 : -0.5;
+          run_gemm_case<TestType>(nt, M, N, K, n % 2 ? 0.5 : 1.0, beta, n % 2 ? 2 : 0, gen, P::LDA - K);
+          ++n;
+        }
 }
 
 TEMPLATE_TEST_CASE("linear matches a double loop with 1 and 2 threads", "[gemm][linear]", float, double) {

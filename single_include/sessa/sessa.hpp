@@ -2540,6 +2540,8 @@ struct blocking {
       std::clamp<index_t>(static_cast<index_t>((vector_registers >= 32 ? 65536 : 16384) / (NR * sizeof(T))), 64, 512);
   // Row stride of the packed A block: KC plus one cache line, so the MR rows fall into different L1 sets.
   static constexpr index_t LDA = KC + static_cast<index_t>(64 / sizeof(T));
+  // model/layer.hpp's memory plan counts on a K slice of at least 256 values (the cpu feedback's packed q_b copy).
+  static_assert(KC >= 256, "gemm_detail::blocking: a K slice under 256 values breaks kernel_row_values");
   // MC: the packed A block (MC x LDA) takes about 1/3 MiB of L2.
   static constexpr index_t MC = std::max<index_t>(1, 360 * 1024 / (LDA * static_cast<index_t>(sizeof(T)) * MR)) * MR;
   static constexpr index_t NC = 64 * NR;  // columns per packed B block (KC x NC lives in L2/L3)
@@ -2548,6 +2550,13 @@ struct blocking {
   static constexpr int MB = vector_registers >= 32 ? 4 : 2;
   static constexpr int R1 = vector_registers >= 32 ? 8 : 4;
 };
+
+/// Row stride of an a operand (M, K) that the packed GEMM reads in place (no copy): the packed A block's stride,
+/// when K fits one K slice; 0 when K is longer (a is then packed slice by slice whatever its stride).
+template <class T>
+inline constexpr index_t packed_lda(index_t K) noexcept {
+  return K <= blocking<T>::KC ? blocking<T>::LDA : 0;
+}
 
 /// Whether c (M, N) = a (M, K) b (N, K)^T takes the dot-product path (no packing, b streamed once) rather
 /// than the packed GEMM: for few rows, when K is long enough to amortize the lane reductions (measured on
@@ -2931,6 +2940,9 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
   // (K, N) operands with a single row tile use B in place (no reuse to pay for a pack); edges still pack.
   constexpr bool kn = L == b_layout::kn;
   const bool b_in_place = kn && M <= P::MR;
+  // An a already in the packed layout (row stride LDA, one K slice: packed_lda) is read in place. The flash tiles
+  // keep their query rows and probabilities that way, so a tile's products copy nothing of a.
+  const bool a_in_place = a.ld == P::LDA && K <= P::KC;
   const auto& kernels = kernels_by_rows<T>;
   const index_t m_blocks = (M + P::MC - 1) / P::MC;  // near-equal row blocks of at most MC rows
   for (index_t jc = 0; jc < N; jc += P::NC) {
@@ -2952,7 +2964,11 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
       for (index_t ib = 0; ib < m_blocks; ++ib) {
         const index_t ic = M * ib / m_blocks, mc = M * (ib + 1) / m_blocks - ic;
         const index_t tiles = (mc + P::MR - 1) / P::MR;  // near-equal row tiles: 16 rows = 8 + 8, not 14 + 2
-        pack_a(a.row(ic) + pc, a.ld, mc, kc, abuf);
+        const T* ap = abuf;
+        if (a_in_place)
+          ap = a.row(ic);
+        else
+          pack_a(a.row(ic) + pc, a.ld, mc, kc, abuf);
         for (index_t jr = 0; jr < nc; jr += P::NR) {
           const index_t nr = std::min(P::NR, nc - jr);
           epilogue<T> e = ep;
@@ -2973,7 +2989,7 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
           T* cp = c.row(ic) + jc + jr;
           for (index_t t = 0; t < tiles; ++t) {
             const index_t ir = mc * t / tiles, mr = mc * (t + 1) / tiles - ir;
-            kernels[static_cast<std::size_t>(mr - 1)](kc, abuf + ir * P::LDA, bp, ldb, cp + ir * c.ld, c.ld, nr, e);
+            kernels[static_cast<std::size_t>(mr - 1)](kc, ap + ir * P::LDA, bp, ldb, cp + ir * c.ld, c.ld, nr, e);
           }
         }
       }
@@ -3439,6 +3455,21 @@ inline void accumulate_few(cmatrix<T> p, cmatrix<C> v, matrix<T> acc) {
   }
 }
 
+/// Row stride of the (rows, nk) score / probability tile of absorb_tile: for many rows and a tile within one K slice,
+/// the packed GEMM's stride (gemm_detail::packed_lda), so the product with v reads the probabilities in place;
+/// otherwise nk. s_buf holds at least rows * score_ld<T>(rows, nk) values.
+template <class T>
+inline index_t score_ld(index_t rows, index_t nk) noexcept {
+  const index_t lda = gemm_detail::packed_lda<T>(nk);
+  return rows > gemm_detail::small_m_rows && lda > 0 ? lda : nk;
+}
+
+/// Values of s_buf for tiles of at most `rows` rows and `nk` keys (every smaller tile fits).
+template <class T>
+inline index_t score_buffer(index_t rows, index_t nk) noexcept {
+  return rows * (rows > gemm_detail::small_m_rows ? std::max(nk, gemm_detail::blocking<T>::LDA) : nk);
+}
+
 /// Absorbs the keys kt (nk, dk) and values vt (nk, dv) of absolute positions [j0, j0 + nk), stored as C, into
 /// the state st of the rows q (rows, dk):
 ///   S = alpha q k^T (gemm_nt), online-softmax update of m and l (lazy rescaling of acc), acc += P v (gemm_nn).
@@ -3446,8 +3477,9 @@ inline void accumulate_few(cmatrix<T> p, cmatrix<C> v, matrix<T> acc) {
 /// accumulate_few: a decode step reads the narrow cache itself), otherwise into kbuf / vbuf (each at least
 /// nk * cols values) for the GEMM tiles. Under a mask only the rows from the first to the last one that sees a key
 /// of the tile take part (rows are in position order, so a diagonal tile skips the rows above it). Rows
-/// [next0, next1) of pk and pv (the whole stored keys and values) are prefetched. s_buf: at least rows * nk
-/// values of scratch.
+/// [next0, next1) of pk and pv (the whole stored keys and values) are prefetched. s_buf: at least
+/// rows * score_ld<T>(rows, nk) values of scratch. A q in the packed layout (gemm_detail::packed_lda) is read in
+/// place by the score product.
 template <class T, class C = T>
 inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, T alpha, const key_mask& mask,
                         T* s_buf, const softmax_state<T>& st, T* kbuf = nullptr, T* vbuf = nullptr,
@@ -3462,7 +3494,7 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, 
   }
   const index_t rows = r1 - r0;
   if (rows <= 0 || nk <= 0) return;
-  const matrix<T> s(s_buf, rows, nk);  // (rows, nk) scores, then probabilities
+  const matrix<T> s(s_buf, rows, nk, score_ld<T>(rows, nk));  // (rows, nk) scores, then probabilities
   if constexpr (std::is_same_v<T, C>) {
     gemm_nt(q.row_block(r0, rows), kt, s, alpha, T(0));
   } else if (gemm_detail::use_dot(rows, kt.cols)) {
@@ -3694,6 +3726,8 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
   const index_t heads = batch * Hkv, items = heads * qtiles;
   const index_t rows_max = std::min(n, Bq) * g;  // stacked rows of the largest tile
   const index_t Bk = pass_tile<T>(rows_max, d, tp);  // keys per tile
+  // Row stride of the stacked queries when the tiles' score products are GEMMs reading them in place (0: a view).
+  const index_t q_ld = rows_max > gemm_detail::small_m_rows ? gemm_detail::packed_lda<T>(d) : 0;
 
   // Keys read per query, on average (first and last row), for the thread decision.
   const index_t t_last = pos0 + n - 1;
@@ -3714,8 +3748,8 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
     tm.guard([&] {
-      tb.q.reserve(rows_max * d);
-      tb.s.reserve(rows_max * Bk);
+      tb.q.reserve(rows_max * std::max(d, q_ld));
+      tb.s.reserve(score_buffer<T>(rows_max, Bk));
       tb.state.reserve(slot);
       tb.range.reserve(2 * std::min(n, Bq));
       if constexpr (!std::is_same_v<T, C>) {
@@ -3731,9 +3765,15 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
       const index_t b = (item / qtiles) / Hkv, h = (item / qtiles) % Hkv;
       const index_t i0 = qt * Bq, np = std::min(Bq, n - i0), rows = np * g;
 
-      // Queries: the g heads of the group stacked, row ii * g + hh (a strided view when g == 1).
+      // Queries: the g heads of the group stacked, row ii * g + hh; copied once per tile into the packed GEMM's
+      // layout when the tiles' products are GEMMs (q_ld > 0), otherwise a strided view when g == 1.
       cmatrix<T> qs(q.row(b * n + i0) + h * d, np, d, q.ld);
-      if (g > 1) {
+      if (q_ld > 0) {
+        for (index_t r = 0; r < rows; ++r)
+          std::memcpy(tb.q.data() + r * q_ld, q.row(b * n + i0 + r / g) + (h * g + r % g) * d,
+                      sizeof(T) * static_cast<std::size_t>(d));
+        qs = cmatrix<T>(tb.q.data(), rows, d, q_ld);
+      } else if (g > 1) {
         for (index_t ii = 0; ii < np; ++ii)
           std::memcpy(tb.q.data() + ii * g * d, q.row(b * n + i0 + ii) + h * g * d, sizeof(T) * static_cast<std::size_t>(g * d));
         qs = cmatrix<T>(tb.q.data(), rows, d);
@@ -3975,6 +4015,7 @@ void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -4162,8 +4203,8 @@ inline void solve_block_transposed(const T* w, index_t ldw, T* o, index_t ldo, i
 /// (k_b of the chunk included). A cache of bfloat16 / float16 (C) is widened tile by tile as it is read; each
 /// block's k_b rows are widened once, and its s rows kept as the cache rounds them, so every row reads s_j
 /// exactly as a later decode step reads it from the cache.
-/// Scratch: slots 1 (row states), 2 (diagonal blocks; with a narrow cache also the block's widened k_b and s)
-/// and 3 (split-K partial states) of `scratch`. Up to max_threads threads.
+/// Scratch: slots 1 (row states), 2 (diagonal blocks; with a narrow cache also the block's widened k_b and s;
+/// with many rows a copy of qb) and 3 (split-K partial states) of `scratch`. Up to max_threads threads.
 template <scalar T, class C>
 void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, cache_view<C> cache, index_t pos0,
               index_t n, matrix<T> out, scratch_arena<memory::host>& scratch, int max_threads = num_threads()) {
@@ -4185,7 +4226,16 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   // (Bn = min(Bk, n) rows: a decode step keeps one).
   const index_t Bn = std::min(Bk, n);
   const index_t bstride = Bk * (Bk + 2) + (narrow_cache ? 2 * Bn * D : 0);
-  T* const blocks = scratch.get<T>(2, batch * bstride);
+  // With many rows and D at least half a K slice, slot 2 also holds the chunk's q_b rows in the packed GEMM's layout
+  // (gemm_detail::packed_lda: a row stride of at most 2 D + 16, as the layer's memory plan assumes), copied once:
+  // the products of (0), (a1) and (b) read them in place instead of packing the same rows for every key tile and
+  // every block.
+  const index_t qld = n > gemm_detail::small_m_rows && 2 * D >= gemm_detail::blocking<T>::KC
+                          ? gemm_detail::packed_lda<T>(D)
+                          : 0;
+  T* const blocks = scratch.get<T>(2, batch * bstride + rows * qld);
+  T* const qcopy = qld > 0 ? blocks + batch * bstride : nullptr;
+  const cmatrix<T> qv = qcopy ? cmatrix<T>(qcopy, rows, D, qld) : qb;
   // Block J's k_b rows (from pos0 + J0) and s rows as the chunk's rows read them, in T.
   auto block_kb = [&](index_t b, index_t J0, index_t nJ) -> cmatrix<T> {
     if constexpr (narrow_cache) return cmatrix<T>(blocks + b * bstride + Bk * (Bk + 2), nJ, D);
@@ -4209,13 +4259,17 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
     tm.guard([&] {
-      tb.s.reserve(std::max(prows * Bp, prows * Bk));
+      tb.s.reserve(score_buffer<T>(prows, std::max(Bp, Bk)));
       if constexpr (narrow_cache) {
         tb.kw.reserve(Bp * D);
         tb.vw.reserve(Bp * D);
       }
     });
     const index_t P = tm.size();
+    if (qcopy)
+      tm.for_static(rows, [&](index_t r) {
+        std::memcpy(qcopy + r * qld, qb.row(r), sizeof(T) * static_cast<std::size_t>(D));
+      });
 
     // (0) every row's state over the cached past [0, pos0).
     if (pos0 == 0) {
@@ -4227,7 +4281,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
         const softmax_state<T> st = ks > 1 ? state_in(partials + u * slot, nr, D) : state.rows(b * n + r0, nr);
         st.clear();
         const auto [ka, kb] = part_range(0, pos0, part, ks);
-        flash_pass<T, C>(qb.row_block(b * n + r0, nr), cc.kb(b), cc.s(b), ka, kb, Bp, scale, key_mask{}, tb.s.data(), st,
+        flash_pass<T, C>(qv.row_block(b * n + r0, nr), cc.kb(b), cc.s(b), ka, kb, Bp, scale, key_mask{}, tb.s.data(), st,
                          tb.kw.data(), tb.vw.data());
       });
       if (ks > 1)
@@ -4260,7 +4314,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
         T* const coef = alpha + Bk;
         const index_t nk = nJ - 1;  // keys J0 .. J1 - 2 are the in-block past of some row
         if (nk > 0 && rb > ra)
-          gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), block_kb(b, J0, nJ).row_block(0, nk),
+          gemm_nt(qv.row_block(b * n + J0 + ra, rb - ra), block_kb(b, J0, nJ).row_block(0, nk),
                   matrix<T>(p + ra * Bk, rb - ra, nk, Bk), scale, T(0));
         for (index_t i = ra; i < rb; ++i) {
           const index_t r = b * n + J0 + i;
@@ -4313,7 +4367,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
           const index_t b = u / parts;
           const auto [ra, rb] = part_range(J1, n, u % parts, parts);
           if (rb > ra)
-            absorb_tile<T>(qb.row_block(b * n + ra, rb - ra), block_kb(b, J0, nJ), cmatrix<T>(block_s(b, J0, nJ)),
+            absorb_tile<T>(qv.row_block(b * n + ra, rb - ra), block_kb(b, J0, nJ), cmatrix<T>(block_s(b, J0, nJ)),
                            pos0 + J0, scale, key_mask{}, tb.s.data(), state.rows(b * n + ra, rb - ra));
         });
       }
@@ -5060,6 +5114,12 @@ inline void check_activation_shape(const shape_t& s, index_t D, const char* what
     throw shape_error(std::string(what) + " must have shape (batch, tokens, " + std::to_string(D) +
                       ") with batch, tokens >= 1; got " + shape_string(s));
 }
+
+/// Values per row of the kernels' scratch that a forward pass plans for beyond its workspace: the row states of
+/// the feedback (D + 2) and, for D >= 128, the cpu feedback's copy of the q_b rows in its GEMM's packed layout
+/// (backend/cpu/feedback.hpp: made when 2 D >= the GEMM's K slice, 256 or 512 values on every target, at a row
+/// stride of at most 2 D + 16). Planned for every backend: an upper bound.
+inline constexpr index_t kernel_row_values(index_t D) noexcept { return D + 2 + (D >= 128 ? 2 * D + 16 : 0); }
 }  // namespace detail
 
 /// Tokens per sequence that one pass of the layer's math covers. A longer call (a long prefill) runs as
@@ -5259,7 +5319,7 @@ class layer {
     if (stateless) p.add("cache", u(cache_type::storage_size(cfg_, batch, n)), sizeof(typename cache_type::value_type));
     p.add("workspace", workspace_type::bytes(cfg_, rows, capacity), 1);
     if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(scalar_type));
-    p.add("kernel row states", u(rows) * u(D + 2), sizeof(scalar_type));
+    p.add("kernel row states", u(rows) * u(detail::kernel_row_values(D)), sizeof(scalar_type));
     return p;
   }
 
@@ -5490,7 +5550,7 @@ class decoder {
     p.add("residual stream", u(rows) * u(D), sizeof(T));
     p.add("layer workspace", workspace<T, Backend>::bytes(cfg_.layer, pass_rows, capacity), 1);
     if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(T));
-    p.add("kernel row states", u(pass_rows) * u(D + 2), sizeof(T));
+    p.add("kernel row states", u(pass_rows) * u(detail::kernel_row_values(D)), sizeof(T));
     p.add("head rows", u(std::min(out_rows, prefill_block)) * u(D), sizeof(T));
     if constexpr (!std::is_same_v<space, memory::host>) p.add("token ids on the device", u(rows), sizeof(std::int64_t));
     return p;

@@ -35,6 +35,12 @@ inline void check_activation_shape(const shape_t& s, index_t D, const char* what
     throw shape_error(std::string(what) + " must have shape (batch, tokens, " + std::to_string(D) +
                       ") with batch, tokens >= 1; got " + shape_string(s));
 }
+
+/// Values per row of the kernels' scratch that a forward pass plans for beyond its workspace: the row states of
+/// the feedback (D + 2) and, for D >= 128, the cpu feedback's copy of the q_b rows in its GEMM's packed layout
+/// (backend/cpu/feedback.hpp: made when 2 D >= the GEMM's K slice, 256 or 512 values on every target, at a row
+/// stride of at most 2 D + 16). Planned for every backend: an upper bound.
+inline constexpr index_t kernel_row_values(index_t D) noexcept { return D + 2 + (D >= 128 ? 2 * D + 16 : 0); }
 }  // namespace detail
 
 /// Tokens per sequence that one pass of the layer's math covers. A longer call (a long prefill) runs as
@@ -234,7 +240,7 @@ class layer {
     if (stateless) p.add("cache", u(cache_type::storage_size(cfg_, batch, n)), sizeof(typename cache_type::value_type));
     p.add("workspace", workspace_type::bytes(cfg_, rows, capacity), 1);
     if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(scalar_type));
-    p.add("kernel row states", u(rows) * u(D + 2), sizeof(scalar_type));
+    p.add("kernel row states", u(rows) * u(detail::kernel_row_values(D)), sizeof(scalar_type));
     return p;
   }
 

@@ -228,6 +228,21 @@ inline void accumulate_few(cmatrix<T> p, cmatrix<C> v, matrix<T> acc) {
   }
 }
 
+/// Row stride of the (rows, nk) score / probability tile of absorb_tile: for many rows and a tile within one K slice,
+/// the packed GEMM's stride (gemm_detail::packed_lda), so the product with v reads the probabilities in place;
+/// otherwise nk. s_buf holds at least rows * score_ld<T>(rows, nk) values.
+template <class T>
+inline index_t score_ld(index_t rows, index_t nk) noexcept {
+  const index_t lda = gemm_detail::packed_lda<T>(nk);
+  return rows > gemm_detail::small_m_rows && lda > 0 ? lda : nk;
+}
+
+/// Values of s_buf for tiles of at most `rows` rows and `nk` keys (every smaller tile fits).
+template <class T>
+inline index_t score_buffer(index_t rows, index_t nk) noexcept {
+  return rows * (rows > gemm_detail::small_m_rows ? std::max(nk, gemm_detail::blocking<T>::LDA) : nk);
+}
+
 /// Absorbs the keys kt (nk, dk) and values vt (nk, dv) of absolute positions [j0, j0 + nk), stored as C, into
 /// the state st of the rows q (rows, dk):
 ///   S = alpha q k^T (gemm_nt), online-softmax update of m and l (lazy rescaling of acc), acc += P v (gemm_nn).
@@ -235,8 +250,9 @@ inline void accumulate_few(cmatrix<T> p, cmatrix<C> v, matrix<T> acc) {
 /// accumulate_few: a decode step reads the narrow cache itself), otherwise into kbuf / vbuf (each at least
 /// nk * cols values) for the GEMM tiles. Under a mask only the rows from the first to the last one that sees a key
 /// of the tile take part (rows are in position order, so a diagonal tile skips the rows above it). Rows
-/// [next0, next1) of pk and pv (the whole stored keys and values) are prefetched. s_buf: at least rows * nk
-/// values of scratch.
+/// [next0, next1) of pk and pv (the whole stored keys and values) are prefetched. s_buf: at least
+/// rows * score_ld<T>(rows, nk) values of scratch. A q in the packed layout (gemm_detail::packed_lda) is read in
+/// place by the score product.
 template <class T, class C = T>
 inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, T alpha, const key_mask& mask,
                         T* s_buf, const softmax_state<T>& st, T* kbuf = nullptr, T* vbuf = nullptr,
@@ -251,7 +267,7 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, 
   }
   const index_t rows = r1 - r0;
   if (rows <= 0 || nk <= 0) return;
-  const matrix<T> s(s_buf, rows, nk);  // (rows, nk) scores, then probabilities
+  const matrix<T> s(s_buf, rows, nk, score_ld<T>(rows, nk));  // (rows, nk) scores, then probabilities
   if constexpr (std::is_same_v<T, C>) {
     gemm_nt(q.row_block(r0, rows), kt, s, alpha, T(0));
   } else if (gemm_detail::use_dot(rows, kt.cols)) {
@@ -483,6 +499,8 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
   const index_t heads = batch * Hkv, items = heads * qtiles;
   const index_t rows_max = std::min(n, Bq) * g;  // stacked rows of the largest tile
   const index_t Bk = pass_tile<T>(rows_max, d, tp);  // keys per tile
+  // Row stride of the stacked queries when the tiles' score products are GEMMs reading them in place (0: a view).
+  const index_t q_ld = rows_max > gemm_detail::small_m_rows ? gemm_detail::packed_lda<T>(d) : 0;
 
   // Keys read per query, on average (first and last row), for the thread decision.
   const index_t t_last = pos0 + n - 1;
@@ -503,8 +521,8 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
     tm.guard([&] {
-      tb.q.reserve(rows_max * d);
-      tb.s.reserve(rows_max * Bk);
+      tb.q.reserve(rows_max * std::max(d, q_ld));
+      tb.s.reserve(score_buffer<T>(rows_max, Bk));
       tb.state.reserve(slot);
       tb.range.reserve(2 * std::min(n, Bq));
       if constexpr (!std::is_same_v<T, C>) {
@@ -520,9 +538,15 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
       const index_t b = (item / qtiles) / Hkv, h = (item / qtiles) % Hkv;
       const index_t i0 = qt * Bq, np = std::min(Bq, n - i0), rows = np * g;
 
-      // Queries: the g heads of the group stacked, row ii * g + hh (a strided view when g == 1).
+      // Queries: the g heads of the group stacked, row ii * g + hh; copied once per tile into the packed GEMM's
+      // layout when the tiles' products are GEMMs (q_ld > 0), otherwise a strided view when g == 1.
       cmatrix<T> qs(q.row(b * n + i0) + h * d, np, d, q.ld);
-      if (g > 1) {
+      if (q_ld > 0) {
+        for (index_t r = 0; r < rows; ++r)
+          std::memcpy(tb.q.data() + r * q_ld, q.row(b * n + i0 + r / g) + (h * g + r % g) * d,
+                      sizeof(T) * static_cast<std::size_t>(d));
+        qs = cmatrix<T>(tb.q.data(), rows, d, q_ld);
+      } else if (g > 1) {
         for (index_t ii = 0; ii < np; ++ii)
           std::memcpy(tb.q.data() + ii * g * d, q.row(b * n + i0 + ii) + h * g * d, sizeof(T) * static_cast<std::size_t>(g * d));
         qs = cmatrix<T>(tb.q.data(), rows, d);

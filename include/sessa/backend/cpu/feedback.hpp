@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -219,8 +220,8 @@ inline void solve_block_transposed(const T* w, index_t ldw, T* o, index_t ldo, i
 /// (k_b of the chunk included). A cache of bfloat16 / float16 (C) is widened tile by tile as it is read; each
 /// block's k_b rows are widened once, and its s rows kept as the cache rounds them, so every row reads s_j
 /// exactly as a later decode step reads it from the cache.
-/// Scratch: slots 1 (row states), 2 (diagonal blocks; with a narrow cache also the block's widened k_b and s)
-/// and 3 (split-K partial states) of `scratch`. Up to max_threads threads.
+/// Scratch: slots 1 (row states), 2 (diagonal blocks; with a narrow cache also the block's widened k_b and s;
+/// with many rows a copy of qb) and 3 (split-K partial states) of `scratch`. Up to max_threads threads.
 template <scalar T, class C>
 void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f, cache_view<C> cache, index_t pos0,
               index_t n, matrix<T> out, scratch_arena<memory::host>& scratch, int max_threads = num_threads()) {
@@ -242,7 +243,16 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   // (Bn = min(Bk, n) rows: a decode step keeps one).
   const index_t Bn = std::min(Bk, n);
   const index_t bstride = Bk * (Bk + 2) + (narrow_cache ? 2 * Bn * D : 0);
-  T* const blocks = scratch.get<T>(2, batch * bstride);
+  // With many rows and D at least half a K slice, slot 2 also holds the chunk's q_b rows in the packed GEMM's layout
+  // (gemm_detail::packed_lda: a row stride of at most 2 D + 16, as the layer's memory plan assumes), copied once:
+  // the products of (0), (a1) and (b) read them in place instead of packing the same rows for every key tile and
+  // every block.
+  const index_t qld = n > gemm_detail::small_m_rows && 2 * D >= gemm_detail::blocking<T>::KC
+                          ? gemm_detail::packed_lda<T>(D)
+                          : 0;
+  T* const blocks = scratch.get<T>(2, batch * bstride + rows * qld);
+  T* const qcopy = qld > 0 ? blocks + batch * bstride : nullptr;
+  const cmatrix<T> qv = qcopy ? cmatrix<T>(qcopy, rows, D, qld) : qb;
   // Block J's k_b rows (from pos0 + J0) and s rows as the chunk's rows read them, in T.
   auto block_kb = [&](index_t b, index_t J0, index_t nJ) -> cmatrix<T> {
     if constexpr (narrow_cache) return cmatrix<T>(blocks + b * bstride + Bk * (Bk + 2), nJ, D);
@@ -266,13 +276,17 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
     tm.guard([&] {
-      tb.s.reserve(std::max(prows * Bp, prows * Bk));
+      tb.s.reserve(score_buffer<T>(prows, std::max(Bp, Bk)));
       if constexpr (narrow_cache) {
         tb.kw.reserve(Bp * D);
         tb.vw.reserve(Bp * D);
       }
     });
     const index_t P = tm.size();
+    if (qcopy)
+      tm.for_static(rows, [&](index_t r) {
+        std::memcpy(qcopy + r * qld, qb.row(r), sizeof(T) * static_cast<std::size_t>(D));
+      });
 
     // (0) every row's state over the cached past [0, pos0).
     if (pos0 == 0) {
@@ -284,7 +298,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
         const softmax_state<T> st = ks > 1 ? state_in(partials + u * slot, nr, D) : state.rows(b * n + r0, nr);
         st.clear();
         const auto [ka, kb] = part_range(0, pos0, part, ks);
-        flash_pass<T, C>(qb.row_block(b * n + r0, nr), cc.kb(b), cc.s(b), ka, kb, Bp, scale, key_mask{}, tb.s.data(), st,
+        flash_pass<T, C>(qv.row_block(b * n + r0, nr), cc.kb(b), cc.s(b), ka, kb, Bp, scale, key_mask{}, tb.s.data(), st,
                          tb.kw.data(), tb.vw.data());
       });
       if (ks > 1)
@@ -317,7 +331,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
         T* const coef = alpha + Bk;
         const index_t nk = nJ - 1;  // keys J0 .. J1 - 2 are the in-block past of some row
         if (nk > 0 && rb > ra)
-          gemm_nt(qb.row_block(b * n + J0 + ra, rb - ra), block_kb(b, J0, nJ).row_block(0, nk),
+          gemm_nt(qv.row_block(b * n + J0 + ra, rb - ra), block_kb(b, J0, nJ).row_block(0, nk),
                   matrix<T>(p + ra * Bk, rb - ra, nk, Bk), scale, T(0));
         for (index_t i = ra; i < rb; ++i) {
           const index_t r = b * n + J0 + i;
@@ -370,7 +384,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
           const index_t b = u / parts;
           const auto [ra, rb] = part_range(J1, n, u % parts, parts);
           if (rb > ra)
-            absorb_tile<T>(qb.row_block(b * n + ra, rb - ra), block_kb(b, J0, nJ), cmatrix<T>(block_s(b, J0, nJ)),
+            absorb_tile<T>(qv.row_block(b * n + ra, rb - ra), block_kb(b, J0, nJ), cmatrix<T>(block_s(b, J0, nJ)),
                            pos0 + J0, scale, key_mask{}, tb.s.data(), state.rows(b * n + ra, rb - ra));
         });
       }

@@ -92,6 +92,8 @@ struct blocking {
       std::clamp<index_t>(static_cast<index_t>((vector_registers >= 32 ? 65536 : 16384) / (NR * sizeof(T))), 64, 512);
   // Row stride of the packed A block: KC plus one cache line, so the MR rows fall into different L1 sets.
   static constexpr index_t LDA = KC + static_cast<index_t>(64 / sizeof(T));
+  // model/layer.hpp's memory plan counts on a K slice of at least 256 values (the cpu feedback's packed q_b copy).
+  static_assert(KC >= 256, "gemm_detail::blocking: a K slice under 256 values breaks kernel_row_values");
   // MC: the packed A block (MC x LDA) takes about 1/3 MiB of L2.
   static constexpr index_t MC = std::max<index_t>(1, 360 * 1024 / (LDA * static_cast<index_t>(sizeof(T)) * MR)) * MR;
   static constexpr index_t NC = 64 * NR;  // columns per packed B block (KC x NC lives in L2/L3)
@@ -100,6 +102,13 @@ struct blocking {
   static constexpr int MB = vector_registers >= 32 ? 4 : 2;
   static constexpr int R1 = vector_registers >= 32 ? 8 : 4;
 };
+
+/// Row stride of an a operand (M, K) that the packed GEMM reads in place (no copy): the packed A block's stride,
+/// when K fits one K slice; 0 when K is longer (a is then packed slice by slice whatever its stride).
+template <class T>
+inline constexpr index_t packed_lda(index_t K) noexcept {
+  return K <= blocking<T>::KC ? blocking<T>::LDA : 0;
+}
 
 /// Whether c (M, N) = a (M, K) b (N, K)^T takes the dot-product path (no packing, b streamed once) rather
 /// than the packed GEMM: for few rows, when K is long enough to amortize the lane reductions (measured on
@@ -483,6 +492,9 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
   // (K, N) operands with a single row tile use B in place (no reuse to pay for a pack); edges still pack.
   constexpr bool kn = L == b_layout::kn;
   const bool b_in_place = kn && M <= P::MR;
+  // An a already in the packed layout (row stride LDA, one K slice: packed_lda) is read in place. The flash tiles
+  // keep their query rows and probabilities that way, so a tile's products copy nothing of a.
+  const bool a_in_place = a.ld == P::LDA && K <= P::KC;
   const auto& kernels = kernels_by_rows<T>;
   const index_t m_blocks = (M + P::MC - 1) / P::MC;  // near-equal row blocks of at most MC rows
   for (index_t jc = 0; jc < N; jc += P::NC) {
@@ -504,7 +516,11 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
       for (index_t ib = 0; ib < m_blocks; ++ib) {
         const index_t ic = M * ib / m_blocks, mc = M * (ib + 1) / m_blocks - ic;
         const index_t tiles = (mc + P::MR - 1) / P::MR;  // near-equal row tiles: 16 rows = 8 + 8, not 14 + 2
-        pack_a(a.row(ic) + pc, a.ld, mc, kc, abuf);
+        const T* ap = abuf;
+        if (a_in_place)
+          ap = a.row(ic);
+        else
+          pack_a(a.row(ic) + pc, a.ld, mc, kc, abuf);
         for (index_t jr = 0; jr < nc; jr += P::NR) {
           const index_t nr = std::min(P::NR, nc - jr);
           epilogue<T> e = ep;
@@ -525,7 +541,7 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
           T* cp = c.row(ic) + jc + jr;
           for (index_t t = 0; t < tiles; ++t) {
             const index_t ir = mc * t / tiles, mr = mc * (t + 1) / tiles - ir;
-            kernels[static_cast<std::size_t>(mr - 1)](kc, abuf + ir * P::LDA, bp, ldb, cp + ir * c.ld, c.ld, nr, e);
+            kernels[static_cast<std::size_t>(mr - 1)](kc, ap + ir * P::LDA, bp, ldb, cp + ir * c.ld, c.ld, nr, e);
           }
         }
       }
