@@ -58,6 +58,25 @@ def gib(b):
     return f"{b / 2**20:.0f} MiB" if b < 2**30 else f"{b / 2**30:.2f} GiB"
 
 base = dict(D=512, H=8, Hkv=8, batch=1, precision="f32", weights="f32", cache="f32", layers=1)
+
+def speedup(r, one, equal_bandwidth=False):
+    """r's tokens/s over one's; with equal_bandwidth, each divided by its run's paired stream rate first (two
+    processes run minutes apart on a shared machine see different bandwidths)."""
+    if not one:
+        return ""
+    a, b = r["tokens_per_s"], one["tokens_per_s"]
+    if equal_bandwidth:
+        if not r.get("stream_gbps") or not one.get("stream_gbps"):
+            return ""
+        a, b = a / r["stream_gbps"], b / one["stream_gbps"]
+    return f"{a / b:.2f}x"
+
+def fraction(r):
+    """The median paired fraction and, where the line has them, its smallest and largest pair."""
+    s = f(r.get("fraction_of_bandwidth_bound"), "{:.3f}")
+    if r.get("fraction_min") is not None and r.get("fraction_max") is not None:
+        s += f" ({r['fraction_min']:.2f}-{r['fraction_max']:.2f})"
+    return s
 y = pick(work="yardstick", threads=2)
 if y:
     print(f"Yardstick (2 threads): OpenBLAS sgemm {f(y['sgemm_gflops'], '{:.0f}')} GFLOP/s "
@@ -131,18 +150,17 @@ f32_big = pick(weights="f32", batch=1, **big)
 if f32_big:
     print("\n### Narrow weights: decode of a 6-layer stack, D = 4096 (f32 weights 3.4 GiB), context 128, 2 threads\n")
     print("| weights | batch | weight bytes | bytes read per token | ms per step | tokens/s | x f32 tokens/s | "
-          "in-run stream GB/s | fraction of the streaming floor |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "x f32 at equal bandwidth | paired stream GB/s | fraction of the streaming floor (range) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for w in ("f32", "bf16", "f16", "q8_0"):
         for b in (1, 4, 16):
             r = pick(weights=w, batch=b, **big)
             if not r:
                 continue
             one = pick(weights="f32", batch=b, **big)
-            ratio = f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x" if one else ""
             print(f"| {w} | {b} | {gib(r['weight_bytes'])} | {r['bytes_per_token'] / 2**20:.0f} MiB | "
-                  f"{r['ms_per_token']:.4g} | {r['tokens_per_s']:.4g} | {ratio} | {f(r['stream_gbps'], '{:.1f}')} | "
-                  f"{f(r['fraction_of_bandwidth_bound'], '{:.3f}')} |")
+                  f"{r['ms_per_token']:.4g} | {r['tokens_per_s']:.4g} | {speedup(r, one)} | {speedup(r, one, True)} | "
+                  f"{f(r['stream_gbps'], '{:.1f}')} | {fraction(r)} |")
 pf = [pick(work="prefill", backend="cpu", threads=2, T=4096, chunk=0, D=512, H=8, Hkv=8, batch=1, precision="f32",
            layers=1, weights=w, cache="f32") for w in ("f32", "bf16", "f16", "q8_0")]
 if pf[0]:
@@ -158,17 +176,16 @@ cache_rows = [(C, c, pick(work="decode", backend="cpu", threads=2, context=C, st
               for C in (4096, 32768) for c in ("f32", "bf16", "f16")]
 if any(r for _, _, r in cache_rows):
     print("\n### Narrow caches: decode (D = 512, H = Hkv = 8, one layer, batch 1, f32 weights, 2 threads)\n")
-    print("| context | cache | cache bytes | bytes read per token | tokens/s | x f32 cache | in-run stream GB/s | "
-          "fraction of the streaming floor |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| context | cache | cache bytes | bytes read per token | tokens/s | x f32 cache | x f32 at equal bandwidth | "
+          "paired stream GB/s | fraction of the streaming floor (range) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for C, c, r in cache_rows:
         if not r:
             continue
         one = pick(work="decode", backend="cpu", threads=2, context=C, steps=16, D=512, H=8, Hkv=8, batch=1,
                    precision="f32", layers=1, weights="f32", cache="f32")
-        ratio = f"{r['tokens_per_s'] / one['tokens_per_s']:.2f}x" if one else ""
         print(f"| {C} | {c} | {gib(r['cache_bytes'])} | {r['bytes_per_token'] / 2**20:.0f} MiB | {r['tokens_per_s']:.4g} | "
-              f"{ratio} | {f(r['stream_gbps'], '{:.1f}')} | {f(r['fraction_of_bandwidth_bound'], '{:.3f}')} |")
+              f"{speedup(r, one)} | {speedup(r, one, True)} | {f(r['stream_gbps'], '{:.1f}')} | {fraction(r)} |")
 pc = [pick(work="prefill", backend="cpu", threads=2, T=4096, chunk=0, D=512, H=8, Hkv=8, batch=1, precision="f32",
            layers=1, weights="f32", cache=c) for c in ("f32", "bf16")]
 if pc[0] and pc[1]:

@@ -19,9 +19,13 @@
 // runs) and one workspace, as a serving loop would. Decode starts from a cache of `context` tokens, filled with
 // random values (default; the cost of a step does not depend on the values) or by a real prefill, and times
 // `steps` consecutive steps (the context grows by one per step; the cache is truncated back between runs).
+// Decode pairs the streaming yardstick with each timed run (one read of a 1 GiB stream_probe just before it):
+// fraction_of_bandwidth_bound is the median over runs of the run's read rate over its own stream read, since
+// a shared machine's bandwidth moves within seconds (stream_gbps: the median stream; _min / _max the spread).
 // Memory: peak_rss_bytes is the process high-water mark (getrusage) taken right after the timed runs, before
-// the yardsticks allocate their own buffers; it includes the binary, the runtime and the weights
-// (rss_baseline_bytes is the resident size just before the activations and cache were allocated).
+// the yardsticks allocate their own buffers (except decode's probe, allocated first and so in both figures);
+// it includes the binary, the runtime and the weights (rss_baseline_bytes is the resident size just before the
+// activations and cache were allocated).
 // model_bytes is what the work needs by construction: input, output, cache and workspace buffers.
 // Errors: one line on stderr; exit 1 (2 for usage errors).
 #include "../tools/common/backends.hpp"  // sessa.hpp and the Thrust backends this build has
@@ -617,10 +621,16 @@ int cmd_decode(const options& o) {
              workspace<T, B>::total(workspace<T, B>::sizes(cfg, std::max<index_t>(fill_rows, 1), capacity))) +
         static_cast<double>(c.layers) *
             (static_cast<double>(sizeof(cache_t<P>)) * layer_cache<P, B>::storage_size(cfg, c.batch, capacity) +
-             static_cast<double>(parameter_bytes<weight_t<P>>(cfg)));
+             static_cast<double>(parameter_bytes<weight_t<P>>(cfg))) +
+        (c.yardstick != "off" && !on_gpu<B>() ? static_cast<double>(stream_bytes) : 0.0);
     check_fits(estimate, "this decode run");
 
     using S = space_of<B>;
+    // The streaming yardstick, read once before each timed repetition (stream_probe): each repetition's rate is
+    // judged against the bandwidth of the same moment. Placed before the baseline, so the RSS figures both
+    // count its buffer and their difference does not.
+    std::optional<sessa_bench::stream_probe> probe;
+    if (c.yardstick != "off" && !on_gpu<B>()) probe.emplace(stream_bytes);
     const auto stack = make_stack<P, B>(c);
     const std::int64_t rss_base = sessa_bench::current_rss_bytes();
     std::vector<typename layer<P, B>::cache_type> caches;
@@ -664,19 +674,21 @@ int cmd_decode(const options& o) {
     };
     for (int i = 0; i < c.warmup; ++i) run(std::min<index_t>(steps, 4));
     double best = std::numeric_limits<double>::infinity();
+    std::vector<double> streams, seconds;  // per repetition
     for (int r = 0; r < c.repeat; ++r) {
+      if (probe) streams.push_back(probe->read_gbps());
       const auto t0 = clock_type::now();
       run(steps);
-      best = std::min(best, seconds_since(t0));
+      seconds.push_back(seconds_since(t0));
+      best = std::min(best, seconds.back());
     }
     if (!std::isfinite(static_cast<double>(element(yt, 0)))) throw value_error("the decode step produced a non-finite output");
     const std::int64_t rss_peak = sessa_bench::peak_rss_bytes();
     index_t cache_bytes = 0;
     for (const auto& cache : caches) cache_bytes += cache.bytes();
     const index_t model_bytes = 3 * c.batch * D * static_cast<index_t>(sizeof(T)) + cache_bytes + ws.bytes();
+    probe.reset();
     sessa_bench::settle();
-    const double stream =
-        c.yardstick == "off" || on_gpu<B>() ? nan_v : sessa_bench::stream_read_gbps(stream_bytes, 5);
 
     // Bytes a step must read, averaged over the timed steps (cache length L = context + i before step i):
     // the weights once, then per batch row k and v of L + 1 tokens (the new one included), k_b and s of L.
@@ -686,6 +698,18 @@ int cmd_decode(const options& o) {
     const double bytes = weights + static_cast<double>(c.layers) * static_cast<double>(c.batch) * elt *
                                        (2.0 * kv * (t_mean + 1) + 2.0 * D * t_mean);
     const double per_step = best / static_cast<double>(steps);
+    // Each repetition's read rate over the stream read just before it; the median of those pairs is the fraction,
+    // the median stream the bandwidth the ideal time is computed from (NaN without the yardstick).
+    std::vector<double> fractions;
+    for (std::size_t r = 0; r < streams.size(); ++r)
+      fractions.push_back(bytes * static_cast<double>(steps) / seconds[r] * 1e-9 / streams[r]);
+    auto median = [](std::vector<double> v) {
+      if (v.empty()) return nan_v;
+      std::sort(v.begin(), v.end());
+      const std::size_t m = v.size() / 2;
+      return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+    };
+    const double stream = median(streams), fraction = median(fractions);
     const double ideal = bytes / (stream * 1e9);
 
     json_line j;
@@ -702,9 +726,13 @@ int cmd_decode(const options& o) {
         .num("bytes_per_token", bytes / static_cast<double>(c.batch), 8)
         .num("gbps", bytes / per_step * 1e-9, 5)
         .num("stream_gbps", stream, 5)
+        .num("stream_gbps_min", streams.empty() ? nan_v : *std::min_element(streams.begin(), streams.end()), 5)
+        .num("stream_gbps_max", streams.empty() ? nan_v : *std::max_element(streams.begin(), streams.end()), 5)
         .num("ideal_seconds_per_token", ideal)
-        .num("fraction_of_bandwidth_bound", ideal / per_step, 4)
-        .num("time_over_ideal", per_step / ideal, 4)
+        .num("fraction_of_bandwidth_bound", fraction, 4)
+        .num("fraction_min", fractions.empty() ? nan_v : *std::min_element(fractions.begin(), fractions.end()), 4)
+        .num("fraction_max", fractions.empty() ? nan_v : *std::max_element(fractions.begin(), fractions.end()), 4)
+        .num("time_over_ideal", 1.0 / fraction, 4)
         .num("validated_max_rel_diff", rel, 3)
         .integer("peak_rss_bytes", rss_peak)
         .integer("rss_baseline_bytes", rss_base)
