@@ -60,15 +60,17 @@ def gib(b):
 base = dict(D=512, H=8, Hkv=8, batch=1, precision="f32", weights="f32", cache="f32", layers=1)
 
 def speedup(r, one, equal_bandwidth=False):
-    """r's tokens/s over one's; with equal_bandwidth, each divided by its run's paired stream rate first (two
-    processes run minutes apart on a shared machine see different bandwidths)."""
+    """r's tokens/s over one's; with equal_bandwidth, the tokens/s each would reach at the same bandwidth: its
+    paired fraction of the streaming floor over its bytes per token (two processes run minutes apart on a shared
+    machine see different bandwidths)."""
     if not one:
         return ""
     a, b = r["tokens_per_s"], one["tokens_per_s"]
     if equal_bandwidth:
-        if not r.get("stream_gbps") or not one.get("stream_gbps"):
+        if not r.get("fraction_of_bandwidth_bound") or not one.get("fraction_of_bandwidth_bound"):
             return ""
-        a, b = a / r["stream_gbps"], b / one["stream_gbps"]
+        a = r["fraction_of_bandwidth_bound"] / r["bytes_per_token"]
+        b = one["fraction_of_bandwidth_bound"] / one["bytes_per_token"]
     return f"{a / b:.2f}x"
 
 def fraction(r):
