@@ -19,7 +19,8 @@
 // runs) and one workspace, as a serving loop would. Decode starts from a cache of `context` tokens, filled with
 // random values (default; the cost of a step does not depend on the values) or by a real prefill, and times
 // `steps` consecutive steps (the context grows by one per step; the cache is truncated back between runs).
-// Decode pairs the streaming yardstick with each timed run (one read of a 1 GiB stream_probe just before it):
+// Decode pairs the streaming yardstick with each timed run (one read of a 1 GiB stream_probe, then one untimed
+// step so the caches hold what they held before, then the run):
 // fraction_of_bandwidth_bound is the median over runs of the run's read rate over its own stream read, since
 // a shared machine's bandwidth moves within seconds (stream_gbps: the median stream; _min / _max the spread).
 // Memory: peak_rss_bytes is the process high-water mark (getrusage) taken right after the timed runs, before
@@ -676,7 +677,10 @@ int cmd_decode(const options& o) {
     double best = std::numeric_limits<double>::infinity();
     std::vector<double> streams, seconds;  // per repetition
     for (int r = 0; r < c.repeat; ++r) {
-      if (probe) streams.push_back(probe->read_gbps());
+      if (probe) {
+        streams.push_back(probe->read_gbps());
+        run(1);  // untimed: the read evicted what the previous run left in the caches; warm them as before
+      }
       const auto t0 = clock_type::now();
       run(steps);
       seconds.push_back(seconds_since(t0));
