@@ -614,6 +614,7 @@ int cmd_decode(const options& o) {
     using T = compute_t<P>;
     const layer_config& cfg = c.cfg;
     const index_t D = cfg.d_model, kv = cfg.kv_dim(), capacity = context + steps;
+    const bool paired = c.yardstick != "off" && !on_gpu<B>();  // a stream read beside each timed run (below)
     const double rel = std::is_same_v<B, backend::reference> ? nan_v : validate<P, B>(c, 24, 0, 8);
     const index_t fill_rows = fill == "prefill" ? c.batch * (chunk == 0 ? context : std::min(chunk, context)) : c.batch;
     const double estimate =
@@ -623,7 +624,7 @@ int cmd_decode(const options& o) {
         static_cast<double>(c.layers) *
             (static_cast<double>(sizeof(cache_t<P>)) * layer_cache<P, B>::storage_size(cfg, c.batch, capacity) +
              static_cast<double>(parameter_bytes<weight_t<P>>(cfg))) +
-        (c.yardstick != "off" && !on_gpu<B>() ? static_cast<double>(stream_bytes) : 0.0);
+        (paired ? static_cast<double>(stream_bytes) : 0.0);
     check_fits(estimate, "this decode run");
 
     using S = space_of<B>;
@@ -631,7 +632,7 @@ int cmd_decode(const options& o) {
     // judged against the bandwidth of the same moment. Placed before the baseline, so the RSS figures both
     // count its buffer and their difference does not.
     std::optional<sessa_bench::stream_probe> probe;
-    if (c.yardstick != "off" && !on_gpu<B>()) probe.emplace(stream_bytes);
+    if (paired) probe.emplace(stream_bytes);
     const auto stack = make_stack<P, B>(c);
     const std::int64_t rss_base = sessa_bench::current_rss_bytes();
     std::vector<typename layer<P, B>::cache_type> caches;

@@ -158,7 +158,7 @@ inline sgemm_figure best_sgemm(int n, int repeat, int threads, const std::string
   return best;
 }
 
-/// A streaming read over a buffer of `bytes` floats, placed by a parallel first touch (so each thread reads the
+/// A streaming read over `bytes` of floats, placed by a parallel first touch (so each thread reads the
 /// pages it placed); read_gbps() times one parallel simd sum over it (GB/s, 1e9 bytes/s) with the current OpenMP
 /// thread count. A decode run pairs one read with each timed repetition: on a shared machine the bandwidth moves
 /// with the neighbours' load (2 cores of one VM here read 40 GB/s at one moment and 75 a few seconds later), so a
