@@ -4,6 +4,7 @@
 // NaN in c when beta == 0, bias null/non-null, accumulate, and 1 or 2 threads (and nested in a parallel region).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -269,6 +270,87 @@ TEMPLATE_TEST_CASE("an a operand in the packed layout is read in place and match
         }
 }
 
+TEMPLATE_TEST_CASE("an operand packed once (pack_whole_b) gives the products of packing it per call", "[gemm]", float,
+                   double) {
+  // The flash tiles pack a key / value tile once for many query tiles: gemm_blocked then reads the caller's panels.
+  // Same panels, same order of the sums: the result must equal the per-call packing bit for bit, for every K slice and
+  // column block (N past NC, K past KC), edge panels, and panels packed in two separate calls (two threads' shares).
+  using T = TestType;
+  namespace gd = simd::gemm_detail;
+  using P = gd::blocking<T>;
+  std::mt19937 gen(23);
+  struct shape {
+    index_t M, N, K;
+  };
+  const shape shapes[] = {{1, 1, 1},       {P::MR + 1, P::NR - 1, 64}, {40, 128, 64},         {33, 64, 128},
+                          {7, 24, P::KC + 3}, {20, P::NC + P::NR + 3, 9}, {P::MC + 5, 70, 2 * P::KC + 1}};
+  int n = 0;
+  for (const bool nt : {true, false})
+    for (const shape& sh : shapes) {
+      const index_t M = sh.M, N = sh.N, K = sh.K;
+      strided<T> a(M, K, 2, 1, gen);
+      strided<T> b(nt ? N : K, nt ? K : N, 3, 1, gen);
+      strided<T> want(M, N, 0, 0, gen), got(M, N, 0, 0, gen);
+      for (index_t i = 0; i < M; ++i)
+        for (index_t j = 0; j < N; ++j) got.view(i, j) = want.view(i, j);  // beta != 0 reads the same old values
+      std::vector<T> packed(static_cast<std::size_t>(gd::packed_b_values<T>(K, N)), std::numeric_limits<T>::quiet_NaN());
+      const index_t panels = gd::panels<T>(N), mid = panels / 2;
+      const T alpha = n % 2 ? T(0.5) : T(1), beta = n % 3 == 0 ? T(0) : T(1);
+      CAPTURE(nt, M, N, K, alpha, beta);
+      if (nt) {
+        gd::pack_whole_b<T, gd::b_layout::nk>(b.c(), packed.data(), mid, panels);
+        gd::pack_whole_b<T, gd::b_layout::nk>(b.c(), packed.data(), 0, mid);
+        gd::gemm_blocked<T, gd::b_layout::nk>(a.c(), b.c(), want.view, alpha, beta, nullptr);
+        gd::gemm_blocked<T, gd::b_layout::nk>(a.c(), cmatrix<T>{}, got.view, alpha, beta, nullptr, packed.data());
+      } else {
+        gd::pack_whole_b<T, gd::b_layout::kn>(b.c(), packed.data(), mid, panels);
+        gd::pack_whole_b<T, gd::b_layout::kn>(b.c(), packed.data(), 0, mid);
+        gd::gemm_blocked<T, gd::b_layout::kn>(a.c(), b.c(), want.view, alpha, beta, nullptr);
+        gd::gemm_blocked<T, gd::b_layout::kn>(a.c(), cmatrix<T>{}, got.view, alpha, beta, nullptr, packed.data());
+      }
+      index_t differ = 0;
+      for (index_t i = 0; i < M; ++i)
+        for (index_t j = 0; j < N; ++j) differ += !(got.view(i, j) == want.view(i, j));
+      CHECK(differ == 0);
+      ++n;
+    }
+}
+
+TEST_CASE("an operand packed once may be stored as bfloat16: widened as it is packed", "[gemm]") {
+  namespace gd = simd::gemm_detail;
+  std::mt19937 gen(29);
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  for (const bool nt : {true, false}) {
+    const index_t M = 19, N = 45, K = 70;
+    strided<float> a(M, K, 0, 0, gen);
+    std::vector<sessa::bfloat16> bs(static_cast<std::size_t>(N * K));
+    std::vector<float> bw(bs.size());
+    for (std::size_t i = 0; i < bs.size(); ++i) {
+      bs[i] = sessa::bfloat16(dist(gen));
+      bw[i] = sessa::widen<float>(bs[i]);
+    }
+    const index_t rows = nt ? N : K, cols = nt ? K : N;
+    std::vector<float> packed(static_cast<std::size_t>(gd::packed_b_values<float>(K, N)));
+    strided<float> want(M, N, 0, 0, gen), got(M, N, 0, 0, gen);
+    CAPTURE(nt);
+    if (nt) {
+      gd::pack_whole_b<float, gd::b_layout::nk, sessa::bfloat16>(cmatrix<sessa::bfloat16>(bs.data(), rows, cols),
+                                                                 packed.data(), 0, gd::panels<float>(N));
+      gd::gemm_blocked<float, gd::b_layout::nk>(a.c(), cmatrix<float>(bw.data(), rows, cols), want.view, 1.f, 0.f, nullptr);
+      gd::gemm_blocked<float, gd::b_layout::nk>(a.c(), cmatrix<float>{}, got.view, 1.f, 0.f, nullptr, packed.data());
+    } else {
+      gd::pack_whole_b<float, gd::b_layout::kn, sessa::bfloat16>(cmatrix<sessa::bfloat16>(bs.data(), rows, cols),
+                                                                 packed.data(), 0, gd::panels<float>(N));
+      gd::gemm_blocked<float, gd::b_layout::kn>(a.c(), cmatrix<float>(bw.data(), rows, cols), want.view, 1.f, 0.f, nullptr);
+      gd::gemm_blocked<float, gd::b_layout::kn>(a.c(), cmatrix<float>{}, got.view, 1.f, 0.f, nullptr, packed.data());
+    }
+    index_t differ = 0;
+    for (index_t i = 0; i < M; ++i)
+      for (index_t j = 0; j < N; ++j) differ += !(got.view(i, j) == want.view(i, j));
+    CHECK(differ == 0);
+  }
+}
+
 TEMPLATE_TEST_CASE("linear matches a double loop with 1 and 2 threads", "[gemm][linear]", float, double) {
   using P = simd::gemm_detail::blocking<TestType>;
   thread_guard guard;
@@ -411,8 +493,30 @@ TEST_CASE("lane reduction and transposing pack agree with scalar code", "[gemm]"
     gd::reduce_lanes<float>(v, out);
     for (std::size_t i = 0; i < W; ++i) {
       double s = 0;
-      for (std::size_t l = 0; l < W; ++l) s += lanes[i * W + l];
+      float mx = lanes[i * W];
+      for (std::size_t l = 0; l < W; ++l) {
+        s += lanes[i * W + l];
+        mx = std::max(mx, lanes[i * W + l]);
+      }
       CHECK(out[i] == Approx(s).margin(1e-5));
+      CHECK(simd::hsum(v[i]) == Approx(s).margin(1e-5));
+      CHECK(simd::hmax(v[i]) == mx);
+    }
+  }
+  {
+    using batch = xsimd::batch<double>;
+    constexpr std::size_t W = batch::size;
+    alignas(64) double lanes[W];
+    for (int rep = 0; rep < 20; ++rep) {
+      double s = 0, mx = -1e300;
+      for (auto& e : lanes) {
+        e = dist(gen);
+        s += e;
+        mx = std::max(mx, e);
+      }
+      const batch v = batch::load_aligned(lanes);
+      CHECK(simd::hsum(v) == Approx(s).margin(1e-14));
+      CHECK(simd::hmax(v) == mx);
     }
   }
   {

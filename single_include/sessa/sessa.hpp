@@ -2237,6 +2237,11 @@ class region_errors {
 //   * The key range of an item is [min first_key(t), last t]: tiles above the diagonal and (sliding
 //     window) before the window are never touched. A tile crossing some row's boundary is masked row by
 //     row, and the rows that see none of its keys (above the diagonal) are left out of its two GEMMs.
+//   * Packed once: when the tiles' products are GEMMs and a head has several query tiles, each key tile and its
+//     value tile are packed into the GEMM's panel layout once per head (all threads, then a barrier), on a grid of
+//     key_tile keys from position 0, and every query tile's two products read those panels (flash_tuning::pack_once;
+//     otherwise each product packs its tile again, once per query tile). The softmax's exponential is exp_lanes
+//     (vscalefps on AVX-512) and its row sums and maxima reduce as trees.
 //   * Threads (OpenMP): dynamic scheduling over the items, head by head (a head's K and V stay in the
 //     last-level cache), the latest (longest) query tiles first. When the items are few (decode: n = 1
 //     per batch row, and batch * Hkv does not divide evenly over the threads) the key range is split
@@ -2505,14 +2510,62 @@ namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 #undef SESSA_STR_
 #undef SESSA_STR2_
 
-/// Sum of the lanes of a batch (xsimd::hadd trips GCC 12's -Wmaybe-uninitialized on AVX-512 doubles).
+/// Sum of the lanes of a batch, as a tree (log2 W dependent adds; a lane-by-lane chain is W of them, and the
+/// softmax of every flash tile row ends in one of these). xsimd::hadd trips GCC 12's -Wmaybe-uninitialized on
+/// AVX-512 doubles, hence the intrinsics.
 template <class B>
 inline typename B::value_type hsum(const B& v) {
-  alignas(64) typename B::value_type lanes[B::size];
+  using T = typename B::value_type;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && B::size == 16) return _mm512_reduce_add_ps(v);
+  if constexpr (std::is_same_v<T, double> && B::size == 8) return _mm512_reduce_add_pd(v);
+#endif
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, float> && B::size == 8) {
+    const __m256 x = v;
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    return _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
+  }
+  if constexpr (std::is_same_v<T, double> && B::size == 4) {
+    const __m256d x = v;
+    const __m128d r = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(r, _mm_unpackhi_pd(r, r)));
+  }
+#endif
+  alignas(64) T lanes[B::size];
   v.store_aligned(lanes);
-  typename B::value_type s = 0;
+  T s = 0;
   for (std::size_t i = 0; i < B::size; ++i) s += lanes[i];
   return s;
+}
+
+/// Largest lane of a batch, as a tree like hsum.
+template <class B>
+inline typename B::value_type hmax(const B& v) {
+  using T = typename B::value_type;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && B::size == 16) return _mm512_reduce_max_ps(v);
+  if constexpr (std::is_same_v<T, double> && B::size == 8) return _mm512_reduce_max_pd(v);
+#endif
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, float> && B::size == 8) {
+    const __m256 x = v;
+    __m128 r = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    r = _mm_max_ps(r, _mm_movehl_ps(r, r));
+    return _mm_cvtss_f32(_mm_max_ss(r, _mm_movehdup_ps(r)));
+  }
+  if constexpr (std::is_same_v<T, double> && B::size == 4) {
+    const __m256d x = v;
+    const __m128d r = _mm_max_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(r, _mm_unpackhi_pd(r, r)));
+  }
+#endif
+  alignas(64) T lanes[B::size];
+  v.store_aligned(lanes);
+  T m = lanes[0];
+  for (std::size_t i = 1; i < B::size; ++i) m = std::max(m, lanes[i]);
+  return m;
 }
 
 namespace gemm_detail {
@@ -2801,20 +2854,19 @@ inline void pack_b_nk(const S* src, index_t ld, index_t nr, index_t kc, T* dst) 
   }
 }
 
-/// dst (kc, NR) panel <- src (kc, nr) columns of b (K, N), stride ld; columns >= nr zero.
-template <class T>
-inline void pack_b_kn(const T* src, index_t ld, index_t nr, index_t kc, T* dst) {
+/// dst (kc, NR) panel <- src (kc, nr) columns of b (K, N), stride ld, widened from storage type S; columns >= nr
+/// zero.
+template <class T, class S = T>
+inline void pack_b_kn(const S* src, index_t ld, index_t nr, index_t kc, T* dst) {
   using P = blocking<T>;
-  using batch = typename P::batch;
   if (nr == P::NR) {
     for (index_t k = 0; k < kc; ++k)
-      for (int v = 0; v < P::NV; ++v)
-        batch::load_unaligned(src + k * ld + v * P::W).store_aligned(dst + k * P::NR + v * P::W);
+      for (int v = 0; v < P::NV; ++v) load_widened<T>(src + k * ld + v * P::W).store_unaligned(dst + k * P::NR + v * P::W);
     return;
   }
   for (index_t k = 0; k < kc; ++k) {
     T* d = dst + k * P::NR;
-    for (index_t j = 0; j < nr; ++j) d[j] = src[k * ld + j];
+    for (index_t j = 0; j < nr; ++j) d[j] = widen<T>(src[k * ld + j]);
     for (index_t j = nr; j < P::NR; ++j) d[j] = T(0);
   }
 }
@@ -2922,10 +2974,47 @@ inline void pack_b_nk_dequantized(const q8_0* src, index_t ld, index_t pc, index
   pack_b_nk<T, T>(rows.data(), kc, nr, kc, dst);
 }
 
-/// c (M, N) = alpha a (M, K) op(b) + bias + beta c on the calling thread: the packed, blocked GEMM. b may be stored
-/// narrower than T (layout nk only): its panels are widened as they are packed.
+/// Values of a (K, N) operand packed whole (pack_whole_b): K slice by K slice, round_up(N, NR) x kc values each.
+template <class T>
+inline constexpr index_t packed_b_values(index_t K, index_t N) noexcept {
+  return round_up(N, blocking<T>::NR) * K;
+}
+
+/// Panels [p0, p1) (NR columns each, every K slice) of the operand b of c = a op(b), packed whole, widened from S:
+/// b is (N, K) in layout nk, (K, N) in layout kn. The panel of columns [jr, jr + NR) in the slice of K starting at pc
+/// (length kc) sits at dst + round_up(N, NR) pc + jr kc, where gemm_blocked reads it when handed dst as `packed`.
+/// One operand can thus be packed once (in parallel, panel by panel) for many products with different a.
 template <class T, b_layout L, class S = T>
-inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T beta, const T* bias) {
+inline void pack_whole_b(cmatrix<S> b, T* dst, index_t p0, index_t p1) {
+  static_assert(!is_block_quantized<S>, "pack_whole_b: q8_0 operands are packed by gemm_blocked itself");
+  using P = blocking<T>;
+  constexpr bool kn = L == b_layout::kn;
+  const index_t N = kn ? b.cols : b.rows, K = kn ? b.rows : b.cols, Np = round_up(N, P::NR);
+  for (index_t p = p0; p < p1; ++p) {
+    const index_t jr = p * P::NR, nr = std::min(P::NR, N - jr);
+    for (index_t pc = 0; pc < K; pc += P::KC) {
+      const index_t kc = std::min(P::KC, K - pc);
+      T* d = dst + Np * pc + jr * kc;
+      if constexpr (kn)
+        pack_b_kn<T, S>(b.row(pc) + jr, b.ld, nr, kc, d);
+      else
+        pack_b_nk<T, S>(b.row(jr) + pc, b.ld, nr, kc, d);
+    }
+  }
+}
+
+/// Panels of NR columns in an operand of N columns (pack_whole_b's unit of work).
+template <class T>
+inline constexpr index_t panels(index_t N) noexcept {
+  return (N + blocking<T>::NR - 1) / blocking<T>::NR;
+}
+
+/// c (M, N) = alpha a (M, K) op(b) + bias + beta c on the calling thread: the packed, blocked GEMM. b may be stored
+/// narrower than T (layout nk only): its panels are widened as they are packed. With `packed` (pack_whole_b of b,
+/// K = a.cols and N = c.cols), b is not read and nothing of it is packed again.
+template <class T, b_layout L, class S = T>
+inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T beta, const T* bias,
+                         const T* packed = nullptr) {
   static_assert(L == b_layout::nk || std::is_same_v<S, T>, "gemm_blocked: a narrow b is supported in layout nk");
   using P = blocking<T>;
   static_assert(!is_block_quantized<S> || P::KC % q8_0::block == 0, "gemm_blocked: K slices must hold whole blocks");
@@ -2934,12 +3023,13 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
   if (K == 0) return scale_output(c, beta, bias);
   pack_space<T>& space = thread_pack_space<T>();
   space.a.reserve(std::min(M, P::MC) * P::LDA);
-  space.b.reserve(std::min(P::KC, K) * round_up(std::min(N, P::NC), P::NR));
+  if (!packed) space.b.reserve(std::min(P::KC, K) * round_up(std::min(N, P::NC), P::NR));
   T* abuf = space.a.data();
-  T* bbuf = space.b.data();
+  T* const bspace = space.b.data();
+  const T* bbuf = bspace;  // the K slice's panels: packed here, or the caller's
   // (K, N) operands with a single row tile use B in place (no reuse to pay for a pack); edges still pack.
   constexpr bool kn = L == b_layout::kn;
-  const bool b_in_place = kn && M <= P::MR;
+  const bool b_in_place = kn && M <= P::MR && !packed;
   // An a already in the packed layout (row stride LDA, one K slice: packed_lda) is read in place. The flash tiles
   // keep their query rows and probabilities that way, so a tile's products copy nothing of a.
   const bool a_in_place = a.ld == P::LDA && K <= P::KC;
@@ -2949,15 +3039,17 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
     const index_t nc = std::min(P::NC, N - jc);
     for (index_t pc = 0; pc < K; pc += P::KC) {
       const index_t kc = std::min(P::KC, K - pc);
-      if (!b_in_place)
+      if (packed)
+        bbuf = packed + round_up(N, P::NR) * pc + jc * kc;
+      else if (!b_in_place)
         for (index_t jr = 0; jr < nc; jr += P::NR) {
           const index_t nr = std::min(P::NR, nc - jr);
           if constexpr (kn)
-            pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf + jr * kc);
+            pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bspace + jr * kc);
           else if constexpr (is_block_quantized<S>)
-            pack_b_nk_dequantized<T>(b.row(jc + jr), b.ld, pc, nr, kc, bbuf + jr * kc);
+            pack_b_nk_dequantized<T>(b.row(jc + jr), b.ld, pc, nr, kc, bspace + jr * kc);
           else
-            pack_b_nk<T, S>(b.row(jc + jr) + pc, b.ld, nr, kc, bbuf + jr * kc);
+            pack_b_nk<T, S>(b.row(jc + jr) + pc, b.ld, nr, kc, bspace + jr * kc);
         }
       const epilogue<T> ep = pc == 0 ? epilogue<T>{alpha, beta, bias ? bias + jc : nullptr}
                                      : epilogue<T>{alpha, T(1), nullptr};
@@ -2981,8 +3073,8 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
                 bp = b.row(pc) + jc + jr;
                 ldb = b.ld;
               } else {
-                pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf);
-                bp = bbuf;
+                pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bspace);
+                bp = bspace;
               }
             }
           }
@@ -3290,6 +3382,7 @@ struct flash_tuning {
   index_t few_rows_tile = 262144; // bytes of keys per tile in a pass of at most 16 query rows (decode)
   index_t min_split_keys = 256;   // split-K only when every part gets at least this many keys
   double parallel_flops = 1.0e6;  // a call of fewer FLOPs runs on the calling thread
+  bool pack_once = true;          // GEMM tiles: pack each key/value tile once for every query tile that reads it
 };
 inline flash_tuning flash_params{};
 
@@ -3376,12 +3469,35 @@ inline T row_max(const T* x, index_t n) {
       a = xsimd::max(a, B::load_unaligned(x + j));
       b = xsimd::max(b, B::load_unaligned(x + j + W));
     }
-    alignas(64) T lanes[W];
-    xsimd::max(a, b).store_aligned(lanes);
-    for (index_t k = 0; k < W; ++k) mx = std::max(mx, lanes[k]);
+    mx = hmax(xsimd::max(a, b));
   }
   for (; j < n; ++j) mx = std::max(mx, x[j]);
   return mx;
+}
+
+/// e^x lane by lane, every x (NaN stays NaN, a large x gives inf, x below -104 its float value, 0 or the smallest
+/// subnormal). With AVX-512 floats: xsimd::exp's Cephes polynomial on x - n ln 2, with the power of two 2^n applied
+/// by vscalefps, which also covers overflow and underflow, so the range checks and blends of xsimd::exp go (the
+/// softmax of the flash tiles spends most of its time here). Otherwise xsimd::exp.
+template <class T>
+inline xsimd::batch<T> exp_lanes(xsimd::batch<T> x) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && xsimd::batch<T>::size == 16) {
+    const __m512 v = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);  // max returns its second operand for a NaN
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);  // ln 2 in two parts (Cody and Waite)
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+  }
+#endif
+  return xsimd::exp(x);
 }
 
 /// x[j] <- exp(x[j] - m) for j in [0, n); returns the sum of the new values.
@@ -3393,7 +3509,7 @@ inline T exp_shifted(T* x, index_t n, T m) {
   B sum(T(0));
   index_t j = 0;
   for (; j + W <= n; j += W) {
-    const B e = xsimd::exp(B::load_unaligned(x + j) - mv);
+    const B e = exp_lanes(B::load_unaligned(x + j) - mv);
     e.store_unaligned(x + j);
     sum += e;
   }
@@ -3470,6 +3586,16 @@ inline index_t score_buffer(index_t rows, index_t nk) noexcept {
   return rows * (rows > gemm_detail::small_m_rows ? std::max(nk, gemm_detail::blocking<T>::LDA) : nk);
 }
 
+/// A key tile and its value tile already in the packed GEMM's layout (gemm_detail::pack_whole_b: k as the b of
+/// q k^T, v as the b of p v), or null: absorb_tile then reads the tile's rows and packs them itself.
+template <class T>
+struct packed_tile {
+  const T* k = nullptr;
+  const T* v = nullptr;
+  const T* next = nullptr;  // the next packed tile's values [next, next + next_values), prefetched during the softmax
+  index_t next_values = 0;
+};
+
 /// Absorbs the keys kt (nk, dk) and values vt (nk, dv) of absolute positions [j0, j0 + nk), stored as C, into
 /// the state st of the rows q (rows, dk):
 ///   S = alpha q k^T (gemm_nt), online-softmax update of m and l (lazy rescaling of acc), acc += P v (gemm_nn).
@@ -3479,11 +3605,14 @@ inline index_t score_buffer(index_t rows, index_t nk) noexcept {
 /// of the tile take part (rows are in position order, so a diagonal tile skips the rows above it). Rows
 /// [next0, next1) of pk and pv (the whole stored keys and values) are prefetched. s_buf: at least
 /// rows * score_ld<T>(rows, nk) values of scratch. A q in the packed layout (gemm_detail::packed_lda) is read in
-/// place by the score product.
+/// place by the score product. With `packed` (the same tile packed once for many query tiles), the two GEMMs read
+/// it instead of packing kt and vt.
 template <class T, class C = T>
 inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, T alpha, const key_mask& mask,
                         T* s_buf, const softmax_state<T>& st, T* kbuf = nullptr, T* vbuf = nullptr,
-                        cmatrix<C> pk = {}, cmatrix<C> pv = {}, index_t next0 = 0, index_t next1 = 0) {
+                        cmatrix<C> pk = {}, cmatrix<C> pv = {}, index_t next0 = 0, index_t next1 = 0,
+                        packed_tile<T> packed = {}) {
+  using gemm_detail::b_layout;
   const index_t nk = kt.rows, j1 = j0 + nk, dv = vt.cols;
   index_t r0 = 0, r1 = q.rows;
   const bool full = mask.lo == nullptr || (mask.lo_max <= j0 && j1 <= mask.hi_min);
@@ -3495,7 +3624,9 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, 
   const index_t rows = r1 - r0;
   if (rows <= 0 || nk <= 0) return;
   const matrix<T> s(s_buf, rows, nk, score_ld<T>(rows, nk));  // (rows, nk) scores, then probabilities
-  if constexpr (std::is_same_v<T, C>) {
+  if (packed.k) {
+    gemm_detail::gemm_blocked<T, b_layout::nk>(q.row_block(r0, rows), cmatrix<T>{}, s, alpha, T(0), nullptr, packed.k);
+  } else if constexpr (std::is_same_v<T, C>) {
     gemm_nt(q.row_block(r0, rows), kt, s, alpha, T(0));
   } else if (gemm_detail::use_dot(rows, kt.cols)) {
     gemm_detail::gemm_dot<T, C>(q.row_block(r0, rows), kt, s, gemm_detail::epilogue<T>{alpha, T(0), nullptr});
@@ -3504,12 +3635,16 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, 
   }
   // Prefetch spread over the softmax rows; a few rows (decode) stream in order and leave it to the hardware.
   const index_t pf_per_row = next1 > next0 && rows > 16 ? (next1 - next0 + rows - 1) / rows : 0;
+  constexpr index_t line = static_cast<index_t>(64 / sizeof(T));
+  const index_t pf_packed = packed.next && rows > 16 ? gemm_detail::round_up((packed.next_values + rows - 1) / rows, line) : 0;
   for (index_t i = 0; i < rows; ++i) {
     if (pf_per_row > 0) {
       const index_t p0 = std::min(next1, next0 + i * pf_per_row), p1 = std::min(next1, p0 + pf_per_row);
       prefetch_rows(pk, p0, p1);
       prefetch_rows(pv, p0, p1);
     }
+    for (index_t x = i * pf_packed, e = std::min(packed.next_values, x + pf_packed); x < e; x += line)
+      __builtin_prefetch(packed.next + x, 0, 2);
     const index_t r = r0 + i;
     T* sr = s.row(i);
     index_t a = 0, b = nk;
@@ -3548,6 +3683,9 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, 
     }
   } else if (rows <= 4) {
     accumulate_few(cmatrix<T>(s), vt, st.acc.row_block(r0, rows));
+  } else if (packed.v) {
+    gemm_detail::gemm_blocked<T, b_layout::kn>(cmatrix<T>(s), cmatrix<T>{}, st.acc.row_block(r0, rows), T(1), T(1),
+                                               nullptr, packed.v);
   } else {
     gemm_nn(cmatrix<T>(s), rows_as<T>(vt, 0, nk, vbuf), st.acc.row_block(r0, rows), T(1), T(1));
   }
@@ -3745,6 +3883,24 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
   const index_t slot = rows_max * (d + 2);  // one partial state: acc (rows, d) | m | l
   T* partials = ks > 1 ? scratch.get<T>(3, heads * ks * slot) : nullptr;
 
+  // Several query tiles of a head read the same key tiles: when the tiles' products are GEMMs, each key tile and its
+  // value tile are packed once per head into the GEMM's layout (a grid of Bk keys from position 0, up to the chunk's
+  // last key; a tile reaching past some rows' keys is masked as before), instead of once per query tile. Heads then go
+  // one after the other: pack the head's tiles (all threads), then its query tiles (dynamic, the longest first).
+  const bool prepack = tp.pack_once && q_ld > 0 && qtiles > 1 && ks == 1;
+  const index_t kend = pos0 + n;  // one past the chunk's last key
+  index_t jt0 = 0, ntiles = 0, kstride = 0, tstride = 0;
+  T* packs = nullptr;
+  if (prepack) {
+    index_t k_first = variant.first_key(pos0);
+    for (index_t i = 1; i < n; ++i) k_first = std::min(k_first, variant.first_key(pos0 + i));
+    jt0 = k_first / Bk;
+    ntiles = (kend + Bk - 1) / Bk - jt0;
+    kstride = gemm_detail::packed_b_values<T>(d, gemm_detail::round_up(Bk, gemm_detail::blocking<T>::NR));
+    tstride = kstride + gemm_detail::packed_b_values<T>(Bk, d);
+    packs = scratch.get<T>(3, ntiles * tstride);
+  }
+
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
     tm.guard([&] {
@@ -3758,11 +3914,8 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
       }
     });
 
-    tm.for_dynamic(items * ks, [&](index_t u) {
-      const index_t part = u % ks, item = u / ks;
-      // Head by head (its K, V stay in the last-level cache), the latest (longest) query tiles first.
-      const index_t qt = qtiles - 1 - item % qtiles;
-      const index_t b = (item / qtiles) / Hkv, h = (item / qtiles) % Hkv;
+    // One work item: query tile qt of kv head h of batch row b (part `part` of its keys under split-K).
+    auto run_item = [&](index_t b, index_t h, index_t qt, index_t part, index_t u) {
       const index_t i0 = qt * Bq, np = std::min(Bq, n - i0), rows = np * g;
 
       // Queries: the g heads of the group stacked, row ii * g + hh; copied once per tile into the packed GEMM's
@@ -3794,8 +3947,23 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
 
       const softmax_state<T> st = state_in(ks > 1 ? partials + u * slot : tb.state.data(), rows, d);
       st.clear();
-      flash_pass<T, C>(qs, cache.k(b, h), cache.v(b, h), k_lo, k_hi, Bk, scale, mask, tb.s.data(), st, tb.kw.data(),
-                       tb.vw.data());
+      const cmatrix<C> kh = cache.k(b, h), vh = cache.v(b, h);
+      if (prepack) {
+        // The grid tiles holding [k_lo, k_hi), from the last back.
+        for (index_t jt = (k_hi - 1) / Bk; jt >= k_lo / Bk; --jt) {
+          const index_t j0 = jt * Bk, nk = std::min(Bk, kend - j0);
+          const T* tile = packs + (jt - jt0) * tstride;
+          packed_tile<T> pt{tile, tile + kstride};
+          if (jt > k_lo / Bk) {
+            pt.next = tile - tstride;
+            pt.next_values = tstride;
+          }
+          absorb_tile<T, C>(qs, kh.row_block(j0, nk), vh.row_block(j0, nk), j0, scale, mask, tb.s.data(), st,
+                            tb.kw.data(), tb.vw.data(), {}, {}, 0, 0, pt);
+        }
+      } else {
+        flash_pass<T, C>(qs, kh, vh, k_lo, k_hi, Bk, scale, mask, tb.s.data(), st, tb.kw.data(), tb.vw.data());
+      }
       if (ks == 1)
         for (index_t r = 0; r < rows; ++r) {
           T* o = out.row(b * n + i0 + r / g) + (h * g + r % g) * d;
@@ -3803,6 +3971,33 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
           const T inv = T(1) / st.l[r];
           for (index_t k = 0; k < d; ++k) o[k] = a[k] * inv;
         }
+    };
+
+    if (prepack) {
+      for (index_t hd = 0; hd < heads; ++hd) {
+        const index_t b = hd / Hkv, h = hd % Hkv;
+        const cmatrix<C> kh = cache.k(b, h), vh = cache.v(b, h);
+        tm.for_static(2 * ntiles, [&](index_t w) {  // tile w / 2: its keys (w even) or its values (w odd)
+          const index_t jt = jt0 + w / 2, j0 = jt * Bk, nk = std::min(Bk, kend - j0);
+          T* tile = packs + (w / 2) * tstride;
+          if (w % 2 == 0)
+            gemm_detail::pack_whole_b<T, gemm_detail::b_layout::nk, C>(kh.row_block(j0, nk), tile, 0,
+                                                                        gemm_detail::panels<T>(nk));
+          else
+            gemm_detail::pack_whole_b<T, gemm_detail::b_layout::kn, C>(vh.row_block(j0, nk), tile + kstride, 0,
+                                                                        gemm_detail::panels<T>(d));
+        });
+        tm.for_dynamic(qtiles, [&](index_t i) { run_item(b, h, qtiles - 1 - i, 0, 0); });
+      }
+      return;
+    }
+
+    tm.for_dynamic(items * ks, [&](index_t u) {
+      const index_t part = u % ks, item = u / ks;
+      // Head by head (its K, V stay in the last-level cache), the latest (longest) query tiles first.
+      const index_t qt = qtiles - 1 - item % qtiles;
+      const index_t b = (item / qtiles) / Hkv, h = (item / qtiles) % Hkv;
+      run_item(b, h, qt, part, u);
     });
 
     if (ks > 1)
@@ -4010,7 +4205,8 @@ void rope(matrix<T> x, index_t d, index_t pos0, index_t n, const float* inv_freq
 //        each runs all of J's rows for its slice (4 rows x 4 batches register tile). s_i goes to the cache
 //        and to out.
 //   (b)  push block J into every later row: S = Q_I K_J^T (gemm_nt), online-softmax update, acc_I += P S_J
-//        (gemm_nn), rows [end of J, n) split evenly over the threads.
+//        (gemm_nn), rows [end of J, n) split evenly over the threads. With many rows the block's k_b and s are
+//        packed into the GEMM's panels once, k_b in (a1) and s slice by slice in (a2), for all the row tiles of (b).
 // Row t = 0 (absolute position 0) has no past: l = 0, coef = 0, s_0 = f_0.
 
 #include <algorithm>
@@ -4233,8 +4429,17 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   const index_t qld = n > gemm_detail::small_m_rows && 2 * D >= gemm_detail::blocking<T>::KC
                           ? gemm_detail::packed_lda<T>(D)
                           : 0;
-  T* const blocks = scratch.get<T>(2, batch * bstride + rows * qld);
+  // With the copy (many rows), each block's k_b and s rows are also packed once into the GEMM's layout (k_b as the b
+  // of q_b k_b^T, s as the b of p s) for every row tile of the push (b), instead of once per row tile: per batch row,
+  // pstride values after the copy.
+  namespace gd = gemm_detail;
+  const bool pack_block = tp.pack_once && qld > 0;
+  const index_t kpstride = gd::packed_b_values<T>(D, gd::round_up(Bk, gd::blocking<T>::NR));
+  const index_t pstride = pack_block ? kpstride + gd::packed_b_values<T>(Bk, D) : 0;
+  const index_t pack_at = gd::round_up(batch * bstride + rows * qld, static_cast<index_t>(64 / sizeof(T)));  // a cache line
+  T* const blocks = scratch.get<T>(2, pack_at + batch * pstride);
   T* const qcopy = qld > 0 ? blocks + batch * bstride : nullptr;
+  T* const bpacks = pack_block ? blocks + pack_at : nullptr;
   const cmatrix<T> qv = qcopy ? cmatrix<T>(qcopy, rows, D, qld) : qb;
   // Block J's k_b rows (from pos0 + J0) and s rows as the chunk's rows read them, in T.
   auto block_kb = [&](index_t b, index_t J0, index_t nJ) -> cmatrix<T> {
@@ -4254,6 +4459,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   T* const partials = ks > 1 ? scratch.get<T>(3, pitems * ks * slot) : nullptr;
 
   constexpr index_t CW = 4 * W;  // columns per slice of the in-block solve
+  static_assert(CW % gemm_detail::blocking<T>::NR == 0, "feedback: a solve slice must be whole GEMM panels");
   const index_t col_items = (D + CW - 1) / CW;
 
   run_team(nt, [&](const team& tm) {
@@ -4316,6 +4522,10 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
         if (nk > 0 && rb > ra)
           gemm_nt(qv.row_block(b * n + J0 + ra, rb - ra), block_kb(b, J0, nJ).row_block(0, nk),
                   matrix<T>(p + ra * Bk, rb - ra, nk, Bk), scale, T(0));
+        if (pack_block && J1 < n) {  // this unit's share of the block's packed k_b panels, for (b)
+          const auto [pa, pb] = part_range(0, gd::panels<T>(nJ), u % parts1, parts1);
+          gd::pack_whole_b<T, gd::b_layout::nk>(block_kb(b, J0, nJ), bpacks + b * pstride, pa, pb);
+        }
         for (index_t i = ra; i < rb; ++i) {
           const index_t r = b * n + J0 + i;
           T* pr = p + i * Bk;
@@ -4351,6 +4561,9 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
                                out.row(r) + c0,
                                out.ld};
         feedback_detail::solve_columns<T, C>(x, nJ, cols);
+        if (pack_block && J1 < n)  // the slice's columns of s, packed for (b): CW is a whole number of panels
+          gd::pack_whole_b<T, gd::b_layout::kn>(cmatrix<T>(sJ), bpacks + b * pstride + kpstride, c0 / gd::blocking<T>::NR,
+                                                gd::panels<T>(c0 + cols));
         if constexpr (narrow_cache) {  // the values are C's already: narrow is exact here
           for (index_t i = 0; i < nJ; ++i) {
             C* dst = cache.s(b).row(pos0 + J0 + i) + c0;
@@ -4366,9 +4579,12 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
         tm.for_static(batch * parts, [&](index_t u) {
           const index_t b = u / parts;
           const auto [ra, rb] = part_range(J1, n, u % parts, parts);
+          const packed_tile<T> pt = pack_block ? packed_tile<T>{bpacks + b * pstride, bpacks + b * pstride + kpstride}
+                                               : packed_tile<T>{};
           if (rb > ra)
             absorb_tile<T>(qv.row_block(b * n + ra, rb - ra), block_kb(b, J0, nJ), cmatrix<T>(block_s(b, J0, nJ)),
-                           pos0 + J0, scale, key_mask{}, tb.s.data(), state.rows(b * n + ra, rb - ra));
+                           pos0 + J0, scale, key_mask{}, tb.s.data(), state.rows(b * n + ra, rb - ra), nullptr, nullptr,
+                           {}, {}, 0, 0, pt);
         });
       }
     }
@@ -5120,6 +5336,14 @@ inline void check_activation_shape(const shape_t& s, index_t D, const char* what
 /// (backend/cpu/feedback.hpp: made when 2 D >= the GEMM's K slice, 256 or 512 values on every target, at a row
 /// stride of at most 2 D + 16). Planned for every backend: an upper bound.
 inline constexpr index_t kernel_row_values(index_t D) noexcept { return D + 2 + (D >= 128 ? 2 * D + 16 : 0); }
+
+/// Values of the cpu kernels' key and value tiles packed once for many rows (backend/cpu attention.hpp, feedback.hpp;
+/// at the default tiles of 128 keys, GEMM panels of at most 32 columns), that a pass of n > 16 tokens per sequence plans
+/// for: one kv head's tiles of up to `capacity` keys, and one feedback block per sequence. Planned for every backend.
+inline constexpr index_t kernel_tile_values(const layer_config& c, index_t batch, index_t n, index_t capacity) noexcept {
+  if (n <= 16) return 0;
+  return (capacity + 128) * (2 * c.head_dim() + 31) + batch * 128 * (2 * c.d_model + 31);
+}
 }  // namespace detail
 
 /// Tokens per sequence that one pass of the layer's math covers. A longer call (a long prefill) runs as
@@ -5320,6 +5544,8 @@ class layer {
     p.add("workspace", workspace_type::bytes(cfg_, rows, capacity), 1);
     if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(scalar_type));
     p.add("kernel row states", u(rows) * u(detail::kernel_row_values(D)), sizeof(scalar_type));
+    if (const index_t tiles = detail::kernel_tile_values(cfg_, batch, std::min(n, prefill_block), capacity); tiles > 0)
+      p.add("kernel packed tiles", u(tiles), sizeof(scalar_type));
     return p;
   }
 
@@ -5551,6 +5777,8 @@ class decoder {
     p.add("layer workspace", workspace<T, Backend>::bytes(cfg_.layer, pass_rows, capacity), 1);
     if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(T));
     p.add("kernel row states", u(pass_rows) * u(detail::kernel_row_values(D)), sizeof(T));
+    if (const index_t tiles = detail::kernel_tile_values(cfg_.layer, batch, std::min(n, prefill_block), capacity); tiles > 0)
+      p.add("kernel packed tiles", u(tiles), sizeof(T));
     p.add("head rows", u(std::min(out_rows, prefill_block)) * u(D), sizeof(T));
     if constexpr (!std::is_same_v<space, memory::host>) p.add("token ids on the device", u(rows), sizeof(std::int64_t));
     return p;

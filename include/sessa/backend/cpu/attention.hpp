@@ -20,6 +20,11 @@
 //   * The key range of an item is [min first_key(t), last t]: tiles above the diagonal and (sliding
 //     window) before the window are never touched. A tile crossing some row's boundary is masked row by
 //     row, and the rows that see none of its keys (above the diagonal) are left out of its two GEMMs.
+//   * Packed once: when the tiles' products are GEMMs and a head has several query tiles, each key tile and its
+//     value tile are packed into the GEMM's panel layout once per head (all threads, then a barrier), on a grid of
+//     key_tile keys from position 0, and every query tile's two products read those panels (flash_tuning::pack_once;
+//     otherwise each product packs its tile again, once per query tile). The softmax's exponential is exp_lanes
+//     (vscalefps on AVX-512) and its row sums and maxima reduce as trees.
 //   * Threads (OpenMP): dynamic scheduling over the items, head by head (a head's K and V stay in the
 //     last-level cache), the latest (longest) query tiles first. When the items are few (decode: n = 1
 //     per batch row, and batch * Hkv does not divide evenly over the threads) the key range is split
@@ -63,6 +68,7 @@ struct flash_tuning {
   index_t few_rows_tile = 262144; // bytes of keys per tile in a pass of at most 16 query rows (decode)
   index_t min_split_keys = 256;   // split-K only when every part gets at least this many keys
   double parallel_flops = 1.0e6;  // a call of fewer FLOPs runs on the calling thread
+  bool pack_once = true;          // GEMM tiles: pack each key/value tile once for every query tile that reads it
 };
 inline flash_tuning flash_params{};
 
@@ -149,12 +155,35 @@ inline T row_max(const T* x, index_t n) {
       a = xsimd::max(a, B::load_unaligned(x + j));
       b = xsimd::max(b, B::load_unaligned(x + j + W));
     }
-    alignas(64) T lanes[W];
-    xsimd::max(a, b).store_aligned(lanes);
-    for (index_t k = 0; k < W; ++k) mx = std::max(mx, lanes[k]);
+    mx = hmax(xsimd::max(a, b));
   }
   for (; j < n; ++j) mx = std::max(mx, x[j]);
   return mx;
+}
+
+/// e^x lane by lane, every x (NaN stays NaN, a large x gives inf, x below -104 its float value, 0 or the smallest
+/// subnormal). With AVX-512 floats: xsimd::exp's Cephes polynomial on x - n ln 2, with the power of two 2^n applied
+/// by vscalefps, which also covers overflow and underflow, so the range checks and blends of xsimd::exp go (the
+/// softmax of the flash tiles spends most of its time here). Otherwise xsimd::exp.
+template <class T>
+inline xsimd::batch<T> exp_lanes(xsimd::batch<T> x) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && xsimd::batch<T>::size == 16) {
+    const __m512 v = _mm512_max_ps(_mm512_set1_ps(-104.0f), x);  // max returns its second operand for a NaN
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), v);  // ln 2 in two parts (Cody and Waite)
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+  }
+#endif
+  return xsimd::exp(x);
 }
 
 /// x[j] <- exp(x[j] - m) for j in [0, n); returns the sum of the new values.
@@ -166,7 +195,7 @@ inline T exp_shifted(T* x, index_t n, T m) {
   B sum(T(0));
   index_t j = 0;
   for (; j + W <= n; j += W) {
-    const B e = xsimd::exp(B::load_unaligned(x + j) - mv);
+    const B e = exp_lanes(B::load_unaligned(x + j) - mv);
     e.store_unaligned(x + j);
     sum += e;
   }
@@ -243,6 +272,16 @@ inline index_t score_buffer(index_t rows, index_t nk) noexcept {
   return rows * (rows > gemm_detail::small_m_rows ? std::max(nk, gemm_detail::blocking<T>::LDA) : nk);
 }
 
+/// A key tile and its value tile already in the packed GEMM's layout (gemm_detail::pack_whole_b: k as the b of
+/// q k^T, v as the b of p v), or null: absorb_tile then reads the tile's rows and packs them itself.
+template <class T>
+struct packed_tile {
+  const T* k = nullptr;
+  const T* v = nullptr;
+  const T* next = nullptr;  // the next packed tile's values [next, next + next_values), prefetched during the softmax
+  index_t next_values = 0;
+};
+
 /// Absorbs the keys kt (nk, dk) and values vt (nk, dv) of absolute positions [j0, j0 + nk), stored as C, into
 /// the state st of the rows q (rows, dk):
 ///   S = alpha q k^T (gemm_nt), online-softmax update of m and l (lazy rescaling of acc), acc += P v (gemm_nn).
@@ -252,11 +291,14 @@ inline index_t score_buffer(index_t rows, index_t nk) noexcept {
 /// of the tile take part (rows are in position order, so a diagonal tile skips the rows above it). Rows
 /// [next0, next1) of pk and pv (the whole stored keys and values) are prefetched. s_buf: at least
 /// rows * score_ld<T>(rows, nk) values of scratch. A q in the packed layout (gemm_detail::packed_lda) is read in
-/// place by the score product.
+/// place by the score product. With `packed` (the same tile packed once for many query tiles), the two GEMMs read
+/// it instead of packing kt and vt.
 template <class T, class C = T>
 inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, T alpha, const key_mask& mask,
                         T* s_buf, const softmax_state<T>& st, T* kbuf = nullptr, T* vbuf = nullptr,
-                        cmatrix<C> pk = {}, cmatrix<C> pv = {}, index_t next0 = 0, index_t next1 = 0) {
+                        cmatrix<C> pk = {}, cmatrix<C> pv = {}, index_t next0 = 0, index_t next1 = 0,
+                        packed_tile<T> packed = {}) {
+  using gemm_detail::b_layout;
   const index_t nk = kt.rows, j1 = j0 + nk, dv = vt.cols;
   index_t r0 = 0, r1 = q.rows;
   const bool full = mask.lo == nullptr || (mask.lo_max <= j0 && j1 <= mask.hi_min);
@@ -268,7 +310,9 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, 
   const index_t rows = r1 - r0;
   if (rows <= 0 || nk <= 0) return;
   const matrix<T> s(s_buf, rows, nk, score_ld<T>(rows, nk));  // (rows, nk) scores, then probabilities
-  if constexpr (std::is_same_v<T, C>) {
+  if (packed.k) {
+    gemm_detail::gemm_blocked<T, b_layout::nk>(q.row_block(r0, rows), cmatrix<T>{}, s, alpha, T(0), nullptr, packed.k);
+  } else if constexpr (std::is_same_v<T, C>) {
     gemm_nt(q.row_block(r0, rows), kt, s, alpha, T(0));
   } else if (gemm_detail::use_dot(rows, kt.cols)) {
     gemm_detail::gemm_dot<T, C>(q.row_block(r0, rows), kt, s, gemm_detail::epilogue<T>{alpha, T(0), nullptr});
@@ -277,12 +321,16 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, 
   }
   // Prefetch spread over the softmax rows; a few rows (decode) stream in order and leave it to the hardware.
   const index_t pf_per_row = next1 > next0 && rows > 16 ? (next1 - next0 + rows - 1) / rows : 0;
+  constexpr index_t line = static_cast<index_t>(64 / sizeof(T));
+  const index_t pf_packed = packed.next && rows > 16 ? gemm_detail::round_up((packed.next_values + rows - 1) / rows, line) : 0;
   for (index_t i = 0; i < rows; ++i) {
     if (pf_per_row > 0) {
       const index_t p0 = std::min(next1, next0 + i * pf_per_row), p1 = std::min(next1, p0 + pf_per_row);
       prefetch_rows(pk, p0, p1);
       prefetch_rows(pv, p0, p1);
     }
+    for (index_t x = i * pf_packed, e = std::min(packed.next_values, x + pf_packed); x < e; x += line)
+      __builtin_prefetch(packed.next + x, 0, 2);
     const index_t r = r0 + i;
     T* sr = s.row(i);
     index_t a = 0, b = nk;
@@ -321,6 +369,9 @@ inline void absorb_tile(cmatrix<T> q, cmatrix<C> kt, cmatrix<C> vt, index_t j0, 
     }
   } else if (rows <= 4) {
     accumulate_few(cmatrix<T>(s), vt, st.acc.row_block(r0, rows));
+  } else if (packed.v) {
+    gemm_detail::gemm_blocked<T, b_layout::kn>(cmatrix<T>(s), cmatrix<T>{}, st.acc.row_block(r0, rows), T(1), T(1),
+                                               nullptr, packed.v);
   } else {
     gemm_nn(cmatrix<T>(s), rows_as<T>(vt, 0, nk, vbuf), st.acc.row_block(r0, rows), T(1), T(1));
   }
@@ -518,6 +569,24 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
   const index_t slot = rows_max * (d + 2);  // one partial state: acc (rows, d) | m | l
   T* partials = ks > 1 ? scratch.get<T>(3, heads * ks * slot) : nullptr;
 
+  // Several query tiles of a head read the same key tiles: when the tiles' products are GEMMs, each key tile and its
+  // value tile are packed once per head into the GEMM's layout (a grid of Bk keys from position 0, up to the chunk's
+  // last key; a tile reaching past some rows' keys is masked as before), instead of once per query tile. Heads then go
+  // one after the other: pack the head's tiles (all threads), then its query tiles (dynamic, the longest first).
+  const bool prepack = tp.pack_once && q_ld > 0 && qtiles > 1 && ks == 1;
+  const index_t kend = pos0 + n;  // one past the chunk's last key
+  index_t jt0 = 0, ntiles = 0, kstride = 0, tstride = 0;
+  T* packs = nullptr;
+  if (prepack) {
+    index_t k_first = variant.first_key(pos0);
+    for (index_t i = 1; i < n; ++i) k_first = std::min(k_first, variant.first_key(pos0 + i));
+    jt0 = k_first / Bk;
+    ntiles = (kend + Bk - 1) / Bk - jt0;
+    kstride = gemm_detail::packed_b_values<T>(d, gemm_detail::round_up(Bk, gemm_detail::blocking<T>::NR));
+    tstride = kstride + gemm_detail::packed_b_values<T>(Bk, d);
+    packs = scratch.get<T>(3, ntiles * tstride);
+  }
+
   run_team(nt, [&](const team& tm) {
     thread_buffers<T>& tb = thread_scratch<T>();
     tm.guard([&] {
@@ -531,11 +600,8 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
       }
     });
 
-    tm.for_dynamic(items * ks, [&](index_t u) {
-      const index_t part = u % ks, item = u / ks;
-      // Head by head (its K, V stay in the last-level cache), the latest (longest) query tiles first.
-      const index_t qt = qtiles - 1 - item % qtiles;
-      const index_t b = (item / qtiles) / Hkv, h = (item / qtiles) % Hkv;
+    // One work item: query tile qt of kv head h of batch row b (part `part` of its keys under split-K).
+    auto run_item = [&](index_t b, index_t h, index_t qt, index_t part, index_t u) {
       const index_t i0 = qt * Bq, np = std::min(Bq, n - i0), rows = np * g;
 
       // Queries: the g heads of the group stacked, row ii * g + hh; copied once per tile into the packed GEMM's
@@ -567,8 +633,23 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
 
       const softmax_state<T> st = state_in(ks > 1 ? partials + u * slot : tb.state.data(), rows, d);
       st.clear();
-      flash_pass<T, C>(qs, cache.k(b, h), cache.v(b, h), k_lo, k_hi, Bk, scale, mask, tb.s.data(), st, tb.kw.data(),
-                       tb.vw.data());
+      const cmatrix<C> kh = cache.k(b, h), vh = cache.v(b, h);
+      if (prepack) {
+        // The grid tiles holding [k_lo, k_hi), from the last back.
+        for (index_t jt = (k_hi - 1) / Bk; jt >= k_lo / Bk; --jt) {
+          const index_t j0 = jt * Bk, nk = std::min(Bk, kend - j0);
+          const T* tile = packs + (jt - jt0) * tstride;
+          packed_tile<T> pt{tile, tile + kstride};
+          if (jt > k_lo / Bk) {
+            pt.next = tile - tstride;
+            pt.next_values = tstride;
+          }
+          absorb_tile<T, C>(qs, kh.row_block(j0, nk), vh.row_block(j0, nk), j0, scale, mask, tb.s.data(), st,
+                            tb.kw.data(), tb.vw.data(), {}, {}, 0, 0, pt);
+        }
+      } else {
+        flash_pass<T, C>(qs, kh, vh, k_lo, k_hi, Bk, scale, mask, tb.s.data(), st, tb.kw.data(), tb.vw.data());
+      }
       if (ks == 1)
         for (index_t r = 0; r < rows; ++r) {
           T* o = out.row(b * n + i0 + r / g) + (h * g + r % g) * d;
@@ -576,6 +657,33 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
           const T inv = T(1) / st.l[r];
           for (index_t k = 0; k < d; ++k) o[k] = a[k] * inv;
         }
+    };
+
+    if (prepack) {
+      for (index_t hd = 0; hd < heads; ++hd) {
+        const index_t b = hd / Hkv, h = hd % Hkv;
+        const cmatrix<C> kh = cache.k(b, h), vh = cache.v(b, h);
+        tm.for_static(2 * ntiles, [&](index_t w) {  // tile w / 2: its keys (w even) or its values (w odd)
+          const index_t jt = jt0 + w / 2, j0 = jt * Bk, nk = std::min(Bk, kend - j0);
+          T* tile = packs + (w / 2) * tstride;
+          if (w % 2 == 0)
+            gemm_detail::pack_whole_b<T, gemm_detail::b_layout::nk, C>(kh.row_block(j0, nk), tile, 0,
+                                                                        gemm_detail::panels<T>(nk));
+          else
+            gemm_detail::pack_whole_b<T, gemm_detail::b_layout::kn, C>(vh.row_block(j0, nk), tile + kstride, 0,
+                                                                        gemm_detail::panels<T>(d));
+        });
+        tm.for_dynamic(qtiles, [&](index_t i) { run_item(b, h, qtiles - 1 - i, 0, 0); });
+      }
+      return;
+    }
+
+    tm.for_dynamic(items * ks, [&](index_t u) {
+      const index_t part = u % ks, item = u / ks;
+      // Head by head (its K, V stay in the last-level cache), the latest (longest) query tiles first.
+      const index_t qt = qtiles - 1 - item % qtiles;
+      const index_t b = (item / qtiles) / Hkv, h = (item / qtiles) % Hkv;
+      run_item(b, h, qt, part, u);
     });
 
     if (ks > 1)

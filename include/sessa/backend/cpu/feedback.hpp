@@ -18,7 +18,8 @@
 //        each runs all of J's rows for its slice (4 rows x 4 batches register tile). s_i goes to the cache
 //        and to out.
 //   (b)  push block J into every later row: S = Q_I K_J^T (gemm_nt), online-softmax update, acc_I += P S_J
-//        (gemm_nn), rows [end of J, n) split evenly over the threads.
+//        (gemm_nn), rows [end of J, n) split evenly over the threads. With many rows the block's k_b and s are
+//        packed into the GEMM's panels once, k_b in (a1) and s slice by slice in (a2), for all the row tiles of (b).
 // Row t = 0 (absolute position 0) has no past: l = 0, coef = 0, s_0 = f_0.
 #pragma once
 
@@ -250,8 +251,17 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   const index_t qld = n > gemm_detail::small_m_rows && 2 * D >= gemm_detail::blocking<T>::KC
                           ? gemm_detail::packed_lda<T>(D)
                           : 0;
-  T* const blocks = scratch.get<T>(2, batch * bstride + rows * qld);
+  // With the copy (many rows), each block's k_b and s rows are also packed once into the GEMM's layout (k_b as the b
+  // of q_b k_b^T, s as the b of p s) for every row tile of the push (b), instead of once per row tile: per batch row,
+  // pstride values after the copy.
+  namespace gd = gemm_detail;
+  const bool pack_block = tp.pack_once && qld > 0;
+  const index_t kpstride = gd::packed_b_values<T>(D, gd::round_up(Bk, gd::blocking<T>::NR));
+  const index_t pstride = pack_block ? kpstride + gd::packed_b_values<T>(Bk, D) : 0;
+  const index_t pack_at = gd::round_up(batch * bstride + rows * qld, static_cast<index_t>(64 / sizeof(T)));  // a cache line
+  T* const blocks = scratch.get<T>(2, pack_at + batch * pstride);
   T* const qcopy = qld > 0 ? blocks + batch * bstride : nullptr;
+  T* const bpacks = pack_block ? blocks + pack_at : nullptr;
   const cmatrix<T> qv = qcopy ? cmatrix<T>(qcopy, rows, D, qld) : qb;
   // Block J's k_b rows (from pos0 + J0) and s rows as the chunk's rows read them, in T.
   auto block_kb = [&](index_t b, index_t J0, index_t nJ) -> cmatrix<T> {
@@ -271,6 +281,7 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   T* const partials = ks > 1 ? scratch.get<T>(3, pitems * ks * slot) : nullptr;
 
   constexpr index_t CW = 4 * W;  // columns per slice of the in-block solve
+  static_assert(CW % gemm_detail::blocking<T>::NR == 0, "feedback: a solve slice must be whole GEMM panels");
   const index_t col_items = (D + CW - 1) / CW;
 
   run_team(nt, [&](const team& tm) {
@@ -333,6 +344,10 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
         if (nk > 0 && rb > ra)
           gemm_nt(qv.row_block(b * n + J0 + ra, rb - ra), block_kb(b, J0, nJ).row_block(0, nk),
                   matrix<T>(p + ra * Bk, rb - ra, nk, Bk), scale, T(0));
+        if (pack_block && J1 < n) {  // this unit's share of the block's packed k_b panels, for (b)
+          const auto [pa, pb] = part_range(0, gd::panels<T>(nJ), u % parts1, parts1);
+          gd::pack_whole_b<T, gd::b_layout::nk>(block_kb(b, J0, nJ), bpacks + b * pstride, pa, pb);
+        }
         for (index_t i = ra; i < rb; ++i) {
           const index_t r = b * n + J0 + i;
           T* pr = p + i * Bk;
@@ -368,6 +383,9 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
                                out.row(r) + c0,
                                out.ld};
         feedback_detail::solve_columns<T, C>(x, nJ, cols);
+        if (pack_block && J1 < n)  // the slice's columns of s, packed for (b): CW is a whole number of panels
+          gd::pack_whole_b<T, gd::b_layout::kn>(cmatrix<T>(sJ), bpacks + b * pstride + kpstride, c0 / gd::blocking<T>::NR,
+                                                gd::panels<T>(c0 + cols));
         if constexpr (narrow_cache) {  // the values are C's already: narrow is exact here
           for (index_t i = 0; i < nJ; ++i) {
             C* dst = cache.s(b).row(pos0 + J0 + i) + c0;
@@ -383,9 +401,12 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
         tm.for_static(batch * parts, [&](index_t u) {
           const index_t b = u / parts;
           const auto [ra, rb] = part_range(J1, n, u % parts, parts);
+          const packed_tile<T> pt = pack_block ? packed_tile<T>{bpacks + b * pstride, bpacks + b * pstride + kpstride}
+                                               : packed_tile<T>{};
           if (rb > ra)
             absorb_tile<T>(qv.row_block(b * n + ra, rb - ra), block_kb(b, J0, nJ), cmatrix<T>(block_s(b, J0, nJ)),
-                           pos0 + J0, scale, key_mask{}, tb.s.data(), state.rows(b * n + ra, rb - ra));
+                           pos0 + J0, scale, key_mask{}, tb.s.data(), state.rows(b * n + ra, rb - ra), nullptr, nullptr,
+                           {}, {}, 0, 0, pt);
         });
       }
     }

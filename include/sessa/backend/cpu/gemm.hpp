@@ -57,14 +57,62 @@ namespace sessa::backend::simd::inline SESSA_CPU_ABI {  // see config.hpp
 #undef SESSA_STR_
 #undef SESSA_STR2_
 
-/// Sum of the lanes of a batch (xsimd::hadd trips GCC 12's -Wmaybe-uninitialized on AVX-512 doubles).
+/// Sum of the lanes of a batch, as a tree (log2 W dependent adds; a lane-by-lane chain is W of them, and the
+/// softmax of every flash tile row ends in one of these). xsimd::hadd trips GCC 12's -Wmaybe-uninitialized on
+/// AVX-512 doubles, hence the intrinsics.
 template <class B>
 inline typename B::value_type hsum(const B& v) {
-  alignas(64) typename B::value_type lanes[B::size];
+  using T = typename B::value_type;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && B::size == 16) return _mm512_reduce_add_ps(v);
+  if constexpr (std::is_same_v<T, double> && B::size == 8) return _mm512_reduce_add_pd(v);
+#endif
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, float> && B::size == 8) {
+    const __m256 x = v;
+    __m128 r = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    return _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)));
+  }
+  if constexpr (std::is_same_v<T, double> && B::size == 4) {
+    const __m256d x = v;
+    const __m128d r = _mm_add_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(r, _mm_unpackhi_pd(r, r)));
+  }
+#endif
+  alignas(64) T lanes[B::size];
   v.store_aligned(lanes);
-  typename B::value_type s = 0;
+  T s = 0;
   for (std::size_t i = 0; i < B::size; ++i) s += lanes[i];
   return s;
+}
+
+/// Largest lane of a batch, as a tree like hsum.
+template <class B>
+inline typename B::value_type hmax(const B& v) {
+  using T = typename B::value_type;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && B::size == 16) return _mm512_reduce_max_ps(v);
+  if constexpr (std::is_same_v<T, double> && B::size == 8) return _mm512_reduce_max_pd(v);
+#endif
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, float> && B::size == 8) {
+    const __m256 x = v;
+    __m128 r = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    r = _mm_max_ps(r, _mm_movehl_ps(r, r));
+    return _mm_cvtss_f32(_mm_max_ss(r, _mm_movehdup_ps(r)));
+  }
+  if constexpr (std::is_same_v<T, double> && B::size == 4) {
+    const __m256d x = v;
+    const __m128d r = _mm_max_pd(_mm256_castpd256_pd128(x), _mm256_extractf128_pd(x, 1));
+    return _mm_cvtsd_f64(_mm_max_sd(r, _mm_unpackhi_pd(r, r)));
+  }
+#endif
+  alignas(64) T lanes[B::size];
+  v.store_aligned(lanes);
+  T m = lanes[0];
+  for (std::size_t i = 1; i < B::size; ++i) m = std::max(m, lanes[i]);
+  return m;
 }
 
 namespace gemm_detail {
@@ -353,20 +401,19 @@ inline void pack_b_nk(const S* src, index_t ld, index_t nr, index_t kc, T* dst) 
   }
 }
 
-/// dst (kc, NR) panel <- src (kc, nr) columns of b (K, N), stride ld; columns >= nr zero.
-template <class T>
-inline void pack_b_kn(const T* src, index_t ld, index_t nr, index_t kc, T* dst) {
+/// dst (kc, NR) panel <- src (kc, nr) columns of b (K, N), stride ld, widened from storage type S; columns >= nr
+/// zero.
+template <class T, class S = T>
+inline void pack_b_kn(const S* src, index_t ld, index_t nr, index_t kc, T* dst) {
   using P = blocking<T>;
-  using batch = typename P::batch;
   if (nr == P::NR) {
     for (index_t k = 0; k < kc; ++k)
-      for (int v = 0; v < P::NV; ++v)
-        batch::load_unaligned(src + k * ld + v * P::W).store_aligned(dst + k * P::NR + v * P::W);
+      for (int v = 0; v < P::NV; ++v) load_widened<T>(src + k * ld + v * P::W).store_unaligned(dst + k * P::NR + v * P::W);
     return;
   }
   for (index_t k = 0; k < kc; ++k) {
     T* d = dst + k * P::NR;
-    for (index_t j = 0; j < nr; ++j) d[j] = src[k * ld + j];
+    for (index_t j = 0; j < nr; ++j) d[j] = widen<T>(src[k * ld + j]);
     for (index_t j = nr; j < P::NR; ++j) d[j] = T(0);
   }
 }
@@ -474,10 +521,47 @@ inline void pack_b_nk_dequantized(const q8_0* src, index_t ld, index_t pc, index
   pack_b_nk<T, T>(rows.data(), kc, nr, kc, dst);
 }
 
-/// c (M, N) = alpha a (M, K) op(b) + bias + beta c on the calling thread: the packed, blocked GEMM. b may be stored
-/// narrower than T (layout nk only): its panels are widened as they are packed.
+/// Values of a (K, N) operand packed whole (pack_whole_b): K slice by K slice, round_up(N, NR) x kc values each.
+template <class T>
+inline constexpr index_t packed_b_values(index_t K, index_t N) noexcept {
+  return round_up(N, blocking<T>::NR) * K;
+}
+
+/// Panels [p0, p1) (NR columns each, every K slice) of the operand b of c = a op(b), packed whole, widened from S:
+/// b is (N, K) in layout nk, (K, N) in layout kn. The panel of columns [jr, jr + NR) in the slice of K starting at pc
+/// (length kc) sits at dst + round_up(N, NR) pc + jr kc, where gemm_blocked reads it when handed dst as `packed`.
+/// One operand can thus be packed once (in parallel, panel by panel) for many products with different a.
 template <class T, b_layout L, class S = T>
-inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T beta, const T* bias) {
+inline void pack_whole_b(cmatrix<S> b, T* dst, index_t p0, index_t p1) {
+  static_assert(!is_block_quantized<S>, "pack_whole_b: q8_0 operands are packed by gemm_blocked itself");
+  using P = blocking<T>;
+  constexpr bool kn = L == b_layout::kn;
+  const index_t N = kn ? b.cols : b.rows, K = kn ? b.rows : b.cols, Np = round_up(N, P::NR);
+  for (index_t p = p0; p < p1; ++p) {
+    const index_t jr = p * P::NR, nr = std::min(P::NR, N - jr);
+    for (index_t pc = 0; pc < K; pc += P::KC) {
+      const index_t kc = std::min(P::KC, K - pc);
+      T* d = dst + Np * pc + jr * kc;
+      if constexpr (kn)
+        pack_b_kn<T, S>(b.row(pc) + jr, b.ld, nr, kc, d);
+      else
+        pack_b_nk<T, S>(b.row(jr) + pc, b.ld, nr, kc, d);
+    }
+  }
+}
+
+/// Panels of NR columns in an operand of N columns (pack_whole_b's unit of work).
+template <class T>
+inline constexpr index_t panels(index_t N) noexcept {
+  return (N + blocking<T>::NR - 1) / blocking<T>::NR;
+}
+
+/// c (M, N) = alpha a (M, K) op(b) + bias + beta c on the calling thread: the packed, blocked GEMM. b may be stored
+/// narrower than T (layout nk only): its panels are widened as they are packed. With `packed` (pack_whole_b of b,
+/// K = a.cols and N = c.cols), b is not read and nothing of it is packed again.
+template <class T, b_layout L, class S = T>
+inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T beta, const T* bias,
+                         const T* packed = nullptr) {
   static_assert(L == b_layout::nk || std::is_same_v<S, T>, "gemm_blocked: a narrow b is supported in layout nk");
   using P = blocking<T>;
   static_assert(!is_block_quantized<S> || P::KC % q8_0::block == 0, "gemm_blocked: K slices must hold whole blocks");
@@ -486,12 +570,13 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
   if (K == 0) return scale_output(c, beta, bias);
   pack_space<T>& space = thread_pack_space<T>();
   space.a.reserve(std::min(M, P::MC) * P::LDA);
-  space.b.reserve(std::min(P::KC, K) * round_up(std::min(N, P::NC), P::NR));
+  if (!packed) space.b.reserve(std::min(P::KC, K) * round_up(std::min(N, P::NC), P::NR));
   T* abuf = space.a.data();
-  T* bbuf = space.b.data();
+  T* const bspace = space.b.data();
+  const T* bbuf = bspace;  // the K slice's panels: packed here, or the caller's
   // (K, N) operands with a single row tile use B in place (no reuse to pay for a pack); edges still pack.
   constexpr bool kn = L == b_layout::kn;
-  const bool b_in_place = kn && M <= P::MR;
+  const bool b_in_place = kn && M <= P::MR && !packed;
   // An a already in the packed layout (row stride LDA, one K slice: packed_lda) is read in place. The flash tiles
   // keep their query rows and probabilities that way, so a tile's products copy nothing of a.
   const bool a_in_place = a.ld == P::LDA && K <= P::KC;
@@ -501,15 +586,17 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
     const index_t nc = std::min(P::NC, N - jc);
     for (index_t pc = 0; pc < K; pc += P::KC) {
       const index_t kc = std::min(P::KC, K - pc);
-      if (!b_in_place)
+      if (packed)
+        bbuf = packed + round_up(N, P::NR) * pc + jc * kc;
+      else if (!b_in_place)
         for (index_t jr = 0; jr < nc; jr += P::NR) {
           const index_t nr = std::min(P::NR, nc - jr);
           if constexpr (kn)
-            pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf + jr * kc);
+            pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bspace + jr * kc);
           else if constexpr (is_block_quantized<S>)
-            pack_b_nk_dequantized<T>(b.row(jc + jr), b.ld, pc, nr, kc, bbuf + jr * kc);
+            pack_b_nk_dequantized<T>(b.row(jc + jr), b.ld, pc, nr, kc, bspace + jr * kc);
           else
-            pack_b_nk<T, S>(b.row(jc + jr) + pc, b.ld, nr, kc, bbuf + jr * kc);
+            pack_b_nk<T, S>(b.row(jc + jr) + pc, b.ld, nr, kc, bspace + jr * kc);
         }
       const epilogue<T> ep = pc == 0 ? epilogue<T>{alpha, beta, bias ? bias + jc : nullptr}
                                      : epilogue<T>{alpha, T(1), nullptr};
@@ -533,8 +620,8 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
                 bp = b.row(pc) + jc + jr;
                 ldb = b.ld;
               } else {
-                pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bbuf);
-                bp = bbuf;
+                pack_b_kn(b.row(pc) + jc + jr, b.ld, nr, kc, bspace);
+                bp = bspace;
               }
             }
           }
