@@ -69,6 +69,7 @@ struct flash_tuning {
   index_t min_split_keys = 256;   // split-K only when every part gets at least this many keys
   double parallel_flops = 1.0e6;  // a call of fewer FLOPs runs on the calling thread
   bool pack_once = true;          // GEMM tiles: pack each key/value tile once for every query tile that reads it
+  index_t pack_min_tiles = 8;     // ... in the attention when a head has this many query tiles per thread (>= 2)
 };
 inline flash_tuning flash_params{};
 
@@ -572,8 +573,11 @@ void attention(const A& variant, const layer_config& c, cmatrix<T> q, cache_view
   // Several query tiles of a head read the same key tiles: when the tiles' products are GEMMs, each key tile and its
   // value tile are packed once per head into the GEMM's layout (a grid of Bk keys from position 0, up to the chunk's
   // last key; a tile reaching past some rows' keys is masked as before), instead of once per query tile. Heads then go
-  // one after the other: pack the head's tiles (all threads), then its query tiles (dynamic, the longest first).
-  const bool prepack = tp.pack_once && q_ld > 0 && qtiles > 1 && ks == 1;
+  // one after the other: pack the head's tiles (all threads), then its query tiles (dynamic, the longest first). The
+  // barrier after each head costs the imbalance of its last tiles, so a head needs pack_min_tiles query tiles per
+  // thread (at 2 threads and the default 8: 16 tiles, 4096 positions of one query head per kv head).
+  const index_t min_qtiles = std::max<index_t>(2, nt > 1 ? tp.pack_min_tiles * nt : 2);
+  const bool prepack = tp.pack_once && q_ld > 0 && qtiles >= min_qtiles && ks == 1;
   const index_t kend = pos0 + n;  // one past the chunk's last key
   index_t jt0 = 0, ntiles = 0, kstride = 0, tstride = 0;
   T* packs = nullptr;
