@@ -11,7 +11,9 @@
 
 #include "support.hpp"
 
+#include <cstring>
 #include <limits>
+#include <random>
 
 using namespace sessa;
 using sessa::test::max_rel_diff;
@@ -250,6 +252,44 @@ TEMPLATE_TEST_CASE("the softmax's exponential is within 2 units of the last plac
       CHECK(std::isnan(out[0]));
     else
       CHECK(out[0] == std::exp(x));
+  }
+}
+
+namespace {
+/// accumulate_few on (rows, nk) probabilities and (nk, dv) values stored as C, against the same call made one value
+/// row at a time (the one-row loop): the four-row loop must give the same bits, for every count of rows left over.
+template <class T, class C>
+void check_accumulate_few() {
+  for (const index_t rows : {1, 2, 5})
+    for (const index_t nk : {0, 1, 3, 4, 5, 8, 11, 37})
+      for (const index_t dv : {1, 7, 16, 64, 67}) {
+        CAPTURE(rows, nk, dv);
+        const index_t ld = dv + 3;  // rows of v with a stride, as in a cache
+        std::vector<T> p(static_cast<std::size_t>(rows * nk)), acc(static_cast<std::size_t>(rows * dv)), one;
+        std::vector<C> v(static_cast<std::size_t>(std::max<index_t>(nk, 1) * ld));
+        std::mt19937 g(static_cast<unsigned>(rows * 1000 + nk * 10 + dv));
+        std::uniform_real_distribution<double> u(-1.0, 1.0);
+        for (auto& x : p) x = static_cast<T>(u(g));
+        for (auto& x : v) x = C(static_cast<T>(u(g)));
+        for (auto& x : acc) x = static_cast<T>(u(g));
+        one = acc;
+        backend::simd::flash_detail::accumulate_few(cmatrix<T>(p.data(), rows, nk), cmatrix<C>(v.data(), nk, dv, ld),
+                                                    matrix<T>(acc.data(), rows, dv));
+        for (index_t j = 0; j < nk; ++j)
+          backend::simd::flash_detail::accumulate_few(cmatrix<T>(p.data() + j, rows, 1, nk),
+                                                      cmatrix<C>(v.data() + j * ld, 1, dv, ld),
+                                                      matrix<T>(one.data(), rows, dv));
+        CHECK(std::memcmp(acc.data(), one.data(), acc.size() * sizeof(T)) == 0);
+      }
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("decode's value accumulation four rows at a time gives the bits of one row at a time", "[cpu]",
+                   float, double) {
+  check_accumulate_few<TestType, TestType>();
+  if constexpr (std::is_same_v<TestType, float>) {
+    check_accumulate_few<float, bfloat16>();
+    check_accumulate_few<float, float16>();
   }
 }
 

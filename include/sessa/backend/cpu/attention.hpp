@@ -36,6 +36,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -239,13 +240,51 @@ inline void prefetch_rows(cmatrix<C> m, index_t j0, index_t j1) {
 }
 
 /// acc (rows, dv) += p (rows, nk) v (nk, dv) for a few rows (decode): v (stored as C: T, or bfloat16 / float16
-/// widened in registers) is streamed row after row, each read once and in order, while acc stays in L1.
+/// widened in registers) is streamed row after row, each read once and in order, while acc stays in L1. Four rows
+/// of v go into each load and store of acc (the same fused multiply-adds in the same order as one row at a time,
+/// so the same bits), and the rows few_rows_prefetch_bytes ahead are prefetched. One Zen 5 core, decode over a 32k
+/// cache (D = 512, 8 heads): the attention 5.24-5.32 -> 4.95-4.98 ms, the feedback 4.43-4.70 -> 4.05-4.10 ms
+/// (builds alternated; four rows without the prefetch made the attention slower, the prefetch on one row at a time
+/// gained about 3% of the step).
+inline constexpr std::uintptr_t few_rows_prefetch_bytes = 2048;
+
 template <class T, class C>
 inline void accumulate_few(cmatrix<T> p, cmatrix<C> v, matrix<T> acc) {
   using B = xsimd::batch<T>;
   constexpr index_t W = static_cast<index_t>(B::size);
   const index_t dv = v.cols;
-  for (index_t j = 0; j < v.rows; ++j) {
+  index_t j0 = 0;
+  for (; j0 + 4 <= v.rows; j0 += 4) {
+    const C *v0 = v.row(j0), *v1 = v.row(j0 + 1), *v2 = v.row(j0 + 2), *v3 = v.row(j0 + 3);
+#if defined(__GNUC__)
+    {  // addresses as integers: the distance may run past the end of v, where a pointer may not point
+      const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(v0) + few_rows_prefetch_bytes;
+      const std::uintptr_t span = 4 * static_cast<std::uintptr_t>(v.ld) * sizeof(C);
+      for (std::uintptr_t o = 0; o < span; o += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 3);
+    }
+#endif
+    for (index_t r = 0; r < p.rows; ++r) {
+      const T* pr = p.row(r) + j0;
+      const B p0(pr[0]), p1(pr[1]), p2(pr[2]), p3(pr[3]);
+      T* a = acc.row(r);
+      index_t c = 0;
+      for (; c + W <= dv; c += W) {
+        B s = B::load_unaligned(a + c);
+        s = xsimd::fma(p0, load_widened<T>(v0 + c), s);
+        s = xsimd::fma(p1, load_widened<T>(v1 + c), s);
+        s = xsimd::fma(p2, load_widened<T>(v2 + c), s);
+        xsimd::fma(p3, load_widened<T>(v3 + c), s).store_unaligned(a + c);
+      }
+      for (; c < dv; ++c) {
+        T s = a[c];
+        s += pr[0] * widen<T>(v0[c]);
+        s += pr[1] * widen<T>(v1[c]);
+        s += pr[2] * widen<T>(v2[c]);
+        a[c] = s + pr[3] * widen<T>(v3[c]);
+      }
+    }
+  }
+  for (index_t j = j0; j < v.rows; ++j) {
     const C* vj = v.row(j);
     for (index_t r = 0; r < p.rows; ++r) {
       const T pj = p(r, j);

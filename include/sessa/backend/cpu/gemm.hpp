@@ -32,6 +32,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -636,11 +637,20 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
   }
 }
 
+/// How far ahead of its loads a dot-product tile prefetches: for weights stored as T or q8_0, pf (gemm_dot passes
+/// the next block of rows, so short rows still stream at full bandwidth); for bf16 / f16 weights, a fixed distance
+/// ahead in the tile's own rows (pf is then w), 1 KiB. Measured on one Zen 5 core (`gemm_bench --shape
+/// 1,16384,4096 --weights f32,bf16,f16,q8_0 --threads 1`, builds alternated): bf16 25-26 -> 27-28 GB/s, f16
+/// 25-27 -> 28-29, where float32 was 3% slower 1 KiB ahead and q8_0 fell from 31-34 to 19 (its rows are blocks
+/// of 34 bytes, prefetched once per block).
+template <class T, class S>
+inline constexpr index_t prefetch_ahead_bytes = std::is_same_v<S, T> || is_block_quantized<S> ? 0 : 1024;
+
 /// y (MB, R) = epilogue(x (MB, K) w (R, K)^T): MB x R dot products along K in registers, reduced across
-/// lanes at the end (one shuffle tree per W results) plus a scalar K tail. pf (R rows, stride ldw) is
-/// prefetched along the way: the next rows of w, so short rows still stream at full bandwidth. w is stored as S
-/// (T, or a narrower type widened in registers as it is loaded, widen.hpp). With bf16 weights (has_pair_path) x
-/// arrives in pair order (widen.hpp: pair_order) and whole blocks of 2W weights go through load_pairs.
+/// lanes at the end (one shuffle tree per W results) plus a scalar K tail. pf (R rows, stride ldw) is prefetched
+/// along the way (prefetch_ahead_bytes). w is stored as S (T, or a narrower type widened in registers as it is
+/// loaded, widen.hpp). With bf16 weights (has_pair_path) x arrives in pair order (widen.hpp: pair_order) and
+/// whole blocks of 2W weights go through load_pairs.
 template <class T, class S, int MB, int R>
 inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const S* SESSA_RESTRICT w, index_t ldw, index_t K,
                      const S* pf, T* y, index_t ldy, const epilogue<T>& ep) {
@@ -651,6 +661,16 @@ inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const S* SESSA_REST
   batch acc[groups * W];
 SESSA_UNROLL(32)
   for (int i = 0; i < groups * W; ++i) acc[i] = batch(T(0));
+  // Prefetch addresses as integers: the distance may run past the end of w, where a pointer may not point.
+  const std::uintptr_t pf0 = reinterpret_cast<std::uintptr_t>(pf) + static_cast<std::uintptr_t>(prefetch_ahead_bytes<T, S>);
+  const std::uintptr_t pf_ld = static_cast<std::uintptr_t>(ldw) * sizeof(S);
+  [[maybe_unused]] const auto prefetch = [&](index_t offset) {  // offset: in elements of S along each row
+#if defined(__GNUC__)
+    const std::uintptr_t at = pf0 + static_cast<std::uintptr_t>(offset) * sizeof(S);
+SESSA_UNROLL(8)
+    for (int r = 0; r < R; ++r) __builtin_prefetch(reinterpret_cast<const void*>(at + static_cast<std::uintptr_t>(r) * pf_ld), 0, 3);
+#endif
+  };
   index_t k = 0;
   if constexpr (has_pair_path<T, S>) {
     for (; k + 2 * W <= K; k += 2 * W) {
@@ -661,10 +681,7 @@ SESSA_UNROLL(8)
         we[r] = in_register(we[r]);
         wo[r] = in_register(wo[r]);
       }
-#if defined(__GNUC__)
-SESSA_UNROLL(8)
-      for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
-#endif
+      prefetch(k);
 SESSA_UNROLL(8)
       for (int m = 0; m < MB; ++m) {
         const batch xe = in_register(batch::load_unaligned(x + m * ldx + k));
@@ -683,10 +700,7 @@ SESSA_UNROLL(8)
       batch d[R];
 SESSA_UNROLL(8)
       for (int r = 0; r < R; ++r) d[r] = batch(static_cast<T>(block_scale(w[r * ldw + blk])));
-#if defined(__GNUC__)
-SESSA_UNROLL(8)
-      for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + blk, 0, 3);
-#endif
+      prefetch(blk);
 SESSA_UNROLL(4)
       for (index_t i = 0; i < B; i += W) {
         batch wv[R];
@@ -706,10 +720,7 @@ SESSA_UNROLL(8)
       batch wv[R];
 SESSA_UNROLL(8)
       for (int r = 0; r < R; ++r) wv[r] = in_register(load_widened<T>(w + r * ldw + k));
-#if defined(__GNUC__)
-SESSA_UNROLL(8)
-      for (int r = 0; r < R; ++r) __builtin_prefetch(pf + r * ldw + k, 0, 3);
-#endif
+      prefetch(k);
 SESSA_UNROLL(8)
       for (int m = 0; m < MB; ++m) {
         const batch xv = in_register(batch::load_unaligned(x + m * ldx + k));
@@ -773,8 +784,9 @@ inline void gemm_dot(cmatrix<T> x, cmatrix<S> w, matrix<T> y, const epilogue<T>&
     const index_t r = std::min<index_t>(R, N - j);
     epilogue<T> e = ep;
     if (e.bias) e.bias += j;
-    // The first row tile prefetches the next r rows of w (when there are that many), the others re-read.
-    const S* next = N - (j + r) >= r ? w.row(j + r) : w.row(j);
+    // The first row tile prefetches the next r rows of w (when there are that many; narrow weights: ahead in
+    // their own rows, prefetch_ahead_bytes), the others re-read.
+    const S* next = prefetch_ahead_bytes<T, S> == 0 && N - (j + r) >= r ? w.row(j + r) : w.row(j);
     if (M == 1) {
       dot_row_tiles<T, S>[static_cast<std::size_t>(r - 1)](x.row(0), x.ld, w.row(j), w.ld, K, next, y.row(0) + j, y.ld, e);
       continue;
