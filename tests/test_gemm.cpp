@@ -414,6 +414,60 @@ TEMPLATE_TEST_CASE("linear with bf16 / f16 / q8_0 weights matches the product of
   }
 }
 
+TEMPLATE_TEST_CASE("one row of x against short rows of w (dot_row_run) gives the bits of the dot-product tiles",
+                   "[gemm]", (std::pair<float, float>), (std::pair<double, double>), (std::pair<float, sessa::bfloat16>),
+                   (std::pair<float, sessa::float16>), (std::pair<double, sessa::bfloat16>)) {
+  using T = typename TestType::first_type;
+  using S = typename TestType::second_type;
+  namespace gd = simd::gemm_detail;
+  using P = gd::blocking<T>;
+  constexpr index_t W = P::W;
+  std::mt19937 gen(29);
+  std::uniform_real_distribution<double> dist(-1.0, 1.0);
+  index_t runs = 0;
+  // K: every multiple of W that the run takes (and one beyond, which the tiles keep); N: under one block of W rows,
+  // whole blocks, a remainder for the tiles, and enough blocks that the prefetch reaches ahead of the loads.
+  for (const index_t K : {W, 2 * W, 3 * W, 4 * W, gd::short_row_batches * W, (gd::short_row_batches + 1) * W})
+    for (const index_t N : {W - 1, W, W + 1, 3 * W + 5, 40 * W + 3})
+      for (const index_t pad : {index_t(0), index_t(5)})
+        for (const int variant : {0, 1, 2}) {  // plain; bias; bias and beta
+          const index_t ldw = K + pad;
+          std::vector<S> wstore(static_cast<std::size_t>(N * ldw + 1));
+          for (auto& v : wstore) v = S(dist(gen));
+          const cmatrix<S> w{wstore.data() + (pad ? 1 : 0), N, K, ldw};
+          std::vector<T> x(static_cast<std::size_t>(K)), bias(static_cast<std::size_t>(N));
+          for (auto& v : x) v = static_cast<T>(dist(gen));
+          for (auto& v : bias) v = static_cast<T>(dist(gen));
+          std::vector<T> y0(static_cast<std::size_t>(N)), y1;
+          for (auto& v : y0) v = static_cast<T>(dist(gen));
+          const std::vector<double> old(y0.begin(), y0.end());
+          y1 = y0;
+          const double beta = variant == 2 ? 0.5 : 0.0;
+          const gd::epilogue<T> ep{T(0.375), static_cast<T>(beta), variant > 0 ? bias.data() : nullptr};
+          gd::gemm_dot<T, S>(cmatrix<T>(x.data(), 1, K), w, matrix<T>(y0.data(), 1, N), ep);
+          // The tiles of R1 rows alone, on x in the order gemm_dot gives them.
+          std::vector<T> xo = x;
+          if constexpr (sessa::backend::simd::has_pair_path<T, S>)
+            if (K >= 2 * W) sessa::backend::simd::pair_order(x.data(), K, xo.data());
+          for (index_t j = 0; j < N; j += P::R1) {
+            const index_t r = std::min<index_t>(P::R1, N - j);
+            gd::epilogue<T> e = ep;
+            if (e.bias) e.bias += j;
+            gd::dot_row_tiles<T, S>[static_cast<std::size_t>(r - 1)](xo.data(), K, w.row(j), w.ld, K, w.row(j),
+                                                                      y1.data() + j, N, e);
+          }
+          const std::string what = "K=" + std::to_string(K) + " N=" + std::to_string(N) + " pad=" +
+                                   std::to_string(pad) + " variant=" + std::to_string(variant) + " storage=" +
+                                   std::string(sessa::storage_name<S>());
+          INFO(what);
+          CHECK(std::memcmp(y0.data(), y1.data(), y0.size() * sizeof(T)) == 0);
+          check_product<T>(cmatrix<T>(x.data(), 1, K), [&](index_t k, index_t j) { return sessa::weight_at<T>(w.row(j), k); },
+                           old, cmatrix<T>(y0.data(), 1, N), 0.375, beta, ep.bias, what);
+          runs += K <= gd::short_row_batches * W && N >= W;
+        }
+  CHECK(runs > 0);
+}
+
 TEST_CASE("load_widened is exact for every bf16 and f16 bit pattern", "[gemm]") {
   using batch = xsimd::batch<float>;
   constexpr std::size_t W = batch::size;

@@ -22,7 +22,9 @@
 //     by one cache line (L2-resident). Row blocks and row tiles are near-equal (16 rows = 8 + 8, not 14 + 2).
 //   * small M with a long K (decode: M <= 16, see use_dot): no packing; each R = 4 rows of w (8 when x has
 //     one row) are streamed once, the next ones prefetched, for all rows of x, as 4 x 4 (1 x 8) blocks of
-//     dot products along K, reduced across lanes with one shuffle tree per W results.
+//     dot products along K, reduced across lanes with one shuffle tree per W results. One row of x against
+//     short rows (K <= 8 W: a decode step's attention scores) runs as one loop over blocks of W rows
+//     (dot_row_run), one full shuffle tree per block.
 //   * linear() splits the M x N tile space over OpenMP threads (each thread packs its own panels into
 //     thread-local, 64-byte aligned buffers that grow once and are reused; the split minimizes padded work
 //     plus packing); the dot path splits N. Inside an enclosing parallel region it runs on the calling thread.
@@ -32,6 +34,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -637,6 +640,15 @@ inline void gemm_blocked(cmatrix<T> a, cmatrix<S> b, matrix<T> c, T alpha, T bet
   }
 }
 
+/// One dot product's epilogue, alpha s + bias[j] + beta *p (*p read only when beta != 0), with its fused operations
+/// spelled out so that every dot path (dot_tile, dot_row_run) rounds the same way whatever the compiler contracts.
+template <class T>
+inline T finish_dot(const epilogue<T>& ep, T s, index_t j, const T* p) {
+  T v = ep.bias ? std::fma(ep.alpha, s, ep.bias[j]) : ep.alpha * s;
+  if (ep.beta != T(0)) v = std::fma(ep.beta, *p, v);
+  return v;
+}
+
 /// How far ahead of its loads a dot-product tile prefetches: for weights stored as T or q8_0, pf (gemm_dot passes
 /// the next block of rows, so short rows still stream at full bandwidth); for bf16 / f16 weights, a fixed distance
 /// ahead in the tile's own rows (pf is then w), 1 KiB. Measured on one Zen 5 core (`gemm_bench --shape
@@ -736,10 +748,7 @@ SESSA_UNROLL(8)
       T s = sums[m * R + r];
       for (index_t kk = k; kk < K; ++kk) s += x[m * ldx + kk] * weight_at<T>(w + r * ldw, kk);
       T* p = y + m * ldy + r;
-      T v = ep.alpha * s;
-      if (ep.bias) v += ep.bias[r];
-      if (ep.beta != T(0)) v += ep.beta * *p;
-      *p = v;
+      *p = finish_dot(ep, s, r, p);
     }
 }
 
@@ -764,6 +773,64 @@ template <class T, class S>
 inline constexpr std::array<dot_fn<T, S>, blocking<T>::R1> dot_row_tiles =
     make_dot_row<T, S, 1>(std::make_integer_sequence<int, blocking<T>::R1>{});
 
+/// The short rows of dot_row_run: K of at most short_row_batches batches (a decode step's attention scores, one
+/// head's query against its keys, d = 64 or 128), prefetched short_row_prefetch_bytes ahead (whole blocks of W rows).
+inline constexpr index_t short_row_batches = 8;
+inline constexpr index_t short_row_prefetch_bytes = 4096;
+
+/// y (1, N0) = epilogue(x (1, K) w (N0, K)^T) for the first N0 = N - N % W rows of w and a short K (a multiple of W,
+/// at most short_row_batches W): one call for all of them, each block of W rows reduced by one full reduce_lanes tree,
+/// the block short_row_prefetch_bytes ahead prefetched at its start. Per 2 KiB of keys the R1-row tiles spent an
+/// indirect call, the zeroing of W accumulators for R1 sums, half a lane tree and the epilogue's branches, and
+/// prefetched only the next block: one Zen 5 core streamed d = 64 keys at 0.65 of its read rate through them,
+/// ~0.95 through this loop. Same FMA order along K, same lane tree and epilogue as dot_tile: the same bits.
+/// x in pair order when has_pair_path (gemm_dot). Returns N0.
+template <class T, class S>
+inline index_t dot_row_run(const T* SESSA_RESTRICT x, const S* SESSA_RESTRICT w, index_t ldw, index_t N, index_t K,
+                           T* SESSA_RESTRICT y, const epilogue<T>& ep) {
+  using batch = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(batch::size);
+  const index_t N0 = N - N % W;
+  const index_t block_bytes = W * K * static_cast<index_t>(sizeof(S));
+  const index_t ahead = W * std::max<index_t>(1, (short_row_prefetch_bytes + block_bytes - 1) / block_bytes);
+  const index_t row_bytes = K * static_cast<index_t>(sizeof(S));
+  for (index_t j = 0; j < N0; j += W) {
+    const S* wj = w + j * ldw;
+#if defined(__GNUC__)
+    if (j + ahead + W <= N)
+      for (index_t r = 0; r < W; ++r) {
+        const char* row = reinterpret_cast<const char*>(wj + (ahead + r) * ldw);
+        for (index_t o = 0; o < row_bytes; o += 64) __builtin_prefetch(row + o, 0, 3);
+      }
+#endif
+    batch acc[W];
+SESSA_UNROLL(16)
+    for (index_t r = 0; r < W; ++r) acc[r] = batch(T(0));
+    index_t k = 0;
+    if constexpr (has_pair_path<T, S>) {
+      for (; k + 2 * W <= K; k += 2 * W) {
+        const batch xe = in_register(batch::load_unaligned(x + k));
+        const batch xo = in_register(batch::load_unaligned(x + k + W));
+SESSA_UNROLL(16)
+        for (index_t r = 0; r < W; ++r) {
+          batch we, wo;
+          load_pairs<T>(wj + r * ldw + k, we, wo);
+          acc[r] = xsimd::fma(xo, in_register(wo), xsimd::fma(xe, in_register(we), acc[r]));
+        }
+      }
+    }
+    for (; k + W <= K; k += W) {
+      const batch xv = in_register(batch::load_unaligned(x + k));
+SESSA_UNROLL(16)
+      for (index_t r = 0; r < W; ++r) acc[r] = xsimd::fma(xv, in_register(load_widened<T>(wj + r * ldw + k)), acc[r]);
+    }
+    alignas(64) T sums[W];
+    reduce_lanes<T>(acc, sums);
+    for (index_t r = 0; r < W; ++r) y[j + r] = finish_dot(ep, sums[r], j + r, y + j + r);
+  }
+  return N0;
+}
+
 /// y (M, N) = epilogue(x (M, K) w (N, K)^T) on the calling thread with dot-product tiles (no packing):
 /// each R-row block of w is streamed from memory once, then re-read from cache for the other rows of x.
 /// (Cutting K into L1-sized chunks measured slower: it breaks the long sequential streams of w.)
@@ -780,7 +847,11 @@ inline void gemm_dot(cmatrix<T> x, cmatrix<S> w, matrix<T> y, const epilogue<T>&
       x = cmatrix<T>(xp.data(), M, K, K);
     }
   }
-  for (index_t j = 0; j < N; j += R) {
+  index_t j0 = 0;
+  if constexpr (!is_block_quantized<S>) {
+    if (M == 1 && K > 0 && K % P::W == 0 && K <= short_row_batches * P::W) j0 = dot_row_run<T, S>(x.row(0), w.data, w.ld, N, K, y.row(0), ep);
+  }
+  for (index_t j = j0; j < N; j += R) {
     const index_t r = std::min<index_t>(R, N - j);
     epilogue<T> e = ep;
     if (e.bias) e.bias += j;
