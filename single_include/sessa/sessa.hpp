@@ -3296,6 +3296,77 @@ SESSA_UNROLL(16)
   return N0;
 }
 
+/// Several rows of x (a batch's decode step): the dot tiles' 4 x 4 products re-read the rows of x from L2 for every
+/// block of w, four loads per sixteen FMAs, and ran float32 weights at a third of the GEMM rate with 16 rows. The
+/// panel path turns the product around: x is transposed once per call into a (K, W) panel (the batch rows in the
+/// lanes, lanes past M zero), and each tile of panel_rows rows of w runs through the packed GEMM's micro-kernel as
+/// its broadcast operand: one load of the panel per panel_rows FMAs, no lane reductions, every weight read once
+/// from memory. The tile's weights are copied (float) or widened (f16) panel_chunk values at a time into an L1
+/// block (the micro-kernel's a operand), each row prefetched panel_prefetch_bytes ahead. Sums run along K in order
+/// (chunk by chunk, each chunk's products added to the tile), so a row's results agree with the same row through
+/// the dot tiles within rounding, not to the bit.
+/// Where it runs (use_panel): float compute on AVX-512 with float or f16 weights, from panel_min_rows rows of x to
+/// W. Its time hardly depends on M (the lanes past M are computed too), so with fewer rows the dot tiles are as fast
+/// (float32 from 12 rows, f16 at 16), and bf16 / q8_0 weights, which the dot tiles widen in registers, gained
+/// nothing. Measured on Zen 5, `gemm_bench --shape M,4096,4096 --threads 2` (docs/PERFORMANCE.md): float32 weights
+/// 16 rows 150 -> 230-255 GFLOP/s, 12 rows 138 -> 168-180, 10 rows no gain; f16 16 rows 231-233 -> 263-267, 12 rows
+/// slower (220-231 -> 122-189).
+template <class S>
+inline constexpr index_t panel_min_rows = std::is_same_v<S, float> ? 12 : 16;
+inline constexpr int panel_rows = 8;            // rows of w per tile (8 measured ahead of 14: fewer streams)
+inline constexpr index_t panel_chunk = 64;      // values of each row per copy (a multiple of every batch width)
+inline constexpr index_t panel_prefetch_bytes = 1024;
+template <class T, class S>
+inline constexpr bool has_panel_path = vector_registers >= 32 && std::is_same_v<T, float> && blocking<T>::W == 16 &&
+                                       (std::is_same_v<S, float> || std::is_same_v<S, float16>);
+template <class T, class S>
+inline constexpr bool use_panel(index_t M) noexcept {
+  return has_panel_path<T, S> && M >= panel_min_rows<S> && M <= blocking<T>::W;
+}
+
+/// y (M, N) = epilogue(x (M, K) w (N, K)^T) through the panel path (use_panel<T, S>(M)).
+template <class T, class S>
+inline void panel_dot(cmatrix<T> x, cmatrix<S> w, matrix<T> y, const epilogue<T>& ep) {
+  constexpr index_t L = blocking<T>::W, CH = panel_chunk, LDA = panel_chunk + static_cast<index_t>(64 / sizeof(T));
+  constexpr int MR = panel_rows;
+  const index_t M = y.rows, N = y.cols, K = x.cols;
+  thread_local buffer<T> space;
+  space.reserve(K * L + MR * LDA);
+  T* const panel = space.data();  // (K, L)
+  T* const rows = panel + K * L;  // (MR, LDA)
+  for (index_t k = 0; k < K; ++k)
+    for (index_t m = 0; m < L; ++m) panel[k * L + m] = m < M ? x.row(m)[k] : T(0);
+  alignas(64) T tile[MR * L];  // row r: w row j + r against every row of x
+  for (index_t j = 0; j < N; j += MR) {
+    const index_t nr = std::min<index_t>(MR, N - j);
+    for (index_t k0 = 0; k0 < K; k0 += CH) {
+      const index_t kc = std::min(CH, K - k0);
+      for (index_t r = 0; r < MR; ++r) {
+        T* dst = rows + r * LDA;
+        if (r >= nr) {  // past the last row of w: zeros, whose sums are never stored
+          std::fill_n(dst, kc, T(0));
+          continue;
+        }
+        const S* src = w.row(j + r) + k0;
+#if defined(__GNUC__)
+        // Addresses as integers: the distance may run past the end of w, where a pointer may not point.
+        const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(src) + panel_prefetch_bytes;
+        for (std::uintptr_t o = 0; o < static_cast<std::uintptr_t>(kc) * sizeof(S); o += 64)
+          __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 3);
+#endif
+        widen_n<T, S>(src, kc, dst);
+      }
+      micro_kernel<T, MR, 1, LDA>(kc, rows, panel + k0 * L, L, tile, L, L,
+                                  epilogue<T>{T(1), k0 == 0 ? T(0) : T(1), nullptr});
+    }
+    for (index_t r = 0; r < nr; ++r)
+      for (index_t m = 0; m < M; ++m) {
+        T* p = y.row(m) + j + r;
+        *p = finish_dot(ep, tile[r * L + m], j + r, p);
+      }
+  }
+}
+
 /// y (M, N) = epilogue(x (M, K) w (N, K)^T) on the calling thread with dot-product tiles (no packing):
 /// each R-row block of w is streamed from memory once, then re-read from cache for the other rows of x.
 /// (Cutting K into L1-sized chunks measured slower: it breaks the long sequential streams of w.)
@@ -3304,6 +3375,8 @@ inline void gemm_dot(cmatrix<T> x, cmatrix<S> w, matrix<T> y, const epilogue<T>&
   using P = blocking<T>;
   const index_t M = y.rows, N = y.cols, K = x.cols;
   const index_t R = M == 1 ? P::R1 : P::R;  // rows of w per block
+  if constexpr (has_panel_path<T, S>)
+    if (use_panel<T, S>(M)) return panel_dot<T, S>(x, w, y, ep);
   if constexpr (has_pair_path<T, S>) {
     if (K >= 2 * P::W) {  // x in pair order, once per call and thread (M K values against N K weights)
       thread_local buffer<T> xp;
@@ -3430,7 +3503,7 @@ void linear(cmatrix<T> x, cmatrix<S> w, std::type_identity_t<const vector_storag
     detail::region_errors errors;  // nothing thrown may leave the region (parallel.hpp)
 #pragma omp parallel num_threads(nt)
     errors.run([&] {
-      const index_t rows = M == 1 ? blocking<T>::R1 : blocking<T>::R;
+      const index_t rows = M == 1 ? blocking<T>::R1 : use_panel<T, S>(M) ? panel_rows : blocking<T>::R;
       const auto [j0, j1] = share(N, rows, omp_get_num_threads(), omp_get_thread_num());
       if (j1 > j0)
         gemm_dot<T, S>(x, w.row_block(j0, j1 - j0), y.col_block(j0, j1 - j0),
