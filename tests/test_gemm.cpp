@@ -365,13 +365,13 @@ TEMPLATE_TEST_CASE("linear matches a double loop with 1 and 2 threads", "[gemm][
       {2 * P::MC + 3, 3 * P::NR - 1, 40}, {300, 200, 100}, {64, P::NC + 5, 16},
       // the dot-product (decode) path: M <= 16 with a long K, partial row and column tiles
       {5, 33, 300}, {7, 9, 1000}, {16, 67, 800}, {11, 63, 577}, {3, 1, 200},
-      // the panel path (float on AVX-512, 12..16 rows): partial tiles of w rows, K under and past a chunk
-      {12, 29, 650}, {13, 7, 1000}, {16, 17, 769}, {14, 8, 1024}, {16, 3, 4100},
+      // the panel path (float on AVX-512, 8..16 rows): whole and partial tiles of w rows, K tails
+      {12, 29, 650}, {13, 7, 1000}, {16, 17, 769}, {8, 16, 1024}, {9, 19, 500}, {16, 3, 4100},
   };
-  // The panel path is among them where this build has it (12..16 rows of float).
+  // The panel path is among them where this build has it (8..16 rows of float).
   CHECK(simd::gemm_detail::use_panel<float, float>(16) == simd::gemm_detail::has_panel_path<float, float>);
-  CHECK(simd::gemm_detail::use_panel<float, float>(12) == simd::gemm_detail::has_panel_path<float, float>);
-  CHECK_FALSE(simd::gemm_detail::use_panel<float, float>(11));
+  CHECK(simd::gemm_detail::use_panel<float, float>(8) == simd::gemm_detail::has_panel_path<float, float>);
+  CHECK_FALSE(simd::gemm_detail::use_panel<float, float>(7));
   CHECK_FALSE(simd::gemm_detail::use_panel<double, double>(16));
   // Both linear() paths are among the shapes: the dot-product tiles (decode) and the packed GEMM.
   CHECK(simd::gemm_detail::use_dot(16, 800));

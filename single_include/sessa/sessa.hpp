@@ -2289,7 +2289,9 @@ class region_errors {
 //     one row) are streamed once, the next ones prefetched, for all rows of x, as 4 x 4 (1 x 8) blocks of
 //     dot products along K, reduced across lanes with one shuffle tree per W results. One row of x against
 //     short rows (K <= 8 W: a decode step's attention scores) runs as one loop over blocks of W rows
-//     (dot_row_run), one full shuffle tree per block.
+//     (dot_row_run), one full shuffle tree per block. From 8 rows of x (a batch's step; float on AVX-512, use_panel)
+//     the panel path instead: x transposed once into a (K, 16) panel, each weight broadcast into an FMA with its
+//     line (panel_dot).
 //   * linear() splits the M x N tile space over OpenMP threads (each thread packs its own panels into
 //     thread-local, 64-byte aligned buffers that grow once and are reused; the split minimizes padded work
 //     plus packing); the dot path splits N. Inside an enclosing parallel region it runs on the calling thread.
@@ -3301,18 +3303,19 @@ SESSA_UNROLL(16)
 /// panel path turns the product around: x is transposed once per call into a (K, W) panel (the batch rows in the
 /// lanes, lanes past M zero), and each tile of panel_rows rows of w runs through the packed GEMM's micro-kernel as
 /// its broadcast operand: one load of the panel per panel_rows FMAs, no lane reductions, every weight read once
-/// from memory. The tile's weights are copied (float) or widened (f16) panel_chunk values at a time into an L1
-/// block (the micro-kernel's a operand), each row prefetched panel_prefetch_bytes ahead. Sums run along K in order
-/// (chunk by chunk, each chunk's products added to the tile), so a row's results agree with the same row through
-/// the dot tiles within rounding, not to the bit.
+/// from memory. Whole tiles of float weights are read in place (panel_tile_in_place); f16 weights, and a last tile
+/// of fewer rows, are widened or copied panel_chunk values at a time into an L1 block, the micro-kernel's a operand
+/// (panel_tile_widened). Rows are prefetched panel_prefetch_bytes ahead. Sums run along K in order, so a row's
+/// results agree with the same row through the dot tiles within rounding, not to the bit.
 /// Where it runs (use_panel): float compute on AVX-512 with float or f16 weights, from panel_min_rows rows of x to
-/// W. Its time hardly depends on M (the lanes past M are computed too), so with fewer rows the dot tiles are as fast
-/// (float32 from 12 rows, f16 at 16), and bf16 / q8_0 weights, which the dot tiles widen in registers, gained
-/// nothing. Measured on Zen 5, `gemm_bench --shape M,4096,4096 --threads 2` (docs/PERFORMANCE.md): float32 weights
-/// 16 rows 150 -> 230-255 GFLOP/s, 12 rows 138 -> 168-180, 10 rows no gain; f16 16 rows 231-233 -> 263-267, 12 rows
-/// slower (220-231 -> 122-189).
+/// W. Its time hardly depends on M (the lanes past M are computed too), so with few rows the dot tiles are as fast,
+/// and bf16 / q8_0 weights, which the dot tiles widen in registers, gained nothing (the copy into L1 costs what the
+/// dot tiles lose). Measured on Zen 5, `gemm_bench --shape M,4096,4096 --threads 2` (docs/PERFORMANCE.md), GFLOP/s
+/// before -> after: float32 weights 16 rows 145-151 -> 236-300, 12 rows 78-137 -> 186-233, 10 rows 114-138 ->
+/// 167-184, 8 rows 116-119 -> 143-155, 6 rows 95-99 -> 101-112 (not taken); f16 16 rows 231-233 -> 263-267, 12
+/// rows slower (220-231 -> 122-189).
 template <class S>
-inline constexpr index_t panel_min_rows = std::is_same_v<S, float> ? 12 : 16;
+inline constexpr index_t panel_min_rows = std::is_same_v<S, float> ? 8 : 16;
 inline constexpr int panel_rows = 8;            // rows of w per tile (8 measured ahead of 14: fewer streams)
 inline constexpr index_t panel_chunk = 64;      // values of each row per copy (a multiple of every batch width)
 inline constexpr index_t panel_prefetch_bytes = 1024;
@@ -3324,10 +3327,73 @@ inline constexpr bool use_panel(index_t M) noexcept {
   return has_panel_path<T, S> && M >= panel_min_rows<S> && M <= blocking<T>::W;
 }
 
-/// y (M, N) = epilogue(x (M, K) w (N, K)^T) through the panel path (use_panel<T, S>(M)).
+/// tile (MR, W) = w (MR rows, stride ldw, stored as T) against the panel (K, W), reading w in place: each weight
+/// broadcast from its row into an FMA with the panel's line, the rows prefetched panel_prefetch_bytes ahead once
+/// per cache line. (Without the copy into L1 one Zen 5 core ran 16 rows of float32 weights 15% faster.)
+template <class T, int MR>
+inline void panel_tile_in_place(const T* SESSA_RESTRICT w, index_t ldw, const T* SESSA_RESTRICT panel, index_t K,
+                                T* SESSA_RESTRICT tile) {
+  using batch = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(batch::size), line = static_cast<index_t>(64 / sizeof(T));
+  batch acc[MR];
+SESSA_UNROLL(16)
+  for (int r = 0; r < MR; ++r) acc[r] = batch(T(0));
+  const auto step = [&](index_t k) {
+    const batch xv = batch::load_aligned(panel + k * W);
+SESSA_UNROLL(16)
+    for (int r = 0; r < MR; ++r) acc[r] = xsimd::fma(batch(w[r * ldw + k]), xv, acc[r]);
+  };
+  // Prefetch addresses as integers: the distance may run past the end of w, where a pointer may not point.
+  [[maybe_unused]] const std::uintptr_t pf = reinterpret_cast<std::uintptr_t>(w) + panel_prefetch_bytes;
+  [[maybe_unused]] const std::uintptr_t pf_ld = static_cast<std::uintptr_t>(ldw) * sizeof(T);
+  index_t k = 0;
+  for (; k + line <= K; k += line) {
+#if defined(__GNUC__)
+SESSA_UNROLL(16)
+    for (int r = 0; r < MR; ++r)
+      __builtin_prefetch(reinterpret_cast<const void*>(pf + static_cast<std::uintptr_t>(r) * pf_ld +
+                                                       static_cast<std::uintptr_t>(k) * sizeof(T)), 0, 3);
+#endif
+SESSA_UNROLL(16)
+    for (index_t kk = k; kk < k + line; ++kk) step(kk);
+  }
+  for (; k < K; ++k) step(k);
+SESSA_UNROLL(16)
+  for (int r = 0; r < MR; ++r) acc[r].store_aligned(tile + r * W);
+}
+
+/// tile (MR, W) = the nr <= MR rows of w (stride ldw, stored as S) against the panel (K, W), through an L1 block
+/// rows (MR, lda): panel_chunk values of each row copied or widened into it, then the micro-kernel; rows past nr
+/// are zeros.
+template <class T, class S, int MR, index_t LDA>
+inline void panel_tile_widened(const S* w, index_t ldw, index_t nr, const T* panel, index_t K, T* rows, T* tile) {
+  constexpr index_t W = blocking<T>::W;
+  for (index_t k0 = 0; k0 < K; k0 += panel_chunk) {
+    const index_t kc = std::min(panel_chunk, K - k0);
+    for (index_t r = 0; r < MR; ++r) {
+      T* dst = rows + r * LDA;
+      if (r >= nr) {  // past the last row of w: zeros, whose sums are never stored
+        std::fill_n(dst, kc, T(0));
+        continue;
+      }
+      const S* src = w + r * ldw + k0;
+#if defined(__GNUC__)
+      const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(src) + panel_prefetch_bytes;  // see above
+      for (std::uintptr_t o = 0; o < static_cast<std::uintptr_t>(kc) * sizeof(S); o += 64)
+        __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 3);
+#endif
+      widen_n<T, S>(src, kc, dst);
+    }
+    micro_kernel<T, MR, 1, LDA>(kc, rows, panel + k0 * W, W, tile, W, W,
+                                epilogue<T>{T(1), k0 == 0 ? T(0) : T(1), nullptr});
+  }
+}
+
+/// y (M, N) = epilogue(x (M, K) w (N, K)^T) through the panel path (use_panel<T, S>(M)): whole tiles of float
+/// weights read in place, the others through the L1 block.
 template <class T, class S>
 inline void panel_dot(cmatrix<T> x, cmatrix<S> w, matrix<T> y, const epilogue<T>& ep) {
-  constexpr index_t L = blocking<T>::W, CH = panel_chunk, LDA = panel_chunk + static_cast<index_t>(64 / sizeof(T));
+  constexpr index_t L = blocking<T>::W, LDA = panel_chunk + static_cast<index_t>(64 / sizeof(T));
   constexpr int MR = panel_rows;
   const index_t M = y.rows, N = y.cols, K = x.cols;
   thread_local buffer<T> space;
@@ -3339,26 +3405,12 @@ inline void panel_dot(cmatrix<T> x, cmatrix<S> w, matrix<T> y, const epilogue<T>
   alignas(64) T tile[MR * L];  // row r: w row j + r against every row of x
   for (index_t j = 0; j < N; j += MR) {
     const index_t nr = std::min<index_t>(MR, N - j);
-    for (index_t k0 = 0; k0 < K; k0 += CH) {
-      const index_t kc = std::min(CH, K - k0);
-      for (index_t r = 0; r < MR; ++r) {
-        T* dst = rows + r * LDA;
-        if (r >= nr) {  // past the last row of w: zeros, whose sums are never stored
-          std::fill_n(dst, kc, T(0));
-          continue;
-        }
-        const S* src = w.row(j + r) + k0;
-#if defined(__GNUC__)
-        // Addresses as integers: the distance may run past the end of w, where a pointer may not point.
-        const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(src) + panel_prefetch_bytes;
-        for (std::uintptr_t o = 0; o < static_cast<std::uintptr_t>(kc) * sizeof(S); o += 64)
-          __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 3);
-#endif
-        widen_n<T, S>(src, kc, dst);
-      }
-      micro_kernel<T, MR, 1, LDA>(kc, rows, panel + k0 * L, L, tile, L, L,
-                                  epilogue<T>{T(1), k0 == 0 ? T(0) : T(1), nullptr});
+    bool in_place = false;
+    if constexpr (std::is_same_v<S, T>) {
+      in_place = nr == MR;
+      if (in_place) panel_tile_in_place<T, MR>(w.row(j), w.ld, panel, K, tile);
     }
+    if (!in_place) panel_tile_widened<T, S, MR, LDA>(w.row(j), w.ld, nr, panel, K, rows, tile);
     for (index_t r = 0; r < nr; ++r)
       for (index_t m = 0; m < M; ++m) {
         T* p = y.row(m) + j + r;
