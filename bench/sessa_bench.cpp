@@ -23,6 +23,9 @@
 // step so the caches hold what they held before, then the run):
 // fraction_of_bandwidth_bound is the median over runs of the run's read rate over its own stream read, since
 // a shared machine's bandwidth moves within seconds (stream_gbps: the median stream; _min / _max the spread).
+// With --batch > 1 a step also does batch times the FLOPs on nearly the same bytes, so it can be bound by the FMA
+// rate instead: the in-run sgemm (sgemm_gflops, after the timed runs) gives compute_bound_seconds_per_token, and
+// fraction_of_roofline is the larger of the two bounds over the measured step (batch 1: null, the stream decides).
 // Memory: peak_rss_bytes is the process high-water mark (getrusage) taken right after the timed runs, before
 // the yardsticks allocate their own buffers (except decode's probe, allocated first and so in both figures);
 // it includes the binary, the runtime and the weights (rss_baseline_bytes is the resident size just before the
@@ -716,6 +719,12 @@ int cmd_decode(const options& o) {
     };
     const double stream = median(streams), fraction = median(fractions);
     const double ideal = bytes / (stream * 1e9);
+    // A batch's step does batch times the FLOPs on nearly the same bytes, so from some batch on it is bound by the
+    // FMA rate, not the stream: the in-run sgemm rate stands for that rate (the roofline's other side; CPU, batch > 1).
+    const double flops_per_step = static_cast<double>(c.layers) * decode_flops(cfg, t_mean, c.batch);
+    const sessa_bench::sgemm_figure yard =
+        paired && c.batch > 1 ? inrun_sgemm_figure(c) : sessa_bench::sgemm_figure{};
+    const double compute_bound = flops_per_step / (yard.gflops * 1e9);
 
     json_line j;
     j.str("work", "decode").integer("context", context).integer("steps", steps);
@@ -726,7 +735,7 @@ int cmd_decode(const options& o) {
         .num("seconds_per_token", per_step)
         .num("ms_per_token", per_step * 1e3)
         .num("tokens_per_s", static_cast<double>(c.batch) / per_step)
-        .num("gflops", static_cast<double>(c.layers) * decode_flops(cfg, t_mean, c.batch) / per_step * 1e-9, 5)
+        .num("gflops", flops_per_step / per_step * 1e-9, 5)
         .num("bytes_per_step", bytes, 8)
         .num("bytes_per_token", bytes / static_cast<double>(c.batch), 8)
         .num("gbps", bytes / per_step * 1e-9, 5)
@@ -738,6 +747,10 @@ int cmd_decode(const options& o) {
         .num("fraction_min", fractions.empty() ? nan_v : *std::min_element(fractions.begin(), fractions.end()), 4)
         .num("fraction_max", fractions.empty() ? nan_v : *std::max_element(fractions.begin(), fractions.end()), 4)
         .num("time_over_ideal", 1.0 / fraction, 4)
+        .num("sgemm_gflops", yard.gflops, 5)
+        .str("sgemm_core", yard.core)
+        .num("compute_bound_seconds_per_token", compute_bound)
+        .num("fraction_of_roofline", std::max(ideal, compute_bound) / per_step, 4)
         .num("validated_max_rel_diff", rel, 3)
         .integer("peak_rss_bytes", rss_peak)
         .integer("rss_baseline_bytes", rss_base)

@@ -373,6 +373,11 @@ TEMPLATE_TEST_CASE("linear matches a double loop with 1 and 2 threads", "[gemm][
   CHECK(simd::gemm_detail::use_panel<float, float>(8) == simd::gemm_detail::has_panel_path<float, float>);
   CHECK_FALSE(simd::gemm_detail::use_panel<float, float>(7));
   CHECK_FALSE(simd::gemm_detail::use_panel<double, double>(16));
+  CHECK(simd::gemm_detail::use_panel<float, sessa::bfloat16>(12) == simd::gemm_detail::has_panel_path<float, float>);
+  CHECK_FALSE(simd::gemm_detail::use_panel<float, sessa::bfloat16>(11));
+  CHECK(simd::gemm_detail::use_panel<float, sessa::float16>(16) == simd::gemm_detail::has_panel_path<float, float>);
+  CHECK_FALSE(simd::gemm_detail::use_panel<float, sessa::float16>(15));
+  CHECK_FALSE(simd::gemm_detail::use_panel<float, sessa::q8_0>(16));
   // Both linear() paths are among the shapes: the dot-product tiles (decode) and the packed GEMM.
   CHECK(simd::gemm_detail::use_dot(16, 800));
   CHECK(simd::gemm_detail::use_dot(1, 1));
@@ -406,7 +411,9 @@ TEMPLATE_TEST_CASE("linear with bf16 / f16 / q8_0 weights matches the product of
   // widening each panel (full and partial panels, K slices beyond KC, row blocks beyond MC).
   const shape shapes[] = {
       {1, 1, 1},    {1, 37, 64},  {1, 9, P::W + 3}, {2, 64, 200},  {3, 17, 100},  {7, 9, 1000}, {16, 67, 800},
-      {16, 9, 1000}, {12, 13, 700},  // the panel path's sizes (f16 at 16 rows on AVX-512; the dot tiles elsewhere)
+      // the panel path's sizes (on AVX-512: f16 from 16 rows, bf16 from 12; the dot tiles elsewhere): whole and
+      // partial tiles of w rows, K tails past the last cache line, odd K (bf16's last weight alone)
+      {16, 9, 1000}, {12, 13, 700}, {16, 17, 769}, {12, 8, 801}, {13, 25, 640}, {15, 3, 1099},
       {11, 63, 577}, {17, 64, 64}, {P::MR + 1, P::NR + 1, P::KC + 1}, {37, 100, 2 * P::KC + 1},
       {2 * P::MC + 3, 3 * P::NR - 1, 40}, {100, 37, 50},
   };

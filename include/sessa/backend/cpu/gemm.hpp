@@ -24,7 +24,7 @@
 //     one row) are streamed once, the next ones prefetched, for all rows of x, as 4 x 4 (1 x 8) blocks of
 //     dot products along K, reduced across lanes with one shuffle tree per W results. One row of x against
 //     short rows (K <= 8 W: a decode step's attention scores) runs as one loop over blocks of W rows
-//     (dot_row_run), one full shuffle tree per block. From 8 rows of x (a batch's step; float on AVX-512, use_panel)
+//     (dot_row_run), one full shuffle tree per block. From 8-16 rows of x (a batch's step; float on AVX-512, use_panel)
 //     the panel path instead: x transposed once into a (K, 16) panel, each weight broadcast into an FMA with its
 //     line (panel_dot).
 //   * linear() splits the M x N tile space over OpenMP threads (each thread packs its own panels into
@@ -843,30 +843,45 @@ SESSA_UNROLL(16)
 /// Several rows of x (a batch's decode step): the dot tiles' 4 x 4 products re-read the rows of x from L2 for every
 /// block of w, four loads per sixteen FMAs, and ran float32 weights at a third of the GEMM rate with 16 rows. The
 /// panel path turns the product around: x is transposed once per call into a (K, W) panel (the batch rows in the
-/// lanes, lanes past M zero), and each tile of panel_rows rows of w runs through the packed GEMM's micro-kernel as
-/// its broadcast operand: one load of the panel per panel_rows FMAs, no lane reductions, every weight read once
-/// from memory. Whole tiles of float weights are read in place (panel_tile_in_place); f16 weights, and a last tile
-/// of fewer rows, are widened or copied panel_chunk values at a time into an L1 block, the micro-kernel's a operand
-/// (panel_tile_widened). Rows are prefetched panel_prefetch_bytes ahead. Sums run along K in order, so a row's
-/// results agree with the same row through the dot tiles within rounding, not to the bit.
-/// Where it runs (use_panel): float compute on AVX-512 with float or f16 weights, from panel_min_rows rows of x to
-/// W. Its time hardly depends on M (the lanes past M are computed too), so with few rows the dot tiles are as fast,
-/// and bf16 / q8_0 weights, which the dot tiles widen in registers, gained nothing (the copy into L1 costs what the
-/// dot tiles lose). Measured on Zen 5, `gemm_bench --shape M,4096,4096 --threads 2` (docs/PERFORMANCE.md), GFLOP/s
-/// before -> after: float32 weights 16 rows 145-151 -> 236-300, 12 rows 78-137 -> 186-233, 10 rows 114-138 ->
-/// 167-184, 8 rows 116-119 -> 143-155, 6 rows 95-99 -> 101-112 (not taken); f16 16 rows 231-233 -> 263-267, 12
-/// rows slower (220-231 -> 122-189).
+/// lanes, lanes past M zero), and each tile of panel_rows rows of w multiplies it with one broadcast weight per FMA:
+/// one load of the panel per panel_rows FMAs, no lane reductions, every weight read once from memory. Whole tiles of
+/// float weights are read in place (panel_tile_in_place), whole tiles of bf16 weights widened in registers
+/// (panel_tile_bf16); f16 weights, and a last tile of fewer rows, are widened or copied panel_chunk values at a time
+/// into an L1 block that the packed GEMM's micro-kernel reads as its broadcast operand (panel_tile_widened). Rows are
+/// prefetched panel_prefetch_bytes ahead. Sums run along K (bf16: even and odd weights apart), so a row's results
+/// agree with the same row through the dot tiles within rounding, not to the bit.
+/// Where it runs (use_panel): float compute on AVX-512 with float, bf16 or f16 weights, from panel_min_rows rows of
+/// x to W. Its time hardly depends on M (the lanes past M are computed too), so with few rows the dot tiles are as
+/// fast; q8_0 weights stay on the dot tiles. Measured on Zen 5, `gemm_bench --shape M,4096,4096 --threads 2`
+/// (docs/PERFORMANCE.md), GFLOP/s before -> after: float32 weights 16 rows 145-151 -> 236-300, 12 rows 78-137 ->
+/// 186-233, 10 rows 114-138 -> 167-184, 8 rows 116-119 -> 143-155, 6 rows 95-99 -> 101-112 (not taken); bf16 16
+/// rows 130-202 -> 327-331, 12 rows 226-241 -> 253-268, 8 rows 203-210 -> 166-171 (not taken); f16 16 rows
+/// 231-233 -> 263-267, 12 rows slower (220-231 -> 122-189).
 template <class S>
-inline constexpr index_t panel_min_rows = std::is_same_v<S, float> ? 8 : 16;
+inline constexpr index_t panel_min_rows = std::is_same_v<S, float> ? 8 : std::is_same_v<S, bfloat16> ? 12 : 16;
 inline constexpr int panel_rows = 8;            // rows of w per tile (8 measured ahead of 14: fewer streams)
 inline constexpr index_t panel_chunk = 64;      // values of each row per copy (a multiple of every batch width)
 inline constexpr index_t panel_prefetch_bytes = 1024;
 template <class T, class S>
 inline constexpr bool has_panel_path = vector_registers >= 32 && std::is_same_v<T, float> && blocking<T>::W == 16 &&
-                                       (std::is_same_v<S, float> || std::is_same_v<S, float16>);
+                                       (std::is_same_v<S, float> || std::is_same_v<S, float16> ||
+                                        std::is_same_v<S, bfloat16>);
 template <class T, class S>
 inline constexpr bool use_panel(index_t M) noexcept {
   return has_panel_path<T, S> && M >= panel_min_rows<S> && M <= blocking<T>::W;
+}
+
+/// Prefetches the MR rows of a tile (row stride ld bytes) at byte offset `at` + panel_prefetch_bytes. Addresses
+/// are computed as integers: the distance may run past the end of w, where a pointer may not point.
+template <int MR>
+inline void prefetch_tile_rows([[maybe_unused]] const void* w, [[maybe_unused]] index_t ld,
+                               [[maybe_unused]] index_t at) noexcept {
+#if defined(__GNUC__)
+  const std::uintptr_t base = reinterpret_cast<std::uintptr_t>(w) + panel_prefetch_bytes + static_cast<std::uintptr_t>(at);
+SESSA_UNROLL(16)
+  for (int r = 0; r < MR; ++r)
+    __builtin_prefetch(reinterpret_cast<const void*>(base + static_cast<std::uintptr_t>(r) * static_cast<std::uintptr_t>(ld)), 0, 3);
+#endif
 }
 
 /// tile (MR, W) = w (MR rows, stride ldw, stored as T) against the panel (K, W), reading w in place: each weight
@@ -885,23 +900,61 @@ SESSA_UNROLL(16)
 SESSA_UNROLL(16)
     for (int r = 0; r < MR; ++r) acc[r] = xsimd::fma(batch(w[r * ldw + k]), xv, acc[r]);
   };
-  // Prefetch addresses as integers: the distance may run past the end of w, where a pointer may not point.
-  [[maybe_unused]] const std::uintptr_t pf = reinterpret_cast<std::uintptr_t>(w) + panel_prefetch_bytes;
-  [[maybe_unused]] const std::uintptr_t pf_ld = static_cast<std::uintptr_t>(ldw) * sizeof(T);
   index_t k = 0;
   for (; k + line <= K; k += line) {
-#if defined(__GNUC__)
-SESSA_UNROLL(16)
-    for (int r = 0; r < MR; ++r)
-      __builtin_prefetch(reinterpret_cast<const void*>(pf + static_cast<std::uintptr_t>(r) * pf_ld +
-                                                       static_cast<std::uintptr_t>(k) * sizeof(T)), 0, 3);
-#endif
+    prefetch_tile_rows<MR>(w, ldw * static_cast<index_t>(sizeof(T)), k * static_cast<index_t>(sizeof(T)));
 SESSA_UNROLL(16)
     for (index_t kk = k; kk < k + line; ++kk) step(kk);
   }
   for (; k < K; ++k) step(k);
 SESSA_UNROLL(16)
   for (int r = 0; r < MR; ++r) acc[r].store_aligned(tile + r * W);
+}
+
+/// tile (MR, 16) = w (MR rows, stride ldw, bf16) against the float panel (K, 16), widening in registers: each pair of
+/// weights is one 32-bit broadcast, shifted into the even weight and masked into the odd one (bf16 is the top half
+/// of a float), two FMAs with the panel's lines k and k + 1 into separate even and odd sums; an odd K ends with one
+/// widened weight. The rows are prefetched panel_prefetch_bytes ahead once per cache line. (Against the dot tiles,
+/// which widen in registers too but re-read x, one Zen 5 core ran 16 x 4096 x 4096 at 167-181 GFLOP/s instead of
+/// 117; the copy into L1 of panel_tile_widened gained nothing.)
+template <int MR>
+inline void panel_tile_bf16(const bfloat16* SESSA_RESTRICT w, index_t ldw, const float* SESSA_RESTRICT panel,
+                            index_t K, float* SESSA_RESTRICT tile) {
+#if defined(__AVX512F__)
+  constexpr index_t W = 16, line = 32;  // lanes of the panel; bf16 values per cache line
+  __m512 even[MR], odd[MR];
+SESSA_UNROLL(16)
+  for (int r = 0; r < MR; ++r) even[r] = odd[r] = _mm512_setzero_ps();
+  const __m512i high = _mm512_set1_epi32(-65536);
+  const auto pair = [&](index_t k) {
+    const __m512 xe = _mm512_load_ps(panel + k * W), xo = _mm512_load_ps(panel + (k + 1) * W);
+SESSA_UNROLL(16)
+    for (int r = 0; r < MR; ++r) {
+      std::int32_t two;  // weights k (low half) and k + 1 (high half) of row r
+      std::memcpy(&two, w + r * ldw + k, sizeof two);
+      const __m512i p = _mm512_set1_epi32(two);
+      even[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, p, 16)), xe, even[r]);
+      odd[r] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_maskz_and_epi32(0xFFFF, p, high)), xo, odd[r]);
+    }
+  };
+  index_t k = 0;
+  for (; k + line <= K; k += line) {
+    prefetch_tile_rows<MR>(w, ldw * static_cast<index_t>(sizeof(bfloat16)), k * static_cast<index_t>(sizeof(bfloat16)));
+SESSA_UNROLL(16)
+    for (index_t kk = k; kk < k + line; kk += 2) pair(kk);
+  }
+  for (; k + 2 <= K; k += 2) pair(k);
+  if (k < K) {  // odd K: the last weight of each row alone
+    const __m512 xe = _mm512_load_ps(panel + k * W);
+SESSA_UNROLL(16)
+    for (int r = 0; r < MR; ++r) even[r] = _mm512_fmadd_ps(_mm512_set1_ps(static_cast<float>(w[r * ldw + k])), xe, even[r]);
+  }
+SESSA_UNROLL(16)
+  for (int r = 0; r < MR; ++r) _mm512_store_ps(tile + r * W, _mm512_add_ps(even[r], odd[r]));
+#else
+  (void)w, (void)ldw, (void)panel, (void)K, (void)tile;
+  static_assert(MR < 0, "panel_tile_bf16: AVX-512 only (has_panel_path)");
+#endif
 }
 
 /// tile (MR, W) = the nr <= MR rows of w (stride ldw, stored as S) against the panel (K, W), through an L1 block
@@ -920,7 +973,7 @@ inline void panel_tile_widened(const S* w, index_t ldw, index_t nr, const T* pan
       }
       const S* src = w + r * ldw + k0;
 #if defined(__GNUC__)
-      const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(src) + panel_prefetch_bytes;  // see above
+      const std::uintptr_t at = reinterpret_cast<std::uintptr_t>(src) + panel_prefetch_bytes;  // as in prefetch_tile_rows
       for (std::uintptr_t o = 0; o < static_cast<std::uintptr_t>(kc) * sizeof(S); o += 64)
         __builtin_prefetch(reinterpret_cast<const void*>(at + o), 0, 3);
 #endif
@@ -951,6 +1004,9 @@ inline void panel_dot(cmatrix<T> x, cmatrix<S> w, matrix<T> y, const epilogue<T>
     if constexpr (std::is_same_v<S, T>) {
       in_place = nr == MR;
       if (in_place) panel_tile_in_place<T, MR>(w.row(j), w.ld, panel, K, tile);
+    } else if constexpr (std::is_same_v<S, bfloat16>) {
+      in_place = nr == MR;
+      if (in_place) panel_tile_bf16<MR>(w.row(j), w.ld, panel, K, tile);
     }
     if (!in_place) panel_tile_widened<T, S, MR, LDA>(w.row(j), w.ld, nr, panel, K, rows, tile);
     for (index_t r = 0; r < nr; ++r)
