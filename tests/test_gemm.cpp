@@ -11,6 +11,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -204,6 +205,16 @@ std::vector<index_t> edge_sizes() {
   return {0, 1, 2, 3, 5, P::W - 1, P::W + 1, P::MR - 1, P::MR, P::MR + 1, P::NR - 1, P::NR, P::NR + 1, 37, 64};
 }
 
+/// f(std::integral_constant<b_layout, L>{}) with L = nk when nt (b stored (N, K)), else kn (b stored (K, N)).
+template <class F>
+void with_layout(bool nt, F&& f) {
+  using simd::gemm_detail::b_layout;
+  if (nt)
+    f(std::integral_constant<b_layout, b_layout::nk>{});
+  else
+    f(std::integral_constant<b_layout, b_layout::kn>{});
+}
+
 /// Restores the thread count when a test section ends.
 struct thread_guard {
   int saved = sessa::num_threads();
@@ -297,17 +308,13 @@ TEMPLATE_TEST_CASE("an operand packed once (pack_whole_b) gives the products of 
       const index_t panels = gd::panels<T>(N), mid = panels / 2;
       const T alpha = n % 2 ? T(0.5) : T(1), beta = n % 3 == 0 ? T(0) : T(1);
       CAPTURE(nt, M, N, K, alpha, beta);
-      if (nt) {
-        gd::pack_whole_b<T, gd::b_layout::nk>(b.c(), packed.data(), mid, panels);
-        gd::pack_whole_b<T, gd::b_layout::nk>(b.c(), packed.data(), 0, mid);
-        gd::gemm_blocked<T, gd::b_layout::nk>(a.c(), b.c(), want.view, alpha, beta, nullptr);
-        gd::gemm_blocked<T, gd::b_layout::nk>(a.c(), cmatrix<T>{}, got.view, alpha, beta, nullptr, packed.data());
-      } else {
-        gd::pack_whole_b<T, gd::b_layout::kn>(b.c(), packed.data(), mid, panels);
-        gd::pack_whole_b<T, gd::b_layout::kn>(b.c(), packed.data(), 0, mid);
-        gd::gemm_blocked<T, gd::b_layout::kn>(a.c(), b.c(), want.view, alpha, beta, nullptr);
-        gd::gemm_blocked<T, gd::b_layout::kn>(a.c(), cmatrix<T>{}, got.view, alpha, beta, nullptr, packed.data());
-      }
+      with_layout(nt, [&](auto layout) {
+        constexpr gd::b_layout L = decltype(layout)::value;
+        gd::pack_whole_b<T, L>(b.c(), packed.data(), mid, panels);
+        gd::pack_whole_b<T, L>(b.c(), packed.data(), 0, mid);
+        gd::gemm_blocked<T, L>(a.c(), b.c(), want.view, alpha, beta, nullptr);
+        gd::gemm_blocked<T, L>(a.c(), cmatrix<T>{}, got.view, alpha, beta, nullptr, packed.data());
+      });
       index_t differ = 0;
       for (index_t i = 0; i < M; ++i)
         for (index_t j = 0; j < N; ++j) differ += !(got.view(i, j) == want.view(i, j));
@@ -333,17 +340,13 @@ TEST_CASE("an operand packed once may be stored as bfloat16: widened as it is pa
     std::vector<float> packed(static_cast<std::size_t>(gd::packed_b_values<float>(K, N)));
     strided<float> want(M, N, 0, 0, gen), got(M, N, 0, 0, gen);
     CAPTURE(nt);
-    if (nt) {
-      gd::pack_whole_b<float, gd::b_layout::nk, sessa::bfloat16>(cmatrix<sessa::bfloat16>(bs.data(), rows, cols),
-                                                                 packed.data(), 0, gd::panels<float>(N));
-      gd::gemm_blocked<float, gd::b_layout::nk>(a.c(), cmatrix<float>(bw.data(), rows, cols), want.view, 1.f, 0.f, nullptr);
-      gd::gemm_blocked<float, gd::b_layout::nk>(a.c(), cmatrix<float>{}, got.view, 1.f, 0.f, nullptr, packed.data());
-    } else {
-      gd::pack_whole_b<float, gd::b_layout::kn, sessa::bfloat16>(cmatrix<sessa::bfloat16>(bs.data(), rows, cols),
-                                                                 packed.data(), 0, gd::panels<float>(N));
-      gd::gemm_blocked<float, gd::b_layout::kn>(a.c(), cmatrix<float>(bw.data(), rows, cols), want.view, 1.f, 0.f, nullptr);
-      gd::gemm_blocked<float, gd::b_layout::kn>(a.c(), cmatrix<float>{}, got.view, 1.f, 0.f, nullptr, packed.data());
-    }
+    with_layout(nt, [&](auto layout) {
+      constexpr gd::b_layout L = decltype(layout)::value;
+      gd::pack_whole_b<float, L, sessa::bfloat16>(cmatrix<sessa::bfloat16>(bs.data(), rows, cols), packed.data(), 0,
+                                                  gd::panels<float>(N));
+      gd::gemm_blocked<float, L>(a.c(), cmatrix<float>(bw.data(), rows, cols), want.view, 1.f, 0.f, nullptr);
+      gd::gemm_blocked<float, L>(a.c(), cmatrix<float>{}, got.view, 1.f, 0.f, nullptr, packed.data());
+    });
     index_t differ = 0;
     for (index_t i = 0; i < M; ++i)
       for (index_t j = 0; j < N; ++j) differ += !(got.view(i, j) == want.view(i, j));
