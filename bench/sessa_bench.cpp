@@ -25,7 +25,8 @@
 // a shared machine's bandwidth moves within seconds (stream_gbps: the median stream; _min / _max the spread).
 // With --batch > 1 a step also does batch times the FLOPs on nearly the same bytes, so it can be bound by the FMA
 // rate instead: the in-run sgemm (sgemm_gflops, after the timed runs) gives compute_bound_seconds_per_token, and
-// fraction_of_roofline is the larger of the two bounds over the measured step (batch 1: null, the stream decides).
+// fraction_of_roofline is the larger of the two bounds over the measured step (without a compute figure, at batch 1
+// or without OpenBLAS, the streaming bound alone: ideal_seconds_per_token over the step, null without a stream).
 // Memory: peak_rss_bytes is the process high-water mark (getrusage) taken right after the timed runs, before
 // the yardsticks allocate their own buffers (except decode's probe, allocated first and so in both figures);
 // it includes the binary, the runtime and the weights (rss_baseline_bytes is the resident size just before the

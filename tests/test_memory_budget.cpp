@@ -156,6 +156,43 @@ TEST_CASE("what a request allocates stays within its plan", "[budget]") {
   CHECK(g2 <= static_cast<std::int64_t>(p2.total()) + thread_allowance);
 }
 
+TEST_CASE("a plan counts the kernels' tiles at the tile sizes set now", "[budget]") {
+  // Long feedback blocks and key tiles (flash_params) make the kernels' scratch far larger than at the default
+  // tiles: a feedback block of 2048 rows holds 2048 x 2050 values per sequence (16 MiB, 33 MiB for two); the plans
+  // must count them, or a request passes a limit it then exceeds.
+  const backend::simd::flash_tuning saved = backend::simd::flash_params;
+  struct restore {
+    backend::simd::flash_tuning p;
+    ~restore() { backend::simd::flash_params = p; }
+  } guard{saved};
+  const layer_config lc{32, 4, 2, true, 0.9, 1e-5};
+  const layer<float, backend::cpu> L(lc, random_layer_weights<float>(lc, 9));
+  const tensor<float> x = test::random_tensor<float>({2, 600, 32}, 10);
+  (void)L.forward(test::random_tensor<float>({1, 8, 32}, 11));  // the per-thread buffers, at the default tiles
+  const auto plan_default = L.forward_plan(2, 600, 600, true);
+  backend::simd::flash_params.fb_block = 2048;
+  backend::simd::flash_params.key_tile = 1024;
+  const auto plan = L.forward_plan(2, 600, 600, true);
+  CAPTURE(plan_default.total(), plan.total());
+  CHECK(plan.total() > plan_default.total() + std::uint64_t{2} * 2000 * 2000 * sizeof(float));
+  const std::int64_t grew = peak_growth([&] { (void)L.forward(x); });
+  CAPTURE(grew);
+  CHECK(grew <= static_cast<std::int64_t>(plan.total()) + thread_allowance);
+  CHECK(grew >= static_cast<std::int64_t>(plan.total()) / 2);
+
+  const decoder_config dc{lc, 300, 1, false};
+  const decoder<float, backend::cpu> M(dc, random_decoder_weights<float>(dc, 12));
+  const tensor<std::int64_t> tokens = test::random_tokens(2, 600, 300, 13);
+  const auto dplan = M.forward_plan(2, 600, 600, logits_for::all, true, true);
+  const std::int64_t dgrew = peak_growth([&] { (void)M.forward(tokens); });
+  CAPTURE(dgrew, dplan.total());
+  CHECK(dgrew <= static_cast<std::int64_t>(dplan.total()) + thread_allowance);
+  {
+    limit l(dplan.total() - 1);  // refused before it allocates, naming the tiles
+    CHECK_THROWS_WITH(M.forward(tokens), Catch::Contains("kernel packed tiles"));
+  }
+}
+
 TEST_CASE("loading is planned too: the file's bytes and the weights", "[budget][io][errors]") {
   const decoder_config cfg{{32, 4, 2, true, 0.9, 1e-5}, 2000, 2, false};
   const auto dir = std::filesystem::temp_directory_path() / "sessa_test_memory_budget";

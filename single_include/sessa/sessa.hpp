@@ -1297,6 +1297,10 @@ struct context {
 //   embed(ctx, cmatrix<W,S> table, pointer<const std::int64_t,S> tokens, matrix<T,S> h)
 //       h row r = table row tokens[r] (the ids are already checked to lie in [0, table.rows)).
 //
+// Optional: packed_tile_values<T, C>(const layer_config& c, index_t batch, index_t n, index_t capacity), the values
+// of T the kernels take from ctx.scratch for tiles shared by a pass of n tokens per sequence, which the memory plans
+// count (model/layer.hpp: kernel_tile_values; kernels<cpu> has it, others are planned at the cpu's default tiles).
+//
 // Rows of a chunk are batch-major: row b * n + i is token i of sequence b, at absolute position pos0 + i. The
 // chunk's keys, values and feedback keys are in the cache (append_cache) before attention and feedback run.
 // A kernel may run inside an enclosing OpenMP parallel region; kernels that need scratch take it from
@@ -4909,6 +4913,31 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   });
 }
 
+/// Values of T that attention() and feedback() take from the scratch arena for a pass of n tokens per sequence
+/// (batch sequences, a cache of `capacity` tokens stored as C) beyond the per-row figures the model plans for
+/// (model/layer.hpp: kernel_row_values), at the tiles of `tp`: the attention's key and value tiles packed once for a
+/// kv head (slot 3; at most every tile of the cache), and per sequence the feedback's diagonal block (p, alpha, coef),
+/// with a narrow cache its widened k_b and s rows, and with many rows its k_b and s packed once (slot 2). The
+/// memory plan's "kernel packed tiles" (model/layer.hpp), so a plan stays an upper bound whatever flash_params holds.
+template <scalar T, class C>
+index_t packed_tile_values(const layer_config& c, index_t batch, index_t n, index_t capacity,
+                           const flash_tuning& tp = flash_params) noexcept {
+  namespace gd = gemm_detail;
+  constexpr index_t NR = gd::blocking<T>::NR;
+  const index_t D = c.d_model, d = c.head_dim(), g = c.group_size();
+  index_t values = 0;
+  const index_t rows_max = std::min(n, std::max<index_t>(1, tp.query_rows / g)) * g;
+  if (tp.pack_once && rows_max > gd::small_m_rows) {
+    const index_t Bk = flash_detail::pass_tile<T>(rows_max, d, tp);
+    values += (capacity + Bk - 1) / Bk * (gd::packed_b_values<T>(d, gd::round_up(Bk, NR)) + gd::packed_b_values<T>(Bk, d));
+  }
+  const index_t Bk = std::max<index_t>(1, tp.fb_block);
+  index_t per_sequence = Bk * (Bk + 2) + (std::is_same_v<T, C> ? 0 : 2 * std::min(Bk, n) * D);
+  if (tp.pack_once && n > gd::small_m_rows && 2 * D >= gd::blocking<T>::KC)
+    per_sequence += gd::packed_b_values<T>(D, gd::round_up(Bk, NR)) + gd::packed_b_values<T>(Bk, D);
+  return values + batch * per_sequence + static_cast<index_t>(64 / sizeof(T));  // + the cache-line rounding
+}
+
 /// Transposed feedback solve, kernels<reference>::feedback_transposed's contract: out = (I - Gamma A)^{-T} g over
 /// the chunk's rows, backward in time, without a T x T matrix. The probabilities of row t are
 /// alpha_{t,j} = exp(S_tj - m_t) / l_t with S = qb kb^T / sqrt D; the transposed solve needs them by column, so
@@ -5076,6 +5105,13 @@ struct kernels<cpu> : kernels<reference> {
   static void attention(context<cpu>& ctx, const A& variant, const layer_config& c, cmatrix<T> q,
                         cache_view<const C> cache, index_t pos0, index_t n, matrix<T> out) {
     simd::attention(variant, c, q, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
+  }
+
+  /// Values of T the attention and feedback kernels take from ctx.scratch for packed tiles in a pass of n tokens per
+  /// sequence, at the current flash_params (simd::packed_tile_values): what a forward call's memory plan counts.
+  template <scalar T, class C>
+  static index_t packed_tile_values(const layer_config& c, index_t batch, index_t n, index_t capacity) noexcept {
+    return simd::packed_tile_values<T, C>(c, batch, n, capacity);
   }
 
   /// Feedback solve (blocked, feedback.hpp); same contract as kernels<reference>::feedback.
@@ -5655,12 +5691,20 @@ inline void check_activation_shape(const shape_t& s, index_t D, const char* what
 /// stride of at most 2 D + 16). Planned for every backend: an upper bound.
 inline constexpr index_t kernel_row_values(index_t D) noexcept { return D + 2 + (D >= 128 ? 2 * D + 16 : 0); }
 
-/// Values of the cpu kernels' key and value tiles packed once for many rows (backend/cpu attention.hpp, feedback.hpp;
-/// at the default tiles of 128 keys, GEMM panels of at most 32 columns), that a pass of n > 16 tokens per sequence plans
-/// for: one kv head's tiles of up to `capacity` keys, and one feedback block per sequence. Planned for every backend.
-inline constexpr index_t kernel_tile_values(const layer_config& c, index_t batch, index_t n, index_t capacity) noexcept {
-  if (n <= 16) return 0;
-  return (capacity + 128) * (2 * c.head_dim() + 31) + batch * 128 * (2 * c.d_model + 31);
+/// Values of T of the kernels' tiles packed once for many rows that a pass of n tokens per sequence plans for (cache
+/// values C): the backend's own figure where its kernel set gives one (kernels<cpu>::packed_tile_values, from the
+/// tiles flash_params holds now); otherwise the cpu kernels' figure at their default tiles of 128 keys (GEMM panels of
+/// at most 32 columns) for n > 16: one kv head's key and value tiles of up to `capacity` keys, and one feedback block
+/// per sequence.
+template <backend_tag Backend, class T, class C>
+index_t kernel_tile_values(const layer_config& c, index_t batch, index_t n, index_t capacity) noexcept {
+  using K = backend::kernels<Backend>;
+  if constexpr (requires { K::template packed_tile_values<T, C>(c, batch, n, capacity); }) {
+    return K::template packed_tile_values<T, C>(c, batch, n, capacity);
+  } else {
+    if (n <= 16) return 0;
+    return (capacity + 128) * (2 * c.head_dim() + 31) + batch * 128 * (2 * c.d_model + 31);
+  }
 }
 }  // namespace detail
 
@@ -5862,7 +5906,7 @@ class layer {
     p.add("workspace", workspace_type::bytes(cfg_, rows, capacity), 1);
     if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(scalar_type));
     p.add("kernel row states", u(rows) * u(detail::kernel_row_values(D)), sizeof(scalar_type));
-    if (const index_t tiles = detail::kernel_tile_values(cfg_, batch, std::min(n, prefill_block), capacity); tiles > 0)
+    if (const index_t tiles = detail::kernel_tile_values<Backend, scalar_type, cache_t<P>>(cfg_, batch, std::min(n, prefill_block), capacity); tiles > 0)
       p.add("kernel packed tiles", u(tiles), sizeof(scalar_type));
     return p;
   }
@@ -6095,7 +6139,7 @@ class decoder {
     p.add("layer workspace", workspace<T, Backend>::bytes(cfg_.layer, pass_rows, capacity), 1);
     if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(T));
     p.add("kernel row states", u(pass_rows) * u(detail::kernel_row_values(D)), sizeof(T));
-    if (const index_t tiles = detail::kernel_tile_values(cfg_.layer, batch, std::min(n, prefill_block), capacity); tiles > 0)
+    if (const index_t tiles = detail::kernel_tile_values<Backend, T, cache_t<P>>(cfg_.layer, batch, std::min(n, prefill_block), capacity); tiles > 0)
       p.add("kernel packed tiles", u(tiles), sizeof(T));
     p.add("head rows", u(std::min(out_rows, prefill_block)) * u(D), sizeof(T));
     if constexpr (!std::is_same_v<space, memory::host>) p.add("token ids on the device", u(rows), sizeof(std::int64_t));

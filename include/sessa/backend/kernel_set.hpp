@@ -39,6 +39,10 @@
 //   embed(ctx, cmatrix<W,S> table, pointer<const std::int64_t,S> tokens, matrix<T,S> h)
 //       h row r = table row tokens[r] (the ids are already checked to lie in [0, table.rows)).
 //
+// Optional: packed_tile_values<T, C>(const layer_config& c, index_t batch, index_t n, index_t capacity), the values
+// of T the kernels take from ctx.scratch for tiles shared by a pass of n tokens per sequence, which the memory plans
+// count (model/layer.hpp: kernel_tile_values; kernels<cpu> has it, others are planned at the cpu's default tiles).
+//
 // Rows of a chunk are batch-major: row b * n + i is token i of sequence b, at absolute position pos0 + i. The
 // chunk's keys, values and feedback keys are in the cache (append_cache) before attention and feedback run.
 // A kernel may run inside an enclosing OpenMP parallel region; kernels that need scratch take it from

@@ -190,7 +190,7 @@ class decoder {
     p.add("layer workspace", workspace<T, Backend>::bytes(cfg_.layer, pass_rows, capacity), 1);
     if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(T));
     p.add("kernel row states", u(pass_rows) * u(detail::kernel_row_values(D)), sizeof(T));
-    if (const index_t tiles = detail::kernel_tile_values(cfg_.layer, batch, std::min(n, prefill_block), capacity); tiles > 0)
+    if (const index_t tiles = detail::kernel_tile_values<Backend, T, cache_t<P>>(cfg_.layer, batch, std::min(n, prefill_block), capacity); tiles > 0)
       p.add("kernel packed tiles", u(tiles), sizeof(T));
     p.add("head rows", u(std::min(out_rows, prefill_block)) * u(D), sizeof(T));
     if constexpr (!std::is_same_v<space, memory::host>) p.add("token ids on the device", u(rows), sizeof(std::int64_t));

@@ -42,12 +42,20 @@ inline void check_activation_shape(const shape_t& s, index_t D, const char* what
 /// stride of at most 2 D + 16). Planned for every backend: an upper bound.
 inline constexpr index_t kernel_row_values(index_t D) noexcept { return D + 2 + (D >= 128 ? 2 * D + 16 : 0); }
 
-/// Values of the cpu kernels' key and value tiles packed once for many rows (backend/cpu attention.hpp, feedback.hpp;
-/// at the default tiles of 128 keys, GEMM panels of at most 32 columns), that a pass of n > 16 tokens per sequence plans
-/// for: one kv head's tiles of up to `capacity` keys, and one feedback block per sequence. Planned for every backend.
-inline constexpr index_t kernel_tile_values(const layer_config& c, index_t batch, index_t n, index_t capacity) noexcept {
-  if (n <= 16) return 0;
-  return (capacity + 128) * (2 * c.head_dim() + 31) + batch * 128 * (2 * c.d_model + 31);
+/// Values of T of the kernels' tiles packed once for many rows that a pass of n tokens per sequence plans for (cache
+/// values C): the backend's own figure where its kernel set gives one (kernels<cpu>::packed_tile_values, from the
+/// tiles flash_params holds now); otherwise the cpu kernels' figure at their default tiles of 128 keys (GEMM panels of
+/// at most 32 columns) for n > 16: one kv head's key and value tiles of up to `capacity` keys, and one feedback block
+/// per sequence.
+template <backend_tag Backend, class T, class C>
+index_t kernel_tile_values(const layer_config& c, index_t batch, index_t n, index_t capacity) noexcept {
+  using K = backend::kernels<Backend>;
+  if constexpr (requires { K::template packed_tile_values<T, C>(c, batch, n, capacity); }) {
+    return K::template packed_tile_values<T, C>(c, batch, n, capacity);
+  } else {
+    if (n <= 16) return 0;
+    return (capacity + 128) * (2 * c.head_dim() + 31) + batch * 128 * (2 * c.d_model + 31);
+  }
 }
 }  // namespace detail
 
@@ -249,7 +257,7 @@ class layer {
     p.add("workspace", workspace_type::bytes(cfg_, rows, capacity), 1);
     if (n > prefill_block && batch > 1) p.add("staging", u(batch) * u(prefill_block) * u(D), sizeof(scalar_type));
     p.add("kernel row states", u(rows) * u(detail::kernel_row_values(D)), sizeof(scalar_type));
-    if (const index_t tiles = detail::kernel_tile_values(cfg_, batch, std::min(n, prefill_block), capacity); tiles > 0)
+    if (const index_t tiles = detail::kernel_tile_values<Backend, scalar_type, cache_t<P>>(cfg_, batch, std::min(n, prefill_block), capacity); tiles > 0)
       p.add("kernel packed tiles", u(tiles), sizeof(scalar_type));
     return p;
   }

@@ -413,6 +413,31 @@ void feedback(const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f
   });
 }
 
+/// Values of T that attention() and feedback() take from the scratch arena for a pass of n tokens per sequence
+/// (batch sequences, a cache of `capacity` tokens stored as C) beyond the per-row figures the model plans for
+/// (model/layer.hpp: kernel_row_values), at the tiles of `tp`: the attention's key and value tiles packed once for a
+/// kv head (slot 3; at most every tile of the cache), and per sequence the feedback's diagonal block (p, alpha, coef),
+/// with a narrow cache its widened k_b and s rows, and with many rows its k_b and s packed once (slot 2). The
+/// memory plan's "kernel packed tiles" (model/layer.hpp), so a plan stays an upper bound whatever flash_params holds.
+template <scalar T, class C>
+index_t packed_tile_values(const layer_config& c, index_t batch, index_t n, index_t capacity,
+                           const flash_tuning& tp = flash_params) noexcept {
+  namespace gd = gemm_detail;
+  constexpr index_t NR = gd::blocking<T>::NR;
+  const index_t D = c.d_model, d = c.head_dim(), g = c.group_size();
+  index_t values = 0;
+  const index_t rows_max = std::min(n, std::max<index_t>(1, tp.query_rows / g)) * g;
+  if (tp.pack_once && rows_max > gd::small_m_rows) {
+    const index_t Bk = flash_detail::pass_tile<T>(rows_max, d, tp);
+    values += (capacity + Bk - 1) / Bk * (gd::packed_b_values<T>(d, gd::round_up(Bk, NR)) + gd::packed_b_values<T>(Bk, d));
+  }
+  const index_t Bk = std::max<index_t>(1, tp.fb_block);
+  index_t per_sequence = Bk * (Bk + 2) + (std::is_same_v<T, C> ? 0 : 2 * std::min(Bk, n) * D);
+  if (tp.pack_once && n > gd::small_m_rows && 2 * D >= gd::blocking<T>::KC)
+    per_sequence += gd::packed_b_values<T>(D, gd::round_up(Bk, NR)) + gd::packed_b_values<T>(Bk, D);
+  return values + batch * per_sequence + static_cast<index_t>(64 / sizeof(T));  // + the cache-line rounding
+}
+
 /// Transposed feedback solve, kernels<reference>::feedback_transposed's contract: out = (I - Gamma A)^{-T} g over
 /// the chunk's rows, backward in time, without a T x T matrix. The probabilities of row t are
 /// alpha_{t,j} = exp(S_tj - m_t) / l_t with S = qb kb^T / sqrt D; the transposed solve needs them by column, so

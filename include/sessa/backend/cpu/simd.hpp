@@ -76,6 +76,13 @@ struct kernels<cpu> : kernels<reference> {
     simd::attention(variant, c, q, cache, pos0, n, out, ctx.scratch, ctx.max_threads());
   }
 
+  /// Values of T the attention and feedback kernels take from ctx.scratch for packed tiles in a pass of n tokens per
+  /// sequence, at the current flash_params (simd::packed_tile_values): what a forward call's memory plan counts.
+  template <scalar T, class C>
+  static index_t packed_tile_values(const layer_config& c, index_t batch, index_t n, index_t capacity) noexcept {
+    return simd::packed_tile_values<T, C>(c, batch, n, capacity);
+  }
+
   /// Feedback solve (blocked, feedback.hpp); same contract as kernels<reference>::feedback.
   template <scalar T, class C>
   static void feedback(context<cpu>& ctx, const layer_config& c, cmatrix<T> qb, const T* gamma, cmatrix<T> f,
