@@ -21,11 +21,11 @@
 //     down an A block); for each MC (168) block of rows, A (MC x KC) is copied row-major with a stride padded
 //     by one cache line (L2-resident). Row blocks and row tiles are near-equal (16 rows = 8 + 8, not 14 + 2).
 //   * small M with a long K (decode: M <= 16, see use_dot): no packing; each R = 4 rows of w (8 when x has
-//     one row) are streamed once, the next ones prefetched, for all rows of x, as 4 x 4 (1 x 8) blocks of
-//     dot products along K, reduced across lanes with one shuffle tree per W results. One row of x against
-//     short rows (K <= 8 W: a decode step's attention scores) runs as one loop over blocks of W rows
-//     (dot_row_run), one full shuffle tree per block. From 8-16 rows of x (a batch's step; float on AVX-512, use_panel)
-//     the panel path instead: x transposed once into a (K, 16) panel, each weight broadcast into an FMA with its
+//     one row) are streamed once (on the hardware prefetchers; q8_0: the next ones prefetched), for all rows of
+//     x, as 4 x 4 (1 x 8) blocks of dot products along K, reduced across lanes with one shuffle tree per W
+//     results. One row of x against short rows (K <= 8 W: a decode step's attention scores) runs as one loop
+//     over blocks of W rows (dot_row_run), one full shuffle tree per block. From 8-16 rows of x (a batch's step;
+//     float on AVX-512, use_panel) the panel path instead: x transposed once into a (K, 16) panel, each weight broadcast into an FMA with its
 //     line (panel_dot).
 //   * linear() splits the M x N tile space over OpenMP threads (each thread packs its own panels into
 //     thread-local, 64-byte aligned buffers that grow once and are reused; the split minimizes padded work
@@ -651,18 +651,19 @@ inline T finish_dot(const epilogue<T>& ep, T s, index_t j, const T* p) {
   return v;
 }
 
-/// How far ahead of its loads a dot-product tile prefetches: for weights stored as T or q8_0, pf (gemm_dot passes
-/// the next block of rows, so short rows still stream at full bandwidth); for bf16 / f16 weights, a fixed distance
-/// ahead in the tile's own rows (pf is then w), 1 KiB. Measured on one Zen 5 core (`gemm_bench --shape
-/// 1,16384,4096 --weights f32,bf16,f16,q8_0 --threads 1`, builds alternated): bf16 25-26 -> 27-28 GB/s, f16
-/// 25-27 -> 28-29, where float32 was 3% slower 1 KiB ahead and q8_0 fell from 31-34 to 19 (its rows are blocks
-/// of 34 bytes, prefetched once per block).
+/// Whether a dot-product tile prefetches: only for q8_0 weights, whose rows of 34-byte blocks it prefetches once per
+/// block in pf (gemm_dot passes the next block of rows; without it one Zen 5 core streamed q8_0 at 13.6 GB/s against
+/// 16.3-17.3). Weights stored as T, bf16 or f16 stream faster on the hardware prefetchers alone: `gemm_bench --shape
+/// 1,16384,4096 --threads 1`, builds alternated three times, float32 19.8-21.4 -> 24.5-26.5 GB/s (the next block
+/// prefetched before), bf16 16.5-18.3 -> 20.7-22.7 and f16 16.8-17.8 -> 21.1-23.9 (1 KiB ahead in their own rows
+/// before), 4 rows of x likewise or better; the 6-layer D = 4096 stack's decode read 0.89-0.94 -> 1.00-1.02 of the
+/// paired stream with float32 weights and 0.84-0.87 -> 0.91-0.97 with bf16 (2 threads).
 template <class T, class S>
-inline constexpr index_t prefetch_ahead_bytes = std::is_same_v<S, T> || is_block_quantized<S> ? 0 : 1024;
+inline constexpr bool dot_prefetches = is_block_quantized<S>;
 
 /// y (MB, R) = epilogue(x (MB, K) w (R, K)^T): MB x R dot products along K in registers, reduced across
 /// lanes at the end (one shuffle tree per W results) plus a scalar K tail. pf (R rows, stride ldw) is prefetched
-/// along the way (prefetch_ahead_bytes). w is stored as S (T, or a narrower type widened in registers as it is
+/// along the way where dot_prefetches. w is stored as S (T, or a narrower type widened in registers as it is
 /// loaded, widen.hpp). With bf16 weights (has_pair_path) x arrives in pair order (widen.hpp: pair_order) and
 /// whole blocks of 2W weights go through load_pairs.
 template <class T, class S, int MB, int R>
@@ -676,10 +677,11 @@ inline void dot_tile(const T* SESSA_RESTRICT x, index_t ldx, const S* SESSA_REST
 SESSA_UNROLL(32)
   for (int i = 0; i < groups * W; ++i) acc[i] = batch(T(0));
   // Prefetch addresses as integers: the distance may run past the end of w, where a pointer may not point.
-  const std::uintptr_t pf0 = reinterpret_cast<std::uintptr_t>(pf) + static_cast<std::uintptr_t>(prefetch_ahead_bytes<T, S>);
+  const std::uintptr_t pf0 = reinterpret_cast<std::uintptr_t>(pf);
   const std::uintptr_t pf_ld = static_cast<std::uintptr_t>(ldw) * sizeof(S);
   [[maybe_unused]] const auto prefetch = [&](index_t offset) {  // offset: in elements of S along each row
 #if defined(__GNUC__)
+    if constexpr (!dot_prefetches<T, S>) return;
     const std::uintptr_t at = pf0 + static_cast<std::uintptr_t>(offset) * sizeof(S);
 SESSA_UNROLL(8)
     for (int r = 0; r < R; ++r) __builtin_prefetch(reinterpret_cast<const void*>(at + static_cast<std::uintptr_t>(r) * pf_ld), 0, 3);
@@ -1043,9 +1045,9 @@ inline void gemm_dot(cmatrix<T> x, cmatrix<S> w, matrix<T> y, const epilogue<T>&
     const index_t r = std::min<index_t>(R, N - j);
     epilogue<T> e = ep;
     if (e.bias) e.bias += j;
-    // The first row tile prefetches the next r rows of w (when there are that many; narrow weights: ahead in
-    // their own rows, prefetch_ahead_bytes), the others re-read.
-    const S* next = prefetch_ahead_bytes<T, S> == 0 && N - (j + r) >= r ? w.row(j + r) : w.row(j);
+    // With q8_0 weights (dot_prefetches) the first row tile prefetches the next r rows of w when there are that
+    // many; the others re-read.
+    const S* next = N - (j + r) >= r ? w.row(j + r) : w.row(j);
     if (M == 1) {
       dot_row_tiles<T, S>[static_cast<std::size_t>(r - 1)](x.row(0), x.ld, w.row(j), w.ld, K, next, y.row(0) + j, y.ld, e);
       continue;
