@@ -64,6 +64,19 @@ class host_model : public Model {
   }
 };
 
+/// Restores the process-wide cpu settings (the default thread count and the tiles and thresholds in
+/// backend::simd::flash_params) when a test or section ends, however it ends (a failed REQUIRE throws).
+struct settings_guard {
+  int threads = num_threads();
+  backend::simd::flash_tuning params = backend::simd::flash_params;
+  settings_guard() = default;
+  settings_guard(const settings_guard&) = delete;
+  settings_guard& operator=(const settings_guard&) = delete;
+  ~settings_guard() {
+    set_num_threads(threads);
+    backend::simd::flash_params = params;
+  }
+};
 
 /// Tolerance relative to max|reference| for a path in working type T.
 template <class T>

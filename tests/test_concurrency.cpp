@@ -176,14 +176,7 @@ TEST_CASE("threads running one model with their own CPU thread counts match seri
   //
   // Tiny tiles and thresholds put these small shapes on the threaded, multi-tile and split-K paths (with
   // OpenMP); flash_params is set before any call and restored after the last, as its contract asks.
-  struct restore {
-    int threads = num_threads();
-    backend::simd::flash_tuning params = backend::simd::flash_params;
-    ~restore() {
-      set_num_threads(threads);
-      backend::simd::flash_params = params;
-    }
-  } guard;
+  const test::settings_guard guard;
   auto& tp = backend::simd::flash_params;
   tp.query_rows = 8;
   tp.key_tile = 4;

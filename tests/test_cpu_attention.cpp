@@ -26,15 +26,7 @@ constexpr double kernel_tol() {
   return std::is_same_v<T, float> ? 1e-4 : 1e-11;
 }
 
-/// Restores threads and tiles when a test section ends.
-struct settings_guard {
-  int threads = num_threads();
-  backend::simd::flash_tuning params = backend::simd::flash_params;
-  ~settings_guard() {
-    set_num_threads(threads);
-    backend::simd::flash_params = params;
-  }
-};
+using test::settings_guard;
 
 /// The cache of compute type T stored as C (C = T, or bfloat16 / float16).
 template <class T, class C>

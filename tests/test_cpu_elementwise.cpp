@@ -14,15 +14,7 @@ namespace {
 using ref = backend::kernels<backend::reference>;
 using cpu = backend::kernels<backend::cpu>;
 
-/// Restores the thread count and the threading threshold when a test ends.
-struct threads_guard {
-  int threads = num_threads();
-  double parallel_flops = backend::simd::flash_params.parallel_flops;
-  ~threads_guard() {
-    set_num_threads(threads);
-    backend::simd::flash_params.parallel_flops = parallel_flops;
-  }
-};
+using threads_guard = test::settings_guard;
 
 template <class T>
 constexpr double tol() {

@@ -173,7 +173,7 @@ TEMPLATE_LIST_TEST_CASE("feedback_transposed equals the explicit (I - Gamma A)^-
     check_transposed_kernel<B>(batch, pos0, n, 6, ++seed);
   if constexpr (std::is_same_v<B, backend::cpu>) {
     // Tiles far smaller than the sequence: many blocks, pushes into earlier rows split over threads.
-    const backend::simd::flash_tuning saved = backend::simd::flash_params;
+    const test::settings_guard guard;
     backend::simd::flash_params.fb_block = 8;
     backend::simd::flash_params.fb_rows = 16;
     backend::simd::flash_params.key_tile = 8;
@@ -183,7 +183,6 @@ TEMPLATE_LIST_TEST_CASE("feedback_transposed equals the explicit (I - Gamma A)^-
       check_transposed_kernel<B>(batch, pos0, n, D, ++seed);
       check_transposed_kernel<B, bfloat16>(batch, pos0, n, D, ++seed);  // the widened k_b tiles
     }
-    backend::simd::flash_params = saved;
   }
   // A bfloat16 / float16 cache: every backend reads its k_b as stored.
   for (const auto& [batch, pos0, n] : {std::tuple<index_t, index_t, index_t>{1, 0, 9}, {2, 13, 17}, {1, 5, 1}}) {

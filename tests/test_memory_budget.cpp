@@ -160,11 +160,7 @@ TEST_CASE("a plan counts the kernels' tiles at the tile sizes set now", "[budget
   // Long feedback blocks and key tiles (flash_params) make the kernels' scratch far larger than at the default
   // tiles: a feedback block of 2048 rows holds 2048 x 2050 values per sequence (16 MiB, 33 MiB for two); the plans
   // must count them, or a request passes a limit it then exceeds.
-  const backend::simd::flash_tuning saved = backend::simd::flash_params;
-  struct restore {
-    backend::simd::flash_tuning p;
-    ~restore() { backend::simd::flash_params = p; }
-  } guard{saved};
+  const test::settings_guard guard;
   const layer_config lc{32, 4, 2, true, 0.9, 1e-5};
   const layer<float, backend::cpu> L(lc, random_layer_weights<float>(lc, 9));
   const tensor<float> x = test::random_tensor<float>({2, 600, 32}, 10);

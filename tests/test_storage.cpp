@@ -133,20 +133,22 @@ TEMPLATE_TEST_CASE("cpu decoder with a bfloat16 or float16 cache matches the ref
   }
   CHECK(max_rel_diff(got.span(), want.span()) <= tol);
   // Chunks of 13 over tiny tiles: blocks and key tiles cross inside every chunk.
-  const backend::simd::flash_tuning saved = backend::simd::flash_params;
-  backend::simd::flash_params.fb_block = 4;
-  backend::simd::flash_params.key_tile = 8;
-  backend::simd::flash_params.query_rows = 8;
-  auto cache2 = fast.init_cache(2, n);
   tensor<T> chunked(want.shape());
-  for (index_t t0 = 0; t0 < n; t0 += 13) {
-    const index_t m = std::min<index_t>(13, n - t0);
-    std::vector<std::int64_t> part;
-    for (index_t b = 0; b < 2; ++b)
-      for (index_t t = t0; t < t0 + m; ++t) part.push_back(ids[static_cast<std::size_t>(b * n + t)]);
-    test::put_tokens(chunked, fast.forward(tensor<std::int64_t>({2, m}, std::span<const std::int64_t>(part)), cache2), t0);
+  {
+    const test::settings_guard guard;
+    backend::simd::flash_params.fb_block = 4;
+    backend::simd::flash_params.key_tile = 8;
+    backend::simd::flash_params.query_rows = 8;
+    auto cache2 = fast.init_cache(2, n);
+    for (index_t t0 = 0; t0 < n; t0 += 13) {
+      const index_t m = std::min<index_t>(13, n - t0);
+      std::vector<std::int64_t> part;
+      for (index_t b = 0; b < 2; ++b)
+        for (index_t t = t0; t < t0 + m; ++t) part.push_back(ids[static_cast<std::size_t>(b * n + t)]);
+      const tensor<std::int64_t> ids_part({2, m}, std::span<const std::int64_t>(part));
+      test::put_tokens(chunked, fast.forward(ids_part, cache2), t0);
+    }
   }
-  backend::simd::flash_params = saved;
   CHECK(max_rel_diff(chunked.span(), want.span()) <= tol);
 }
 

@@ -2294,8 +2294,8 @@ class region_errors {
 //     x, as 4 x 4 (1 x 8) blocks of dot products along K, reduced across lanes with one shuffle tree per W
 //     results. One row of x against short rows (K <= 8 W: a decode step's attention scores) runs as one loop
 //     over blocks of W rows (dot_row_run), one full shuffle tree per block. From 8-16 rows of x (a batch's step;
-//     float on AVX-512, use_panel) the panel path instead: x transposed once into a (K, 16) panel, each weight broadcast into an FMA with its
-//     line (panel_dot).
+//     float on AVX-512, use_panel) the panel path instead: x transposed once into a (K, 16) panel, each weight
+//     broadcast into an FMA with its line (panel_dot).
 //   * linear() splits the M x N tile space over OpenMP threads (each thread packs its own panels into
 //     thread-local, 64-byte aligned buffers that grow once and are reused; the split minimizes padded work
 //     plus packing); the dot path splits N. Inside an enclosing parallel region it runs on the calling thread.
@@ -3501,17 +3501,19 @@ inline void gemm_dot(cmatrix<T> x, cmatrix<S> w, matrix<T> y, const epilogue<T>&
   }
   index_t j0 = 0;
   if constexpr (!is_block_quantized<S>) {
-    if (M == 1 && K > 0 && K % P::W == 0 && K <= short_row_batches * P::W) j0 = dot_row_run<T, S>(x.row(0), w.data, w.ld, N, K, y.row(0), ep);
+    if (M == 1 && K > 0 && K % P::W == 0 && K <= short_row_batches * P::W)
+      j0 = dot_row_run<T, S>(x.row(0), w.data, w.ld, N, K, y.row(0), ep);
   }
   for (index_t j = j0; j < N; j += R) {
     const index_t r = std::min<index_t>(R, N - j);
     epilogue<T> e = ep;
     if (e.bias) e.bias += j;
     // With q8_0 weights (dot_prefetches) the first row tile prefetches the next r rows of w when there are that
-    // many; the others re-read.
-    const S* next = N - (j + r) >= r ? w.row(j + r) : w.row(j);
+    // many; the others re-read. (The tiles of other weights ignore it.)
+    const S* next = dot_prefetches<T, S> && N - (j + r) >= r ? w.row(j + r) : w.row(j);
     if (M == 1) {
-      dot_row_tiles<T, S>[static_cast<std::size_t>(r - 1)](x.row(0), x.ld, w.row(j), w.ld, K, next, y.row(0) + j, y.ld, e);
+      dot_row_tiles<T, S>[static_cast<std::size_t>(r - 1)](x.row(0), x.ld, w.row(j), w.ld, K, next, y.row(0) + j,
+                                                          y.ld, e);
       continue;
     }
     for (index_t m = 0; m < M; m += P::MB) {
