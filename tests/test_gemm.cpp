@@ -432,7 +432,7 @@ TEMPLATE_TEST_CASE("linear with bf16 / f16 / q8_0 weights matches the product of
   }
 }
 
-TEMPLATE_TEST_CASE("one row of x against short rows of w (dot_row_run) gives the bits of the dot-product tiles",
+TEMPLATE_TEST_CASE("one row of x against short rows of w (dot_row_run, dot_row_seq) gives the bits of the dot tiles",
                    "[gemm]", (std::pair<float, float>), (std::pair<double, double>), (std::pair<float, sessa::bfloat16>),
                    (std::pair<float, sessa::float16>), (std::pair<double, sessa::bfloat16>)) {
   using T = typename TestType::first_type;
@@ -443,9 +443,12 @@ TEMPLATE_TEST_CASE("one row of x against short rows of w (dot_row_run) gives the
   std::mt19937 gen(29);
   std::uniform_real_distribution<double> dist(-1.0, 1.0);
   index_t runs = 0;
-  // K: every multiple of W that the run takes (and one beyond, which the tiles keep); N: under one block of W rows,
-  // whole blocks, a remainder for the tiles, and enough blocks that the prefetch reaches ahead of the loads.
-  for (const index_t K : {W, 2 * W, 3 * W, 4 * W, gd::short_row_batches * W, (gd::short_row_batches + 1) * W})
+  // K: multiples of W that the run takes, then the rows that dot_row_seq reads one after the other, up to the
+  // longest (and one beyond, which the tiles keep); N: under one block of W rows, whole blocks, a remainder for the
+  // tiles, and enough blocks that the run's prefetch reaches ahead of the loads.
+  constexpr index_t seq_max = gd::seq_row_bytes / static_cast<index_t>(sizeof(S)) / W * W;
+  for (const index_t K : {W, 2 * W, 3 * W, 4 * W, gd::short_row_batches * W, (gd::short_row_batches + 1) * W,
+                          (gd::short_row_batches + 3) * W, seq_max - W, seq_max, seq_max + W})
     for (const index_t N : {W - 1, W, W + 1, 3 * W + 5, 40 * W + 3})
       for (const index_t pad : {index_t(0), index_t(5)})
         for (const int variant : {0, 1, 2}) {  // plain; bias; bias and beta
@@ -481,7 +484,7 @@ TEMPLATE_TEST_CASE("one row of x against short rows of w (dot_row_run) gives the
           CHECK(std::memcmp(y0.data(), y1.data(), y0.size() * sizeof(T)) == 0);
           check_product<T>(cmatrix<T>(x.data(), 1, K), [&](index_t k, index_t j) { return sessa::weight_at<T>(w.row(j), k); },
                            old, cmatrix<T>(y0.data(), 1, N), 0.375, beta, ep.bias, what);
-          runs += K <= gd::short_row_batches * W && N >= W;
+          runs += K * static_cast<index_t>(sizeof(S)) <= gd::seq_row_bytes && N >= W;
         }
   CHECK(runs > 0);
 }

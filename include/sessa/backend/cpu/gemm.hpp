@@ -24,7 +24,8 @@
 //     one row) are streamed once (on the hardware prefetchers; q8_0: the next ones prefetched), for all rows of
 //     x, as 4 x 4 (1 x 8) blocks of dot products along K, reduced across lanes with one shuffle tree per W
 //     results. One row of x against short rows (K <= 8 W: a decode step's attention scores) runs as one loop
-//     over blocks of W rows (dot_row_run), one full shuffle tree per block. From 8-16 rows of x (a batch's step;
+//     over blocks of W rows (dot_row_run), one full shuffle tree per block; rows up to 4 KiB long (K = 512
+//     float: a decode step's k_b scores) are read one after the other, in memory order (dot_row_seq). From 8-16 rows of x (a batch's step;
 //     float on AVX-512, use_panel) the panel path instead: x transposed once into a (K, 16) panel, each weight
 //     broadcast into an FMA with its line (panel_dot).
 //   * linear() splits the M x N tile space over OpenMP threads (each thread packs its own panels into
@@ -842,6 +843,50 @@ SESSA_UNROLL(16)
   return N0;
 }
 
+/// Rows of w up to seq_row_bytes long (K * sizeof(S)) against one row of x go through dot_row_seq.
+inline constexpr index_t seq_row_bytes = 4096;
+
+/// y (1, N0) = epilogue(x (1, K) w (N0, K)^T) for the first N0 = N - N % W rows of w, K a multiple of W, the rows of
+/// each block of W read one after the other, each from its start to its end: the weights are read in memory order,
+/// one stream, where the 8-row tiles walk 8 rows side by side, 8 short streams that each start cold. Rows of up to
+/// seq_row_bytes (a decode step's k_b scores, D = 512: 2 KiB of float, 1 KiB of bf16; the projections of a D = 512
+/// model) stream faster this way; longer rows stream better side by side (one row's chain of FMAs along K then
+/// holds the loads back). One Zen 5 core, `gemm_bench --shape 1,N,K --threads 1`, tiles -> this loop, GB/s: float32
+/// K = 512 12.6-13.9 -> 20.6-22.7, 1024 18.8-21.1 -> 22.3-23.4, 2048 21.7-21.9 -> 22.1-23.4, 4096 22.6-23.7 ->
+/// 15.3-23.4; bf16 512 8.5-9.4 -> 18.6-19.0, 1024 11.4-13.0 -> 19.5-19.8, 2048 17.0-18.0 -> 20.9-21.1, 4096
+/// 19.0-20.3 -> 16.9-21.0. Same FMA order along K, same lane tree and epilogue as dot_tile: the same bits. x in pair
+/// order when has_pair_path (gemm_dot). Returns N0.
+template <class T, class S>
+inline index_t dot_row_seq(const T* SESSA_RESTRICT x, const S* SESSA_RESTRICT w, index_t ldw, index_t N, index_t K,
+                           T* SESSA_RESTRICT y, const epilogue<T>& ep) {
+  using batch = xsimd::batch<T>;
+  constexpr index_t W = static_cast<index_t>(batch::size);
+  const index_t N0 = N - N % W;
+  for (index_t j = 0; j < N0; j += W) {
+    batch acc[W];
+SESSA_UNROLL(16)
+    for (index_t r = 0; r < W; ++r) {
+      const S* wr = w + (j + r) * ldw;
+      batch a(T(0));
+      index_t k = 0;
+      if constexpr (has_pair_path<T, S>) {
+        for (; k + 2 * W <= K; k += 2 * W) {
+          batch we, wo;
+          load_pairs<T, S, false>(wr + k, we, wo);
+          const batch xe = batch::load_unaligned(x + k), xo = batch::load_unaligned(x + k + W);
+          a = xsimd::fma(xo, in_register(wo), xsimd::fma(xe, in_register(we), a));
+        }
+      }
+      for (; k + W <= K; k += W) a = xsimd::fma(batch::load_unaligned(x + k), load_widened<T>(wr + k), a);
+      acc[r] = a;
+    }
+    alignas(64) T sums[W];
+    reduce_lanes<T>(acc, sums);
+    for (index_t r = 0; r < W; ++r) y[j + r] = finish_dot(ep, sums[r], j + r, y + j + r);
+  }
+  return N0;
+}
+
 /// Several rows of x (a batch's decode step): the dot tiles' 4 x 4 products re-read the rows of x from L2 for every
 /// block of w, four loads per sixteen FMAs, and ran float32 weights at a third of the GEMM rate with 16 rows. The
 /// panel path turns the product around: x is transposed once per call into a (K, W) panel (the batch rows in the
@@ -1041,6 +1086,8 @@ inline void gemm_dot(cmatrix<T> x, cmatrix<S> w, matrix<T> y, const epilogue<T>&
   if constexpr (!is_block_quantized<S>) {
     if (M == 1 && K > 0 && K % P::W == 0 && K <= short_row_batches * P::W)
       j0 = dot_row_run<T, S>(x.row(0), w.data, w.ld, N, K, y.row(0), ep);
+    else if (M == 1 && K > 0 && K % P::W == 0 && K * static_cast<index_t>(sizeof(S)) <= seq_row_bytes)
+      j0 = dot_row_seq<T, S>(x.row(0), w.data, w.ld, N, K, y.row(0), ep);
   }
   for (index_t j = j0; j < N; j += R) {
     const index_t r = std::min<index_t>(R, N - j);
